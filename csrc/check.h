@@ -1,0 +1,23 @@
+// Input validation shared by every compiled backend. The Python twin is
+// dare_kernels/_check.py; python_tests/test_errors.py holds both to the same
+// exception types and messages.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+namespace dare {
+
+struct Shape {
+  int64_t B, T, L, d;
+  bool multi_target;  // query was (B, T, d)
+};
+
+// Raises (TORCH_CHECK_VALUE/TYPE) before any kernel runs. Values of `lengths`
+// are only inspected when check_length_values is set: on CUDA that would force
+// a host synchronisation, so the CUDA kernel clamps them to [0, L] instead.
+Shape check_inputs(const at::Tensor& query, const at::Tensor& keys, int64_t k,
+                   const std::optional<at::Tensor>& lengths,
+                   bool check_length_values);
+
+}  // namespace dare

@@ -1,0 +1,154 @@
+"""The public entry point, backend selection, and the op's fake and autograd
+registrations (shared by every backend)."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from . import _library, reference
+from ._check import check_inputs, output_shape
+
+BACKENDS = ("cpu", "cuda", "triton", "reference")
+
+
+def _triton_status(device: torch.device) -> Optional[str]:
+    """None if the Triton backend can run on `device`, else why not."""
+    try:
+        from . import triton as _  # noqa: F401
+    except ImportError as e:
+        return f"the Triton backend could not be imported: {e}"
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+        return None
+    return f"Triton runs on CUDA tensors (or on CPU under TRITON_INTERPRET=1), got {device}"
+
+
+def backend_status(backend: str, device) -> Optional[str]:
+    """None if `backend` can run on tensors of `device`, else the reason."""
+    device = torch.device(device)
+    if backend == "reference":
+        return None
+    if backend == "triton":
+        return _triton_status(device)
+    if not _library.loaded:
+        return _library.error
+    if backend == "cpu":
+        return None if device.type == "cpu" else f"it runs on CPU tensors, got {device}"
+    if backend == "cuda":
+        if device.type != "cuda":
+            return f"it runs on CUDA tensors, got {device}"
+        return None if _library.with_cuda else "dare_kernels._C was built without CUDA"
+    raise ValueError(backend)
+
+
+def available_backends(device) -> list:
+    return [b for b in BACKENDS if backend_status(b, device) is None]
+
+
+def _resolve(backend: Optional[str], keys: torch.Tensor) -> str:
+    if backend is not None and backend != "auto" and backend not in BACKENDS:
+        raise ValueError(
+            "topk_attention: backend must be one of None, 'auto', "
+            + ", ".join(repr(b) for b in BACKENDS) + f", got {backend!r}")
+    device = keys.device
+    if backend is None or backend == "auto":
+        order = ("cuda", "triton") if device.type == "cuda" else ("cpu",)
+        return next((b for b in order if backend_status(b, device) is None), "reference")
+    why = backend_status(backend, device)
+    if why is not None:
+        raise RuntimeError(f"topk_attention: backend {backend!r} is not available: {why}")
+    return backend
+
+
+def topk_attention(query: torch.Tensor, keys: torch.Tensor, k: int, *,
+                   lengths: Optional[torch.Tensor] = None, scale: float = 1.0,
+                   backend: Optional[str] = None):
+    """Scores every key against the query and returns the exact top-k.
+
+    query (B, d) or (B, T, d), keys (B, L, d), same float dtype and device;
+    lengths (B,) int or None; returns float32 scores and int64 indices of shape
+    (B, k) or (B, T, k), sorted descending, ties by lower index, NaN first,
+    -inf/-1 where a row has fewer than k valid positions. `scores` is
+    differentiable w.r.t. query and keys."""
+    if not isinstance(keys, torch.Tensor):
+        check_inputs(query, keys, k, lengths)  # raises the TypeError
+    name = _resolve(backend, keys)
+    if name in ("cpu", "cuda"):
+        return torch.ops.dare.topk_attention(query, keys, k, lengths, scale)
+    if name == "triton":
+        from .triton import topk_attention as triton_topk
+        return _PythonBackend.apply(triton_topk, query, keys, k, lengths, scale)
+    return reference.topk_attention(query, keys, k, lengths, scale)
+
+
+def topk_attention_backward(grad: torch.Tensor, query: torch.Tensor, keys: torch.Tensor,
+                            indices: torch.Tensor, scale: float,
+                            need_query: bool = True, need_keys: bool = True):
+    """Gradients of the selected scores. Touches only the B·T·k selected keys:
+    no B×L intermediate (grad_keys is dense because keys are)."""
+    B, L, d = keys.shape
+    T = query.shape[1] if query.dim() == 3 else 1
+    k = indices.shape[-1]
+    idx = indices.reshape(B, T * k)
+    valid = idx >= 0
+    g = torch.where(valid, grad.reshape(B, T * k).float() * scale, 0.0)
+    gather_idx = idx.clamp(min=0)[..., None].expand(B, T * k, d)
+    grad_query = grad_keys = None
+    if need_query:
+        sel = torch.where(valid[..., None], keys.gather(1, gather_idx).float(), 0.0)
+        grad_query = torch.einsum("btk,btkd->btd", g.view(B, T, k), sel.view(B, T, k, d))
+        grad_query = grad_query.reshape(query.shape).to(query.dtype)
+    if need_keys:
+        src = g.view(B, T, k, 1) * query.reshape(B, T, 1, d).float()
+        src = torch.where(valid[..., None], src.reshape(B, T * k, d), 0.0)
+        grad_keys = torch.zeros(B, L, d, dtype=torch.float32, device=keys.device)
+        grad_keys = grad_keys.scatter_add_(1, gather_idx, src).to(keys.dtype)
+    return grad_query, grad_keys
+
+
+class _PythonBackend(torch.autograd.Function):
+    """Autograd for backends called directly from Python (Triton)."""
+
+    @staticmethod
+    def forward(ctx, fn, query, keys, k, lengths, scale):
+        scores, indices = fn(query, keys, k, lengths, scale)
+        ctx.save_for_backward(query, keys, indices)
+        ctx.scale = scale
+        ctx.mark_non_differentiable(indices)
+        return scores, indices
+
+    @staticmethod
+    def backward(ctx, grad_scores, _grad_indices):
+        query, keys, indices = ctx.saved_tensors
+        gq, gk = topk_attention_backward(grad_scores, query, keys, indices, ctx.scale,
+                                         ctx.needs_input_grad[1], ctx.needs_input_grad[2])
+        return None, gq, gk, None, None, None
+
+
+def _register():
+    @torch.library.register_fake("dare::topk_attention")
+    def _fake(query, keys, k, lengths=None, scale=1.0):
+        s = check_inputs(query, keys, k, lengths, check_length_values=False)
+        shape = output_shape(s, k)
+        return (query.new_empty(shape, dtype=torch.float32),
+                query.new_empty(shape, dtype=torch.int64))
+
+    def setup_context(ctx, inputs, output):
+        query, keys, _k, _lengths, scale = inputs
+        ctx.save_for_backward(query, keys, output[1])
+        ctx.scale = scale
+
+    def backward(ctx, grad_scores, _grad_indices):
+        query, keys, indices = ctx.saved_tensors
+        gq, gk = topk_attention_backward(grad_scores, query, keys, indices, ctx.scale,
+                                         ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        return gq, gk, None, None, None
+
+    torch.library.register_autograd("dare::topk_attention", backward, setup_context=setup_context)
+
+
+if _library.loaded:
+    _register()

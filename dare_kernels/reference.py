@@ -1,0 +1,40 @@
+"""Pure-PyTorch implementation of the contract: the oracle of the tests (with
+acc_dtype=torch.float64) and the fallback backend on any device. It builds the
+full B×L score matrix, which the fused kernels exist to avoid."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ._check import check_inputs
+
+
+def topk_attention(query: torch.Tensor, keys: torch.Tensor, k: int,
+                   lengths: Optional[torch.Tensor] = None, scale: float = 1.0, *,
+                   acc_dtype: torch.dtype = torch.float32,
+                   check_length_values: Optional[bool] = None):
+    """Differentiable (through torch.gather) when acc_dtype is float32."""
+    if check_length_values is None:
+        check_length_values = keys.device.type == "cpu"
+    s = check_inputs(query, keys, k, lengths, check_length_values=check_length_values)
+    q = query.reshape(s.B, s.T, s.d).to(acc_dtype)
+    scores = torch.einsum("btd,bld->btl", q, keys.to(acc_dtype)) * scale
+    # -0.0 and +0.0 are one score (ordered by position, like every tie).
+    scores = scores + 0.0
+    pos = torch.arange(s.L, device=keys.device)
+    if lengths is not None:
+        valid = pos[None, :] < lengths.clamp(0, s.L)[:, None].to(pos.dtype)  # (B, L)
+    else:
+        valid = torch.ones(s.B, s.L, dtype=torch.bool, device=keys.device)
+    masked = scores.masked_fill(~valid[:, None, :], float("-inf"))
+    # Stable descending sort: equal scores keep ascending position, NaN first;
+    # padded positions sort after valid -inf scores since they lie further right.
+    order = torch.sort(masked.detach(), dim=-1, descending=True, stable=True).indices[..., :k]
+    top = scores.gather(-1, order).to(torch.float32 if acc_dtype != torch.float64 else acc_dtype)
+    ok = valid[:, None, :].expand(s.B, s.T, s.L).gather(-1, order)
+    top = top.masked_fill(~ok, float("-inf"))
+    idx = order.masked_fill(~ok, -1)
+    if not s.multi_target:
+        top, idx = top[:, 0], idx[:, 0]
+    return top, idx
