@@ -55,7 +55,8 @@ else:
     with_cuda = torch.version.cuda is not None and CUDA_HOME is not None
 
 sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-cxx_flags = ["-O3", "-fopenmp-simd", "-fdiagnostics-color=always"]
+# -fopenmp: at::parallel_for is a header template that runs serially without it.
+cxx_flags = ["-O3", "-fopenmp", "-fdiagnostics-color=always"]
 nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
 if with_cuda:
     sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
@@ -63,9 +64,11 @@ if with_cuda:
     # cusparse.h etc. ship inside the nvidia wheels, not always in the toolkit.
     include_dirs = sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu*", "include")))
     ext = CUDAExtension("dare_kernels._C", sources, include_dirs=include_dirs,
-                        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags})
+                        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+                        extra_link_args=["-fopenmp"])
 else:
-    ext = CppExtension("dare_kernels._C", sources, extra_compile_args={"cxx": cxx_flags})
+    ext = CppExtension("dare_kernels._C", sources, extra_compile_args={"cxx": cxx_flags},
+                      extra_link_args=["-fopenmp"])
 
 
 class Build(BuildExtension):

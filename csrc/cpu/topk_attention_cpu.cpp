@@ -1,11 +1,18 @@
 // Fused CPU kernel: one pass over each row's keys computes the float32 scores
-// of a chunk, then a threshold test sends the rare candidate that beats the
-// current k-th best into a min-heap of packed (score, position) keys. For
-// random data only ~k·ln(L/k) of the L keys reach the heap, so the pass is
-// bound by reading the keys, not by selection.
+// of a chunk, then a threshold test passes only the few candidates that can
+// still enter the top k (about k·ln(L/k) of L for random data) to a small
+// selection pool of packed (score, position) keys. The pass is bound by reading
+// the keys, not by selection.
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <functional>
+#include <limits>
 #include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -34,82 +41,191 @@ struct Rows {
 template <typename scalar_t>
 __attribute__((always_inline)) inline float dot(const float* q, const scalar_t* x, int64_t d) {
   float s = 0.f;
-#pragma omp simd reduction(+ : s)
   for (int64_t i = 0; i < d; ++i) s += q[i] * static_cast<float>(x[i]);
   return s;
 }
 
 template <typename scalar_t>
+inline void score_chunk_scalar(const float* q, const scalar_t* x, int64_t n, int64_t d,
+                               float scale, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = dot(q, x + i * d, d) * scale;
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define DARE_X86 1
+#define DARE_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+template <typename scalar_t>
+DARE_AVX2 inline __m256 load8(const scalar_t* p);
+template <>
+DARE_AVX2 inline __m256 load8<float>(const float* p) { return _mm256_loadu_ps(p); }
+template <>
+DARE_AVX2 inline __m256 load8<c10::Half>(const c10::Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+template <>
+DARE_AVX2 inline __m256 load8<c10::BFloat16>(const c10::BFloat16* p) {
+  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+
+// Horizontal sums of eight vectors, as one vector: [sum(a[0]), ..., sum(a[7])].
+DARE_AVX2 inline __m256 hsum8(const __m256* a) {
+  const __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+  const __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+// Eight keys at a time, one accumulator each, so a key's dot product needs no
+// horizontal reduction of its own.
+template <typename scalar_t>
+DARE_AVX2 inline void score_chunk_avx2(const float* q, const scalar_t* x, int64_t n, int64_t d,
+                                       float scale, float* out) {
+  const int64_t dv = d & ~int64_t(7);
+  const __m256 vscale = _mm256_set1_ps(scale);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 acc[8];
+#pragma GCC unroll 8
+    for (int r = 0; r < 8; ++r) acc[r] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < dv; c += 8) {
+      const __m256 qv = _mm256_loadu_ps(q + c);
+#pragma GCC unroll 8
+      for (int r = 0; r < 8; ++r) acc[r] = _mm256_fmadd_ps(qv, load8(x + (i + r) * d + c), acc[r]);
+    }
+    __m256 sum = hsum8(acc);
+    if (dv < d) {
+      alignas(32) float tail[8];
+      for (int r = 0; r < 8; ++r) tail[r] = dot(q + dv, x + (i + r) * d + dv, d - dv);
+      sum = _mm256_add_ps(sum, _mm256_load_ps(tail));
+    }
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(sum, vscale));
+  }
+  score_chunk_scalar(q, x + i * d, n - i, d, scale, out + i);
+}
+#endif
+
+// Keeps the k best of a stream of packed keys. Candidates that beat the
+// threshold (the k-th best at the last compaction) are appended without any
+// ordering work; when the pool holds k + slack of them, one nth_element keeps
+// the best k and raises the threshold. Far cheaper per accepted candidate than
+// a heap, whose unpredictable sift branches dominated at k = 128.
+class TopK {
+ public:
+  explicit TopK(int64_t k) : k_(k), slack_(std::max<int64_t>(k, 256)) {
+    pool_.resize(k_ + slack_ + kChunk);
+  }
+
+  void reset() {
+    size_ = 0;
+    threshold_ = -std::numeric_limits<float>::infinity();
+    full_ = false;
+  }
+
+  // Offers scores[0, n) at positions base + i.
+  void offer(const float* scores, int64_t n, int64_t base) {
+    int64_t i = 0;
+    if (!full_) {  // until k are held, everything is a candidate
+      const int64_t take = std::min(n, k_ - size_);
+      for (; i < take; ++i) pool_[size_++] = pack(scores[i], uint32_t(base + i));
+      if (size_ < k_) return;
+      full_ = true;
+      uint64_t worst = pool_[0];
+      for (int64_t j = 1; j < size_; ++j) worst = std::min(worst, pool_[j]);
+      threshold_ = packed_score(worst);
+    }
+    // A later position never beats an equal score, so "<=" may reject; NaN
+    // fails the test and is kept. Branch-free: most scores are rejected.
+    const float t = threshold_;
+    int64_t m = 0;
+    for (; i < n; ++i) {
+      hits_[m] = int32_t(i);
+      m += !(scores[i] <= t);
+    }
+    for (int64_t j = 0; j < m; ++j) pool_[size_++] = pack(scores[hits_[j]], uint32_t(base + hits_[j]));
+    if (size_ >= k_ + slack_) compact();
+  }
+
+  // Writes the best k, sorted, padded with (-inf, -1).
+  void finish(float* out_scores, int64_t* out_indices) {
+    if (size_ > k_) compact();
+    std::sort(pool_.begin(), pool_.begin() + size_, std::greater<uint64_t>());
+    for (int64_t i = 0; i < size_; ++i) {
+      out_scores[i] = packed_score(pool_[i]);
+      out_indices[i] = packed_pos(pool_[i]);
+    }
+    for (int64_t i = size_; i < k_; ++i) {
+      out_scores[i] = -std::numeric_limits<float>::infinity();
+      out_indices[i] = -1;
+    }
+  }
+
+ private:
+  void compact() {
+    std::nth_element(pool_.begin(), pool_.begin() + (k_ - 1), pool_.begin() + size_,
+                     std::greater<uint64_t>());
+    size_ = k_;
+    threshold_ = packed_score(pool_[k_ - 1]);
+  }
+
+  int64_t k_, slack_, size_ = 0;
+  float threshold_ = 0.f;
+  bool full_ = false;
+  std::vector<uint64_t> pool_;
+  int32_t hits_[kChunk];
+};
+
+template <typename scalar_t, bool kAvx2>
 __attribute__((always_inline)) inline void scan_rows(const Rows& r, int64_t begin, int64_t end) {
-  std::vector<uint64_t> heap;
-  heap.reserve(r.k);
+  TopK top(r.k);
   float buf[kChunk];
-  const auto worse = std::greater<uint64_t>();  // min-heap: front is the k-th best
   for (int64_t row = begin; row < end; ++row) {
     const int64_t b = row / r.T;
     const int64_t len = r.lengths ? r.lengths[b] : r.L;
     const scalar_t* keys = static_cast<const scalar_t*>(r.keys) + b * r.L * r.d;
     const float* q = r.query + row * r.d;
-    heap.clear();
-    float threshold = 0.f;  // score at heap front once the heap is full
+    top.reset();
     for (int64_t j0 = 0; j0 < len; j0 += kChunk) {
       const int64_t n = std::min(kChunk, len - j0);
-      for (int64_t i = 0; i < n; ++i) buf[i] = dot(q, keys + (j0 + i) * r.d, r.d) * r.scale;
-      for (int64_t i = 0; i < n; ++i) {
-        const float s = buf[i];
-        if (static_cast<int64_t>(heap.size()) < r.k) {
-          heap.push_back(pack(s, uint32_t(j0 + i)));
-          std::push_heap(heap.begin(), heap.end(), worse);
-          if (static_cast<int64_t>(heap.size()) == r.k) threshold = packed_score(heap.front());
-          continue;
-        }
-        // A later position never beats an equal score, so "<=" may skip; NaN
-        // fails the test and takes the exact comparison below.
-        if (s <= threshold) continue;
-        const uint64_t p = pack(s, uint32_t(j0 + i));
-        if (p <= heap.front()) continue;
-        std::pop_heap(heap.begin(), heap.end(), worse);
-        heap.back() = p;
-        std::push_heap(heap.begin(), heap.end(), worse);
-        threshold = packed_score(heap.front());
+#ifdef DARE_X86
+      if constexpr (kAvx2) {
+        score_chunk_avx2(q, keys + j0 * r.d, n, r.d, r.scale, buf);
+      } else
+#endif
+      {
+        score_chunk_scalar(q, keys + j0 * r.d, n, r.d, r.scale, buf);
       }
+      top.offer(buf, n, j0);
     }
-    std::sort(heap.begin(), heap.end(), worse);
-    float* out_s = r.scores + row * r.k;
-    int64_t* out_i = r.indices + row * r.k;
-    const int64_t m = static_cast<int64_t>(heap.size());
-    for (int64_t i = 0; i < m; ++i) {
-      out_s[i] = packed_score(heap[i]);
-      out_i[i] = packed_pos(heap[i]);
-    }
-    for (int64_t i = m; i < r.k; ++i) {
-      out_s[i] = -std::numeric_limits<float>::infinity();
-      out_i[i] = -1;
-    }
+    top.finish(r.scores + row * r.k, r.indices + row * r.k);
   }
 }
 
-// Compiled twice: for AVX2/FMA/F16C and for the baseline ISA, picked at run
+// Compiled twice: with AVX2/FMA/F16C and for the baseline ISA, picked at run
 // time, so one binary is both fast here and safe on older CPUs.
-#define DARE_SCAN_VARIANT(name, attrs)                                          \
-  attrs void name(at::ScalarType t, const Rows& r, int64_t begin, int64_t end) { \
-    switch (t) {                                                                \
-      case at::kFloat: return scan_rows<float>(r, begin, end);                  \
-      case at::kHalf: return scan_rows<c10::Half>(r, begin, end);               \
-      case at::kBFloat16: return scan_rows<c10::BFloat16>(r, begin, end);       \
-      default: TORCH_CHECK(false, "topk_attention: unreachable dtype");         \
-    }                                                                           \
+#define DARE_SCAN_VARIANT(name, attrs, avx2)                                            \
+  attrs void name(at::ScalarType t, const Rows& r, int64_t begin, int64_t end) {        \
+    switch (t) {                                                                        \
+      case at::kFloat: return scan_rows<float, avx2>(r, begin, end);                    \
+      case at::kHalf: return scan_rows<c10::Half, avx2>(r, begin, end);                 \
+      case at::kBFloat16: return scan_rows<c10::BFloat16, avx2>(r, begin, end);         \
+      default: TORCH_CHECK(false, "topk_attention: unreachable dtype");                 \
+    }                                                                                   \
   }
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-DARE_SCAN_VARIANT(scan_avx2, __attribute__((target("avx2,fma,f16c"))))
+#ifdef DARE_X86
+DARE_SCAN_VARIANT(scan_avx2, DARE_AVX2, true)
 #endif
-DARE_SCAN_VARIANT(scan_baseline, )
+DARE_SCAN_VARIANT(scan_baseline, , false)
 
 using ScanFn = void (*)(at::ScalarType, const Rows&, int64_t, int64_t);
 
 ScanFn pick_scan() {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  // DARE_CPU_ISA=baseline forces the portable variant (so tests cover it here).
+  const char* isa = std::getenv("DARE_CPU_ISA");
+  if (isa && std::string(isa) == "baseline") return scan_baseline;
+#ifdef DARE_X86
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
       __builtin_cpu_supports("f16c"))
     return scan_avx2;

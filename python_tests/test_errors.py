@@ -1,0 +1,103 @@
+"""Every bad input raises a clear exception naming the argument and the expected
+value, identically through the Python API (each backend) and the raw op."""
+import re
+
+import pytest
+import torch
+
+import dare_kernels
+from dare_kernels.ops import backend_status
+
+from conftest import DEVICES
+
+B, L, d = 4, 10, 5
+
+
+def _entry_points(device):
+    points = [f"api-{b}" for b in dare_kernels.BACKENDS if backend_status(b, device) is None]
+    if backend_status("cpu" if device == "cpu" else "cuda", device) is None:
+        points.append("raw")
+    return points
+
+
+def _call(entry, query, keys, k, lengths=None, scale=1.0):
+    if entry == "raw":
+        return torch.ops.dare.topk_attention(query, keys, k, lengths, scale)
+    return dare_kernels.topk_attention(query, keys, k, lengths=lengths, scale=scale, backend=entry[4:])
+
+
+def _ok(device, dtype=torch.float32):
+    return torch.randn(B, d, dtype=dtype, device=device), torch.randn(B, L, d, dtype=dtype, device=device)
+
+
+def _cases(device):
+    q, K = _ok(device)
+    lens = lambda *v, dtype=torch.int64: torch.tensor(v, dtype=dtype, device=device)  # noqa: E731
+    cases = {
+        "keys_2d": ((q, K[:, :, 0], 3), ValueError, r"keys must have shape \(B, L, d\), got shape \[4, 10\]"),
+        "query_1d": ((q[0], K, 3), ValueError, r"query must have shape \(B, d\) or \(B, T, d\), got shape \[5\]"),
+        "query_4d": ((q[:, None, None], K, 3), ValueError, r"query must have shape \(B, d\) or \(B, T, d\), got shape \[4, 1, 1, 5\]"),
+        "keys_int": ((q, K.long(), 3), TypeError, r"keys must be float32, float16 or bfloat16, got torch.int64"),
+        "keys_float64": ((q.double(), K.double(), 3), TypeError, r"keys must be float32, float16 or bfloat16, got torch.float64"),
+        "query_dtype": ((q.half(), K, 3), TypeError, r"query dtype must equal keys dtype torch.float32, got torch.float16"),
+        "query_batch": ((q[:3], K, 3), ValueError, r"query batch size must equal keys batch size B=4, got 3"),
+        "query_features": ((torch.randn(B, 2, d + 1, device=device), K, 3), ValueError,
+                           r"query feature size must equal keys feature size d=5, got 6"),
+        "d_zero": ((q[:, :0], K[:, :, :0], 3), ValueError, r"keys feature size d must be >= 1, got 0"),
+        "k_zero": ((q, K, 0), ValueError, r"k must satisfy 1 <= k <= L=10, got 0"),
+        "k_negative": ((q, K, -2), ValueError, r"k must satisfy 1 <= k <= L=10, got -2"),
+        "k_above_L": ((q, K, L + 1), ValueError, r"k must satisfy 1 <= k <= L=10, got 11"),
+        "lengths_float": ((q, K, 3, lens(1, 2, 3, 4).float()), TypeError, r"lengths must be int32 or int64, got torch.float32"),
+        "lengths_2d": ((q, K, 3, lens(1, 2, 3, 4)[:, None]), ValueError, r"lengths must have shape \(B,\)=\(4,\), got shape \[4, 1\]"),
+        "lengths_long": ((q, K, 3, lens(1, 2, 3, 4, 5)), ValueError, r"lengths must have shape \(B,\)=\(4,\), got shape \[5\]"),
+    }
+    if device == "cpu":
+        cases["lengths_negative"] = ((q, K, 3, lens(1, -1, 3, 4)), ValueError,
+                                     r"lengths values must be in \[0, L=10\], got min -1, max 4")
+        cases["lengths_above_L"] = ((q, K, 3, lens(1, 11, 3, 4, dtype=torch.int32)), ValueError,
+                                    r"lengths values must be in \[0, L=10\], got min 1, max 11")
+    if torch.cuda.is_available():
+        other = "cpu" if device != "cpu" else "cuda"
+        cases["query_device"] = ((q.to(other), K, 3), ValueError,
+                                 rf"query must be on the keys device {re.escape(str(K.device))}, got {other}")
+        cases["lengths_device"] = ((q, K, 3, lens(1, 2, 3, 4).to(other)), ValueError,
+                                   rf"lengths must be on the keys device {re.escape(str(K.device))}, got {other}")
+    return cases
+
+
+def _all(device):
+    return [(device, entry, case) for entry in _entry_points(device) for case in _cases(device)]
+
+
+@pytest.mark.parametrize("device,entry,case", [p for dev in DEVICES for p in _all(dev)])
+def test_bad_input(device, entry, case):
+    args, exc, pattern = _cases(device)[case]
+    with pytest.raises(exc, match="topk_attention: " + pattern):
+        _call(entry, *args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_unknown_backend(device):
+    q, K = _ok(device)
+    with pytest.raises(ValueError, match=r"backend must be one of None, 'auto', 'cpu', 'cuda', 'triton', 'reference', got 'fast'"):
+        dare_kernels.topk_attention(q, K, 3, backend="fast")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_unavailable_backend(device):
+    q, K = _ok(device)
+    other = "cuda" if device == "cpu" else "cpu"
+    with pytest.raises(RuntimeError, match=rf"backend '{other}' is not available: .*"):
+        dare_kernels.topk_attention(q, K, 3, backend=other)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_k_not_int(device):
+    q, K = _ok(device)
+    with pytest.raises(TypeError, match=r"k must be an int, got float"):
+        dare_kernels.topk_attention(q, K, 2.5, backend="reference")
+
+
+def test_non_tensor_keys():
+    with pytest.raises(TypeError, match=r"keys must be a Tensor, got list"):
+        dare_kernels.topk_attention(torch.randn(B, d), [[0.0]], 3)

@@ -1,0 +1,204 @@
+"""Every available backend, on every device, over the whole sample matrix,
+against the float64 reference; plus opcheck, torch.compile and gradients."""
+import os
+
+import pytest
+import torch
+
+import dare_kernels
+from dare_kernels import reference
+from dare_kernels.ops import backend_status
+
+from conftest import DEVICES
+from samples import SAMPLES, Sample, sample_input
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+EPS32 = 2.0**-24
+
+
+def _skip_unless_available(backend, device, dtype, name=None):
+    why = backend_status(backend, device)
+    if why is not None:
+        pytest.skip(why)
+    if backend == "triton" and device == "cpu":
+        if dtype == torch.bfloat16:
+            pytest.skip("the Triton interpreter has no bfloat16")
+        if name is not None and SAMPLES[name][1]:
+            pytest.skip("too large for the Triton interpreter")
+
+
+def assert_matches_reference(out, s: Sample):
+    """Exact top-k up to float32 rounding: the returned scores are the float64
+    scores of the returned positions within the float32 accumulation bound, the
+    sorted values equal the reference's, the order is descending with ties by
+    position and NaN first, padding is exact, and where the inputs make float32
+    exact, the indices equal the reference's."""
+    scores, idx = out
+    ref_s, ref_i = reference.topk_attention(*s.args(), acc_dtype=torch.float64)
+    assert scores.dtype == torch.float32 and idx.dtype == torch.int64
+    assert scores.shape == ref_s.shape and idx.shape == ref_i.shape
+    assert scores.device == s.keys.device and idx.device == s.keys.device
+    B, L, d = s.keys.shape
+    if B == 0:
+        return
+    scores, idx = scores.cpu().double().reshape(B, -1, s.k), idx.cpu().reshape(B, -1, s.k)
+    ref_s, ref_i = ref_s.cpu().reshape(B, -1, s.k), ref_i.cpu().reshape(B, -1, s.k)
+    T = scores.shape[1]
+
+    pad = ref_i == -1
+    assert torch.equal(idx == -1, pad), "padding slots differ from the reference"
+    assert torch.all(scores[pad] == float("-inf"))
+
+    q = s.query.cpu().double().reshape(B, T, d)
+    K = s.keys.cpu().double()
+    safe = idx.clamp(min=0)
+    sel = K.gather(1, safe.reshape(B, T * s.k, 1).expand(-1, -1, d)).reshape(B, T, s.k, d)
+    exact = torch.einsum("btd,btkd->btk", q, sel) * s.scale
+    bound = torch.einsum("btd,btkd->btk", q.abs(), sel.abs()) * abs(s.scale)
+    tol = torch.nan_to_num(2 * (d + 2) * EPS32 * bound, nan=0.0, posinf=0.0) + 1e-30
+    ok = ~pad
+    assert idx[ok].min() >= 0 and idx[ok].max() < L
+    if s.lengths is not None:
+        lens = s.lengths.cpu().reshape(B, 1, 1).expand_as(idx)
+        assert torch.all(idx[ok] < lens[ok]), "an index past the row's length"
+    sorted_idx = torch.where(ok, idx, torch.arange(L, L + s.k).expand_as(idx)).sort(-1).values
+    assert torch.all(sorted_idx[..., 1:] != sorted_idx[..., :-1]), "an index appears twice"
+
+    got, want = scores[ok], exact[ok]
+    nan = torch.isnan(want)
+    assert torch.equal(torch.isnan(got), nan), "NaN scores at different positions"
+    inf = torch.isinf(want)
+    assert torch.equal(got[inf], want[inf])
+    fin = ~nan & ~inf
+    assert torch.all((got[fin] - want[fin]).abs() <= tol[ok][fin]), "scores differ from the float64 recomputation"
+
+    # The k-th order statistic moves no more than the scores do.
+    ref_ok = ref_s[ok]
+    assert torch.equal(torch.isnan(ref_ok), nan), "a different number of NaN scores"
+    row_tol = tol.amax(-1, keepdim=True).expand_as(tol)[ok]
+    fin_ref = ~torch.isnan(ref_ok) & ~torch.isinf(ref_ok)
+    assert torch.equal(torch.isinf(ref_ok), inf) and torch.equal(ref_ok[inf], got[inf])
+    assert torch.all((got[fin_ref] - ref_ok[fin_ref]).abs() <= 2 * row_tol[fin_ref]), \
+        "top-k values differ from the reference"
+
+    # Descending, NaN first, ties by ascending position.
+    key = torch.where(torch.isnan(scores), float("inf"), scores)
+    nan_rank = torch.isnan(scores).to(torch.int8)
+    prev, nxt = (slice(None), slice(None), slice(None, -1)), (slice(None), slice(None), slice(1, None))
+    both = ok[prev] & ok[nxt]
+    order_ok = (nan_rank[prev] > nan_rank[nxt]) | (
+        (nan_rank[prev] == nan_rank[nxt]) & ((key[prev] > key[nxt]) | ((key[prev] == key[nxt]) & (idx[prev] < idx[nxt]))))
+    assert torch.all(order_ok[both]), "not sorted by (score desc, index asc)"
+
+    if s.exact:
+        assert torch.equal(idx, ref_i), "indices differ from the reference on exact inputs"
+
+
+@pytest.mark.parametrize("name", list(SAMPLES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", dare_kernels.BACKENDS)
+def test_matches_reference(backend, device, dtype, name, seed):
+    _skip_unless_available(backend, device, dtype, name)
+    s = sample_input(name, dtype, device, seed)
+    out = dare_kernels.topk_attention(s.query, s.keys, s.k, lengths=s.lengths, scale=s.scale, backend=backend)
+    assert_matches_reference(out, s)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_raw_op_matches_api(device, seed):
+    if backend_status("cpu" if device == "cpu" else "cuda", device):
+        pytest.skip("compiled library not available")
+    s = sample_input("lengths", torch.float32, device, seed)
+    raw = torch.ops.dare.topk_attention(*s.args())
+    api = dare_kernels.topk_attention(s.query, s.keys, s.k, lengths=s.lengths, scale=s.scale)
+    assert torch.equal(raw[0], api[0]) and torch.equal(raw[1], api[1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_auto_picks_compiled_backend(device):
+    expected = {"cpu": "cpu", "cuda": "cuda"}[device]
+    if backend_status(expected, device) is None:
+        assert dare_kernels.available_backends(device)[0] == expected
+
+
+@pytest.mark.parametrize("name", ["basic", "targets", "lengths", "empty_batch", "noncontiguous"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device, name, seed):
+    if backend_status("cpu" if device == "cpu" else "cuda", device):
+        pytest.skip("compiled library not available")
+    s = sample_input(name, torch.float32, device, seed)
+    s.query.requires_grad_(s.query.numel() > 0)
+    s.keys.requires_grad_(s.keys.numel() > 0)
+    torch.library.opcheck(torch.ops.dare.topk_attention, s.args())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_fullgraph(device, seed):
+    if backend_status("cpu" if device == "cpu" else "cuda", device):
+        pytest.skip("compiled library not available")
+    s = sample_input("lengths", torch.float32, device, seed)
+
+    def search(q, keys, lengths):
+        scores, idx = torch.ops.dare.topk_attention(q * 2, keys, s.k, lengths, 0.5)
+        return torch.softmax(scores, -1), idx
+
+    eager = search(s.query, s.keys, s.lengths)
+    compiled = torch.compile(search, backend="aot_eager", fullgraph=True, dynamic=True)(s.query, s.keys, s.lengths)
+    torch.testing.assert_close(compiled[0], eager[0], equal_nan=True)
+    assert torch.equal(compiled[1], eager[1])
+
+
+@pytest.mark.parametrize("name", ["basic", "targets", "lengths", "lengths_targets_int32", "scaled"])
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", dare_kernels.BACKENDS)
+def test_gradients_match_reference(backend, device, name, seed):
+    _skip_unless_available(backend, device, torch.float32, name)
+    s = sample_input(name, torch.float32, device, seed)
+    q = s.query.clone().requires_grad_()
+    K = s.keys.clone().requires_grad_()
+    scores, idx = dare_kernels.topk_attention(q, K, s.k, lengths=s.lengths, scale=s.scale, backend=backend)
+    assert not idx.requires_grad
+    g = torch.randn(scores.shape, dtype=torch.float32, device=device)
+    gq, gk = torch.autograd.grad(scores, (q, K), g)
+
+    q_ref = s.query.clone().requires_grad_()
+    K_ref = s.keys.clone().requires_grad_()
+    ref_s, ref_i = reference.topk_attention(q_ref, K_ref, s.k, s.lengths, s.scale, acc_dtype=torch.float64)
+    # Different selections (float32 near-ties) have different gradients.
+    assert torch.equal(idx, ref_i), "selection differs from the float64 reference"
+    valid = ref_i >= 0
+    rq, rk = torch.autograd.grad(ref_s, (q_ref, K_ref), torch.where(valid, g.double(), 0.0))
+    torch.testing.assert_close(gq, rq, rtol=1e-4, atol=1e-4, equal_nan=True)
+    torch.testing.assert_close(gk, rk, rtol=1e-4, atol=1e-4, equal_nan=True)
+
+
+def test_backward_touches_only_selected_keys(seed):
+    s = sample_input("lengths", torch.float32, "cpu", seed)
+    K = s.keys.clone().requires_grad_()
+    scores, idx = dare_kernels.topk_attention(s.query, K, s.k, lengths=s.lengths)
+    (gk,) = torch.autograd.grad(scores.sum() * 0 + scores[torch.isfinite(scores)].sum(), (K,))
+    touched = torch.zeros(K.shape[:2], dtype=torch.bool)
+    for b in range(idx.shape[0]):
+        touched[b, idx[b][idx[b] >= 0]] = True
+    assert torch.all(gk[~touched] == 0)
+    assert torch.all(gk[touched].abs().sum(-1) > 0)
+
+
+def test_cpu_portable_variant():
+    """The CPU kernel picks its AVX2 variant at run time; the portable one must
+    pass the same matrix (DARE_CPU_ISA=baseline forces it, per process)."""
+    import subprocess
+    import sys
+
+    from conftest import SEED
+    if backend_status("cpu", "cpu"):
+        pytest.skip("compiled library not available")
+    env = dict(os.environ, DARE_CPU_ISA="baseline", DARE_TEST_SEED=str(SEED))
+    here = os.path.dirname(os.path.abspath(__file__))
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                        os.path.join(here, "test_topk_attention.py"), "-k", "test_matches_reference and cpu-cpu"],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert " passed" in r.stdout
