@@ -1,0 +1,289 @@
+"""The main job: `python -m dare_kernels.bench` (or `dare-bench`).
+
+Measures this device's copy bandwidth, then times the search stage (score every
+behaviour, keep the top k) for each available backend and attention width d
+against what users write today, `torch.topk(torch.bmm(K, q[..., None])[..., 0], k)`,
+and prints one table: median time, effective GB/s of reading the keys once, % of
+the copy bandwidth, speed-up of d over d=128, and speed-up over bmm+topk.
+bench/ (pytest-benchmark) reuses the inputs, baseline and timers defined here."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Optional
+
+import torch
+
+from . import ops
+
+BASELINE = "bmm+topk"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def baseline(query, keys, k, lengths=None, scale=1.0):
+    """What users write today (bmm, or einsum for T targets, then torch.topk)."""
+    if query.dim() == 3:
+        scores = torch.einsum("btd,bld->btl", query, keys).float()
+    else:
+        scores = torch.bmm(keys, query[..., None])[..., 0]
+    if scale != 1.0:
+        scores = scores * scale
+    if lengths is not None:
+        pos = torch.arange(keys.shape[1], device=keys.device)
+        mask = pos[None, :] >= lengths[:, None]
+        scores = scores.masked_fill(mask if query.dim() == 2 else mask[:, None], float("-inf"))
+    return torch.topk(scores, k)
+
+
+def implementation(name: str) -> Callable:
+    if name == BASELINE:
+        return baseline
+    return lambda q, keys, k, lengths=None, scale=1.0: ops.topk_attention(
+        q, keys, k, lengths=lengths, scale=scale, backend=name)
+
+
+def backends_for(device: torch.device) -> list:
+    return [BASELINE] + [b for b in ops.available_backends(device) if b != "reference"]
+
+
+def environment(device: torch.device) -> dict:
+    info = {"device": device_name(device), "torch": torch.__version__, "python": platform.python_version()}
+    if device.type == "cuda":
+        info["cuda"] = torch.version.cuda
+        try:
+            import triton
+            info["triton"] = triton.__version__
+        except ImportError:
+            pass
+    else:
+        info["threads"] = torch.get_num_threads()
+    return info
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"{model} ({torch.get_num_threads()} threads)"
+
+
+def cache_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 64 << 20))
+    return 64 << 20  # larger than this machine's L3
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    B: int
+    L: int
+    d: int
+    k: int
+    T: int = 0  # 0: query (B, d); else (B, T, d)
+    dtype: str = "bfloat16"
+
+    def key_bytes(self) -> int:
+        return self.B * self.L * self.d * DTYPES[self.dtype].itemsize
+
+    def id(self) -> str:
+        t = f"-T{self.T}" if self.T else ""
+        return f"B{self.B}{t}-L{self.L}-d{self.d}-k{self.k}-{self.dtype}"
+
+    def label(self) -> str:
+        t = f" T={self.T}" if self.T else ""
+        return f"B={self.B}{t} L={self.L} d={self.d} k={self.k} {self.dtype}"
+
+
+def make_inputs(shape: Shape, device: torch.device, seed: int = 0) -> list:
+    """Enough independent (query, keys) sets that cycling through them reads
+    twice the device cache: the timings measure memory, not cache."""
+    copies = max(1, math.ceil(2 * cache_bytes(device) / max(1, shape.key_bytes())))
+    copies = min(copies, 64)
+    g = torch.Generator(device=device).manual_seed(seed)
+    dtype = DTYPES[shape.dtype]
+    qshape = (shape.B, shape.T, shape.d) if shape.T else (shape.B, shape.d)
+    return [(torch.randn(qshape, device=device, generator=g, dtype=torch.float32).to(dtype),
+             torch.randn(shape.B, shape.L, shape.d, device=device, generator=g, dtype=torch.float32).to(dtype))
+            for _ in range(copies)]
+
+
+def sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable, inputs: list, device: torch.device, reps: int = 50, warmup: int = 5) -> float:
+    """Median seconds per call. On a GPU: CUDA events around back-to-back
+    batches of calls (the queue never drains, so host launch cost hides only
+    when the kernel is slower than the launch, as in real use)."""
+    n = len(inputs)
+    for i in range(warmup):
+        fn(*inputs[i % n])
+    sync(device)
+    if device.type == "cuda":
+        batch = max(1, min(20, reps // 5))
+        times = []
+        for r in range(max(5, reps // batch)):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for i in range(batch):
+                fn(*inputs[(r * batch + i) % n])
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3 / batch)
+        return statistics.median(times)
+    times = []
+    for i in range(reps):
+        t0 = time.perf_counter()
+        fn(*inputs[i % n])
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def copy_bandwidth(device: torch.device, nbytes: Optional[int] = None) -> float:
+    """Bytes per second of a large device-to-device copy, counting read + write."""
+    nbytes = nbytes or ((1 << 30) if device.type == "cuda" else (256 << 20))
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    t = time_call(lambda: dst.copy_(src), [()], device, reps=20, warmup=3)
+    return 2 * nbytes / t
+
+
+def default_shapes(device: torch.device, args) -> list:
+    gpu = device.type == "cuda"
+    B = args.B or ([1024] if gpu else [64])
+    return [Shape(b, args.L, d, args.k, args.T, args.dtype) for b in B for d in args.d]
+
+
+def run(args) -> dict:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backends = args.backends or backends_for(device)
+    env = environment(device)
+    bw = copy_bandwidth(device)
+    shapes = default_shapes(device, args)
+    rows = []
+    try:
+        from tqdm import tqdm
+        progress = tqdm(total=len(shapes) * len(backends), desc="search stage", file=sys.stderr,
+                        disable=args.quiet)
+    except ImportError:  # pragma: no cover
+        progress = None
+    for shape in shapes:
+        inputs = make_inputs(shape, device)
+        for name in backends:
+            fn = implementation(name)
+            t = time_call(lambda q, K: fn(q, K, shape.k), inputs, device, reps=args.reps)
+            rows.append({**dataclasses.asdict(shape), "backend": name, "ms": t * 1e3,
+                         "GBps": shape.key_bytes() / t / 1e9,
+                         "pct_copy_bw": 100 * shape.key_bytes() / t / bw})
+            if progress is not None:
+                progress.update()
+        del inputs
+    if progress is not None:
+        progress.close()
+    _ratios(rows)
+    return {"env": env, "copy_GBps": bw / 1e9, "rows": rows,
+            "command": " ".join(["python -m dare_kernels.bench"] + sys.argv[1:])}
+
+
+def _ratios(rows):
+    def key(r, **kw):
+        return tuple({**r, **kw}[f] for f in ("backend", "B", "L", "d", "k", "T", "dtype"))
+    index = {key(r): r for r in rows}
+    for r in rows:
+        wide = index.get(key(r, d=128))
+        base = index.get(key(r, backend=BASELINE))
+        r["x_vs_d128"] = wide["ms"] / r["ms"] if wide else None
+        r["x_vs_bmm_topk"] = base["ms"] / r["ms"] if base else None
+
+
+def format_table(result: dict) -> str:
+    env = result["env"]
+    head = (f"device: {env['device']} | torch {env['torch']}"
+            + (f" | CUDA {env['cuda']}" if env.get("cuda") else "")
+            + (f" | triton {env['triton']}" if env.get("triton") else "")
+            + (f" | threads {env['threads']}" if env.get("threads") else "")
+            + f"\ncopy bandwidth (read + write): {result['copy_GBps']:.1f} GB/s\n")
+    cols = ["backend", "B", "T", "L", "d", "k", "dtype", "ms", "GB/s", "% copy BW", "x vs d=128", "x vs bmm+topk"]
+    lines = []
+    for r in result["rows"]:
+        fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+        lines.append([r["backend"], str(r["B"]), str(r["T"] or 1), str(r["L"]), str(r["d"]), str(r["k"]), r["dtype"],
+                      f"{r['ms']:.3f}", f"{r['GBps']:.1f}", f"{r['pct_copy_bw']:.0f}%",
+                      fmt(r["x_vs_d128"], ".2f"), fmt(r["x_vs_bmm_topk"], ".2f")])
+    widths = [max(len(c), *(len(l[i]) for l in lines)) for i, c in enumerate(cols)]
+    out = ["| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)) + " |",
+           "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += ["| " + " | ".join(v.ljust(w) for v, w in zip(l, widths)) + " |" for l in lines]
+    return head + "\n".join(out)
+
+
+def plot(result: dict, path: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    rows = result["rows"]
+    for backend in dict.fromkeys(r["backend"] for r in rows):
+        for B in sorted({r["B"] for r in rows}):
+            pts = sorted((r["d"], r["ms"]) for r in rows if r["backend"] == backend and r["B"] == B)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{backend} (B={B})")
+    for B in sorted({r["B"] for r in rows}):
+        pts = sorted({(r["d"], r["ms"] * r["pct_copy_bw"] / 100) for r in rows if r["B"] == B})
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "k--", lw=1,
+                label=f"read keys once at copy bandwidth (B={B})")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("attention dim d")
+    ax.set_ylabel("median ms per search")
+    ax.set_title(f"search stage, {result['env']['device']}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m dare_kernels.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", help="cuda or cpu (default: cuda if present)")
+    p.add_argument("--backends", nargs="+", help=f"subset of {BASELINE!r} and {ops.BACKENDS}")
+    p.add_argument("--B", type=int, nargs="+", help="batch sizes (default: 1024 on GPU, 64 on CPU)")
+    p.add_argument("--L", type=int, default=10000)
+    p.add_argument("--d", type=int, nargs="+", default=[16, 32, 64, 128])
+    p.add_argument("--k", type=int, default=128)
+    p.add_argument("--T", type=int, default=0, help="targets per sequence (0: query is (B, d))")
+    p.add_argument("--dtype", choices=list(DTYPES), help="default: bfloat16 on GPU, float32 on CPU")
+    p.add_argument("--reps", type=int, default=50)
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--plot", help="write a PNG plot here (needs matplotlib)")
+    p.add_argument("--quiet", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.dtype is None:
+        gpu = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+        args.dtype = "bfloat16" if gpu else "float32"
+    result = run(args)
+    print(format_table(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    if args.plot:
+        plot(result, args.plot)
+
+
+if __name__ == "__main__":
+    main()
