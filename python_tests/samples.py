@@ -132,6 +132,13 @@ def _big_k(g, dtype, device):
                   lengths=_lengths([L, 700], device))
 
 
+def _huge_k(g, dtype, device):
+    # Beyond the CUDA kernel's in-shared-memory k: the exact large-k path.
+    L = 3000
+    return Sample(_randn(g, 2, 8, dtype=dtype, device=device), _randn(g, 2, L, 8, dtype=dtype, device=device), 2000,
+                  lengths=_lengths([L, 1500], device))
+
+
 def _wide(g, dtype, device):
     return Sample(_randn(g, 2, 256, dtype=dtype, device=device), _randn(g, 2, 300, 256, dtype=dtype, device=device), 64)
 
@@ -155,6 +162,7 @@ SAMPLES: dict[str, tuple[Callable, bool]] = {
     "odd_d": (_odd_d, False),
     "long": (_long, True),
     "big_k": (_big_k, True),
+    "huge_k": (_huge_k, True),
     "wide": (_wide, True),
 }
 

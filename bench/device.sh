@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# One call on the GPU machine (the `device` tool): build, the full test matrix on
+# CUDA, compute-sanitizer on a subset, the benchmarks and the main job. Logs and
+# JSON go to $OUT; a short summary is printed last.
+#   bash bench/device.sh [quick]
+set -uo pipefail
+OUT=${OUT:-/tmp/dare-out}
+mkdir -p "$OUT"
+MODE=${1:-full}
+export MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} DARE_BUILD_CUDA=1
+summary() { echo "$*" | tee -a "$OUT/summary.txt"; }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee "$OUT/summary.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" | tee -a "$OUT/summary.txt"
+
+t0=$(date +%s)
+if ! pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1; then
+  tail -40 "$OUT/build.log"; exit 1
+fi
+summary "build: $(( $(date +%s) - t0 )) s"
+
+t0=$(date +%s)
+python3 -m pytest python_tests -q -x -p no:cacheprovider ${PYTEST_ARGS:-} > "$OUT/tests.log" 2>&1
+rc=$?
+summary "tests rc=$rc ($(( $(date +%s) - t0 )) s): $(tail -1 "$OUT/tests.log")"
+[ $rc -ne 0 ] && grep -E "^(FAILED|ERROR)|Error|assert" "$OUT/tests.log" | head -30
+
+if [ "$MODE" = full ]; then
+  for tool in memcheck racecheck initcheck; do
+    for b in ${SANITIZE_BACKENDS:-cuda}; do
+      compute-sanitizer --tool $tool --error-exitcode 9 python3 python_tests/sanitize_cuda.py $b > "$OUT/sanitize-$tool-$b.log" 2>&1
+      summary "compute-sanitizer $tool $b rc=$? $(grep -E 'ERROR SUMMARY' "$OUT/sanitize-$tool-$b.log" | tail -1)"
+    done
+  done
+fi
+
+python3 -m dare_kernels.bench --json "$OUT/bench.json" --plot "$OUT/bench.png" --quiet ${BENCH_ARGS:-} > "$OUT/bench.txt" 2>&1
+cat "$OUT/bench.txt"

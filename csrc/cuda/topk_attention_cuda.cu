@@ -1,0 +1,455 @@
+// Fused CUDA kernel: scores + exact top-k in one pass over the keys.
+//
+// Each CTA owns one chunk of one row (row = (b, t)). It streams the chunk's
+// keys with 16-byte loads (G threads per key, several keys in flight per
+// thread), keeps the float32 scores as order-preserving uint32 keys in shared
+// memory, then finds the exact k-th largest packed (score, position) key by an
+// 8-bit radix select over shared memory (usually 2-4 passes: it stops as soon
+// as one digit bin holds exactly the elements still needed), compacts the
+// winners and bitonic-sorts them. The selection of one CTA overlaps the key
+// stream of the other CTAs resident on the SM. Rows split into several chunks
+// (long rows, or few rows: B = 1..16 still fills the GPU) leave sorted
+// partial lists in a workspace that a second, small kernel merges with the same
+// select.
+//
+// k above kMaxK takes an exact ATen path (float32 scores, one int64 sort).
+#include <cstdint>
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <torch/library.h>
+
+#include "../check.h"
+#include "../order.h"
+
+namespace dare {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kMaxK = 1024;
+constexpr int kMaxChunk = 4096;  // positions per CTA: 16 KB of shared scores
+constexpr int kMinChunk = 512;
+constexpr int kUnroll = 4;       // keys in flight per thread
+
+// ---------------------------------------------------------------------------
+// Loading keys: 16 bytes -> float32.
+
+template <typename T>
+struct Vec;  // elements per 16-byte load and their conversion
+
+template <>
+struct Vec<float> {
+  static constexpr int N = 4;
+  __device__ __forceinline__ static void to_float(const uint4& v, float* f) {
+    f[0] = __uint_as_float(v.x);
+    f[1] = __uint_as_float(v.y);
+    f[2] = __uint_as_float(v.z);
+    f[3] = __uint_as_float(v.w);
+  }
+};
+
+template <>
+struct Vec<__nv_bfloat16> {
+  static constexpr int N = 8;
+  __device__ __forceinline__ static void to_float(const uint4& v, float* f) {
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      f[2 * i] = __uint_as_float(w[i] << 16);
+      f[2 * i + 1] = __uint_as_float(w[i] & 0xFFFF0000u);
+    }
+  }
+};
+
+template <>
+struct Vec<__half> {
+  static constexpr int N = 8;
+  __device__ __forceinline__ static void to_float(const uint4& v, float* f) {
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 p = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
+      f[2 * i] = p.x;
+      f[2 * i + 1] = p.y;
+    }
+  }
+};
+
+template <typename T>
+__device__ __forceinline__ float to_float(T x) {
+  return static_cast<float>(x);
+}
+template <>
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) {
+  return __bfloat162float(x);
+}
+template <>
+__device__ __forceinline__ float to_float(__half x) {
+  return __half2float(x);
+}
+
+struct Params {
+  const void* keys;        // (B, L, d) contiguous
+  const void* query;       // (B*T, d) contiguous
+  const int64_t* lengths;  // (B,) int64 or nullptr; clamped to [0, L]
+  float* scores;           // (B*T, k)
+  int64_t* indices;        // (B*T, k)
+  uint64_t* workspace;     // (B*T, S, k) packed partial lists when S > 1
+  int64_t T, L, d;
+  int k, chunk, splits, kpow2;
+  float scale;
+};
+
+__device__ __forceinline__ int64_t row_length(const Params& p, int64_t b) {
+  if (p.lengths == nullptr) return p.L;
+  const int64_t len = p.lengths[b];
+  return len < 0 ? 0 : (len > p.L ? p.L : len);
+}
+
+// ---------------------------------------------------------------------------
+// Scores of one chunk into shared memory as order keys.
+
+// D > 0: d == D, 16-byte aligned rows; G threads share a key, each loading
+// NV vectors, then a shuffle reduction inside the group.
+template <typename T, int D>
+__device__ __forceinline__ void score_chunk(const Params& p, const T* __restrict__ keys,
+                                            const T* __restrict__ q, int n, uint32_t* skey) {
+  constexpr int VN = Vec<T>::N;
+  constexpr int NVEC = D / VN;                   // 16-byte vectors per key
+  constexpr int G = NVEC < 32 ? NVEC : 32;       // threads per key
+  constexpr int NV = NVEC / G;                   // vectors per thread
+  constexpr int PER_PASS = kThreads / G;         // keys per CTA pass
+  const int lane = threadIdx.x % G;
+  const int slot = threadIdx.x / G;
+  float qr[NV][VN];
+#pragma unroll
+  for (int v = 0; v < NV; ++v) {
+#pragma unroll
+    for (int e = 0; e < VN; ++e) qr[v][e] = to_float(q[(v * G + lane) * VN + e]);
+  }
+  const uint4* base = reinterpret_cast<const uint4*>(keys);
+  for (int j0 = 0; j0 < n; j0 += PER_PASS * kUnroll) {
+    uint4 raw[kUnroll][NV];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int j = j0 + u * PER_PASS + slot;
+#pragma unroll
+      for (int v = 0; v < NV; ++v)
+        raw[u][v] = j < n ? __ldg(base + int64_t(j) * NVEC + v * G + lane) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      float acc = 0.f;
+#pragma unroll
+      for (int v = 0; v < NV; ++v) {
+        float f[VN];
+        Vec<T>::to_float(raw[u][v], f);
+#pragma unroll
+        for (int e = 0; e < VN; ++e) acc = fmaf(qr[v][e], f[e], acc);
+      }
+#pragma unroll
+      for (int off = G / 2; off > 0; off /= 2) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, off, G);
+      const int j = j0 + u * PER_PASS + slot;
+      if (lane == 0 && j < n) skey[j] = score_key(acc * p.scale);
+    }
+  }
+}
+
+// Any d, any alignment: one thread per key, scalar loads.
+template <typename T>
+__device__ __forceinline__ void score_chunk_generic(const Params& p, const T* __restrict__ keys,
+                                                    const T* __restrict__ q, int n, uint32_t* skey) {
+  for (int j = threadIdx.x; j < n; j += kThreads) {
+    const T* x = keys + int64_t(j) * p.d;
+    float acc = 0.f;
+    for (int64_t c = 0; c < p.d; ++c) acc = fmaf(to_float(q[c]), to_float(x[c]), acc);
+    skey[j] = score_key(acc * p.scale);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Block-wide selection over unique packed keys.
+
+struct SelectShared {
+  uint32_t hist[256];
+  uint32_t warp_sums[kThreads / 32];
+  uint32_t digit, above, in_bin;
+  uint32_t count;
+};
+
+// Inclusive suffix sum over the 256 bins (thread t holds bin t).
+__device__ __forceinline__ uint32_t suffix_sum(uint32_t h, SelectShared& sh) {
+  static_assert(kThreads == 256, "one thread per bin");
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  uint32_t s = h;
+#pragma unroll
+  for (int off = 1; off < 32; off *= 2) {
+    const uint32_t o = __shfl_down_sync(0xFFFFFFFFu, s, off);
+    if (lane + off < 32) s += o;
+  }
+  if (lane == 0) sh.warp_sums[warp] = s;
+  __syncthreads();
+  for (int w = warp + 1; w < kThreads / 32; ++w) s += sh.warp_sums[w];
+  return s;
+}
+
+// Returns T such that exactly `want` of the nonzero keys src(i), i < n, are
+// >= T, given the nonzero keys are unique and at least `want` of them exist.
+template <typename Src>
+__device__ uint64_t select_threshold(Src src, int n, int want, SelectShared& sh) {
+  uint64_t prefix = 0;
+  uint32_t remaining = want;
+  for (int shift = 56; shift >= 0; shift -= 8) {
+    const uint64_t hi_mask = shift == 56 ? 0 : (~uint64_t(0) << (shift + 8));
+    sh.hist[threadIdx.x] = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += kThreads) {
+      const uint64_t x = src(i);
+      // Zero is the merge's padding, never a real key.
+      if (x != 0 && (x & hi_mask) == prefix) atomicAdd(&sh.hist[(x >> shift) & 0xFF], 1u);
+    }
+    __syncthreads();
+    const uint32_t h = sh.hist[threadIdx.x];
+    const uint32_t s = suffix_sum(h, sh);
+    if (s >= remaining && s - h < remaining) {
+      sh.digit = threadIdx.x;
+      sh.above = s - h;
+      sh.in_bin = h;
+    }
+    __syncthreads();
+    remaining -= sh.above;
+    prefix |= uint64_t(sh.digit) << shift;
+    // The whole bin is wanted: every key below it is out, so the bin's
+    // smallest possible key is the threshold.
+    if (sh.in_bin == remaining) return prefix;
+    __syncthreads();  // the next pass clears hist
+  }
+  return prefix;
+}
+
+// Writes the `want` keys >= threshold to cand[0, want), zeros up to kpow2, and
+// sorts cand descending.
+template <typename Src>
+__device__ void gather_sorted(Src src, int n, uint64_t threshold, uint64_t* cand, int kpow2,
+                              SelectShared& sh) {
+  if (threadIdx.x == 0) sh.count = 0;
+  for (int i = threadIdx.x; i < kpow2; i += kThreads) cand[i] = 0;
+  __syncthreads();
+  for (int i = threadIdx.x; i < n; i += kThreads) {
+    const uint64_t x = src(i);
+    if (x >= threshold && x != 0) cand[atomicAdd(&sh.count, 1u)] = x;
+  }
+  __syncthreads();
+  // Bitonic sort, descending.
+  for (int size = 2; size <= kpow2; size *= 2) {
+    for (int stride = size / 2; stride > 0; stride /= 2) {
+      for (int i = threadIdx.x; i < kpow2 / 2; i += kThreads) {
+        const int lo = 2 * i - (i & (stride - 1));
+        const int hi = lo + stride;
+        const uint64_t a = cand[lo], b = cand[hi];
+        const bool descending = (lo & size) == 0;
+        if ((a < b) == descending) {
+          cand[lo] = b;
+          cand[hi] = a;
+        }
+      }
+      __syncthreads();
+    }
+  }
+}
+
+__device__ __forceinline__ void write_final(const Params& p, int64_t row, const uint64_t* cand) {
+  for (int i = threadIdx.x; i < p.k; i += kThreads) {
+    const uint64_t x = cand[i];
+    p.scores[row * p.k + i] = x == 0 ? -INFINITY : packed_score(x);
+    p.indices[row * p.k + i] = x == 0 ? -1 : packed_pos(x);
+  }
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads) chunk_topk_kernel(Params p) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  uint64_t* cand = reinterpret_cast<uint64_t*>(smem_raw);           // kpow2
+  uint32_t* skey = reinterpret_cast<uint32_t*>(cand + p.kpow2);       // chunk
+  __shared__ SelectShared sh;
+
+  const int64_t row = blockIdx.x / p.splits;
+  const int c = blockIdx.x % p.splits;
+  const int64_t b = row / p.T;
+  const int64_t start = int64_t(c) * p.chunk;
+  const int64_t len = row_length(p, b);
+  const int n = int(len > start ? (len - start < p.chunk ? len - start : p.chunk) : 0);
+
+  const T* keys = static_cast<const T*>(p.keys) + (b * p.L + start) * p.d;
+  const T* q = static_cast<const T*>(p.query) + row * p.d;
+  if constexpr (D > 0) {
+    score_chunk<T, D>(p, keys, q, n, skey);
+  } else {
+    score_chunk_generic<T>(p, keys, q, n, skey);
+  }
+  __syncthreads();
+
+  const uint32_t pos0 = uint32_t(start);
+  auto src = [&](int i) -> uint64_t { return (uint64_t(skey[i]) << 32) | uint64_t(~(pos0 + uint32_t(i))); };
+  const int want = n < p.k ? n : p.k;
+  const uint64_t threshold = (want == 0 || want == n) ? 1 : select_threshold(src, n, want, sh);
+  gather_sorted(src, n, threshold, cand, p.kpow2, sh);
+
+  if (p.splits == 1) {
+    write_final(p, row, cand);
+  } else {
+    uint64_t* out = p.workspace + (row * p.splits + c) * p.k;
+    for (int i = threadIdx.x; i < p.k; i += kThreads) out[i] = cand[i];
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) merge_topk_kernel(Params p) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  uint64_t* cand = reinterpret_cast<uint64_t*>(smem_raw);
+  __shared__ SelectShared sh;
+  const int64_t row = blockIdx.x;
+  const int64_t len = row_length(p, row / p.T);
+  // Real candidates: min(k, positions) per chunk; the rest are zero padding.
+  int64_t valid = 0;
+  for (int c = 0; c < p.splits; ++c) {
+    const int64_t nc = len - int64_t(c) * p.chunk;
+    valid += nc <= 0 ? 0 : (nc < p.k ? (nc < p.chunk ? nc : p.chunk) : p.k);
+  }
+  const uint64_t* ws = p.workspace + row * p.splits * p.k;
+  const int n = p.splits * p.k;
+  auto src = [&](int i) -> uint64_t { return ws[i]; };
+  const uint64_t threshold = valid <= p.k ? 1 : select_threshold(src, n, p.k, sh);
+  gather_sorted(src, n, threshold, cand, p.kpow2, sh);
+  write_final(p, row, cand);
+}
+
+// ---------------------------------------------------------------------------
+// Host side.
+
+int sm_count(int device) {
+  static int cached[64] = {0};
+  if (device < 64 && cached[device]) return cached[device];
+  int n = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+  if (device < 64) cached[device] = n;
+  return n;
+}
+
+template <typename T>
+void launch(const Params& p, int64_t rows, size_t smem, bool vectorised, cudaStream_t stream) {
+  const dim3 grid(unsigned(rows * p.splits));
+#define DARE_LAUNCH(D) chunk_topk_kernel<T, D><<<grid, kThreads, smem, stream>>>(p)
+  if (vectorised && p.d == 16) DARE_LAUNCH(16);
+  else if (vectorised && p.d == 32) DARE_LAUNCH(32);
+  else if (vectorised && p.d == 64) DARE_LAUNCH(64);
+  else if (vectorised && p.d == 128) DARE_LAUNCH(128);
+  else if (vectorised && p.d == 256) DARE_LAUNCH(256);
+  else DARE_LAUNCH(0);
+#undef DARE_LAUNCH
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Exact for any k: float32 scores, positions past the length masked, one
+// descending sort of int64 keys that encode (score order, -position).
+std::tuple<at::Tensor, at::Tensor> large_k(const at::Tensor& Q, const at::Tensor& K, int64_t k,
+                                           const at::Tensor& len, double scale, const Shape& s) {
+  at::Tensor scores = at::bmm(Q.view({s.B, s.T, s.d}).to(at::kFloat), K.to(at::kFloat).transpose(1, 2));
+  scores = scores * scale + 0.0;  // -0 -> +0: both zeros tie
+  at::Tensor u = scores.view(at::kInt).to(at::kLong) & 0xFFFFFFFFLL;
+  const at::Tensor nan = scores.isnan();
+  u = at::where(u == 0x80000000LL, at::zeros_like(u), u);
+  at::Tensor key = at::where((u & 0x80000000LL).ne(0), u ^ 0xFFFFFFFFLL, u | 0x80000000LL);
+  key = at::where(nan, at::full_like(key, 0xFFFFFFFFLL), key);
+  at::Tensor pos = at::arange(s.L, K.options().dtype(at::kLong));
+  at::Tensor packed = at::bitwise_left_shift(key, 32) | (0xFFFFFFFFLL - pos);  // as uint64; shift to signed order:
+  packed = packed ^ (int64_t(1) << 63);
+  if (len.defined()) {
+    const at::Tensor valid = pos.view({1, 1, s.L}) < len.clamp(0, s.L).view({s.B, 1, 1});
+    packed = at::where(valid, packed, at::full_like(packed, std::numeric_limits<int64_t>::min()));
+  }
+  at::Tensor top = std::get<0>(at::sort(packed, /*stable=*/false, /*dim=*/-1, /*descending=*/true))
+                       .narrow(-1, 0, k);
+  const at::Tensor pad = top.eq(std::numeric_limits<int64_t>::min());
+  top = top ^ (int64_t(1) << 63);
+  at::Tensor idx = 0xFFFFFFFFLL - (top & 0xFFFFFFFFLL);
+  at::Tensor hi = at::bitwise_right_shift(top, 32) & 0xFFFFFFFFLL;
+  at::Tensor bits = at::where((hi & 0x80000000LL).ne(0), hi & 0x7FFFFFFFLL, hi ^ 0xFFFFFFFFLL);
+  bits = at::where(bits >= 0x80000000LL, bits - 0x100000000LL, bits);  // as int32 bit pattern
+  at::Tensor out = bits.to(at::kInt).view(at::kFloat);
+  out = at::where(pad, at::full_like(out, -std::numeric_limits<float>::infinity()), out);
+  idx = at::where(pad, at::full_like(idx, -1), idx);
+  return {out, idx};
+}
+
+std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, const at::Tensor& keys,
+                                                       int64_t k, const std::optional<at::Tensor>& lengths,
+                                                       double scale) {
+  // Length values are not read on the host (no sync, graph-capturable): the
+  // kernel clamps them to [0, L].
+  const Shape s = check_inputs(query, keys, k, lengths, /*check_length_values=*/false);
+  const c10::cuda::CUDAGuard guard(keys.device());
+  std::vector<int64_t> out_shape = s.multi_target ? std::vector<int64_t>{s.B, s.T, k}
+                                                  : std::vector<int64_t>{s.B, k};
+  at::Tensor scores = at::empty(out_shape, keys.options().dtype(at::kFloat));
+  at::Tensor indices = at::empty(out_shape, keys.options().dtype(at::kLong));
+  const int64_t rows = s.B * s.T;
+  if (rows == 0) return {scores, indices};
+
+  const at::Tensor K = keys.contiguous();
+  const at::Tensor Q = query.reshape({rows, s.d}).contiguous();
+  at::Tensor len;
+  if (lengths.has_value()) len = lengths->to(at::kLong).contiguous();
+
+  if (k > kMaxK) {
+    auto [sc, ix] = large_k(Q, K, k, len, scale, s);
+    scores.copy_(sc.view(out_shape));
+    indices.copy_(ix.view(out_shape));
+    return {scores, indices};
+  }
+
+  // Chunking: at most kMaxChunk positions per CTA; more, shorter chunks (down
+  // to kMinChunk) when there are too few rows to fill the GPU.
+  const int64_t target_ctas = 4 * int64_t(sm_count(keys.get_device()));
+  int64_t splits = (s.L + kMaxChunk - 1) / kMaxChunk;
+  const int64_t max_splits = std::max<int64_t>(splits, (s.L + kMinChunk - 1) / kMinChunk);
+  if (rows * splits < target_ctas)
+    splits = std::min(max_splits, (target_ctas + rows - 1) / rows);
+  const int64_t chunk = (s.L + splits - 1) / splits;
+  splits = (s.L + chunk - 1) / chunk;
+  int kpow2 = 1;
+  while (kpow2 < k) kpow2 *= 2;
+
+  at::Tensor workspace;
+  if (splits > 1) workspace = at::empty({rows, splits, k}, keys.options().dtype(at::kLong));
+  Params p{K.const_data_ptr(), Q.const_data_ptr(), len.defined() ? len.const_data_ptr<int64_t>() : nullptr,
+           scores.mutable_data_ptr<float>(), indices.mutable_data_ptr<int64_t>(),
+           workspace.defined() ? reinterpret_cast<uint64_t*>(workspace.mutable_data_ptr<int64_t>()) : nullptr,
+           s.T, s.L, s.d, int(k), int(chunk), int(splits), kpow2, static_cast<float>(scale)};
+
+  const int64_t vec_bytes = 16;
+  const bool vectorised = reinterpret_cast<uintptr_t>(K.const_data_ptr()) % vec_bytes == 0 &&
+                          (s.d * int64_t(K.element_size())) % vec_bytes == 0;
+  const size_t smem = size_t(kpow2) * sizeof(uint64_t) + size_t(chunk) * sizeof(uint32_t);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  switch (K.scalar_type()) {
+    case at::kFloat: launch<float>(p, rows, smem, vectorised, stream); break;
+    case at::kHalf: launch<__half>(p, rows, smem, vectorised, stream); break;
+    case at::kBFloat16: launch<__nv_bfloat16>(p, rows, smem, vectorised, stream); break;
+    default: TORCH_CHECK(false, "topk_attention: unreachable dtype");
+  }
+  if (splits > 1) {
+    merge_topk_kernel<<<unsigned(rows), kThreads, size_t(kpow2) * sizeof(uint64_t), stream>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return {scores, indices};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dare, CUDA, m) { m.impl("topk_attention", &topk_attention_cuda); }
+
+}  // namespace dare

@@ -1,0 +1,110 @@
+"""What only a GPU can show: long rows, 64-bit offsets, CUDA-graph capture, and
+the documented handling of out-of-range lengths (clamped, never read on the
+host). The sample matrix in test_topk_attention.py covers the rest on CUDA."""
+import pytest
+import torch
+
+import dare_kernels
+from dare_kernels import reference
+from dare_kernels.ops import backend_status
+
+from test_topk_attention import assert_matches_reference
+from samples import Sample
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+GPU_BACKENDS = ["cuda", "triton"]
+
+
+def _need(backend):
+    why = backend_status(backend, "cuda")
+    if why:
+        pytest.skip(why)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("L,B,d,k", [(10000, 16, 32, 128), (100000, 4, 16, 256), (100000, 2, 64, 1024)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+def test_long_rows(backend, L, B, d, k, dtype, seed):
+    _need(backend)
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q = torch.randn(B, d, device="cuda", generator=g).to(dtype)
+    K = torch.randn(B, L, d, device="cuda", generator=g).to(dtype)
+    lengths = torch.randint(k, L + 1, (B,), device="cuda", generator=g)
+    lengths[0] = L
+    s = Sample(q, K, k, lengths)
+    assert_matches_reference(dare_kernels.topk_attention(q, K, k, lengths=lengths, backend=backend), s)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_lengths_out_of_range_are_clamped(backend, seed):
+    _need(backend)
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q = torch.randn(4, 16, device="cuda", generator=g)
+    K = torch.randn(4, 300, 16, device="cuda", generator=g)
+    bad = torch.tensor([-5, 301, 10**9, 7], device="cuda")
+    got = dare_kernels.topk_attention(q, K, 20, lengths=bad, backend=backend)
+    want = dare_kernels.topk_attention(q, K, 20, lengths=bad.clamp(0, 300), backend=backend)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert_matches_reference(got, Sample(q, K, 20, bad.clamp(0, 300)))
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_cuda_graph_capture(backend, seed):
+    _need(backend)
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q = torch.randn(8, 32, device="cuda", generator=g).bfloat16()
+    K = torch.randn(8, 5000, 32, device="cuda", generator=g).bfloat16()
+    lengths = torch.randint(1, 5001, (8,), device="cuda", generator=g)
+    fn = lambda: dare_kernels.topk_attention(q, K, 64, lengths=lengths, backend=backend)  # noqa: E731
+    eager = fn()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()  # warm-up (autotuning, allocations) outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    K.copy_(torch.randn(K.shape, device="cuda", generator=g).bfloat16())
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_matches_reference(out, Sample(q, K, 64, lengths))
+    assert not torch.equal(out[1], eager[1]), "the replay did not recompute"
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_64bit_offsets(backend, seed):
+    """B·L·d past 2**31 elements: the last rows live beyond any 32-bit offset."""
+    _need(backend)
+    B, L, d = 120, 140000, 128  # 2.15e9 bf16 elements, 4.3 GB
+    if torch.cuda.get_device_properties(0).total_memory < 24 * 2**30:
+        pytest.skip("needs 24 GiB of GPU memory")
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    K = torch.empty(B, L, d, device="cuda", dtype=torch.bfloat16)
+    for b in range(B):
+        K[b] = torch.randn(L, d, device="cuda", generator=g)
+    q = torch.randn(B, d, device="cuda", generator=g).bfloat16()
+    scores, idx = dare_kernels.topk_attention(q, K, 64, backend=backend)
+    for b in (0, B - 2, B - 1):
+        assert_matches_reference((scores[b:b + 1], idx[b:b + 1]), Sample(q[b:b + 1], K[b:b + 1], 64))
+    del K
+    torch.cuda.empty_cache()
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_many_targets_share_one_sequence(backend, seed):
+    _need(backend)
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q = torch.randn(2, 1024, 32, device="cuda", generator=g).bfloat16()
+    K = torch.randn(2, 10000, 32, device="cuda", generator=g).bfloat16()
+    lengths = torch.tensor([10000, 6000], device="cuda")
+    assert_matches_reference(dare_kernels.topk_attention(q, K, 128, lengths=lengths, backend=backend),
+                             Sample(q, K, 128, lengths))
+
+
+def test_reference_on_gpu_matches_cpu(seed):
+    g = torch.Generator().manual_seed(seed)
+    q, K = torch.randn(3, 16, generator=g), torch.randn(3, 500, 16, generator=g)
+    a = reference.topk_attention(q, K, 10, acc_dtype=torch.float64)
+    b = reference.topk_attention(q.cuda(), K.cuda(), 10, acc_dtype=torch.float64)
+    assert torch.equal(a[1], b[1].cpu())
