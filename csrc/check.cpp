@@ -1,6 +1,6 @@
 #include "check.h"
 
-#include <sstream>
+#include <string>
 
 #include <ATen/ATen.h>
 
@@ -26,12 +26,15 @@ std::string dtype_name(at::ScalarType t) {
 }
 
 std::string shape_str(const at::Tensor& t) {
-  std::ostringstream os;
-  os << "[";
-  for (int64_t i = 0; i < t.dim(); ++i) os << (i ? ", " : "") << t.sym_size(i);
-  os << "]";
-  return os.str();
+  std::string s = "[";
+  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
+  return s + "]";
 }
+
+// Messages are built here and handed to TORCH_CHECK_* as one std::string:
+// with torch 2.11 wheels and g++ 13 (the GPU machine), TORCH_CHECK given an
+// integer argument crashed (SIGSEGV) instead of raising; strings are safe.
+std::string num(int64_t v) { return std::to_string(v); }
 
 bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
@@ -43,50 +46,48 @@ Shape check_inputs(const at::Tensor& query, const at::Tensor& keys, int64_t k,
                    const std::optional<at::Tensor>& lengths,
                    bool check_length_values) {
   TORCH_CHECK_VALUE(keys.dim() == 3,
-                    "topk_attention: keys must have shape (B, L, d), got shape ",
-                    shape_str(keys));
+                    "topk_attention: keys must have shape (B, L, d), got shape " + shape_str(keys));
   TORCH_CHECK_VALUE(query.dim() == 2 || query.dim() == 3,
-                    "topk_attention: query must have shape (B, d) or (B, T, d), got shape ",
-                    shape_str(query));
+                    "topk_attention: query must have shape (B, d) or (B, T, d), got shape " +
+                        shape_str(query));
   TORCH_CHECK_TYPE(is_supported_float(keys.scalar_type()),
-                   "topk_attention: keys must be float32, float16 or bfloat16, got ",
-                   dtype_name(keys.scalar_type()));
+                   "topk_attention: keys must be float32, float16 or bfloat16, got " +
+                       dtype_name(keys.scalar_type()));
   TORCH_CHECK_TYPE(query.scalar_type() == keys.scalar_type(),
-                   "topk_attention: query dtype must equal keys dtype ",
-                   dtype_name(keys.scalar_type()), ", got ",
-                   dtype_name(query.scalar_type()));
+                   "topk_attention: query dtype must equal keys dtype " +
+                       dtype_name(keys.scalar_type()) + ", got " + dtype_name(query.scalar_type()));
   TORCH_CHECK_VALUE(query.device() == keys.device(),
-                    "topk_attention: query must be on the keys device ",
-                    keys.device(), ", got ", query.device());
+                    "topk_attention: query must be on the keys device " + keys.device().str() +
+                        ", got " + query.device().str());
   const int64_t B = keys.size(0), L = keys.size(1), d = keys.size(2);
   TORCH_CHECK_VALUE(query.size(0) == B,
-                    "topk_attention: query batch size must equal keys batch size B=", B,
-                    ", got ", query.size(0));
+                    "topk_attention: query batch size must equal keys batch size B=" + num(B) +
+                        ", got " + num(query.size(0)));
   TORCH_CHECK_VALUE(query.size(-1) == d,
-                    "topk_attention: query feature size must equal keys feature size d=", d,
-                    ", got ", query.size(-1));
-  TORCH_CHECK_VALUE(d >= 1, "topk_attention: keys feature size d must be >= 1, got ", d);
+                    "topk_attention: query feature size must equal keys feature size d=" + num(d) +
+                        ", got " + num(query.size(-1)));
+  TORCH_CHECK_VALUE(d >= 1, "topk_attention: keys feature size d must be >= 1, got " + num(d));
   TORCH_CHECK_VALUE(L < (int64_t(1) << 31),
-                    "topk_attention: keys length L must be < 2**31, got ", L);
+                    "topk_attention: keys length L must be < 2**31, got " + num(L));
   TORCH_CHECK_VALUE(k >= 1 && k <= L,
-                    "topk_attention: k must satisfy 1 <= k <= L=", L, ", got ", k);
+                    "topk_attention: k must satisfy 1 <= k <= L=" + num(L) + ", got " + num(k));
   if (lengths.has_value()) {
     const at::Tensor& len = *lengths;
     TORCH_CHECK_TYPE(len.scalar_type() == at::kInt || len.scalar_type() == at::kLong,
-                     "topk_attention: lengths must be int32 or int64, got ",
-                     dtype_name(len.scalar_type()));
+                     "topk_attention: lengths must be int32 or int64, got " +
+                         dtype_name(len.scalar_type()));
     TORCH_CHECK_VALUE(len.dim() == 1 && len.size(0) == B,
-                      "topk_attention: lengths must have shape (B,)=(", B, ",), got shape ",
-                      shape_str(len));
+                      "topk_attention: lengths must have shape (B,)=(" + num(B) + ",), got shape " +
+                          shape_str(len));
     TORCH_CHECK_VALUE(len.device() == keys.device(),
-                      "topk_attention: lengths must be on the keys device ", keys.device(),
-                      ", got ", len.device());
+                      "topk_attention: lengths must be on the keys device " + keys.device().str() +
+                          ", got " + len.device().str());
     if (check_length_values && B > 0) {
       const int64_t lo = len.min().item<int64_t>();
       const int64_t hi = len.max().item<int64_t>();
       TORCH_CHECK_VALUE(lo >= 0 && hi <= L,
-                        "topk_attention: lengths values must be in [0, L=", L,
-                        "], got min ", lo, ", max ", hi);
+                        "topk_attention: lengths values must be in [0, L=" + num(L) + "], got min " +
+                            num(lo) + ", max " + num(hi));
     }
   }
   const bool multi = query.dim() == 3;

@@ -167,8 +167,8 @@ def default_shapes(device: torch.device, args) -> list:
 
 def run(args) -> dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     backends = args.backends or backends_for(device)
     env = environment(device)
     bw = copy_bandwidth(device)
