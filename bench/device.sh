@@ -20,19 +20,31 @@ fi
 summary "build: $(( $(date +%s) - t0 )) s"
 
 t0=$(date +%s)
-python3 -m pytest python_tests -q -x -p no:cacheprovider ${PYTEST_ARGS:-} > "$OUT/tests.log" 2>&1
+python3 -m pytest python_tests -q -p no:cacheprovider --maxfail=5 ${PYTEST_ARGS:-} > "$OUT/tests.log" 2>&1
 rc=$?
 summary "tests rc=$rc ($(( $(date +%s) - t0 )) s): $(tail -1 "$OUT/tests.log")"
-[ $rc -ne 0 ] && grep -E "^(FAILED|ERROR)|Error|assert" "$OUT/tests.log" | head -30
+[ $rc -ne 0 ] && grep -E "^(FAILED|ERROR)|^E  " "$OUT/tests.log" | head -40
 
 if [ "$MODE" = full ]; then
   for tool in memcheck racecheck initcheck; do
     for b in ${SANITIZE_BACKENDS:-cuda}; do
-      compute-sanitizer --tool $tool --error-exitcode 9 python3 python_tests/sanitize_cuda.py $b > "$OUT/sanitize-$tool-$b.log" 2>&1
-      summary "compute-sanitizer $tool $b rc=$? $(grep -E 'ERROR SUMMARY' "$OUT/sanitize-$tool-$b.log" | tail -1)"
+      compute-sanitizer --tool $tool --error-exitcode 9 python3 python_tests/sanitize_cuda.py $b > "$OUT/sanitize.tmp" 2>&1
+      summary "compute-sanitizer $tool $b rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitize.tmp" | tail -1)"
+      cat "$OUT/sanitize.tmp" >> "$OUT/sanitize.log"; rm -f "$OUT/sanitize.tmp"
     done
   done
 fi
 
+if [ -n "${PROFILE:-}" ]; then
+  for d in 16 128; do
+    ncu --clock-control none -k regex:topk --launch-skip 4 --launch-count 2 --section SpeedOfLight \
+      --section Occupancy --section LaunchStats --section WarpStateStats \
+      python3 bench/profile_cuda.py --B 1024 --d $d >> "$OUT/ncu.txt" 2>&1
+  done
+  grep -E "chunk_topk|merge_topk|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Stall" "$OUT/ncu.txt" | head -40
+fi
+
 python3 -m dare_kernels.bench --json "$OUT/bench.json" --plot "$OUT/bench.png" --quiet ${BENCH_ARGS:-} > "$OUT/bench.txt" 2>&1
-cat "$OUT/bench.txt"
+python3 -m dare_kernels.bench --B 8 --d 16 32 128 --quiet --json "$OUT/bench_b8.json" > "$OUT/bench_b8.txt" 2>&1
+python3 -m dare_kernels.bench --B 1 --T 1024 --d 32 128 --quiet --json "$OUT/bench_t.json" > "$OUT/bench_t.txt" 2>&1
+cat "$OUT/bench.txt"; tail -n +3 "$OUT/bench_b8.txt"; tail -n +3 "$OUT/bench_t.txt"

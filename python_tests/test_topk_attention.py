@@ -35,7 +35,10 @@ def assert_matches_reference(out, s: Sample):
     position and NaN first, padding is exact, and where the inputs make float32
     exact, the indices equal the reference's."""
     scores, idx = out
-    ref_s, ref_i = reference.topk_attention(*s.args(), acc_dtype=torch.float64)
+    # The oracle runs on the CPU: no GPU library sits between the test and float64.
+    cpu_lengths = None if s.lengths is None else s.lengths.cpu()
+    ref_s, ref_i = reference.topk_attention(s.query.cpu(), s.keys.cpu(), s.k, cpu_lengths, s.scale,
+                                            acc_dtype=torch.float64)
     assert scores.dtype == torch.float32 and idx.dtype == torch.int64
     assert scores.shape == ref_s.shape and idx.shape == ref_i.shape
     assert scores.device == s.keys.device and idx.device == s.keys.device
@@ -43,11 +46,16 @@ def assert_matches_reference(out, s: Sample):
     if B == 0:
         return
     scores, idx = scores.cpu().double().reshape(B, -1, s.k), idx.cpu().reshape(B, -1, s.k)
-    ref_s, ref_i = ref_s.cpu().reshape(B, -1, s.k), ref_i.cpu().reshape(B, -1, s.k)
+    ref_s, ref_i = ref_s.reshape(B, -1, s.k), ref_i.reshape(B, -1, s.k)
     T = scores.shape[1]
 
+    def first_bad_row(bad):
+        b, t = [int(v) for v in bad.reshape(B, T, -1).any(-1).nonzero()[0]]
+        return (f"row b={b} t={t}:\n got idx {idx[b, t].tolist()}\n want idx {ref_i[b, t].tolist()}"
+                f"\n got scores {scores[b, t].tolist()}\n want scores {ref_s[b, t].tolist()}")
+
     pad = ref_i == -1
-    assert torch.equal(idx == -1, pad), "padding slots differ from the reference"
+    assert torch.equal(idx == -1, pad), "padding slots differ from the reference; " + first_bad_row((idx == -1) != pad)
     assert torch.all(scores[pad] == float("-inf"))
 
     q = s.query.cpu().double().reshape(B, T, d)
@@ -75,7 +83,8 @@ def assert_matches_reference(out, s: Sample):
 
     # The k-th order statistic moves no more than the scores do.
     ref_ok = ref_s[ok]
-    assert torch.equal(torch.isnan(ref_ok), nan), "a different number of NaN scores"
+    assert torch.equal(torch.isnan(ref_ok), nan), "a different number of NaN scores; " + first_bad_row(
+        torch.isnan(ref_s) != torch.isnan(exact))
     row_tol = tol.amax(-1, keepdim=True).expand_as(tol)[ok]
     fin_ref = ~torch.isnan(ref_ok) & ~torch.isinf(ref_ok)
     assert torch.equal(torch.isinf(ref_ok), inf) and torch.equal(ref_ok[inf], got[inf])
@@ -92,7 +101,7 @@ def assert_matches_reference(out, s: Sample):
     assert torch.all(order_ok[both]), "not sorted by (score desc, index asc)"
 
     if s.exact:
-        assert torch.equal(idx, ref_i), "indices differ from the reference on exact inputs"
+        assert torch.equal(idx, ref_i), "indices differ from the reference on exact inputs; " + first_bad_row(idx != ref_i)
 
 
 @pytest.mark.parametrize("name", list(SAMPLES))

@@ -31,7 +31,7 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kMaxK = 1024;
-constexpr int kMaxChunk = 4096;  // positions per CTA: 16 KB of shared scores
+constexpr int kMaxChunk = 4096;  // positions per CTA (24 KB of shared memory); fits uint16
 constexpr int kMinChunk = 512;
 constexpr int kUnroll = 4;       // keys in flight per thread
 
@@ -179,7 +179,19 @@ struct SelectShared {
   uint32_t warp_sums[kThreads / 32];
   uint32_t digit, above, in_bin;
   uint32_t count;
+  uint32_t tau;
 };
+
+// Slot for this thread's item in a block-wide compaction: one shared atomic
+// per warp instead of one per item.
+__device__ __forceinline__ uint32_t compact_slot(bool take, uint32_t* counter) {
+  const uint32_t mask = __ballot_sync(0xFFFFFFFFu, take);
+  const int lane = threadIdx.x % 32;
+  uint32_t base = 0;
+  if (lane == 0 && mask) base = atomicAdd(counter, uint32_t(__popc(mask)));
+  base = __shfl_sync(0xFFFFFFFFu, base, 0);
+  return base + __popc(mask & ((1u << lane) - 1u));
+}
 
 // Inclusive suffix sum over the 256 bins (thread t holds bin t).
 __device__ __forceinline__ uint32_t suffix_sum(uint32_t h, SelectShared& sh) {
@@ -239,9 +251,12 @@ __device__ void gather_sorted(Src src, int n, uint64_t threshold, uint64_t* cand
   if (threadIdx.x == 0) sh.count = 0;
   for (int i = threadIdx.x; i < kpow2; i += kThreads) cand[i] = 0;
   __syncthreads();
-  for (int i = threadIdx.x; i < n; i += kThreads) {
-    const uint64_t x = src(i);
-    if (x >= threshold && x != 0) cand[atomicAdd(&sh.count, 1u)] = x;
+  for (int i0 = 0; i0 < n; i0 += kThreads) {  // uniform trip count: compact_slot needs whole warps
+    const int i = i0 + threadIdx.x;
+    const uint64_t x = i < n ? src(i) : 0;
+    const bool take = x >= threshold && x != 0;
+    const uint32_t slot = compact_slot(take, &sh.count);
+    if (take) cand[slot] = x;
   }
   __syncthreads();
   // Bitonic sort, descending.
@@ -275,6 +290,7 @@ __global__ void __launch_bounds__(kThreads) chunk_topk_kernel(Params p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   uint64_t* cand = reinterpret_cast<uint64_t*>(smem_raw);           // kpow2
   uint32_t* skey = reinterpret_cast<uint32_t*>(cand + p.kpow2);       // chunk
+  uint16_t* cidx = reinterpret_cast<uint16_t*>(skey + p.chunk);        // chunk
   __shared__ SelectShared sh;
 
   const int64_t row = blockIdx.x / p.splits;
@@ -294,10 +310,46 @@ __global__ void __launch_bounds__(kThreads) chunk_topk_kernel(Params p) {
   __syncthreads();
 
   const uint32_t pos0 = uint32_t(start);
-  auto src = [&](int i) -> uint64_t { return (uint64_t(skey[i]) << 32) | uint64_t(~(pos0 + uint32_t(i))); };
   const int want = n < p.k ? n : p.k;
-  const uint64_t threshold = (want == 0 || want == n) ? 1 : select_threshold(src, n, want, sh);
-  gather_sorted(src, n, threshold, cand, p.kpow2, sh);
+  if (want < n && p.k <= kThreads && n > 2 * kThreads) {
+    // Prefilter: thread t's group is positions t, t + kThreads, ...; the
+    // want-th largest group maximum tau bounds the chunk's want-th largest key
+    // from below (want groups hold a key >= tau). Only keys >= tau, typically a
+    // small multiple of k, go through the radix select.
+    uint32_t m = 0;
+    for (int j = threadIdx.x; j < n; j += kThreads) m = max(m, skey[j]);
+    uint32_t* gmax = sh.hist;  // free until the select
+    gmax[threadIdx.x] = m;
+    __syncthreads();
+    int above = 0;
+    for (int u = 0; u < kThreads; ++u) {
+      const uint32_t o = gmax[u];
+      above += (o > m) || (o == m && u < int(threadIdx.x));
+    }
+    if (above == want - 1) sh.tau = m;
+    if (threadIdx.x == 0) sh.count = 0;
+    __syncthreads();
+    const uint32_t tau = sh.tau;
+    for (int j0 = 0; j0 < n; j0 += kThreads) {
+      const int j = j0 + threadIdx.x;
+      const bool take = j < n && skey[j] >= tau;
+      const uint32_t slot = compact_slot(take, &sh.count);
+      if (take) cidx[slot] = uint16_t(j);
+    }
+    __syncthreads();
+    const int ncand = int(sh.count);
+    auto src = [&](int i) -> uint64_t {
+      const uint32_t j = cidx[i];
+      return (uint64_t(skey[j]) << 32) | uint64_t(~(pos0 + j));
+    };
+    __syncthreads();  // everyone has read sh.count before gather_sorted resets it
+    const uint64_t threshold = want == ncand ? 1 : select_threshold(src, ncand, want, sh);
+    gather_sorted(src, ncand, threshold, cand, p.kpow2, sh);
+  } else {
+    auto src = [&](int i) -> uint64_t { return (uint64_t(skey[i]) << 32) | uint64_t(~(pos0 + uint32_t(i))); };
+    const uint64_t threshold = (want == 0 || want == n) ? 1 : select_threshold(src, n, want, sh);
+    gather_sorted(src, n, threshold, cand, p.kpow2, sh);
+  }
 
   if (p.splits == 1) {
     write_final(p, row, cand);
@@ -433,7 +485,7 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
   const int64_t vec_bytes = 16;
   const bool vectorised = reinterpret_cast<uintptr_t>(K.const_data_ptr()) % vec_bytes == 0 &&
                           (s.d * int64_t(K.element_size())) % vec_bytes == 0;
-  const size_t smem = size_t(kpow2) * sizeof(uint64_t) + size_t(chunk) * sizeof(uint32_t);
+  const size_t smem = size_t(kpow2) * sizeof(uint64_t) + size_t(chunk) * (sizeof(uint32_t) + sizeof(uint16_t));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   switch (K.scalar_type()) {
     case at::kFloat: launch<float>(p, rows, smem, vectorised, stream); break;
