@@ -18,6 +18,7 @@ if ! python3 -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.lo
   tail -40 "$OUT/build.log"; exit 1
 fi
 summary "build: $(( $(date +%s) - t0 )) s"
+rm -f "$OUT/build.log"  # $OUT returns at most 8 files
 
 t0=$(date +%s)
 python3 -m pytest python_tests -q -p no:cacheprovider --maxfail=5 ${PYTEST_ARGS:-} > "$OUT/tests.log" 2>&1
@@ -45,6 +46,6 @@ if [ -n "${PROFILE:-}" ]; then
 fi
 
 python3 -m dare_kernels.bench --json "$OUT/bench.json" --plot "$OUT/bench.png" --quiet ${BENCH_ARGS:-} > "$OUT/bench.txt" 2>&1
-python3 -m dare_kernels.bench --B 8 --d 16 32 128 --quiet --json "$OUT/bench_b8.json" > "$OUT/bench_b8.txt" 2>&1
-python3 -m dare_kernels.bench --B 1 --T 1024 --d 32 128 --quiet --json "$OUT/bench_t.json" > "$OUT/bench_t.txt" 2>&1
-cat "$OUT/bench.txt"; tail -n +3 "$OUT/bench_b8.txt"; tail -n +3 "$OUT/bench_t.txt"
+python3 -m dare_kernels.bench --B 8 --d 16 32 128 --quiet > "$OUT/bench_extra.txt" 2>&1
+python3 -m dare_kernels.bench --B 1 --T 1024 --d 32 128 --quiet >> "$OUT/bench_extra.txt" 2>&1
+cat "$OUT/bench.txt"; grep -E "^\|" "$OUT/bench_extra.txt"
