@@ -45,7 +45,14 @@ if [ -n "${PROFILE:-}" ]; then
   grep -E "chunk_topk|merge_topk|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Stall" "$OUT/ncu.txt" | head -40
 fi
 
+if [ -n "${CHUNK_SWEEP:-}" ]; then
+  for c in $CHUNK_SWEEP; do
+    echo "DARE_CUDA_MAX_CHUNK=$c" >> "$OUT/bench_extra.txt"
+    DARE_CUDA_MAX_CHUNK=$c python3 -m dare_kernels.bench --backends cuda --d 16 32 128 --quiet >> "$OUT/bench_extra.txt" 2>&1
+  done
+fi
+
 python3 -m dare_kernels.bench --json "$OUT/bench.json" --plot "$OUT/bench.png" --quiet ${BENCH_ARGS:-} > "$OUT/bench.txt" 2>&1
 python3 -m dare_kernels.bench --B 8 --d 16 32 128 --quiet > "$OUT/bench_extra.txt" 2>&1
 python3 -m dare_kernels.bench --B 1 --T 1024 --d 32 128 --quiet >> "$OUT/bench_extra.txt" 2>&1
-cat "$OUT/bench.txt"; grep -E "^\|" "$OUT/bench_extra.txt"
+cat "$OUT/bench.txt"; grep -E "^\||^DARE" "$OUT/bench_extra.txt" | grep -v -- "---"

@@ -13,7 +13,9 @@
 // select.
 //
 // k above kMaxK takes an exact ATen path (float32 scores, one int64 sort).
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
@@ -31,9 +33,10 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kMaxK = 1024;
-constexpr int kMaxChunk = 4096;  // positions per CTA (24 KB of shared memory); fits uint16
+constexpr int kMaxChunk = 4096;  // default positions per CTA (24 KB of shared memory)
 constexpr int kMinChunk = 512;
 constexpr int kUnroll = 4;       // keys in flight per thread
+constexpr size_t kMergeSmem = 40 * 1024;  // below the 48 KB default dynamic limit, with the static part
 
 // ---------------------------------------------------------------------------
 // Loading keys: 16 bytes -> float32.
@@ -101,6 +104,7 @@ struct Params {
   uint64_t* workspace;     // (B*T, S, k) packed partial lists when S > 1
   int64_t T, L, d;
   int k, chunk, splits, kpow2;
+  bool merge_in_smem;
   float scale;
 };
 
@@ -211,11 +215,16 @@ __device__ __forceinline__ uint32_t suffix_sum(uint32_t h, SelectShared& sh) {
 
 // Returns T such that exactly `want` of the nonzero keys src(i), i < n, are
 // >= T, given the nonzero keys are unique and at least `want` of them exist.
+//
+// With score_bits_only, it stops after the 32 score bits and returns a lower
+// bound (at least `want` keys are >= it), in at most 4 passes.
 template <typename Src>
-__device__ uint64_t select_threshold(Src src, int n, int want, SelectShared& sh) {
+__device__ uint64_t select_threshold(Src src, int n, int want, SelectShared& sh,
+                                     bool score_bits_only = false) {
   uint64_t prefix = 0;
   uint32_t remaining = want;
-  for (int shift = 56; shift >= 0; shift -= 8) {
+  const int last_shift = score_bits_only ? 32 : 0;
+  for (int shift = 56; shift >= last_shift; shift -= 8) {
     const uint64_t hi_mask = shift == 56 ? 0 : (~uint64_t(0) << (shift + 8));
     sh.hist[threadIdx.x] = 0;
     __syncthreads();
@@ -277,6 +286,49 @@ __device__ void gather_sorted(Src src, int n, uint64_t threshold, uint64_t* cand
   }
 }
 
+// The `want` largest of the unique nonzero keys src(0..n), sorted descending,
+// into cand[0, kpow2) (zero-padded); want <= number of nonzero keys.
+//
+// Prefilter (want <= kThreads, n > 2·kThreads, cidx given): thread t's group is
+// i = t, t + kThreads, ...; the want-th largest group maximum tau bounds the
+// want-th largest key from below, since want groups each hold a key >= tau.
+// Only keys >= tau (for random scores a small multiple of want) are compacted
+// into cidx and go through the exact select, so the per-key selection cost is
+// one max and one compare.
+// take_all: want equals the number of nonzero keys (no selection needed).
+template <typename Src>
+__device__ void block_topk(Src src, int n, int want, bool take_all, uint64_t* cand, int kpow2,
+                           uint16_t* cidx, SelectShared& sh, uint64_t* gmax) {
+  if (!take_all && cidx != nullptr && want <= kThreads && n > 2 * kThreads) {
+    uint64_t m = 0;
+    for (int i = threadIdx.x; i < n; i += kThreads) m = max(m, src(i));
+    gmax[threadIdx.x] = m;
+    const int groups = __syncthreads_count(m != 0);
+    if (groups >= want) {
+      const uint64_t tau = select_threshold([&](int i) { return gmax[i]; }, kThreads, want, sh,
+                                            /*score_bits_only=*/true);
+      if (threadIdx.x == 0) sh.count = 0;
+      __syncthreads();
+      for (int i0 = 0; i0 < n; i0 += kThreads) {
+        const int i = i0 + threadIdx.x;
+        const bool take = i < n && src(i) >= tau;
+        const uint32_t slot = compact_slot(take, &sh.count);
+        if (take) cidx[slot] = uint16_t(i);
+      }
+      __syncthreads();
+      const int ncand = int(sh.count);
+      __syncthreads();  // all have read sh.count before gather_sorted resets it
+      auto picked = [&](int i) -> uint64_t { return src(cidx[i]); };
+      const uint64_t threshold = ncand == want ? 1 : select_threshold(picked, ncand, want, sh);
+      gather_sorted(picked, ncand, threshold, cand, kpow2, sh);
+      return;
+    }
+    __syncthreads();
+  }
+  const uint64_t threshold = take_all ? 1 : select_threshold(src, n, want, sh);
+  gather_sorted(src, n, threshold, cand, kpow2, sh);
+}
+
 __device__ __forceinline__ void write_final(const Params& p, int64_t row, const uint64_t* cand) {
   for (int i = threadIdx.x; i < p.k; i += kThreads) {
     const uint64_t x = cand[i];
@@ -292,6 +344,7 @@ __global__ void __launch_bounds__(kThreads) chunk_topk_kernel(Params p) {
   uint32_t* skey = reinterpret_cast<uint32_t*>(cand + p.kpow2);       // chunk
   uint16_t* cidx = reinterpret_cast<uint16_t*>(skey + p.chunk);        // chunk
   __shared__ SelectShared sh;
+  __shared__ uint64_t gmax[kThreads];
 
   const int64_t row = blockIdx.x / p.splits;
   const int c = blockIdx.x % p.splits;
@@ -310,46 +363,9 @@ __global__ void __launch_bounds__(kThreads) chunk_topk_kernel(Params p) {
   __syncthreads();
 
   const uint32_t pos0 = uint32_t(start);
+  auto src = [&](int i) -> uint64_t { return (uint64_t(skey[i]) << 32) | uint64_t(~(pos0 + uint32_t(i))); };
   const int want = n < p.k ? n : p.k;
-  if (want < n && p.k <= kThreads && n > 2 * kThreads) {
-    // Prefilter: thread t's group is positions t, t + kThreads, ...; the
-    // want-th largest group maximum tau bounds the chunk's want-th largest key
-    // from below (want groups hold a key >= tau). Only keys >= tau, typically a
-    // small multiple of k, go through the radix select.
-    uint32_t m = 0;
-    for (int j = threadIdx.x; j < n; j += kThreads) m = max(m, skey[j]);
-    uint32_t* gmax = sh.hist;  // free until the select
-    gmax[threadIdx.x] = m;
-    __syncthreads();
-    int above = 0;
-    for (int u = 0; u < kThreads; ++u) {
-      const uint32_t o = gmax[u];
-      above += (o > m) || (o == m && u < int(threadIdx.x));
-    }
-    if (above == want - 1) sh.tau = m;
-    if (threadIdx.x == 0) sh.count = 0;
-    __syncthreads();
-    const uint32_t tau = sh.tau;
-    for (int j0 = 0; j0 < n; j0 += kThreads) {
-      const int j = j0 + threadIdx.x;
-      const bool take = j < n && skey[j] >= tau;
-      const uint32_t slot = compact_slot(take, &sh.count);
-      if (take) cidx[slot] = uint16_t(j);
-    }
-    __syncthreads();
-    const int ncand = int(sh.count);
-    auto src = [&](int i) -> uint64_t {
-      const uint32_t j = cidx[i];
-      return (uint64_t(skey[j]) << 32) | uint64_t(~(pos0 + j));
-    };
-    __syncthreads();  // everyone has read sh.count before gather_sorted resets it
-    const uint64_t threshold = want == ncand ? 1 : select_threshold(src, ncand, want, sh);
-    gather_sorted(src, ncand, threshold, cand, p.kpow2, sh);
-  } else {
-    auto src = [&](int i) -> uint64_t { return (uint64_t(skey[i]) << 32) | uint64_t(~(pos0 + uint32_t(i))); };
-    const uint64_t threshold = (want == 0 || want == n) ? 1 : select_threshold(src, n, want, sh);
-    gather_sorted(src, n, threshold, cand, p.kpow2, sh);
-  }
+  block_topk(src, n, want, want == n, cand, p.kpow2, cidx, sh, gmax);
 
   if (p.splits == 1) {
     write_final(p, row, cand);
@@ -359,10 +375,14 @@ __global__ void __launch_bounds__(kThreads) chunk_topk_kernel(Params p) {
   }
 }
 
+// Merges a row's `splits` partial lists. Staged in shared memory when they fit
+// (p.merge_in_smem), else read from the workspace in global memory.
 __global__ void __launch_bounds__(kThreads) merge_topk_kernel(Params p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  uint64_t* cand = reinterpret_cast<uint64_t*>(smem_raw);
+  uint64_t* cand = reinterpret_cast<uint64_t*>(smem_raw);  // kpow2
+  uint64_t* staged = cand + p.kpow2;                        // splits * k when staged
   __shared__ SelectShared sh;
+  __shared__ uint64_t gmax[kThreads];
   const int64_t row = blockIdx.x;
   const int64_t len = row_length(p, row / p.T);
   // Real candidates: min(k, positions) per chunk; the rest are zero padding.
@@ -373,14 +393,30 @@ __global__ void __launch_bounds__(kThreads) merge_topk_kernel(Params p) {
   }
   const uint64_t* ws = p.workspace + row * p.splits * p.k;
   const int n = p.splits * p.k;
-  auto src = [&](int i) -> uint64_t { return ws[i]; };
-  const uint64_t threshold = valid <= p.k ? 1 : select_threshold(src, n, p.k, sh);
-  gather_sorted(src, n, threshold, cand, p.kpow2, sh);
+  const int want = int(valid < p.k ? valid : p.k);
+  if (p.merge_in_smem) {
+    uint16_t* cidx = reinterpret_cast<uint16_t*>(staged + n);
+    for (int i = threadIdx.x; i < n; i += kThreads) staged[i] = ws[i];
+    __syncthreads();
+    block_topk([&](int i) { return staged[i]; }, n, want, valid <= p.k, cand, p.kpow2, cidx, sh, gmax);
+  } else {
+    block_topk([&](int i) { return ws[i]; }, n, want, valid <= p.k, cand, p.kpow2, nullptr, sh, gmax);
+  }
   write_final(p, row, cand);
 }
 
 // ---------------------------------------------------------------------------
 // Host side.
+
+// DARE_CUDA_MAX_CHUNK overrides kMaxChunk (a tuning knob for benchmarks).
+int64_t max_chunk() {
+  static const int64_t value = [] {
+    const char* env = std::getenv("DARE_CUDA_MAX_CHUNK");
+    const int64_t v = env ? std::atoll(env) : kMaxChunk;
+    return std::min<int64_t>(std::max<int64_t>(v, kMinChunk), 16384);  // uint16 positions
+  }();
+  return value;
+}
 
 int sm_count(int device) {
   static int cached[64] = {0};
@@ -394,7 +430,13 @@ int sm_count(int device) {
 template <typename T>
 void launch(const Params& p, int64_t rows, size_t smem, bool vectorised, cudaStream_t stream) {
   const dim3 grid(unsigned(rows * p.splits));
-#define DARE_LAUNCH(D) chunk_topk_kernel<T, D><<<grid, kThreads, smem, stream>>>(p)
+#define DARE_LAUNCH(D)                                                                           \
+  do {                                                                                           \
+    if (smem > 48 * 1024)                                                                        \
+      C10_CUDA_CHECK(cudaFuncSetAttribute(chunk_topk_kernel<T, D>,                               \
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem))); \
+    chunk_topk_kernel<T, D><<<grid, kThreads, smem, stream>>>(p);                                \
+  } while (0)
   if (vectorised && p.d == 16) DARE_LAUNCH(16);
   else if (vectorised && p.d == 32) DARE_LAUNCH(32);
   else if (vectorised && p.d == 64) DARE_LAUNCH(64);
@@ -466,7 +508,7 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
   // Chunking: at most kMaxChunk positions per CTA; more, shorter chunks (down
   // to kMinChunk) when there are too few rows to fill the GPU.
   const int64_t target_ctas = 4 * int64_t(sm_count(keys.get_device()));
-  int64_t splits = (s.L + kMaxChunk - 1) / kMaxChunk;
+  int64_t splits = (s.L + max_chunk() - 1) / max_chunk();
   const int64_t max_splits = std::max<int64_t>(splits, (s.L + kMinChunk - 1) / kMinChunk);
   if (rows * splits < target_ctas)
     splits = std::min(max_splits, (target_ctas + rows - 1) / rows);
@@ -480,7 +522,10 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
   Params p{K.const_data_ptr(), Q.const_data_ptr(), len.defined() ? len.const_data_ptr<int64_t>() : nullptr,
            scores.mutable_data_ptr<float>(), indices.mutable_data_ptr<int64_t>(),
            workspace.defined() ? reinterpret_cast<uint64_t*>(workspace.mutable_data_ptr<int64_t>()) : nullptr,
-           s.T, s.L, s.d, int(k), int(chunk), int(splits), kpow2, static_cast<float>(scale)};
+           s.T, s.L, s.d, int(k), int(chunk), int(splits), kpow2, false, static_cast<float>(scale)};
+  const size_t merge_staged = size_t(kpow2) * sizeof(uint64_t) +
+                              size_t(splits) * k * (sizeof(uint64_t) + sizeof(uint16_t));
+  p.merge_in_smem = merge_staged <= kMergeSmem && splits * k < 65536;
 
   const int64_t vec_bytes = 16;
   const bool vectorised = reinterpret_cast<uintptr_t>(K.const_data_ptr()) % vec_bytes == 0 &&
@@ -494,7 +539,8 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
     default: TORCH_CHECK(false, "topk_attention: unreachable dtype");
   }
   if (splits > 1) {
-    merge_topk_kernel<<<unsigned(rows), kThreads, size_t(kpow2) * sizeof(uint64_t), stream>>>(p);
+    const size_t merge_smem = p.merge_in_smem ? merge_staged : size_t(kpow2) * sizeof(uint64_t);
+    merge_topk_kernel<<<unsigned(rows), kThreads, merge_smem, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   return {scores, indices};
