@@ -53,6 +53,6 @@ if [ -n "${CHUNK_SWEEP:-}" ]; then
 fi
 
 python3 -m dare_kernels.bench --json "$OUT/bench.json" --plot "$OUT/bench.png" --quiet ${BENCH_ARGS:-} > "$OUT/bench.txt" 2>&1
-python3 -m dare_kernels.bench --B 8 --d 16 32 128 --quiet > "$OUT/bench_extra.txt" 2>&1
+python3 -m dare_kernels.bench --B 8 --d 16 32 128 --quiet >> "$OUT/bench_extra.txt" 2>&1
 python3 -m dare_kernels.bench --B 1 --T 1024 --d 32 128 --quiet >> "$OUT/bench_extra.txt" 2>&1
 cat "$OUT/bench.txt"; grep -E "^\||^DARE" "$OUT/bench_extra.txt" | grep -v -- "---"

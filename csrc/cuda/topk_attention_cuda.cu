@@ -317,6 +317,22 @@ __device__ void block_topk(Src src, int n, int want, bool take_all, uint64_t* ca
       }
       __syncthreads();
       const int ncand = int(sh.count);
+      if (ncand <= kThreads) {
+        // Few candidates: each one's rank among them is its output slot; no
+        // select, no sort, one barrier. gmax is free again.
+        const uint64_t x = threadIdx.x < ncand ? src(cidx[threadIdx.x]) : 0;
+        __syncthreads();  // all have read gmax (tau) and sh.count
+        gmax[threadIdx.x] = x;
+        for (int i = threadIdx.x; i < kpow2; i += kThreads) cand[i] = 0;
+        __syncthreads();
+        if (threadIdx.x < ncand) {
+          int rank = 0;
+          for (int u = 0; u < ncand; ++u) rank += gmax[u] > x;
+          if (rank < want) cand[rank] = x;
+        }
+        __syncthreads();
+        return;
+      }
       __syncthreads();  // all have read sh.count before gather_sorted resets it
       auto picked = [&](int i) -> uint64_t { return src(cidx[i]); };
       const uint64_t threshold = ncand == want ? 1 : select_threshold(picked, ncand, want, sh);
@@ -375,34 +391,53 @@ __global__ void __launch_bounds__(kThreads) chunk_topk_kernel(Params p) {
   }
 }
 
-// Merges a row's `splits` partial lists. Staged in shared memory when they fit
-// (p.merge_in_smem), else read from the workspace in global memory.
+// Merges a row's `splits` sorted partial lists: an element's rank in the union
+// is its index in its own list plus, per other list, the number of larger
+// elements (a binary search); ranks below k are output slots. Keys are unique,
+// so no select and no sort. Staged in shared memory when the lists fit.
 __global__ void __launch_bounds__(kThreads) merge_topk_kernel(Params p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  uint64_t* cand = reinterpret_cast<uint64_t*>(smem_raw);  // kpow2
-  uint64_t* staged = cand + p.kpow2;                        // splits * k when staged
-  __shared__ SelectShared sh;
-  __shared__ uint64_t gmax[kThreads];
+  uint64_t* staged = reinterpret_cast<uint64_t*>(smem_raw);  // splits * k when staged
   const int64_t row = blockIdx.x;
+  const int n = p.splits * p.k;
+  const uint64_t* lists = p.workspace + row * n;
+  if (p.merge_in_smem) {
+    for (int i = threadIdx.x; i < n; i += kThreads) staged[i] = lists[i];
+    __syncthreads();
+    lists = staged;
+  }
   const int64_t len = row_length(p, row / p.T);
-  // Real candidates: min(k, positions) per chunk; the rest are zero padding.
-  int64_t valid = 0;
+  int64_t valid = 0;  // real candidates: min(k, positions) per chunk, the rest is zero padding
   for (int c = 0; c < p.splits; ++c) {
     const int64_t nc = len - int64_t(c) * p.chunk;
     valid += nc <= 0 ? 0 : (nc < p.k ? (nc < p.chunk ? nc : p.chunk) : p.k);
   }
-  const uint64_t* ws = p.workspace + row * p.splits * p.k;
-  const int n = p.splits * p.k;
-  const int want = int(valid < p.k ? valid : p.k);
-  if (p.merge_in_smem) {
-    uint16_t* cidx = reinterpret_cast<uint16_t*>(staged + n);
-    for (int i = threadIdx.x; i < n; i += kThreads) staged[i] = ws[i];
-    __syncthreads();
-    block_topk([&](int i) { return staged[i]; }, n, want, valid <= p.k, cand, p.kpow2, cidx, sh, gmax);
-  } else {
-    block_topk([&](int i) { return ws[i]; }, n, want, valid <= p.k, cand, p.kpow2, nullptr, sh, gmax);
+  float* out_s = p.scores + row * p.k;
+  int64_t* out_i = p.indices + row * p.k;
+  for (int i = threadIdx.x; i < n; i += kThreads) {
+    const uint64_t x = lists[i];
+    if (x == 0) continue;
+    const int own = i / p.k;
+    int rank = i - own * p.k;
+    for (int c = 0; c < p.splits && rank < p.k; ++c) {
+      if (c == own) continue;
+      const uint64_t* list = lists + c * p.k;
+      int lo = 0, hi = p.k;
+      while (lo < hi) {
+        const int mid = (lo + hi) / 2;
+        if (list[mid] > x) lo = mid + 1; else hi = mid;
+      }
+      rank += lo;
+    }
+    if (rank < p.k) {
+      out_s[rank] = packed_score(x);
+      out_i[rank] = packed_pos(x);
+    }
   }
-  write_final(p, row, cand);
+  for (int i = int(valid < p.k ? valid : p.k) + threadIdx.x; i < p.k; i += kThreads) {
+    out_s[i] = -INFINITY;
+    out_i[i] = -1;
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -523,9 +558,8 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
            scores.mutable_data_ptr<float>(), indices.mutable_data_ptr<int64_t>(),
            workspace.defined() ? reinterpret_cast<uint64_t*>(workspace.mutable_data_ptr<int64_t>()) : nullptr,
            s.T, s.L, s.d, int(k), int(chunk), int(splits), kpow2, false, static_cast<float>(scale)};
-  const size_t merge_staged = size_t(kpow2) * sizeof(uint64_t) +
-                              size_t(splits) * k * (sizeof(uint64_t) + sizeof(uint16_t));
-  p.merge_in_smem = merge_staged <= kMergeSmem && splits * k < 65536;
+  const size_t merge_staged = size_t(splits) * k * sizeof(uint64_t);
+  p.merge_in_smem = merge_staged <= kMergeSmem;
 
   const int64_t vec_bytes = 16;
   const bool vectorised = reinterpret_cast<uintptr_t>(K.const_data_ptr()) % vec_bytes == 0 &&
@@ -539,7 +573,7 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
     default: TORCH_CHECK(false, "topk_attention: unreachable dtype");
   }
   if (splits > 1) {
-    const size_t merge_smem = p.merge_in_smem ? merge_staged : size_t(kpow2) * sizeof(uint64_t);
+    const size_t merge_smem = p.merge_in_smem ? merge_staged : 0;
     merge_topk_kernel<<<unsigned(rows), kThreads, merge_smem, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
