@@ -22,7 +22,8 @@ def _need(backend):
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
-@pytest.mark.parametrize("L,B,d,k", [(10000, 16, 32, 128), (100000, 4, 16, 256), (100000, 2, 64, 1024)])
+@pytest.mark.parametrize("L,B,d,k", [(10000, 16, 32, 128), (10000, 256, 16, 128), (100000, 4, 16, 256),
+                                     (100000, 2, 64, 1024)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
 def test_long_rows(backend, L, B, d, k, dtype, seed):
     _need(backend)

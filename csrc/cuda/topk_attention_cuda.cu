@@ -36,6 +36,7 @@ constexpr int kMaxK = 1024;
 constexpr int kMaxChunk = 4096;  // default positions per CTA (24 KB of shared memory)
 constexpr int kMinChunk = 512;
 constexpr int kUnroll = 4;       // keys in flight per thread
+constexpr int kRankMergeMaxLists = 4;
 constexpr size_t kMergeSmem = 40 * 1024;  // below the 48 KB default dynamic limit, with the static part
 
 // ---------------------------------------------------------------------------
@@ -391,15 +392,21 @@ __global__ void __launch_bounds__(kThreads) chunk_topk_kernel(Params p) {
   }
 }
 
-// Merges a row's `splits` sorted partial lists: an element's rank in the union
-// is its index in its own list plus, per other list, the number of larger
-// elements (a binary search); ranks below k are output slots. Keys are unique,
-// so no select and no sort. Staged in shared memory when the lists fit.
+// Merges a row's `splits` sorted partial lists, staged in shared memory when
+// they fit. Few lists (the common large-batch case): an element's rank in the
+// union is its index in its own list plus, per other list, the number of
+// larger elements (a binary search); ranks below k are output slots, so there
+// is no select and no sort. Many lists (small batches split rows finely): the
+// rank work grows with lists², so the block select takes over.
 __global__ void __launch_bounds__(kThreads) merge_topk_kernel(Params p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  uint64_t* staged = reinterpret_cast<uint64_t*>(smem_raw);  // splits * k when staged
+  __shared__ SelectShared sh;
+  __shared__ uint64_t gmax[kThreads];
   const int64_t row = blockIdx.x;
   const int n = p.splits * p.k;
+  uint64_t* cand = reinterpret_cast<uint64_t*>(smem_raw);  // kpow2 (select path)
+  uint64_t* staged = cand + p.kpow2;                       // n when staged
+  uint16_t* cidx = reinterpret_cast<uint16_t*>(staged + n);  // n when staged
   const uint64_t* lists = p.workspace + row * n;
   if (p.merge_in_smem) {
     for (int i = threadIdx.x; i < n; i += kThreads) staged[i] = lists[i];
@@ -411,6 +418,13 @@ __global__ void __launch_bounds__(kThreads) merge_topk_kernel(Params p) {
   for (int c = 0; c < p.splits; ++c) {
     const int64_t nc = len - int64_t(c) * p.chunk;
     valid += nc <= 0 ? 0 : (nc < p.k ? (nc < p.chunk ? nc : p.chunk) : p.k);
+  }
+  if (p.splits > kRankMergeMaxLists) {
+    const int want = int(valid < p.k ? valid : p.k);
+    block_topk([&](int i) { return lists[i]; }, n, want, valid <= p.k, cand, p.kpow2,
+               p.merge_in_smem ? cidx : nullptr, sh, gmax);
+    write_final(p, row, cand);
+    return;
   }
   float* out_s = p.scores + row * p.k;
   int64_t* out_i = p.indices + row * p.k;
@@ -558,8 +572,9 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
            scores.mutable_data_ptr<float>(), indices.mutable_data_ptr<int64_t>(),
            workspace.defined() ? reinterpret_cast<uint64_t*>(workspace.mutable_data_ptr<int64_t>()) : nullptr,
            s.T, s.L, s.d, int(k), int(chunk), int(splits), kpow2, false, static_cast<float>(scale)};
-  const size_t merge_staged = size_t(splits) * k * sizeof(uint64_t);
-  p.merge_in_smem = merge_staged <= kMergeSmem;
+  const size_t merge_staged = size_t(kpow2) * sizeof(uint64_t) +
+                              size_t(splits) * k * (sizeof(uint64_t) + sizeof(uint16_t));
+  p.merge_in_smem = merge_staged <= kMergeSmem && splits * k < 65536;
 
   const int64_t vec_bytes = 16;
   const bool vectorised = reinterpret_cast<uintptr_t>(K.const_data_ptr()) % vec_bytes == 0 &&
@@ -573,7 +588,7 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
     default: TORCH_CHECK(false, "topk_attention: unreachable dtype");
   }
   if (splits > 1) {
-    const size_t merge_smem = p.merge_in_smem ? merge_staged : 0;
+    const size_t merge_smem = p.merge_in_smem ? merge_staged : size_t(kpow2) * sizeof(uint64_t);
     merge_topk_kernel<<<unsigned(rows), kThreads, merge_smem, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
