@@ -22,6 +22,15 @@ error = None  # why the library is unavailable, for error messages
 REBUILD = "rebuild with: pip install --no-build-isolation --no-deps -e ."
 
 
+def build_mismatch(info, running_torch: str):
+    """Why a library with build record `info` must not be loaded under
+    `running_torch`, or None if it may."""
+    if info is not None and info.get("torch") != running_torch:
+        return (f"dare_kernels._C was built for torch {info.get('torch')} but torch "
+                f"{running_torch} is running; {REBUILD}")
+    return None
+
+
 def _load():
     global loaded, with_cuda, error
     if importlib.util.find_spec("dare_kernels._C") is None:
@@ -32,9 +41,8 @@ def _load():
             info = json.load(f)
     except (OSError, ValueError):
         info = None
-    if info is not None and info.get("torch") != torch.__version__:
-        error = (f"dare_kernels._C was built for torch {info.get('torch')} but torch "
-                 f"{torch.__version__} is running; {REBUILD}")
+    error = build_mismatch(info, torch.__version__)
+    if error is not None:
         warnings.warn(error + ". Falling back to the Python backends.", RuntimeWarning, stacklevel=3)
         return
     try:

@@ -101,3 +101,24 @@ def test_k_not_int(device):
 def test_non_tensor_keys():
     with pytest.raises(TypeError, match=r"keys must be a Tensor, got list"):
         dare_kernels.topk_attention(torch.randn(B, d), [[0.0]], 3)
+
+
+def test_library_built_for_another_torch_is_refused():
+    from dare_kernels import _library
+    msg = _library.build_mismatch({"torch": "2.9.0+cu128"}, "2.14.1+cu130")
+    assert "built for torch 2.9.0+cu128 but torch 2.14.1+cu130 is running" in msg
+    assert "pip install --no-build-isolation --no-deps -e ." in msg
+    assert _library.build_mismatch({"torch": "2.14.1+cu130"}, "2.14.1+cu130") is None
+    assert _library.build_mismatch(None, "2.14.1+cu130") is None
+
+
+def test_python_backends_work_without_the_library(monkeypatch):
+    from dare_kernels import _library
+    monkeypatch.setattr(_library, "loaded", False)
+    monkeypatch.setattr(_library, "error", "dare_kernels._C is not built (test)")
+    assert dare_kernels.available_backends("cpu") == ["reference"]
+    q, K = _ok("cpu")
+    scores, idx = dare_kernels.topk_attention(q, K, 3)  # auto falls back to the reference
+    assert scores.shape == (B, 3)
+    with pytest.raises(RuntimeError, match=r"backend 'cpu' is not available: dare_kernels._C is not built \(test\)"):
+        dare_kernels.topk_attention(q, K, 3, backend="cpu")
