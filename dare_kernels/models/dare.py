@@ -1,0 +1,168 @@
+"""DARE (Decoupled Attention and Representation Embeddings, ICLR 2025) and its
+TWIN baselines, with the search stage on torch.ops.dare.topk_attention.
+
+A behaviour (and the target) has an item id, a category id and a relative
+position (distance to the target, log-bucketed; the target is position 0). Each
+field has an embedding table; a behaviour's embedding is [item | category |
+position]. The search score of behaviour j is
+
+    (q_sem · k_sem_j) / sqrt(d_sem) + (q_pos · k_pos_j) / sqrt(d_pos)
+
+computed in one op call by folding both scales into the query. The k best
+behaviours are attended with softmax over their (differentiable) scores; their
+representation embeddings are looked up only for those k. The target-aware
+representation target_rep ⊙ interest ("TR") and target_rep go through
+BatchNorm → 200 → PReLU → 80 → PReLU → 1.
+
+Variants (MODELS):
+- "dare": attention and representation have their own tables; d_att (e.g. 16)
+  is independent of d_rep (e.g. 128).
+- "twin": one shared set of tables (attention dimension = d_rep).
+- "twin_proj": one shared set of tables; attention and representation are
+  learned linear projections of it (attention to d_att).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Union
+
+import torch
+from torch import nn
+
+from .. import ops
+
+MODELS = ("dare", "twin", "twin_proj")
+
+
+def position_buckets(n: int, device=None) -> torch.Tensor:
+    """Bucket of behaviour j (0 = most recent, distance j + 1 to the target):
+    1 + floor(2·log2(j + 1)). The target itself is bucket 0."""
+    j = torch.arange(n, device=device, dtype=torch.float32)
+    return 1 + torch.floor(2 * torch.log2(j + 1)).long()
+
+
+def num_position_buckets(max_len: int) -> int:
+    return 2 + int(2 * math.log2(max(max_len, 1)))
+
+
+def _split(d: int):
+    """[item | category | position] widths of a d-wide embedding."""
+    if d % 4:
+        raise ValueError(f"embedding width must be a multiple of 4, got {d}")
+    return d // 2, d // 4, d // 4
+
+
+class FieldEmbeddings(nn.Module):
+    def __init__(self, n_items: int, n_cats: int, n_pos: int, d: int):
+        super().__init__()
+        di, dc, dp = _split(d)
+        self.item = nn.Embedding(n_items + 1, di, padding_idx=0)
+        self.cat = nn.Embedding(n_cats + 1, dc, padding_idx=0)
+        self.pos = nn.Embedding(n_pos, dp)
+        for table in (self.item, self.cat, self.pos):
+            nn.init.normal_(table.weight, std=0.1)
+            if table.padding_idx is not None:
+                with torch.no_grad():
+                    table.weight[table.padding_idx].zero_()
+        self.d_sem, self.d_pos = di + dc, dp
+
+    def forward(self, items, cats, pos):
+        """(semantic [item | category], position) parts."""
+        return torch.cat([self.item(items), self.cat(cats)], -1), self.pos(pos)
+
+
+class TopKTargetAttention(nn.Module):
+    """Search the k keys most relevant to the query with the fused op, then
+    attend over those k only.
+
+    forward(query (B, d_att), keys (B, L, d_att), lengths (B,) or None, values)
+    where values is (B, L, d_v) or a callable mapping the selected indices (B, k),
+    already clamped to valid positions, to their (B, k, d_v) values. Returns
+    (output (B, d_v), scores (B, k), indices (B, k)). Scale the query
+    beforehand (scores = query · key)."""
+
+    def __init__(self, k: int, backend: Optional[str] = None):
+        super().__init__()
+        self.k = k
+        self.backend = backend
+
+    def forward(self, query, keys, lengths, values: Union[torch.Tensor, Callable]):
+        k = min(self.k, keys.shape[1])
+        scores, idx = ops.topk_attention(query, keys, k, lengths=lengths, backend=self.backend)
+        safe = idx.clamp(min=0)
+        if callable(values):
+            selected = values(safe)
+        else:
+            selected = values.gather(1, safe[..., None].expand(-1, -1, values.shape[-1]))
+        weights = torch.nan_to_num(torch.softmax(scores, dim=-1))  # -inf padding: weight 0
+        weights = weights.masked_fill(idx < 0, 0.0)
+        out = (weights[..., None] * selected.float()).sum(1)
+        return out, scores, idx
+
+
+class LongSequenceCTR(nn.Module):
+    def __init__(self, variant: str, n_items: int, n_cats: int, max_len: int, *, d_att: int = 16,
+                 d_rep: int = 128, k: int = 64, search_backend: Optional[str] = None):
+        super().__init__()
+        if variant not in MODELS:
+            raise ValueError(f"variant must be one of {MODELS}, got {variant!r}")
+        self.variant = variant
+        n_pos = num_position_buckets(max_len)
+        self.rep = FieldEmbeddings(n_items, n_cats, n_pos, d_rep)
+        if variant == "dare":
+            self.att = FieldEmbeddings(n_items, n_cats, n_pos, d_att)
+        elif variant == "twin":
+            d_att = d_rep
+        else:
+            ai, ac, ap = _split(d_att)
+            self.proj_att_sem = nn.Linear(self.rep.d_sem, ai + ac, bias=False)
+            self.proj_att_pos = nn.Linear(self.rep.d_pos, ap, bias=False)
+            self.proj_rep = nn.Linear(d_rep, d_rep, bias=False)
+        self.d_att, self.d_rep = d_att, d_rep
+        self.search = TopKTargetAttention(k, backend=search_backend)
+        self.mlp = nn.Sequential(
+            nn.BatchNorm1d(2 * d_rep), nn.Linear(2 * d_rep, 200), nn.PReLU(),
+            nn.Linear(200, 80), nn.PReLU(), nn.Linear(80, 1))
+
+    def attention_embeddings(self, items, cats, pos):
+        if self.variant == "dare":
+            return self.att(items, cats, pos)
+        sem, p = self.rep(items, cats, pos)
+        if self.variant == "twin":
+            return sem, p
+        return self.proj_att_sem(sem), self.proj_att_pos(p)
+
+    def representation(self, items, cats, pos):
+        sem, p = self.rep(items, cats, pos)
+        out = torch.cat([sem, p], -1)
+        return self.proj_rep(out) if self.variant == "twin_proj" else out
+
+    def search_inputs(self, batch: dict):
+        """(query, keys, lengths) of the search stage, the scales folded into
+        the query, and the behaviours' position buckets."""
+        items, cats = batch["history_items"], batch["history_cats"]
+        B, L = items.shape
+        pos = position_buckets(L, items.device).expand(B, L)
+        k_sem, k_pos = self.attention_embeddings(items, cats, pos)
+        target_pos = torch.zeros_like(batch["target_item"])
+        q_sem, q_pos = self.attention_embeddings(batch["target_item"], batch["target_cat"], target_pos)
+        query = torch.cat([q_sem / math.sqrt(q_sem.shape[-1]), q_pos / math.sqrt(q_pos.shape[-1])], -1)
+        keys = torch.cat([k_sem, k_pos], -1)
+        if torch.is_autocast_enabled() and keys.is_cuda:
+            # The search reads keys at bfloat16: half the bytes.
+            query, keys = query.to(torch.bfloat16), keys.to(torch.bfloat16)
+        return query, keys, batch["lengths"], pos
+
+    def forward(self, batch: dict):
+        """Returns (logits (B,), search scores (B, k), search indices (B, k))."""
+        items, cats = batch["history_items"], batch["history_cats"]
+        query, keys, lengths, pos = self.search_inputs(batch)
+
+        def selected_values(idx):
+            return self.representation(items.gather(1, idx), cats.gather(1, idx), pos.gather(1, idx))
+
+        interest, scores, idx = self.search(query, keys, lengths, selected_values)
+        target_pos = torch.zeros_like(batch["target_item"])
+        target_rep = self.representation(batch["target_item"], batch["target_cat"], target_pos).float()
+        x = torch.cat([target_rep, target_rep * interest], -1)
+        return self.mlp(x).squeeze(-1), scores, idx

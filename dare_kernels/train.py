@@ -1,0 +1,165 @@
+"""Train and evaluate a long-sequence CTR model whose search stage is the op.
+
+    python -m dare_kernels.train --model dare --data synthetic --steps 2000
+    python -m dare_kernels.train --model twin --data taobao:UserBehavior.csv --max-len 10000
+    torchrun --nproc-per-node 4 -m dare_kernels.train --model dare --data synthetic
+
+Adam, periodic validation (AUC, GAUC, logloss, and NDCG@k of the search against
+the ground truth on synthetic data), checkpoint save/resume, AMP (bf16) on GPU,
+DistributedDataParallel under torchrun. Metrics are printed and written as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+import torch.distributed as dist
+
+from . import metrics
+from .data import Interactions, SyntheticConfig, batches, generate, to_device
+from .models import MODELS, LongSequenceCTR
+
+
+def load_data(spec: str, args) -> Interactions:
+    if spec == "synthetic":
+        cfg = SyntheticConfig(users=args.users, n_items=args.items, n_categories=args.categories,
+                              max_len=args.max_len, min_len=min(args.max_len, max(10, args.max_len // 20)),
+                              seed=args.seed)
+        return generate(cfg)
+    kind, _, path = spec.partition(":")
+    from .data import public
+    if kind == "taobao":
+        return public.load_taobao(path, max_len=args.max_len, seed=args.seed)
+    if kind == "tmall":
+        return public.load_tmall(path, max_len=args.max_len, seed=args.seed)
+    raise ValueError(f"--data must be synthetic, taobao:PATH or tmall:PATH, got {spec!r}")
+
+
+@torch.no_grad()
+def evaluate(model, data, args, device) -> dict:
+    model.eval()
+    logits, labels, users, ndcg_num, ndcg_rows = [], [], [], 0.0, 0
+    for batch in batches(data, args.eval_batch_size):
+        b = to_device(batch, device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp and device.type == "cuda"):
+            logit, _, idx = model(b)
+        logits.append(logit.float().cpu())
+        labels.append(batch["label"])
+        users.append(batch["user"])
+        if "relevant" in batch:
+            n = metrics.ndcg_at_k(idx.cpu(), batch["relevant"])
+            if n == n:
+                ndcg_num += n * len(idx)
+                ndcg_rows += len(idx)
+    model.train()
+    logits, labels, users = torch.cat(logits), torch.cat(labels), torch.cat(users)
+    out = {"auc": metrics.auc(labels, logits), "gauc": metrics.gauc(users, labels, logits),
+           "logloss": metrics.logloss(labels, logits)}
+    if ndcg_rows:
+        out[f"ndcg@{args.k}"] = ndcg_num / ndcg_rows
+    return out
+
+
+def build_model(args, data: Interactions) -> LongSequenceCTR:
+    return LongSequenceCTR(args.model, data.n_items, data.n_cats, data.history_items.shape[1], d_att=args.d_att,
+                           d_rep=args.d_rep, k=args.k, search_backend=args.backend)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m dare_kernels.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", choices=MODELS, default="dare")
+    p.add_argument("--data", default="synthetic", help="synthetic | taobao:PATH | tmall:PATH")
+    p.add_argument("--d-att", type=int, default=16)
+    p.add_argument("--d-rep", type=int, default=128)
+    p.add_argument("--k", type=int, default=64, help="behaviours kept by the search stage")
+    p.add_argument("--max-len", type=int, default=1000, help="history length kept (up to 10000+)")
+    p.add_argument("--users", type=int, default=5000, help="synthetic: number of users (4 impressions each)")
+    p.add_argument("--items", type=int, default=5000, help="synthetic: number of items")
+    p.add_argument("--categories", type=int, default=100, help="synthetic: number of categories")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--eval-batch-size", type=int, default=1024)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--eval-every", type=int, default=200)
+    p.add_argument("--checkpoint", help="save here (and resume from here with --resume)")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast on GPU")
+    p.add_argument("--backend", help="force the search backend (cpu, cuda, triton, reference)")
+    p.add_argument("--metrics-json", help="write the final metrics here")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = torch.device(args.device)
+    if world > 1:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if device.type == "cuda":
+            device = torch.device("cuda", local)
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    torch.manual_seed(args.seed)
+
+    data = load_data(args.data, args)
+    train, valid, test = data.split(seed=args.seed)
+    model = build_model(args, data).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    step = 0
+    if args.resume and args.checkpoint and os.path.exists(args.checkpoint):
+        state = torch.load(args.checkpoint, map_location=device)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step = state["step"]
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+
+    from tqdm import tqdm
+    progress = tqdm(total=args.steps, initial=step, disable=args.quiet or rank != 0, desc=args.model)
+    history, epoch, t0 = [], 0, time.time()
+    while step < args.steps:
+        for batch in batches(train, args.batch_size, shuffle=True, seed=args.seed + epoch,
+                             rank=rank, world_size=world, drop_last=True):
+            b = to_device(batch, device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp and device.type == "cuda"):
+                logit, _, _ = net(b)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logit.float(), b["label"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            progress.update()
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+            if step % args.eval_every == 0 or step == args.steps:
+                if rank == 0:
+                    m = {"step": step, "loss": loss.item(), **evaluate(model, valid, args, device)}
+                    history.append(m)
+                    progress.write(json.dumps(m))
+                    if args.checkpoint:
+                        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                                    "args": vars(args)}, args.checkpoint)
+            if step >= args.steps:
+                break
+        epoch += 1
+    progress.close()
+    result = {}
+    if rank == 0:
+        result = {"args": vars(args), "device": str(device), "seconds": time.time() - t0,
+                  "validation": history, "test": evaluate(model, test, args, device)}
+        print(json.dumps({"test": result["test"]}))
+        if args.metrics_json:
+            with open(args.metrics_json, "w") as f:
+                json.dump(result, f, indent=1)
+    if world > 1:
+        dist.destroy_process_group()
+    return result
+
+
+if __name__ == "__main__":
+    main()
