@@ -194,8 +194,45 @@ def run(args) -> dict:
     if progress is not None:
         progress.close()
     _ratios(rows)
-    return {"env": env, "copy_GBps": bw / 1e9, "rows": rows,
+    model_rows = [] if args.no_model else model_search(device, args)
+    return {"env": env, "copy_GBps": bw / 1e9, "rows": rows, "model_rows": model_rows,
             "command": " ".join(["python -m dare_kernels.bench"] + sys.argv[1:])}
+
+
+MODEL_CONFIGS = [("twin", 128), ("dare", 32), ("dare", 16)]
+
+
+def model_search(device: torch.device, args) -> list:
+    """The search stage of the reference models (attention-embedding lookup of
+    every behaviour + the op) at d_att = 16 and 32 (DARE) vs TWIN's shared
+    128-dim embedding, in the model's own dtype path (float32 tables; bf16 keys
+    under autocast on GPU)."""
+    from .models import LongSequenceCTR
+    gpu = device.type == "cuda"
+    B = (args.B or [1024 if gpu else 64])[0]
+    L, n_items, n_cats = args.L, 1_000_000, 10_000
+    g = torch.Generator(device=device).manual_seed(0)
+    batch = {"history_items": torch.randint(1, n_items + 1, (B, L), device=device, generator=g),
+             "history_cats": torch.randint(1, n_cats + 1, (B, L), device=device, generator=g),
+             "lengths": torch.full((B,), L, device=device),
+             "target_item": torch.randint(1, n_items + 1, (B,), device=device, generator=g),
+             "target_cat": torch.randint(1, n_cats + 1, (B,), device=device, generator=g)}
+    rows = []
+    for variant, d_att in MODEL_CONFIGS:
+        model = LongSequenceCTR(variant, n_items, n_cats, L, d_att=d_att, d_rep=128, k=args.k).to(device).eval()
+
+        def search():
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=gpu):
+                query, keys, lengths, _ = model.search_inputs(batch)
+                return ops.topk_attention(query, keys, args.k, lengths=lengths)
+
+        t = time_call(lambda: search(), [()], device, reps=max(5, args.reps // (2 if gpu else 5)))
+        rows.append({"model": variant, "d_att": model.d_att, "B": B, "L": L, "k": args.k, "ms": t * 1e3})
+        del model
+    base = rows[0]["ms"]
+    for r in rows:
+        r["x_vs_twin128"] = base / r["ms"]
+    return rows
 
 
 def _ratios(rows):
@@ -227,7 +264,13 @@ def format_table(result: dict) -> str:
     out = ["| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)) + " |",
            "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += ["| " + " | ".join(v.ljust(w) for v, w in zip(l, widths)) + " |" for l in lines]
-    return head + "\n".join(out)
+    text = head + "\n".join(out)
+    if result.get("model_rows"):
+        text += "\n\nModel search stage (attention-embedding lookup of all L behaviours + top-k):\n"
+        text += "| model | d_att | B | L | k | ms | x vs TWIN d=128 |\n|---|---|---|---|---|---|---|\n"
+        text += "\n".join(f"| {r['model']} | {r['d_att']} | {r['B']} | {r['L']} | {r['k']} | {r['ms']:.3f} | "
+                           f"{r['x_vs_twin128']:.2f} |" for r in result["model_rows"])
+    return text
 
 
 def plot(result: dict, path: str):
@@ -267,6 +310,7 @@ def parse_args(argv=None):
     p.add_argument("--reps", type=int, default=50)
     p.add_argument("--json", help="write the results here")
     p.add_argument("--plot", help="write a PNG plot here (needs matplotlib)")
+    p.add_argument("--no-model", action="store_true", help="skip the model search-stage table")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
 
