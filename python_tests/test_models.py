@@ -141,3 +141,16 @@ def test_ndcg():
     assert metrics.ndcg_at_k(worst, relevant) == pytest.approx(0.0)
     half = torch.tensor([[1, 0], [0, 1]])
     assert metrics.ndcg_at_k(half, relevant) == pytest.approx((1 / np.log2(3)) / (1 + 1 / np.log2(3)))
+
+
+def test_distributed_data_parallel_on_cpu(tmp_path):
+    """torchrun with two processes (gloo): disjoint shards, one set of weights."""
+    import subprocess
+    import sys
+    out = tmp_path / "ddp.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "dare_kernels.train", "--device", "cpu", "--steps", "30", "--metrics-json", str(out)] + SMALL
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["validation"][-1]["step"] == 30 and result["test"]["auc"] == result["test"]["auc"]
