@@ -94,4 +94,10 @@ Shape check_inputs(const at::Tensor& query, const at::Tensor& keys, int64_t k,
   return Shape{B, multi ? query.size(1) : 1, L, d, multi};
 }
 
+std::tuple<at::Tensor, at::Tensor> empty_outputs(const at::Tensor& keys, const Shape& s, int64_t k) {
+  const std::vector<int64_t> shape = s.multi_target ? std::vector<int64_t>{s.B, s.T, k}
+                                                    : std::vector<int64_t>{s.B, k};
+  return {at::empty(shape, keys.options().dtype(at::kFloat)), at::empty(shape, keys.options().dtype(at::kLong))};
+}
+
 }  // namespace dare

@@ -1,4 +1,4 @@
-// Input validation shared by every compiled backend. The Python twin is
+// Input validation and output allocation shared by every compiled backend. The Python twin is
 // dare_kernels/_check.py; python_tests/test_errors.py holds both to the same
 // exception types and messages.
 #pragma once
@@ -19,5 +19,8 @@ struct Shape {
 Shape check_inputs(const at::Tensor& query, const at::Tensor& keys, int64_t k,
                    const std::optional<at::Tensor>& lengths,
                    bool check_length_values);
+
+// Uninitialised (scores float32, indices int64) of shape (B, k) or (B, T, k).
+std::tuple<at::Tensor, at::Tensor> empty_outputs(const at::Tensor& keys, const Shape& s, int64_t k);
 
 }  // namespace dare

@@ -238,10 +238,7 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cpu(const at::Tensor& query,
                                                       const std::optional<at::Tensor>& lengths,
                                                       double scale) {
   const Shape s = check_inputs(query, keys, k, lengths, /*check_length_values=*/true);
-  std::vector<int64_t> out_shape = s.multi_target ? std::vector<int64_t>{s.B, s.T, k}
-                                                  : std::vector<int64_t>{s.B, k};
-  at::Tensor scores = at::empty(out_shape, keys.options().dtype(at::kFloat));
-  at::Tensor indices = at::empty(out_shape, keys.options().dtype(at::kLong));
+  auto [scores, indices] = empty_outputs(keys, s, k);
   const int64_t rows = s.B * s.T;
   if (rows == 0) return {scores, indices};
 

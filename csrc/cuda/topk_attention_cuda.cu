@@ -535,10 +535,7 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
   // kernel clamps them to [0, L].
   const Shape s = check_inputs(query, keys, k, lengths, /*check_length_values=*/false);
   const c10::cuda::CUDAGuard guard(keys.device());
-  std::vector<int64_t> out_shape = s.multi_target ? std::vector<int64_t>{s.B, s.T, k}
-                                                  : std::vector<int64_t>{s.B, k};
-  at::Tensor scores = at::empty(out_shape, keys.options().dtype(at::kFloat));
-  at::Tensor indices = at::empty(out_shape, keys.options().dtype(at::kLong));
+  auto [scores, indices] = empty_outputs(keys, s, k);
   const int64_t rows = s.B * s.T;
   if (rows == 0) return {scores, indices};
 
@@ -549,8 +546,8 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
 
   if (k > kMaxK) {
     auto [sc, ix] = large_k(Q, K, k, len, scale, s);
-    scores.copy_(sc.view(out_shape));
-    indices.copy_(ix.view(out_shape));
+    scores.copy_(sc.view(scores.sizes()));
+    indices.copy_(ix.view(indices.sizes()));
     return {scores, indices};
   }
 
