@@ -51,6 +51,7 @@ def _run(bench, backend, shape):
 
     bench.group = shape.label()
     bench.extra_info.update(backend=backend, shape=shape.label(), key_bytes=shape.key_bytes())
+    call()  # warm-up (allocations, first launch) outside the measurement
     bench(call)
 
 
@@ -77,4 +78,5 @@ def test_search_backward(bench, backend, shape):
 
     bench.group = "backward " + shape.label()
     bench.extra_info.update(backend=backend, shape=shape.label())
+    step()  # warm-up outside the measurement
     bench(step)
