@@ -2,7 +2,6 @@
 registrations (shared by every backend)."""
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -13,26 +12,13 @@ from ._check import check_inputs, output_shape
 BACKENDS = ("cpu", "cuda", "triton", "reference")
 
 
-def _triton_status(device: torch.device) -> Optional[str]:
-    """None if the Triton backend can run on `device`, else why not."""
-    try:
-        from . import triton as _  # noqa: F401
-    except ImportError as e:
-        return f"the Triton backend could not be imported: {e}"
-    if device.type == "cuda":
-        return None
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
-        return None
-    return f"Triton runs on CUDA tensors (or on CPU under TRITON_INTERPRET=1), got {device}"
-
-
 def backend_status(backend: str, device) -> Optional[str]:
     """None if `backend` can run on tensors of `device`, else the reason."""
     device = torch.device(device)
     if backend == "reference":
         return None
     if backend == "triton":
-        return _triton_status(device)
+        return "this version of dare_kernels has no Triton backend yet"
     if not _library.loaded:
         return _library.error
     if backend == "cpu":
@@ -78,9 +64,6 @@ def topk_attention(query: torch.Tensor, keys: torch.Tensor, k: int, *,
     name = _resolve(backend, keys)
     if name in ("cpu", "cuda"):
         return torch.ops.dare.topk_attention(query, keys, k, lengths, scale)
-    if name == "triton":
-        from .triton import topk_attention as triton_topk
-        return _PythonBackend.apply(triton_topk, query, keys, k, lengths, scale)
     return reference.topk_attention(query, keys, k, lengths, scale)
 
 
@@ -107,25 +90,6 @@ def topk_attention_backward(grad: torch.Tensor, query: torch.Tensor, keys: torch
         grad_keys = torch.zeros(B, L, d, dtype=torch.float32, device=keys.device)
         grad_keys = grad_keys.scatter_add_(1, gather_idx, src).to(keys.dtype)
     return grad_query, grad_keys
-
-
-class _PythonBackend(torch.autograd.Function):
-    """Autograd for backends called directly from Python (Triton)."""
-
-    @staticmethod
-    def forward(ctx, fn, query, keys, k, lengths, scale):
-        scores, indices = fn(query, keys, k, lengths, scale)
-        ctx.save_for_backward(query, keys, indices)
-        ctx.scale = scale
-        ctx.mark_non_differentiable(indices)
-        return scores, indices
-
-    @staticmethod
-    def backward(ctx, grad_scores, _grad_indices):
-        query, keys, indices = ctx.saved_tensors
-        gq, gk = topk_attention_backward(grad_scores, query, keys, indices, ctx.scale,
-                                         ctx.needs_input_grad[1], ctx.needs_input_grad[2])
-        return None, gq, gk, None, None, None
 
 
 def _register():
