@@ -154,3 +154,15 @@ def test_distributed_data_parallel_on_cpu(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["validation"][-1]["step"] == 30 and result["test"]["auc"] == result["test"]["auc"]
+
+
+def test_model_compiles_with_the_op_in_graph(seed):
+    """torch.compile traces through the op (register_fake) inside a real model."""
+    data = generate(SyntheticConfig(users=40, n_items=300, n_categories=10, max_len=300, min_len=5, seed=seed))
+    m = LongSequenceCTR("dare", data.n_items, data.n_cats, 300, d_att=16, d_rep=32, k=16).eval()
+    batch = next(batches(data, 32))
+    with torch.no_grad():
+        eager = m(batch)
+        compiled = torch.compile(m, backend="aot_eager", fullgraph=True)(batch)
+    torch.testing.assert_close(compiled[0], eager[0])
+    assert torch.equal(compiled[2], eager[2])
