@@ -20,6 +20,8 @@ Variants (MODELS):
 - "twin": one shared set of tables (attention dimension = d_rep).
 - "twin_proj": one shared set of tables; attention and representation are
   learned linear projections of it (attention to d_att).
+- "twin_4e": four sets of tables: attention and representation, each split
+  into target and behaviour tables (attention width d_att).
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from torch import nn
 
 from .. import ops
 
-MODELS = ("dare", "twin", "twin_proj")
+MODELS = ("dare", "twin", "twin_proj", "twin_4e")
 
 
 def position_buckets(n: int, device=None) -> torch.Tensor:
@@ -109,11 +111,14 @@ class LongSequenceCTR(nn.Module):
         self.variant = variant
         n_pos = num_position_buckets(max_len)
         self.rep = FieldEmbeddings(n_items, n_cats, n_pos, d_rep)
-        if variant == "dare":
+        if variant in ("dare", "twin_4e"):
             self.att = FieldEmbeddings(n_items, n_cats, n_pos, d_att)
+        if variant == "twin_4e":
+            self.att_target = FieldEmbeddings(n_items, n_cats, n_pos, d_att)
+            self.rep_target = FieldEmbeddings(n_items, n_cats, n_pos, d_rep)
         elif variant == "twin":
             d_att = d_rep
-        else:
+        elif variant == "twin_proj":
             ai, ac, ap = _split(d_att)
             self.proj_att_sem = nn.Linear(self.rep.d_sem, ai + ac, bias=False)
             self.proj_att_pos = nn.Linear(self.rep.d_pos, ap, bias=False)
@@ -124,16 +129,18 @@ class LongSequenceCTR(nn.Module):
             nn.BatchNorm1d(2 * d_rep), nn.Linear(2 * d_rep, 200), nn.PReLU(),
             nn.Linear(200, 80), nn.PReLU(), nn.Linear(80, 1))
 
-    def attention_embeddings(self, items, cats, pos):
-        if self.variant == "dare":
+    def attention_embeddings(self, items, cats, pos, target: bool = False):
+        if self.variant == "twin_4e" and target:
+            return self.att_target(items, cats, pos)
+        if self.variant in ("dare", "twin_4e"):
             return self.att(items, cats, pos)
         sem, p = self.rep(items, cats, pos)
         if self.variant == "twin":
             return sem, p
         return self.proj_att_sem(sem), self.proj_att_pos(p)
 
-    def representation(self, items, cats, pos):
-        sem, p = self.rep(items, cats, pos)
+    def representation(self, items, cats, pos, target: bool = False):
+        sem, p = (self.rep_target if self.variant == "twin_4e" and target else self.rep)(items, cats, pos)
         out = torch.cat([sem, p], -1)
         return self.proj_rep(out) if self.variant == "twin_proj" else out
 
@@ -145,7 +152,7 @@ class LongSequenceCTR(nn.Module):
         pos = position_buckets(L, items.device).expand(B, L)
         k_sem, k_pos = self.attention_embeddings(items, cats, pos)
         target_pos = torch.zeros_like(batch["target_item"])
-        q_sem, q_pos = self.attention_embeddings(batch["target_item"], batch["target_cat"], target_pos)
+        q_sem, q_pos = self.attention_embeddings(batch["target_item"], batch["target_cat"], target_pos, target=True)
         query = torch.cat([q_sem / math.sqrt(q_sem.shape[-1]), q_pos / math.sqrt(q_pos.shape[-1])], -1)
         keys = torch.cat([k_sem, k_pos], -1)
         if torch.is_autocast_enabled() and keys.is_cuda:
@@ -163,6 +170,6 @@ class LongSequenceCTR(nn.Module):
 
         interest, scores, idx = self.search(query, keys, lengths, selected_values)
         target_pos = torch.zeros_like(batch["target_item"])
-        target_rep = self.representation(batch["target_item"], batch["target_cat"], target_pos).float()
+        target_rep = self.representation(batch["target_item"], batch["target_cat"], target_pos, target=True).float()
         x = torch.cat([target_rep, target_rep * interest], -1)
         return self.mlp(x).squeeze(-1), scores, idx
