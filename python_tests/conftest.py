@@ -11,6 +11,18 @@ SEED = int(os.environ.get("DARE_TEST_SEED", random.SystemRandom().randrange(2**3
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+def compiled_unavailable(device):
+    """Why the compiled kernel for `device` ("cpu" or "cuda") cannot run, or None."""
+    from dare_kernels.ops import backend_status
+    return backend_status("cpu" if device == "cpu" else "cuda", device)
+
+
+def skip_unless_compiled(device):
+    why = compiled_unavailable(device)
+    if why is not None:
+        pytest.skip(why)
+
+
 def pytest_report_header(config):
     return f"dare_kernels test seed: DARE_TEST_SEED={SEED}"
 
