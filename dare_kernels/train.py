@@ -38,13 +38,18 @@ def load_data(spec: str, args) -> Interactions:
     raise ValueError(f"--data must be synthetic, taobao:PATH or tmall:PATH, got {spec!r}")
 
 
+def _autocast(args, device):
+    """bf16 autocast when --amp is given and the device is a GPU."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp and device.type == "cuda")
+
+
 @torch.no_grad()
 def evaluate(model, data, args, device) -> dict:
     model.eval()
     logits, labels, users, ndcg_num, ndcg_rows = [], [], [], 0.0, 0
     for batch in batches(data, args.eval_batch_size):
         b = to_device(batch, device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp and device.type == "cuda"):
+        with _autocast(args, device):
             logit, _, idx = model(b)
         logits.append(logit.float().cpu())
         labels.append(batch["label"])
@@ -127,7 +132,7 @@ def main(argv=None) -> dict:
         for batch in batches(train, args.batch_size, shuffle=True, seed=args.seed + epoch,
                              rank=rank, world_size=world, drop_last=True):
             b = to_device(batch, device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp and device.type == "cuda"):
+            with _autocast(args, device):
                 logit, _, _ = net(b)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logit.float(), b["label"])
             opt.zero_grad(set_to_none=True)
