@@ -96,8 +96,8 @@ class TopKTargetAttention(nn.Module):
             selected = values(safe)
         else:
             selected = values.gather(1, safe[..., None].expand(-1, -1, values.shape[-1]))
-        weights = torch.nan_to_num(torch.softmax(scores, dim=-1))  # -inf padding: weight 0
-        weights = weights.masked_fill(idx < 0, 0.0)
+        # -inf padding gets weight 0; rows with no finite score give NaN -> 0.
+        weights = torch.nan_to_num(torch.softmax(scores, dim=-1))
         out = (weights[..., None] * selected.float()).sum(1)
         return out, scores, idx
 
