@@ -420,7 +420,7 @@ __global__ void __launch_bounds__(kThreads) merge_topk_kernel(Params p) {
   int64_t valid = 0;  // real candidates: min(k, positions) per chunk, the rest is zero padding
   for (int c = 0; c < p.splits; ++c) {
     const int64_t nc = len - int64_t(c) * p.chunk;
-    valid += nc <= 0 ? 0 : (nc < p.k ? (nc < p.chunk ? nc : p.chunk) : p.k);
+    if (nc > 0) valid += min(min(nc, int64_t(p.chunk)), int64_t(p.k));  // what chunk c wrote
   }
   if (p.splits > kRankMergeMaxLists) {
     const int want = int(valid < p.k ? valid : p.k);
