@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 
 from . import _library, reference
+from . import triton as _triton
 from ._check import check_inputs, output_shape
 
 BACKENDS = ("cpu", "cuda", "triton", "reference")
@@ -18,7 +19,7 @@ def backend_status(backend: str, device) -> Optional[str]:
     if backend == "reference":
         return None
     if backend == "triton":
-        return "this version of dare_kernels has no Triton backend yet"
+        return _triton.unavailable(device)
     if not _library.loaded:
         return _library.error
     if backend == "cpu":
@@ -64,6 +65,8 @@ def topk_attention(query: torch.Tensor, keys: torch.Tensor, k: int, *,
     name = _resolve(backend, keys)
     if name in ("cpu", "cuda"):
         return torch.ops.dare.topk_attention(query, keys, k, lengths, scale)
+    if name == "triton":
+        return _triton.op()(query, keys, k, lengths, scale)
     return reference.topk_attention(query, keys, k, lengths, scale)
 
 
@@ -92,26 +95,39 @@ def topk_attention_backward(grad: torch.Tensor, query: torch.Tensor, keys: torch
     return grad_query, grad_keys
 
 
+def _fake(query, keys, k, lengths=None, scale=1.0):
+    s = check_inputs(query, keys, k, lengths, check_length_values=False)
+    shape = output_shape(s, k)
+    return (query.new_empty(shape, dtype=torch.float32),
+            query.new_empty(shape, dtype=torch.int64))
+
+
+def _setup_context(ctx, inputs, output):
+    query, keys, _k, _lengths, scale = inputs
+    ctx.save_for_backward(query, keys, output[1])
+    ctx.scale = scale
+
+
+def _backward(ctx, grad_scores, _grad_indices):
+    query, keys, indices = ctx.saved_tensors
+    gq, gk = topk_attention_backward(grad_scores, query, keys, indices, ctx.scale,
+                                     ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+    return gq, gk, None, None, None
+
+
+def register_autograd(qualname: str):
+    """The one backward formula, for the compiled op and the Triton op alike."""
+    torch.library.register_autograd(qualname, _backward, setup_context=_setup_context)
+
+
 def _register():
-    @torch.library.register_fake("dare::topk_attention")
-    def _fake(query, keys, k, lengths=None, scale=1.0):
-        s = check_inputs(query, keys, k, lengths, check_length_values=False)
-        shape = output_shape(s, k)
-        return (query.new_empty(shape, dtype=torch.float32),
-                query.new_empty(shape, dtype=torch.int64))
-
-    def setup_context(ctx, inputs, output):
-        query, keys, _k, _lengths, scale = inputs
-        ctx.save_for_backward(query, keys, output[1])
-        ctx.scale = scale
-
-    def backward(ctx, grad_scores, _grad_indices):
-        query, keys, indices = ctx.saved_tensors
-        gq, gk = topk_attention_backward(grad_scores, query, keys, indices, ctx.scale,
-                                         ctx.needs_input_grad[0], ctx.needs_input_grad[1])
-        return gq, gk, None, None, None
-
-    torch.library.register_autograd("dare::topk_attention", backward, setup_context=setup_context)
+    torch.library.register_fake("dare::topk_attention", _fake)
+    register_autograd("dare::topk_attention")
+    if not _library.with_cuda and _triton.unavailable("cuda") is None:
+        # No compiled CUDA kernel: CUDA tensors reach the Triton backend through the op.
+        torch.library.register_kernel(
+            "dare::topk_attention", "cuda",
+            lambda query, keys, k, lengths=None, scale=1.0: _triton.op()(query, keys, k, lengths, scale))
 
 
 if _library.loaded:

@@ -99,6 +99,18 @@ def _neg_scale(g, dtype, device):
                   _ints(g, 2, 33, 5, dtype=dtype, device=device, lo=0, hi=2), 11, scale=-2.0, exact=True)
 
 
+def _monotone(g, dtype, device):
+    # Row 0 ascends (every key beats all before it: a streaming threshold never
+    # filters), row 1 descends, row 2 is random; integers, exact in every dtype.
+    B, L, d = 3, 250, 3
+    keys = _ints(g, B, L, d, dtype=torch.float32, device="cpu", lo=-3, hi=4)
+    keys[0] = 0.0
+    keys[0, :, 1] = torch.arange(L, dtype=torch.float32)
+    keys[1] = keys[0].flip(0)
+    query = torch.tensor([[0.0, 1.0, 0.0]] * 2 + [[1.0, 1.0, 1.0]])
+    return Sample(query.to(dtype).to(device), keys.to(dtype).to(device), 20, exact=True)
+
+
 def _scaled(g, dtype, device):
     return Sample(_randn(g, 3, 16, dtype=dtype, device=device), _randn(g, 3, 200, 16, dtype=dtype, device=device), 17,
                   scale=0.25)
@@ -156,6 +168,7 @@ SAMPLES: dict[str, tuple[Callable, bool]] = {
     "all_equal": (_all_equal, False),
     "nan_inf": (_nan_inf, False),
     "neg_scale": (_neg_scale, False),
+    "monotone": (_monotone, False),
     "scaled": (_scaled, False),
     "noncontiguous": (_noncontiguous, False),
     "empty_batch": (_empty_batch, False),

@@ -1,0 +1,31 @@
+"""The Triton backend (imported on first use: importing triton costs ~1 s).
+
+On CUDA tensors it runs compiled; on CPU tensors only under TRITON_INTERPRET=1 (how
+CI without a GPU tests it)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Optional
+
+import torch
+
+
+def unavailable(device) -> Optional[str]:
+    """None if the Triton backend can run on tensors of `device`, else the reason."""
+    device = torch.device(device)
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (pip install triton)"
+    if device.type == "cuda":
+        return None if torch.cuda.is_available() else "no CUDA device is available"
+    if device.type == "cpu":
+        if os.environ.get("TRITON_INTERPRET") == "1":
+            return None
+        return "it runs on CUDA tensors (CPU tensors only under TRITON_INTERPRET=1)"
+    return f"it runs on CUDA tensors, got {device}"
+
+
+def op():
+    """torch.ops.dare.topk_attention_triton, registering it on first use."""
+    from . import search  # noqa: F401
+    return torch.ops.dare.topk_attention_triton

@@ -1,0 +1,176 @@
+"""The Triton backend: launch plan, autotuning and the `dare::topk_attention_triton` op.
+
+`torch.library.triton_op` lets torch.compile trace through the launcher to the kernels;
+the op shares the public op's input check, fake shapes and autograd formula."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Optional
+
+import torch
+import triton
+from torch.library import triton_op, wrap_triton
+
+from .._check import check_inputs, output_shape
+from ..ops import register_autograd
+from . import kernels
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# Largest k the fused kernel selects itself; above it the packed keys go through torch.topk.
+FUSED_MAX_K = 1024
+# Largest merge of split lists (keys sorted by one program).
+MERGE_MAX = 4096
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Launch parameters. `tile` is the number of key elements (C x DB) loaded at once."""
+    tile: int
+    num_warps: int
+
+
+# Autotuned on the GPU (keyed on d, k and dtype); the first is the default.
+CONFIGS = (Config(8192, 4), Config(16384, 8), Config(4096, 4), Config(8192, 8))
+INTERPRET_CONFIG = Config(32 * 16, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    D: int
+    DB: int
+    K_PAD: int
+    P_CAP: int
+    M_S: int
+    split: int  # programs per row
+    span: int  # keys per program
+    scratch: int  # int64 slots per program, enough for every config
+
+    def chunk(self, cfg: Config) -> int:
+        return max(16, cfg.tile // self.DB)
+
+    def fixed(self) -> dict:
+        """Compile-time parameters that no config changes."""
+        return dict(D=self.D, DB=self.DB, K_PAD=self.K_PAD, P_CAP=self.P_CAP, M_S=self.M_S)
+
+    def tuned(self, cfg: Config) -> dict:
+        """Compile-time parameters that follow the chunk size."""
+        C = self.chunk(cfg)
+        # Group-maxima bound: needs at least K_PAD groups.
+        G = min(8, C // (2 * self.K_PAD)) if C >= 2 * self.K_PAD else (1 if C >= self.K_PAD else 0)
+        return dict(C=C, G=G, M_L=_pow2(self.K_PAD + self.P_CAP // 2 + C))
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def plan(R: int, L: int, D: int, k: int, device: torch.device, split: Optional[int] = None,
+         cfg: Optional[Config] = None) -> Plan:
+    """R = B*T rows of L keys of width D. `split` forces the programs per row and `cfg`
+    the config (tests)."""
+    DB = min(_pow2(D), 64)
+    K_PAD = max(16, _pow2(k))
+    M_S = max(512, 2 * K_PAD) if not INTERPRET else max(64, 2 * K_PAD)
+    P_CAP = M_S - K_PAD
+    configs = ((INTERPRET_CONFIG,) if INTERPRET else CONFIGS) + ((cfg,) if cfg else ())
+    C_max = max(max(16, c.tile // DB) for c in configs)
+    if split is None:
+        # Rows alone should give every SM two programs; else split rows, a chunk or more each.
+        programs = 2 * (8 if INTERPRET else _sm_count(device.index or 0))
+        split = min(-(-programs // max(R, 1)), -(-L // max(C_max, 256 if not INTERPRET else 1)),
+                    MERGE_MAX // K_PAD)
+    split = max(1, min(split, L, MERGE_MAX // K_PAD))
+    span = -(-L // split)
+    split = -(-L // span)
+    return Plan(D, DB, K_PAD, P_CAP, M_S, split, span, K_PAD + P_CAP // 2 + C_max)
+
+
+# Below this many keys per call a launch is latency-bound: the default config, no tuning.
+AUTOTUNE_MIN_KEYS = 1 << 20
+
+
+@functools.lru_cache(maxsize=None)
+def _autotuned(p: Plan):
+    """One autotuner per compile-time plan (d, k bucket); it keys on dtype and split."""
+    return triton.autotune(
+        configs=[triton.Config(p.tuned(c), num_warps=c.num_warps) for c in CONFIGS],
+        key=["SPLIT"],
+    )(kernels._search_kernel)
+
+
+def _launch_search(p: Plan, q, keys, lengths, out_s, out_i, part, scratch, T, L, k, scale,
+                   cfg: Optional[Config]):
+    has_len = lengths is not None
+    args = (q, keys, lengths if has_len else q, out_s, out_i, part, scratch,
+            T, L, k, p.span, p.scratch, scale, keys.stride(0), keys.stride(1))
+    grid = (q.shape[0], p.split)
+    flags = dict(HAS_LEN=has_len, SPLIT=p.split > 1)
+    if cfg is None and not INTERPRET and q.shape[0] * L >= AUTOTUNE_MIN_KEYS:
+        key_plan = dataclasses.replace(p, split=0, span=0)  # the autotuner is shared across shapes
+        wrap_triton(_autotuned(key_plan))[grid](*args, **p.fixed(), **flags)
+        return
+    cfg = cfg or (INTERPRET_CONFIG if INTERPRET else CONFIGS[0])
+    wrap_triton(kernels._search_kernel)[grid](*args, **p.fixed(), **p.tuned(cfg), **flags,
+                                              num_warps=cfg.num_warps)
+
+
+@triton_op("dare::topk_attention_triton", mutates_args=())
+def topk_attention(query: torch.Tensor, keys: torch.Tensor, k: int, lengths: Optional[torch.Tensor] = None,
+                   scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    return _topk_attention(query, keys, k, lengths, scale)
+
+
+def _topk_attention(query, keys, k, lengths=None, scale=1.0, *, split=None, fused_max_k=FUSED_MAX_K,
+                    cfg: Optional[Config] = None):
+    s = check_inputs(query, keys, k, lengths, check_length_values=keys.device.type == "cpu")
+    shape = output_shape(s, k)
+    R = s.B * s.T
+    device = keys.device
+    out_s = torch.empty(shape, dtype=torch.float32, device=device)
+    out_i = torch.empty(shape, dtype=torch.int64, device=device)
+    if R == 0:
+        return out_s, out_i
+    q = query.reshape(R, s.d).contiguous()
+    keys = keys.contiguous()
+    if lengths is not None:
+        lengths = lengths.contiguous()
+    p = plan(R, s.L, s.d, k, device, split, cfg)
+    scale = float(scale)
+    if k > fused_max_k:
+        cfg = cfg or (INTERPRET_CONFIG if INTERPRET else CONFIGS[0])
+        # Exact for any k: packed keys are distinct, so torch.topk's order is the contract's.
+        packed = torch.empty(R, s.L, dtype=torch.int64, device=device)
+        C = p.chunk(cfg)
+        wrap_triton(kernels._keys_kernel)[(R, triton.cdiv(s.L, C))](
+            q, keys, lengths if lengths is not None else q, packed, s.T, s.L, scale, keys.stride(0),
+            keys.stride(1), D=s.d, DB=p.DB, C=C, HAS_LEN=lengths is not None, num_warps=cfg.num_warps)
+        top = torch.topk(packed, k, dim=1).values
+        score, idx = _unpack(top)
+        return score.reshape(shape), idx.reshape(shape)
+    scratch = torch.empty(R * p.split * p.scratch, dtype=torch.int64, device=device)
+    part = torch.empty(R * p.split * p.K_PAD if p.split > 1 else 1, dtype=torch.int64, device=device)
+    _launch_search(p, q, keys, lengths, out_s, out_i, part, scratch, s.T, s.L, k, scale, cfg)
+    if p.split > 1:
+        wrap_triton(kernels._merge_kernel)[(R,)](part, out_s, out_i, p.split * p.K_PAD, k,
+                                                  M=_pow2(p.split * p.K_PAD), num_warps=4)
+    return out_s, out_i
+
+
+def _unpack(key: torch.Tensor):
+    """Host-side twin of kernels.unpack, for the large-k path."""
+    okey = key >> 32
+    pos = ((okey + 1) << 32) - 1 - key
+    bits = torch.where(okey >= 0, okey, okey ^ 0x7FFFFFFF).to(torch.int32)
+    pad = key == torch.iinfo(torch.int64).min
+    score = torch.where(pad, float("-inf"), bits.view(torch.float32))
+    return score, torch.where(pad, -1, pos)
+
+
+register_autograd("dare::topk_attention_triton")

@@ -1,0 +1,49 @@
+"""Paths of the Triton backend that the shared matrix reaches only at GPU sizes or by
+chance: forced splits (+ merge), tiny chunks (many threshold reductions, including
+the large one when a whole chunk passes), one chunk per row (group-maxima bound),
+and the large-k path. On CPU under TRITON_INTERPRET=1, compiled on a GPU."""
+import pytest
+import torch
+
+from dare_kernels.ops import backend_status
+
+from samples import sample_input
+from test_topk_attention import assert_matches_reference
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.skipif(backend_status("triton", DEVICE) is not None,
+                                reason=f"Triton backend: {backend_status('triton', DEVICE)}")
+NAMES = ["basic", "targets", "lengths", "lengths_targets_int32", "ties", "all_equal", "nan_inf",
+         "monotone", "neg_scale", "k_eq_L", "d1", "odd_d"]
+
+
+def _search():
+    from dare_kernels.triton import search
+    return search
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("split", [None, 1, 3])
+@pytest.mark.parametrize("tile", [16, 4096], ids=["chunk16", "one_chunk"])
+def test_paths(name, split, tile, seed):
+    search = _search()
+    s = sample_input(name, torch.float32, DEVICE, seed)
+    out = search._topk_attention(*s.args(), split=split, cfg=search.Config(tile, 1))
+    assert_matches_reference(out, s)
+
+
+@pytest.mark.parametrize("name", ["basic", "lengths", "ties", "nan_inf", "monotone", "k_eq_L"])
+def test_large_k_path(name, seed):
+    search = _search()
+    s = sample_input(name, torch.float16, DEVICE, seed)
+    assert_matches_reference(search._topk_attention(*s.args(), fused_max_k=0), s)
+
+
+def test_plan_splits_small_batches():
+    search = _search()
+    dev = torch.device(DEVICE)
+    assert search.plan(8, 10000, 32, 128, dev).split > 1
+    assert search.plan(4096, 10000, 32, 128, dev).split == 1
+    p = search.plan(2, 10000, 32, 1024, dev)
+    assert p.split * p.K_PAD <= search.MERGE_MAX
+    assert search.plan(1, 5, 32, 4, dev, split=64).split == 5  # never more programs than keys
