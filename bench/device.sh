@@ -20,11 +20,13 @@ fi
 summary "build: $(( $(date +%s) - t0 )) s"
 rm -f "$OUT/build.log"  # $OUT returns at most 8 files
 
-t0=$(date +%s)
-python3 -m pytest python_tests -q -p no:cacheprovider --maxfail=5 ${PYTEST_ARGS:-} > "$OUT/tests.log" 2>&1
-rc=$?
-summary "tests rc=$rc ($(( $(date +%s) - t0 )) s): $(tail -1 "$OUT/tests.log")"
-[ $rc -ne 0 ] && grep -E "^(FAILED|ERROR)|^E  " "$OUT/tests.log" | head -40
+if [ -z "${SKIP_TESTS:-}" ]; then
+  t0=$(date +%s)
+  python3 -m pytest python_tests -q -p no:cacheprovider --maxfail=5 ${PYTEST_ARGS:-} > "$OUT/tests.log" 2>&1
+  rc=$?
+  summary "tests rc=$rc ($(( $(date +%s) - t0 )) s): $(tail -1 "$OUT/tests.log")"
+  [ $rc -ne 0 ] && grep -E "^(FAILED|ERROR)|^E  " "$OUT/tests.log" | head -40
+fi
 
 if [ -n "${TRAIN:-}" ]; then
   # The reference models on the GPU: AMP, each variant, then DDP through torchrun.
@@ -41,7 +43,7 @@ if [ -n "${TRAIN:-}" ]; then
 fi
 
 if [ "$MODE" = full ]; then
-  for tool in memcheck racecheck initcheck; do
+  for tool in ${SANITIZE_TOOLS:-memcheck racecheck initcheck}; do
     for b in ${SANITIZE_BACKENDS:-cuda}; do
       compute-sanitizer --tool $tool --error-exitcode 9 python3 python_tests/sanitize_cuda.py $b > "$OUT/sanitize.tmp" 2>&1
       summary "compute-sanitizer $tool $b rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitize.tmp" | tail -1)"
@@ -59,6 +61,18 @@ if [ -n "${PROFILE:-}" ]; then
   grep -E "chunk_topk|merge_topk|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Stall" "$OUT/ncu.txt" | head -40
 fi
 
+if [ -n "${PROFILE_TRITON:-}" ]; then
+  python3 bench/profile_triton.py 2>&1 | tee "$OUT/profile_triton.txt"
+fi
+if [ -n "${NCU_TRITON:-}" ]; then
+  for d in 16 128; do
+    DARE_TRITON_AUTOTUNE=0 ncu --clock-control none -k regex:_search_kernel --launch-skip 4 --launch-count 1 \
+      --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+      python3 bench/profile_cuda.py --backend triton --B 1024 --d $d >> "$OUT/profile_triton.txt" 2>&1
+  done
+  grep -E "_search_kernel|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Stall|Issue Slots|Executed Ipc" "$OUT/profile_triton.txt" | head -40
+fi
+
 if [ -n "${CHUNK_SWEEP:-}" ]; then
   for c in $CHUNK_SWEEP; do
     echo "DARE_CUDA_MAX_CHUNK=$c" >> "$OUT/bench_extra.txt"
@@ -66,6 +80,7 @@ if [ -n "${CHUNK_SWEEP:-}" ]; then
   done
 fi
 
+[ -n "${SKIP_BENCH:-}" ] && exit 0
 python3 -m dare_kernels.bench --json "$OUT/bench.json" --plot "$OUT/bench.png" --quiet ${BENCH_ARGS:-} > "$OUT/bench.txt" 2>&1
 python3 -m dare_kernels.bench --B 8 --d 16 32 128 --quiet >> "$OUT/bench_extra.txt" 2>&1
 python3 -m dare_kernels.bench --B 1 --T 1024 --d 32 128 --quiet >> "$OUT/bench_extra.txt" 2>&1

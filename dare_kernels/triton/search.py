@@ -21,7 +21,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # Largest k the fused kernel selects itself; above it the packed keys go through torch.topk.
 FUSED_MAX_K = 1024
 # Largest merge of split lists (keys sorted by one program).
-MERGE_MAX = 4096
+MERGE_MAX = 2048
 
 
 def _pow2(n: int) -> int:
@@ -75,6 +75,12 @@ def plan(R: int, L: int, D: int, k: int, device: torch.device, split: Optional[i
          cfg: Optional[Config] = None) -> Plan:
     """R = B*T rows of L keys of width D. `split` forces the programs per row and `cfg`
     the config (tests)."""
+    if all(type(v) is int for v in (R, L, D, k)):  # not symbolic (torch.compile): cache
+        return _plan_cached(R, L, D, k, device, split, cfg)
+    return _plan(R, L, D, k, device, split, cfg)
+
+
+def _plan(R, L, D, k, device, split, cfg) -> Plan:
     DB = min(_pow2(D), 64)
     K_PAD = max(16, _pow2(k))
     M_S = max(512, 2 * K_PAD) if not INTERPRET else max(64, 2 * K_PAD)
@@ -92,8 +98,13 @@ def plan(R: int, L: int, D: int, k: int, device: torch.device, split: Optional[i
     return Plan(D, DB, K_PAD, P_CAP, M_S, split, span, K_PAD + P_CAP // 2 + C_max)
 
 
+_plan_cached = functools.lru_cache(maxsize=4096)(_plan)
+
+
 # Below this many keys per call a launch is latency-bound: the default config, no tuning.
+# DARE_TRITON_AUTOTUNE=0 turns tuning off (e.g. to capture a CUDA graph on the first call).
 AUTOTUNE_MIN_KEYS = 1 << 20
+AUTOTUNE = os.environ.get("DARE_TRITON_AUTOTUNE", "1") != "0"
 
 
 @functools.lru_cache(maxsize=None)
@@ -112,7 +123,7 @@ def _launch_search(p: Plan, q, keys, lengths, out_s, out_i, part, scratch, T, L,
             T, L, k, p.span, p.scratch, scale, keys.stride(0), keys.stride(1))
     grid = (q.shape[0], p.split)
     flags = dict(HAS_LEN=has_len, SPLIT=p.split > 1)
-    if cfg is None and not INTERPRET and q.shape[0] * L >= AUTOTUNE_MIN_KEYS:
+    if cfg is None and AUTOTUNE and not INTERPRET and q.shape[0] * L >= AUTOTUNE_MIN_KEYS:
         key_plan = dataclasses.replace(p, split=0, span=0)  # the autotuner is shared across shapes
         wrap_triton(_autotuned(key_plan))[grid](*args, **p.fixed(), **flags)
         return
@@ -159,7 +170,7 @@ def _topk_attention(query, keys, k, lengths=None, scale=1.0, *, split=None, fuse
     _launch_search(p, q, keys, lengths, out_s, out_i, part, scratch, s.T, s.L, k, scale, cfg)
     if p.split > 1:
         wrap_triton(kernels._merge_kernel)[(R,)](part, out_s, out_i, p.split * p.K_PAD, k,
-                                                  M=_pow2(p.split * p.K_PAD), num_warps=4)
+                                                  M=_pow2(p.split * p.K_PAD), num_warps=8 if not INTERPRET else 1)
     return out_s, out_i
 
 
