@@ -5,6 +5,10 @@ import zlib
 import pytest
 import torch
 
+# Tests pin the Triton backend's default config (autotuning is for benchmarks; one test
+# turns it on): compiling every config for every tested shape costs minutes.
+os.environ.setdefault("DARE_TRITON_AUTOTUNE", "0")
+
 # Fresh random inputs on every run; DARE_TEST_SEED=N reproduces a failure.
 SEED = int(os.environ.get("DARE_TEST_SEED", random.SystemRandom().randrange(2**31)))
 

@@ -1,13 +1,13 @@
 """Paths of the Triton backend that the shared matrix reaches only at GPU sizes or by
-chance: forced splits (+ merge), tiny chunks (many threshold reductions, including
-the large one when a whole chunk passes), one chunk per row (group-maxima bound),
-and the large-k path. On CPU under TRITON_INTERPRET=1, compiled on a GPU."""
+chance: forced splits (+ merge), tiny chunks (many folds of the pending list), one
+chunk per row (a first chunk far larger than the pending list: folded in windows),
+the large-k path and autotuning. On CPU under TRITON_INTERPRET=1, compiled on a GPU."""
 import pytest
 import torch
 
 from dare_kernels.ops import backend_status
 
-from samples import sample_input
+from samples import Sample, sample_input
 from test_topk_attention import assert_matches_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -47,3 +47,17 @@ def test_plan_splits_small_batches():
     p = search.plan(2, 10000, 32, 1024, dev)
     assert p.split * p.K_PAD <= search.MERGE_MAX
     assert search.plan(1, 5, 32, 4, dev, split=64).split == 5  # never more programs than keys
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="autotuning runs on a GPU")
+def test_autotuned_launch(monkeypatch, seed):
+    search = _search()
+    monkeypatch.setattr(search, "AUTOTUNE", True)
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    B, L, d, k = 128, 8192, 16, 64  # B*L = AUTOTUNE_MIN_KEYS
+    q = torch.randn(B, d, device="cuda", generator=g).bfloat16()
+    K = torch.randn(B, L, d, device="cuda", generator=g).bfloat16()
+    out = search._topk_attention(q, K, k)
+    assert_matches_reference(out, Sample(q, K, k))
+    tuner = search._autotuned(search.dataclasses.replace(search.plan(B, L, d, k, q.device), split=0, span=0))
+    assert len(tuner.cache) == 1

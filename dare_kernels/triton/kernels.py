@@ -5,14 +5,13 @@ contract's order (NaN first, equal scores by ascending position, -0 == +0), so a
 selection is a plain integer comparison and every key is distinct. Padding is NEG,
 below every real key.
 
-_search_kernel: one program per (row, split). It streams the split in chunks of C keys
+_search_kernel: one program per (row, split). It streams its keys in chunks of C
 (scores stay in registers), keeps a lower bound `thr` of the row's k-th key, and appends
-only keys >= thr to a per-program scratch list (a few KB, cache-resident). When that
-list grows past P_CAP/2 it is sorted together with the current best k, which raises
-`thr`. For random scores after the first chunks only ~k/position of the keys pass, so
-selection costs about one compare per key. Before the best list is full, the k-th
-largest of the chunk's group maxima (groups of G keys) bounds thr from below: at least
-k distinct keys reach it, so the first chunk appends at most k*G keys.
+only keys >= thr to a per-program scratch list (a few KB, cache-resident). When that list
+passes P_CAP/2 it is folded into the best k by one sort of K_PAD + P_CAP keys, which
+raises `thr`. For random scores ~k/position of the keys pass once the first chunk is
+folded, so selection costs about one compare per key. Split rows are merged by the same
+filter (_merge_kernel). A single sort size and a single fold site keep compilation short.
 """
 import triton
 import triton.language as tl
@@ -41,9 +40,9 @@ def unpack(key):
 
 
 @triton.jit
-def _scores(q_row, k_row, pos, valid, stride_kl, scale, D: tl.constexpr, DB: tl.constexpr, C: tl.constexpr):
+def _scores(q_row, k_row, pos, valid, D, stride_kl, scale, DB: tl.constexpr, C: tl.constexpr):
     acc = tl.zeros([C], dtype=tl.float32)
-    for d0 in tl.static_range(0, D, DB):
+    for d0 in range(0, D, DB):
         dd = d0 + tl.arange(0, DB)
         dmask = dd < D
         kv = tl.load(k_row + pos.to(tl.int64)[:, None] * stride_kl + dd[None, :],
@@ -54,38 +53,63 @@ def _scores(q_row, k_row, pos, valid, stride_kl, scale, D: tl.constexpr, DB: tl.
 
 
 @triton.jit
-def _reduce(scratch, thr, n_best, n_pend, k, K_PAD: tl.constexpr, M: tl.constexpr):
-    """Best k of (best list, pending list) back into the best list; returns the new
-    (thr, n_best, n_pend). Needs K_PAD + n_pend <= M."""
-    tl.debug_barrier()  # the pending keys were stored by other threads
-    i = tl.arange(0, M)
-    live = (i < n_best) | ((i >= K_PAD) & (i < K_PAD + n_pend))
-    x = tl.sort(tl.load(scratch + i, mask=live, other=NEG), descending=True)
-    tl.debug_barrier()  # everyone has read before the best list is overwritten
-    tl.store(scratch + i, x, mask=i < K_PAD)
+def _reduce(scratch, thr, n_best, n_pend, k, K_PAD: tl.constexpr, P_CAP: tl.constexpr, M_S: tl.constexpr):
+    """Folds the pending list into the best list, P_CAP keys at a time (one sort size,
+    M_S = K_PAD + P_CAP, however many are pending); returns (thr, n_best, n_pend=0)."""
+    i = tl.arange(0, M_S)
+    for w in range(0, n_pend, P_CAP):
+        tl.debug_barrier()  # pending keys and the best list were stored by other threads
+        n_w = tl.minimum(n_pend - w, P_CAP)
+        live = (i < n_best) | ((i >= K_PAD) & (i < K_PAD + n_w))
+        x = tl.load(scratch + tl.where(i < K_PAD, i, i + w), mask=live, other=NEG)
+        x = tl.sort(x, descending=True)
+        tl.debug_barrier()  # all have read before the best list is overwritten
+        tl.store(scratch + i, x, mask=i < K_PAD)
+        n_best = tl.minimum(n_best + n_w, k)
     tl.debug_barrier()
-    n_best = tl.minimum(n_best + n_pend, k)
-    kth = tl.max(tl.where(i == k - 1, x, NEG), axis=0)
-    thr = tl.where(n_best == k, tl.maximum(thr, kth), thr)
+    if n_best == k:
+        thr = tl.maximum(thr, tl.load(scratch + k - 1))
     return thr, n_best, n_pend * 0
 
 
 @triton.jit
+def _offer(scratch, key, valid, thr, n_best, n_pend, k, flush,
+           K_PAD: tl.constexpr, P_CAP: tl.constexpr, M_S: tl.constexpr):
+    """Appends the keys >= thr to the pending list; folds it when it passes P_CAP/2
+    or on `flush`. Keys are distinct, so none equals the k-th best held."""
+    sel = valid & (key >= thr)
+    sel32 = sel.to(tl.int32)
+    cnt = tl.sum(sel32, axis=0)
+    if cnt > 0:
+        tl.store(scratch + K_PAD + n_pend + tl.cumsum(sel32, axis=0) - 1, key, mask=sel)
+        n_pend += cnt
+    if (n_pend > P_CAP // 2) | (flush & (n_pend > 0)):
+        thr, n_best, n_pend = _reduce(scratch, thr, n_best, n_pend, k, K_PAD, P_CAP, M_S)
+    return thr, n_best, n_pend
+
+
+@triton.jit
+def _emit(scratch, n_best, out_s_ptr, out_i_ptr, r, k, K_PAD: tl.constexpr):
+    j = tl.arange(0, K_PAD)
+    score, idx = unpack(tl.load(scratch + j, mask=j < n_best, other=NEG))
+    tl.store(out_s_ptr + r.to(tl.int64) * k + j, score, mask=j < k)
+    tl.store(out_i_ptr + r.to(tl.int64) * k + j, idx, mask=j < k)
+
+
+@triton.jit
 def _search_kernel(q_ptr, k_ptr, len_ptr, out_s_ptr, out_i_ptr, part_ptr, scratch_ptr,
-                   T, L, k, span, scratch_stride, scale, stride_kb, stride_kl,
-                   D: tl.constexpr, DB: tl.constexpr, C: tl.constexpr, G: tl.constexpr,
-                   K_PAD: tl.constexpr, P_CAP: tl.constexpr, M_S: tl.constexpr, M_L: tl.constexpr,
-                   HAS_LEN: tl.constexpr, SPLIT: tl.constexpr):
+                   T, L, D, k, span, scratch_stride, scale, stride_kb, stride_kl,
+                   DB: tl.constexpr, C: tl.constexpr, K_PAD: tl.constexpr, P_CAP: tl.constexpr,
+                   M_S: tl.constexpr, HAS_LEN: tl.constexpr, SPLIT: tl.constexpr):
     r = tl.program_id(0)  # row b * T + t
     s = tl.program_id(1)  # split of the row
-    n_split = tl.num_programs(1)
     b = r // T
     n = L
     if HAS_LEN:
         n = tl.minimum(tl.maximum(tl.load(len_ptr + b), 0), L).to(tl.int32)
     start = s * span
     end = tl.minimum(start + span, n)
-    prog = r.to(tl.int64) * n_split + s
+    prog = r.to(tl.int64) * tl.num_programs(1) + s
     scratch = scratch_ptr + prog * scratch_stride
     q_row = q_ptr + r.to(tl.int64) * D
     k_row = k_ptr + b.to(tl.int64) * stride_kb
@@ -93,57 +117,39 @@ def _search_kernel(q_ptr, k_ptr, len_ptr, out_s_ptr, out_i_ptr, part_ptr, scratc
     thr = tl.full([], NEG, tl.int64)
     n_best = tl.zeros([], tl.int32)
     n_pend = tl.zeros([], tl.int32)
-    for c0 in range(start, end, C):
+    # One extra, empty chunk flushes the pending list (one call site: one sort compiled).
+    for c0 in range(start, tl.maximum(end, start) + C, C):
         pos = c0 + tl.arange(0, C)
         valid = pos < end
-        key = tl.where(valid, pack(_scores(q_row, k_row, pos, valid, stride_kl, scale, D, DB, C), pos), NEG)
-        if G > 0:
-            if n_best < k:
-                gmax = tl.max(tl.reshape(key, [C // G, G]), axis=1)
-                gs = tl.sort(gmax, descending=True)
-                bound = tl.max(tl.where(tl.arange(0, C // G) == k - 1, gs, NEG), axis=0)
-                thr = tl.maximum(thr, bound)
-        sel = valid & (key >= thr)
-        sel32 = sel.to(tl.int32)
-        cnt = tl.sum(sel32, axis=0)
-        if cnt > 0:
-            dst = K_PAD + n_pend + tl.cumsum(sel32, axis=0) - 1
-            tl.store(scratch + dst, key, mask=sel)
-            n_pend += cnt
-            if n_pend > P_CAP // 2:
-                if K_PAD + n_pend <= M_S:
-                    thr, n_best, n_pend = _reduce(scratch, thr, n_best, n_pend, k, K_PAD, M_S)
-                else:
-                    thr, n_best, n_pend = _reduce(scratch, thr, n_best, n_pend, k, K_PAD, M_L)
-    if n_pend > 0:
-        if K_PAD + n_pend <= M_S:
-            thr, n_best, n_pend = _reduce(scratch, thr, n_best, n_pend, k, K_PAD, M_S)
-        else:
-            thr, n_best, n_pend = _reduce(scratch, thr, n_best, n_pend, k, K_PAD, M_L)
-    j = tl.arange(0, K_PAD)
-    best = tl.load(scratch + j, mask=j < n_best, other=NEG)
+        key = pack(_scores(q_row, k_row, pos, valid, D, stride_kl, scale, DB, C), pos)
+        thr, n_best, n_pend = _offer(scratch, key, valid, thr, n_best, n_pend, k, c0 >= end, K_PAD, P_CAP, M_S)
     if SPLIT:
-        tl.store(part_ptr + prog * K_PAD + j, best)
+        j = tl.arange(0, K_PAD)
+        tl.store(part_ptr + prog * K_PAD + j, tl.load(scratch + j, mask=j < n_best, other=NEG))
     else:
-        score, idx = unpack(best)
-        tl.store(out_s_ptr + r.to(tl.int64) * k + j, score, mask=j < k)
-        tl.store(out_i_ptr + r.to(tl.int64) * k + j, idx, mask=j < k)
+        _emit(scratch, n_best, out_s_ptr, out_i_ptr, r, k, K_PAD)
 
 
 @triton.jit
-def _merge_kernel(part_ptr, out_s_ptr, out_i_ptr, n_part, k, M: tl.constexpr):
-    """Top k of a row's split lists (n_part keys, each list sorted, NEG-padded)."""
+def _merge_kernel(part_ptr, scratch_ptr, out_s_ptr, out_i_ptr, n_part, k, scratch_stride,
+                  C: tl.constexpr, K_PAD: tl.constexpr, P_CAP: tl.constexpr, M_S: tl.constexpr):
+    """Top k of a row's split lists (n_part keys, NEG-padded), by the same threshold filter."""
     r = tl.program_id(0)
-    i = tl.arange(0, M)
-    x = tl.load(part_ptr + r.to(tl.int64) * n_part + i, mask=i < n_part, other=NEG)
-    score, idx = unpack(tl.sort(x, descending=True))
-    tl.store(out_s_ptr + r.to(tl.int64) * k + i, score, mask=i < k)
-    tl.store(out_i_ptr + r.to(tl.int64) * k + i, idx, mask=i < k)
+    scratch = scratch_ptr + r.to(tl.int64) * scratch_stride
+    thr = tl.full([], NEG, tl.int64)
+    n_best = tl.zeros([], tl.int32)
+    n_pend = tl.zeros([], tl.int32)
+    for c0 in range(0, n_part + C, C):
+        pos = c0 + tl.arange(0, C)
+        key = tl.load(part_ptr + r.to(tl.int64) * n_part + pos, mask=pos < n_part, other=NEG)
+        thr, n_best, n_pend = _offer(scratch, key, key != NEG, thr, n_best, n_pend, k, c0 >= n_part,
+                                     K_PAD, P_CAP, M_S)
+    _emit(scratch, n_best, out_s_ptr, out_i_ptr, r, k, K_PAD)
 
 
 @triton.jit
-def _keys_kernel(q_ptr, k_ptr, len_ptr, keys_ptr, T, L, scale, stride_kb, stride_kl,
-                 D: tl.constexpr, DB: tl.constexpr, C: tl.constexpr, HAS_LEN: tl.constexpr):
+def _keys_kernel(q_ptr, k_ptr, len_ptr, keys_ptr, T, L, D, scale, stride_kb, stride_kl,
+                 DB: tl.constexpr, C: tl.constexpr, HAS_LEN: tl.constexpr):
     """Packed keys of every position (large k: the selection then runs in torch.topk)."""
     r = tl.program_id(0)
     c0 = tl.program_id(1) * C
@@ -154,5 +160,5 @@ def _keys_kernel(q_ptr, k_ptr, len_ptr, keys_ptr, T, L, scale, stride_kb, stride
     pos = c0 + tl.arange(0, C)
     valid = pos < n
     key = pack(_scores(q_ptr + r.to(tl.int64) * D, k_ptr + b.to(tl.int64) * stride_kb, pos, valid,
-                       stride_kl, scale, D, DB, C), pos)
+                       D, stride_kl, scale, DB, C), pos)
     tl.store(keys_ptr + r.to(tl.int64) * L + pos, tl.where(valid, key, NEG), mask=pos < L)

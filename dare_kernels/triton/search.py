@@ -36,7 +36,7 @@ class Config:
 
 
 # Autotuned on the GPU (keyed on d, k and dtype); the first is the default.
-CONFIGS = (Config(8192, 4), Config(16384, 8), Config(4096, 4), Config(8192, 8))
+CONFIGS = (Config(8192, 4), Config(16384, 8), Config(4096, 4))
 INTERPRET_CONFIG = Config(32 * 16, 1)
 
 
@@ -56,14 +56,7 @@ class Plan:
 
     def fixed(self) -> dict:
         """Compile-time parameters that no config changes."""
-        return dict(D=self.D, DB=self.DB, K_PAD=self.K_PAD, P_CAP=self.P_CAP, M_S=self.M_S)
-
-    def tuned(self, cfg: Config) -> dict:
-        """Compile-time parameters that follow the chunk size."""
-        C = self.chunk(cfg)
-        # Group-maxima bound: needs at least K_PAD groups.
-        G = min(8, C // (2 * self.K_PAD)) if C >= 2 * self.K_PAD else (1 if C >= self.K_PAD else 0)
-        return dict(C=C, G=G, M_L=_pow2(self.K_PAD + self.P_CAP // 2 + C))
+        return dict(DB=self.DB, K_PAD=self.K_PAD, P_CAP=self.P_CAP, M_S=self.M_S)
 
 
 @functools.lru_cache(maxsize=None)
@@ -86,7 +79,7 @@ def _plan(R, L, D, k, device, split, cfg) -> Plan:
     M_S = max(512, 2 * K_PAD) if not INTERPRET else max(64, 2 * K_PAD)
     P_CAP = M_S - K_PAD
     configs = ((INTERPRET_CONFIG,) if INTERPRET else CONFIGS) + ((cfg,) if cfg else ())
-    C_max = max(max(16, c.tile // DB) for c in configs)
+    C_max = max([max(16, c.tile // DB) for c in configs] + [K_PAD])  # K_PAD: the merge's chunk
     if split is None:
         # Rows alone should give every SM two programs; else split rows, a chunk or more each.
         programs = 2 * (8 if INTERPRET else _sm_count(device.index or 0))
@@ -111,7 +104,7 @@ AUTOTUNE = os.environ.get("DARE_TRITON_AUTOTUNE", "1") != "0"
 def _autotuned(p: Plan):
     """One autotuner per compile-time plan (d, k bucket); it keys on dtype and split."""
     return triton.autotune(
-        configs=[triton.Config(p.tuned(c), num_warps=c.num_warps) for c in CONFIGS],
+        configs=[triton.Config({"C": p.chunk(c)}, num_warps=c.num_warps) for c in CONFIGS],
         key=["SPLIT"],
     )(kernels._search_kernel)
 
@@ -120,7 +113,7 @@ def _launch_search(p: Plan, q, keys, lengths, out_s, out_i, part, scratch, T, L,
                    cfg: Optional[Config]):
     has_len = lengths is not None
     args = (q, keys, lengths if has_len else q, out_s, out_i, part, scratch,
-            T, L, k, p.span, p.scratch, scale, keys.stride(0), keys.stride(1))
+            T, L, p.D, k, p.span, p.scratch, scale, keys.stride(0), keys.stride(1))
     grid = (q.shape[0], p.split)
     flags = dict(HAS_LEN=has_len, SPLIT=p.split > 1)
     if cfg is None and AUTOTUNE and not INTERPRET and q.shape[0] * L >= AUTOTUNE_MIN_KEYS:
@@ -128,7 +121,7 @@ def _launch_search(p: Plan, q, keys, lengths, out_s, out_i, part, scratch, T, L,
         wrap_triton(_autotuned(key_plan))[grid](*args, **p.fixed(), **flags)
         return
     cfg = cfg or (INTERPRET_CONFIG if INTERPRET else CONFIGS[0])
-    wrap_triton(kernels._search_kernel)[grid](*args, **p.fixed(), **p.tuned(cfg), **flags,
+    wrap_triton(kernels._search_kernel)[grid](*args, **p.fixed(), C=p.chunk(cfg), **flags,
                                               num_warps=cfg.num_warps)
 
 
@@ -160,8 +153,8 @@ def _topk_attention(query, keys, k, lengths=None, scale=1.0, *, split=None, fuse
         packed = torch.empty(R, s.L, dtype=torch.int64, device=device)
         C = p.chunk(cfg)
         wrap_triton(kernels._keys_kernel)[(R, triton.cdiv(s.L, C))](
-            q, keys, lengths if lengths is not None else q, packed, s.T, s.L, scale, keys.stride(0),
-            keys.stride(1), D=s.d, DB=p.DB, C=C, HAS_LEN=lengths is not None, num_warps=cfg.num_warps)
+            q, keys, lengths if lengths is not None else q, packed, s.T, s.L, s.d, scale, keys.stride(0),
+            keys.stride(1), DB=p.DB, C=C, HAS_LEN=lengths is not None, num_warps=cfg.num_warps)
         top = torch.topk(packed, k, dim=1).values
         score, idx = _unpack(top)
         return score.reshape(shape), idx.reshape(shape)
@@ -169,8 +162,9 @@ def _topk_attention(query, keys, k, lengths=None, scale=1.0, *, split=None, fuse
     part = torch.empty(R * p.split * p.K_PAD if p.split > 1 else 1, dtype=torch.int64, device=device)
     _launch_search(p, q, keys, lengths, out_s, out_i, part, scratch, s.T, s.L, k, scale, cfg)
     if p.split > 1:
-        wrap_triton(kernels._merge_kernel)[(R,)](part, out_s, out_i, p.split * p.K_PAD, k,
-                                                  M=_pow2(p.split * p.K_PAD), num_warps=8 if not INTERPRET else 1)
+        wrap_triton(kernels._merge_kernel)[(R,)](part, scratch, out_s, out_i, p.split * p.K_PAD, k, p.scratch,
+                                                  C=p.K_PAD, K_PAD=p.K_PAD, P_CAP=p.P_CAP, M_S=p.M_S,
+                                                  num_warps=4 if not INTERPRET else 1)
     return out_s, out_i
 
 
