@@ -66,7 +66,7 @@ if [ -n "${PROFILE_TRITON:-}" ]; then
 fi
 if [ -n "${NCU_TRITON:-}" ]; then
   for d in 16 128; do
-    DARE_TRITON_AUTOTUNE=0 ncu --clock-control none -k regex:_search_kernel --launch-skip 4 --launch-count 1 \
+    DARE_TRITON_AUTOTUNE=0 ncu --clock-control none -k regex:_search_kernel --launch-skip 2 --launch-count 1 \
       --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
       python3 bench/profile_cuda.py --backend triton --B 1024 --d $d >> "$OUT/profile_triton.txt" 2>&1
   done

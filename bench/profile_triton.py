@@ -32,3 +32,18 @@ for B, T, L, d, k in [(8, 0, 10000, 32, 128), (8, 0, 10000, 16, 128), (1024, 0, 
     best = {str(key): str(c) for key, c in tuner.cache.items()}
     print(f"B={B} T={T} L={L} d={d} k={k}: api {t_api * 1e6:.1f} us, launcher {t_direct * 1e6:.1f} us, "
           f"host issue {t_host * 1e6:.1f} us, split {p.split} x span {p.span}, tuned {best}")
+
+# Host side of one small call, by function (what the launch costs in Python).
+import cProfile  # noqa: E402
+import pstats  # noqa: E402
+
+q = torch.randn(8, 32, device=dev).bfloat16()
+K = torch.randn(8, 10000, 32, device=dev).bfloat16()
+dare_kernels.topk_attention(q, K, 128, backend="triton")
+prof = cProfile.Profile()
+prof.enable()
+for _ in range(500):
+    dare_kernels.topk_attention(q, K, 128, backend="triton")
+prof.disable()
+torch.cuda.synchronize()
+pstats.Stats(prof).sort_stats("tottime").print_stats(25)

@@ -4,6 +4,7 @@ On CUDA tensors it runs compiled; on CPU tensors only under TRITON_INTERPRET=1 (
 CI without a GPU tests it)."""
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from typing import Optional
@@ -11,10 +12,15 @@ from typing import Optional
 import torch
 
 
+@functools.lru_cache(maxsize=None)
+def _installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
 def unavailable(device) -> Optional[str]:
     """None if the Triton backend can run on tensors of `device`, else the reason."""
     device = torch.device(device)
-    if importlib.util.find_spec("triton") is None:
+    if not _installed():
         return "triton is not installed (pip install triton)"
     if device.type == "cuda":
         return None if torch.cuda.is_available() else "no CUDA device is available"
