@@ -1,5 +1,5 @@
-"""Where a Triton call's time goes, per shape: the public API, the launcher without
-the op dispatch, host issue time alone, and the autotuned config.
+"""Where a Triton call's time goes, per shape: the public API, the launch without
+the op dispatcher (search.eager), host issue time alone, and the autotuned config.
 
     python3 bench/profile_triton.py
 """
@@ -18,7 +18,7 @@ for B, T, L, d, k in [(8, 0, 10000, 32, 128), (8, 0, 10000, 16, 128), (1024, 0, 
     q = torch.randn((B, T, d) if T else (B, d), device=dev).bfloat16()
     K = torch.randn(B, L, d, device=dev).bfloat16()
     api = lambda: dare_kernels.topk_attention(q, K, k, backend="triton")  # noqa: E731
-    direct = lambda: search._topk_attention(q, K, k)  # noqa: E731
+    direct = lambda: search.eager(q, K, k)  # noqa: E731
     t_api = time_call(api, [()], dev, reps=200)
     t_direct = time_call(direct, [()], dev, reps=200)
     torch.cuda.synchronize()
@@ -30,7 +30,7 @@ for B, T, L, d, k in [(8, 0, 10000, 32, 128), (8, 0, 10000, 16, 128), (1024, 0, 
     p = search.plan(B * max(T, 1), L, d, k, dev)
     tuner = search._autotuned(search.dataclasses.replace(p, split=0, span=0))
     best = {str(key): str(c) for key, c in tuner.cache.items()}
-    print(f"B={B} T={T} L={L} d={d} k={k}: api {t_api * 1e6:.1f} us, launcher {t_direct * 1e6:.1f} us, "
+    print(f"B={B} T={T} L={L} d={d} k={k}: api {t_api * 1e6:.1f} us, eager {t_direct * 1e6:.1f} us, "
           f"host issue {t_host * 1e6:.1f} us, split {p.split} x span {p.span}, tuned {best}")
 
 # Host side of one small call, by function (what the launch costs in Python).

@@ -66,7 +66,7 @@ def topk_attention(query: torch.Tensor, keys: torch.Tensor, k: int, *,
     if name in ("cpu", "cuda"):
         return torch.ops.dare.topk_attention(query, keys, k, lengths, scale)
     if name == "triton":
-        return _triton.op()(query, keys, k, lengths, scale)
+        return _triton.call(query, keys, k, lengths, scale)
     return reference.topk_attention(query, keys, k, lengths, scale)
 
 

@@ -40,10 +40,10 @@ def unpack(key):
 
 
 @triton.jit
-def _scores(q_row, k_row, pos, valid, D, stride_kl, scale, DB: tl.constexpr, C: tl.constexpr):
+def _scores(q_row, k_row, pos, valid, D, stride_kl, scale, DB: tl.constexpr, N_D: tl.constexpr, C: tl.constexpr):
     acc = tl.zeros([C], dtype=tl.float32)
-    for d0 in range(0, D, DB):
-        dd = d0 + tl.arange(0, DB)
+    for j in tl.static_range(N_D):  # unrolled: the N_D loads of a chunk are in flight together
+        dd = j * DB + tl.arange(0, DB)
         dmask = dd < D
         kv = tl.load(k_row + pos.to(tl.int64)[:, None] * stride_kl + dd[None, :],
                      mask=valid[:, None] & dmask[None, :], other=0.0)
@@ -99,7 +99,7 @@ def _emit(scratch, n_best, out_s_ptr, out_i_ptr, r, k, K_PAD: tl.constexpr):
 @triton.jit
 def _search_kernel(q_ptr, k_ptr, len_ptr, out_s_ptr, out_i_ptr, part_ptr, scratch_ptr,
                    T, L, D, k, span, scratch_stride, scale, stride_kb, stride_kl,
-                   DB: tl.constexpr, C: tl.constexpr, K_PAD: tl.constexpr, P_CAP: tl.constexpr,
+                   DB: tl.constexpr, N_D: tl.constexpr, C: tl.constexpr, K_PAD: tl.constexpr, P_CAP: tl.constexpr,
                    M_S: tl.constexpr, HAS_LEN: tl.constexpr, SPLIT: tl.constexpr):
     r = tl.program_id(0)  # row b * T + t
     s = tl.program_id(1)  # split of the row
@@ -121,7 +121,7 @@ def _search_kernel(q_ptr, k_ptr, len_ptr, out_s_ptr, out_i_ptr, part_ptr, scratc
     for c0 in range(start, tl.maximum(end, start) + C, C):
         pos = c0 + tl.arange(0, C)
         valid = pos < end
-        key = pack(_scores(q_row, k_row, pos, valid, D, stride_kl, scale, DB, C), pos)
+        key = pack(_scores(q_row, k_row, pos, valid, D, stride_kl, scale, DB, N_D, C), pos)
         thr, n_best, n_pend = _offer(scratch, key, valid, thr, n_best, n_pend, k, c0 >= end, K_PAD, P_CAP, M_S)
     if SPLIT:
         j = tl.arange(0, K_PAD)
@@ -149,7 +149,7 @@ def _merge_kernel(part_ptr, scratch_ptr, out_s_ptr, out_i_ptr, n_part, k, scratc
 
 @triton.jit
 def _keys_kernel(q_ptr, k_ptr, len_ptr, keys_ptr, T, L, D, scale, stride_kb, stride_kl,
-                 DB: tl.constexpr, C: tl.constexpr, HAS_LEN: tl.constexpr):
+                 DB: tl.constexpr, N_D: tl.constexpr, C: tl.constexpr, HAS_LEN: tl.constexpr):
     """Packed keys of every position (large k: the selection then runs in torch.topk)."""
     r = tl.program_id(0)
     c0 = tl.program_id(1) * C
@@ -160,5 +160,5 @@ def _keys_kernel(q_ptr, k_ptr, len_ptr, keys_ptr, T, L, D, scale, stride_kb, str
     pos = c0 + tl.arange(0, C)
     valid = pos < n
     key = pack(_scores(q_ptr + r.to(tl.int64) * D, k_ptr + b.to(tl.int64) * stride_kb, pos, valid,
-                       D, stride_kl, scale, DB, C), pos)
+                       D, stride_kl, scale, DB, N_D, C), pos)
     tl.store(keys_ptr + r.to(tl.int64) * L + pos, tl.where(valid, key, NEG), mask=pos < L)

@@ -30,13 +30,18 @@ def _pow2(n: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Launch parameters. `tile` is the number of key elements (C x DB) loaded at once."""
+    """Launch parameters. `tile` is the number of key elements (C x d) loaded at once;
+    `maxnreg` caps registers per thread so that more programs share an SM."""
     tile: int
     num_warps: int
+    maxnreg: Optional[int] = None
+
+    def options(self) -> dict:
+        return dict(num_warps=self.num_warps, **({"maxnreg": self.maxnreg} if self.maxnreg else {}))
 
 
 # Autotuned on the GPU (keyed on d, k and dtype); the first is the default.
-CONFIGS = (Config(8192, 4), Config(16384, 8), Config(4096, 4))
+CONFIGS = (Config(8192, 4), Config(4096, 4, 64), Config(8192, 8, 64), Config(4096, 4, 80))
 INTERPRET_CONFIG = Config(32 * 16, 1)
 
 
@@ -56,7 +61,7 @@ class Plan:
 
     def fixed(self) -> dict:
         """Compile-time parameters that no config changes."""
-        return dict(DB=self.DB, K_PAD=self.K_PAD, P_CAP=self.P_CAP, M_S=self.M_S)
+        return dict(DB=self.DB, N_D=-(-self.D // self.DB), K_PAD=self.K_PAD, P_CAP=self.P_CAP, M_S=self.M_S)
 
 
 @functools.lru_cache(maxsize=None)
@@ -104,12 +109,12 @@ AUTOTUNE = os.environ.get("DARE_TRITON_AUTOTUNE", "1") != "0"
 def _autotuned(p: Plan):
     """One autotuner per compile-time plan (d, k bucket); it keys on dtype and split."""
     return triton.autotune(
-        configs=[triton.Config({"C": p.chunk(c)}, num_warps=c.num_warps) for c in CONFIGS],
+        configs=[triton.Config({"C": p.chunk(c)}, **c.options()) for c in CONFIGS],
         key=["SPLIT"],
     )(kernels._search_kernel)
 
 
-def _launch_search(p: Plan, q, keys, lengths, out_s, out_i, part, scratch, T, L, k, scale,
+def _launch_search(wrap, p: Plan, q, keys, lengths, out_s, out_i, part, scratch, T, L, k, scale,
                    cfg: Optional[Config]):
     has_len = lengths is not None
     args = (q, keys, lengths if has_len else q, out_s, out_i, part, scratch,
@@ -118,11 +123,10 @@ def _launch_search(p: Plan, q, keys, lengths, out_s, out_i, part, scratch, T, L,
     flags = dict(HAS_LEN=has_len, SPLIT=p.split > 1)
     if cfg is None and AUTOTUNE and not INTERPRET and q.shape[0] * L >= AUTOTUNE_MIN_KEYS:
         key_plan = dataclasses.replace(p, split=0, span=0)  # the autotuner is shared across shapes
-        wrap_triton(_autotuned(key_plan))[grid](*args, **p.fixed(), **flags)
+        wrap(_autotuned(key_plan))[grid](*args, **p.fixed(), **flags)
         return
     cfg = cfg or (INTERPRET_CONFIG if INTERPRET else CONFIGS[0])
-    wrap_triton(kernels._search_kernel)[grid](*args, **p.fixed(), C=p.chunk(cfg), **flags,
-                                              num_warps=cfg.num_warps)
+    wrap(kernels._search_kernel)[grid](*args, **p.fixed(), C=p.chunk(cfg), **flags, **cfg.options())
 
 
 @triton_op("dare::topk_attention_triton", mutates_args=())
@@ -131,8 +135,18 @@ def topk_attention(query: torch.Tensor, keys: torch.Tensor, k: int, lengths: Opt
     return _topk_attention(query, keys, k, lengths, scale)
 
 
+def _raw(kernel):
+    return kernel
+
+
+def eager(query, keys, k, lengths=None, scale=1.0):
+    """The op's computation without the dispatcher (~100 us of host time per call on the
+    GPU machine): for plain tensors when nothing traces and no gradient is needed."""
+    return _topk_attention(query, keys, k, lengths, scale, wrap=_raw)
+
+
 def _topk_attention(query, keys, k, lengths=None, scale=1.0, *, split=None, fused_max_k=FUSED_MAX_K,
-                    cfg: Optional[Config] = None):
+                    cfg: Optional[Config] = None, wrap=wrap_triton):
     s = check_inputs(query, keys, k, lengths, check_length_values=keys.device.type == "cpu")
     shape = output_shape(s, k)
     R = s.B * s.T
@@ -152,19 +166,21 @@ def _topk_attention(query, keys, k, lengths=None, scale=1.0, *, split=None, fuse
         # Exact for any k: packed keys are distinct, so torch.topk's order is the contract's.
         packed = torch.empty(R, s.L, dtype=torch.int64, device=device)
         C = p.chunk(cfg)
-        wrap_triton(kernels._keys_kernel)[(R, triton.cdiv(s.L, C))](
+        wrap(kernels._keys_kernel)[(R, triton.cdiv(s.L, C))](
             q, keys, lengths if lengths is not None else q, packed, s.T, s.L, s.d, scale, keys.stride(0),
-            keys.stride(1), DB=p.DB, C=C, HAS_LEN=lengths is not None, num_warps=cfg.num_warps)
+            keys.stride(1), DB=p.DB, N_D=p.fixed()["N_D"], C=C, HAS_LEN=lengths is not None, **cfg.options())
         top = torch.topk(packed, k, dim=1).values
         score, idx = _unpack(top)
         return score.reshape(shape), idx.reshape(shape)
-    scratch = torch.empty(R * p.split * p.scratch, dtype=torch.int64, device=device)
-    part = torch.empty(R * p.split * p.K_PAD if p.split > 1 else 1, dtype=torch.int64, device=device)
-    _launch_search(p, q, keys, lengths, out_s, out_i, part, scratch, s.T, s.L, k, scale, cfg)
+    # One workspace: per-program scratch lists, then (split rows) the partial top-k lists.
+    n_scratch = R * p.split * p.scratch
+    work = torch.empty(n_scratch + (R * p.split * p.K_PAD if p.split > 1 else 0), dtype=torch.int64, device=device)
+    scratch, part = work[:n_scratch], work[n_scratch:]
+    _launch_search(wrap, p, q, keys, lengths, out_s, out_i, part, scratch, s.T, s.L, k, scale, cfg)
     if p.split > 1:
-        wrap_triton(kernels._merge_kernel)[(R,)](part, scratch, out_s, out_i, p.split * p.K_PAD, k, p.scratch,
-                                                  C=p.K_PAD, K_PAD=p.K_PAD, P_CAP=p.P_CAP, M_S=p.M_S,
-                                                  num_warps=4 if not INTERPRET else 1)
+        wrap(kernels._merge_kernel)[(R,)](part, scratch, out_s, out_i, p.split * p.K_PAD, k, p.scratch,
+                                           C=p.K_PAD, K_PAD=p.K_PAD, P_CAP=p.P_CAP, M_S=p.M_S,
+                                           num_warps=4 if not INTERPRET else 1)
     return out_s, out_i
 
 
