@@ -40,16 +40,15 @@ def unpack(key):
 
 
 @triton.jit
-def _scores(q_row, k_row, pos, valid, D, stride_kl, scale, DB: tl.constexpr, N_D: tl.constexpr, C: tl.constexpr):
-    acc = tl.zeros([C], dtype=tl.float32)
-    for j in tl.static_range(N_D):  # unrolled: the N_D loads of a chunk are in flight together
-        dd = j * DB + tl.arange(0, DB)
-        dmask = dd < D
-        kv = tl.load(k_row + pos.to(tl.int64)[:, None] * stride_kl + dd[None, :],
-                     mask=valid[:, None] & dmask[None, :], other=0.0)
-        qv = tl.load(q_row + dd, mask=dmask, other=0.0)
-        acc += tl.sum(kv.to(tl.float32) * qv.to(tl.float32)[None, :], axis=1)
-    return acc * scale
+def _load_keys(k_row, pos, valid, D, stride_kl, DB: tl.constexpr):
+    dd = tl.arange(0, DB)
+    return tl.load(k_row + pos.to(tl.int64)[:, None] * stride_kl + dd[None, :],
+                   mask=valid[:, None] & (dd < D)[None, :], other=0.0)
+
+
+@triton.jit
+def _dot(kv, q):
+    return tl.sum(kv.to(tl.float32) * q[None, :], axis=1)
 
 
 @triton.jit
@@ -99,7 +98,7 @@ def _emit(scratch, n_best, out_s_ptr, out_i_ptr, r, k, K_PAD: tl.constexpr):
 @triton.jit
 def _search_kernel(q_ptr, k_ptr, len_ptr, out_s_ptr, out_i_ptr, part_ptr, scratch_ptr,
                    T, L, D, k, span, scratch_stride, scale, stride_kb, stride_kl,
-                   DB: tl.constexpr, N_D: tl.constexpr, C: tl.constexpr, K_PAD: tl.constexpr, P_CAP: tl.constexpr,
+                   DB: tl.constexpr, C: tl.constexpr, K_PAD: tl.constexpr, P_CAP: tl.constexpr,
                    M_S: tl.constexpr, HAS_LEN: tl.constexpr, SPLIT: tl.constexpr):
     r = tl.program_id(0)  # row b * T + t
     s = tl.program_id(1)  # split of the row
@@ -111,18 +110,24 @@ def _search_kernel(q_ptr, k_ptr, len_ptr, out_s_ptr, out_i_ptr, part_ptr, scratc
     end = tl.minimum(start + span, n)
     prog = r.to(tl.int64) * tl.num_programs(1) + s
     scratch = scratch_ptr + prog * scratch_stride
-    q_row = q_ptr + r.to(tl.int64) * D
+    dd = tl.arange(0, DB)
+    q = tl.load(q_ptr + r.to(tl.int64) * D + dd, mask=dd < D, other=0.0).to(tl.float32)
     k_row = k_ptr + b.to(tl.int64) * stride_kb
 
     thr = tl.full([], NEG, tl.int64)
     n_best = tl.zeros([], tl.int32)
     n_pend = tl.zeros([], tl.int32)
+    pos = start + tl.arange(0, C)
+    kv = _load_keys(k_row, pos, pos < end, D, stride_kl, DB)
     # One extra, empty chunk flushes the pending list (one call site: one sort compiled).
     for c0 in range(start, tl.maximum(end, start) + C, C):
         pos = c0 + tl.arange(0, C)
         valid = pos < end
-        key = pack(_scores(q_row, k_row, pos, valid, D, stride_kl, scale, DB, N_D, C), pos)
+        # The next chunk's loads are issued before this chunk's selection: in flight meanwhile.
+        kv_next = _load_keys(k_row, pos + C, pos + C < end, D, stride_kl, DB)
+        key = pack(_dot(kv, q) * scale, pos)
         thr, n_best, n_pend = _offer(scratch, key, valid, thr, n_best, n_pend, k, c0 >= end, K_PAD, P_CAP, M_S)
+        kv = kv_next
     if SPLIT:
         j = tl.arange(0, K_PAD)
         tl.store(part_ptr + prog * K_PAD + j, tl.load(scratch + j, mask=j < n_best, other=NEG))
@@ -149,7 +154,7 @@ def _merge_kernel(part_ptr, scratch_ptr, out_s_ptr, out_i_ptr, n_part, k, scratc
 
 @triton.jit
 def _keys_kernel(q_ptr, k_ptr, len_ptr, keys_ptr, T, L, D, scale, stride_kb, stride_kl,
-                 DB: tl.constexpr, N_D: tl.constexpr, C: tl.constexpr, HAS_LEN: tl.constexpr):
+                 DB: tl.constexpr, C: tl.constexpr, HAS_LEN: tl.constexpr):
     """Packed keys of every position (large k: the selection then runs in torch.topk)."""
     r = tl.program_id(0)
     c0 = tl.program_id(1) * C
@@ -159,6 +164,8 @@ def _keys_kernel(q_ptr, k_ptr, len_ptr, keys_ptr, T, L, D, scale, stride_kb, str
         n = tl.minimum(tl.maximum(tl.load(len_ptr + b), 0), L).to(tl.int32)
     pos = c0 + tl.arange(0, C)
     valid = pos < n
-    key = pack(_scores(q_ptr + r.to(tl.int64) * D, k_ptr + b.to(tl.int64) * stride_kb, pos, valid,
-                       D, stride_kl, scale, DB, N_D, C), pos)
+    dd = tl.arange(0, DB)
+    q = tl.load(q_ptr + r.to(tl.int64) * D + dd, mask=dd < D, other=0.0).to(tl.float32)
+    kv = _load_keys(k_ptr + b.to(tl.int64) * stride_kb, pos, valid, D, stride_kl, DB)
+    key = pack(_dot(kv, q) * scale, pos)
     tl.store(keys_ptr + r.to(tl.int64) * L + pos, tl.where(valid, key, NEG), mask=pos < L)

@@ -41,7 +41,7 @@ class Config:
 
 
 # Autotuned on the GPU (keyed on d, k and dtype); the first is the default.
-CONFIGS = (Config(8192, 4), Config(4096, 4, 64), Config(8192, 8, 64), Config(4096, 4, 80))
+CONFIGS = (Config(4096, 4), Config(8192, 4), Config(8192, 8, 64), Config(4096, 4, 80))
 INTERPRET_CONFIG = Config(32 * 16, 1)
 
 
@@ -61,7 +61,7 @@ class Plan:
 
     def fixed(self) -> dict:
         """Compile-time parameters that no config changes."""
-        return dict(DB=self.DB, N_D=-(-self.D // self.DB), K_PAD=self.K_PAD, P_CAP=self.P_CAP, M_S=self.M_S)
+        return dict(DB=self.DB, K_PAD=self.K_PAD, P_CAP=self.P_CAP, M_S=self.M_S)
 
 
 @functools.lru_cache(maxsize=None)
@@ -79,7 +79,7 @@ def plan(R: int, L: int, D: int, k: int, device: torch.device, split: Optional[i
 
 
 def _plan(R, L, D, k, device, split, cfg) -> Plan:
-    DB = min(_pow2(D), 64)
+    DB = _pow2(D)  # the whole key in one tile: d <= 256
     K_PAD = max(16, _pow2(k))
     M_S = max(512, 2 * K_PAD) if not INTERPRET else max(64, 2 * K_PAD)
     P_CAP = M_S - K_PAD
@@ -168,7 +168,7 @@ def _topk_attention(query, keys, k, lengths=None, scale=1.0, *, split=None, fuse
         C = p.chunk(cfg)
         wrap(kernels._keys_kernel)[(R, triton.cdiv(s.L, C))](
             q, keys, lengths if lengths is not None else q, packed, s.T, s.L, s.d, scale, keys.stride(0),
-            keys.stride(1), DB=p.DB, N_D=p.fixed()["N_D"], C=C, HAS_LEN=lengths is not None, **cfg.options())
+            keys.stride(1), DB=p.DB, C=C, HAS_LEN=lengths is not None, **cfg.options())
         top = torch.topk(packed, k, dim=1).values
         score, idx = _unpack(top)
         return score.reshape(shape), idx.reshape(shape)
