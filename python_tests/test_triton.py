@@ -61,3 +61,32 @@ def test_autotuned_launch(monkeypatch, seed):
     assert_matches_reference(out, Sample(q, K, k))
     tuner = search._autotuned(search.dataclasses.replace(search.plan(B, L, d, k, q.device), split=0, span=0))
     assert len(tuner.cache) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fake tensors of a triton_op need a GPU")
+def test_opcheck(seed):
+    _search()
+    s = sample_input("lengths", torch.float32, "cuda", seed)
+    s.query.requires_grad_()
+    s.keys.requires_grad_()
+    torch.library.opcheck(torch.ops.dare.topk_attention_triton, s.args())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="tracing a triton_op needs a GPU")
+def test_tracing_sees_the_kernels(seed):
+    """make_fx (the tracer under torch.compile and export) records the Triton kernels
+    themselves, not an opaque call."""
+    import dare_kernels
+    from torch.fx.experimental.proxy_tensor import make_fx
+    s = sample_input("lengths", torch.float32, "cuda", seed)
+
+    def search(q, keys, lengths):
+        return dare_kernels.topk_attention(q, keys, s.k, lengths=lengths, scale=0.5, backend="triton")
+
+    gm = make_fx(search)(s.query, s.keys, s.lengths)
+    assert "triton_kernel_wrapper" in gm.code
+    got = gm(s.query, s.keys, s.lengths)
+    want = search(s.query, s.keys, s.lengths)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    compiled = torch.compile(search, backend="aot_eager", fullgraph=True)(s.query, s.keys, s.lengths)
+    assert torch.equal(compiled[1], want[1])

@@ -21,7 +21,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # Largest k the fused kernel selects itself; above it the packed keys go through torch.topk.
 FUSED_MAX_K = 1024
 # Largest merge of split lists (keys sorted by one program).
-MERGE_MAX = 2048
+MERGE_MAX = 1024
 
 
 def _pow2(n: int) -> int:
@@ -41,7 +41,7 @@ class Config:
 
 
 # Autotuned on the GPU (keyed on d, k and dtype); the first is the default.
-CONFIGS = (Config(4096, 4), Config(8192, 4), Config(8192, 8, 64), Config(4096, 4, 80))
+CONFIGS = (Config(8192, 4), Config(4096, 4), Config(8192, 8, 64), Config(4096, 4, 80))
 INTERPRET_CONFIG = Config(32 * 16, 1)
 
 
