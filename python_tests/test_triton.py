@@ -75,7 +75,9 @@ def test_opcheck(seed):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="tracing a triton_op needs a GPU")
 def test_traced_and_compiled(seed):
     """The API traces to the Triton op (make_fx, the tracer under torch.compile and
-    export) and compiles without graph breaks; both give the eager result."""
+    export), compiles without graph breaks, and inductor inlines the Triton kernels
+    themselves; all give the eager result."""
+    from torch._inductor.utils import run_and_get_code
     import dare_kernels
     from torch.fx.experimental.proxy_tensor import make_fx
     s = sample_input("lengths", torch.float32, "cuda", seed)
@@ -89,3 +91,6 @@ def test_traced_and_compiled(seed):
     for got in (gm(s.query, s.keys, s.lengths),
                 torch.compile(search, backend="aot_eager", fullgraph=True)(s.query, s.keys, s.lengths)):
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    got, code = run_and_get_code(torch.compile(search, fullgraph=True), s.query, s.keys, s.lengths)
+    assert any("_search_kernel" in c for c in code), "inductor did not see the Triton kernel"
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
