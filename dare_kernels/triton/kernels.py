@@ -125,7 +125,7 @@ def _search_kernel(q_ptr, k_ptr, len_ptr, out_s_ptr, out_i_ptr, part_ptr, scratc
         valid = pos < end
         # The next chunk's loads are issued before this chunk's selection: in flight meanwhile.
         kv_next = _load_keys(k_row, pos + C, pos + C < end, D, stride_kl, DB)
-        key = pack(_dot(kv, q) * scale.to(tl.float32), pos)
+        key = pack((_dot(kv, q) * scale).to(tl.float32), pos)
         thr, n_best, n_pend = _offer(scratch, key, valid, thr, n_best, n_pend, k, c0 >= end, K_PAD, P_CAP, M_S)
         kv = kv_next
     if SPLIT:
@@ -167,5 +167,5 @@ def _keys_kernel(q_ptr, k_ptr, len_ptr, keys_ptr, T, L, D, scale, stride_kb, str
     dd = tl.arange(0, DB)
     q = tl.load(q_ptr + r.to(tl.int64) * D + dd, mask=dd < D, other=0.0).to(tl.float32)
     kv = _load_keys(k_ptr + b.to(tl.int64) * stride_kb, pos, valid, D, stride_kl, DB)
-    key = pack(_dot(kv, q) * scale.to(tl.float32), pos)
+    key = pack((_dot(kv, q) * scale).to(tl.float32), pos)
     tl.store(keys_ptr + r.to(tl.int64) * L + pos, tl.where(valid, key, NEG), mask=pos < L)
