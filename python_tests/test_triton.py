@@ -94,3 +94,4 @@ def test_traced_and_compiled(seed):
     got, code = run_and_get_code(torch.compile(search, fullgraph=True), s.query, s.keys, s.lengths)
     assert any("_search_kernel" in c for c in code), "inductor did not see the Triton kernel"
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
