@@ -172,10 +172,9 @@ def _topk_attention(query, keys, k, lengths=None, scale=1.0, *, split=None, fuse
         top = torch.topk(packed, k, dim=1).values
         score, idx = _unpack(top)
         return score.reshape(shape), idx.reshape(shape)
-    # One workspace: per-program scratch lists, then (split rows) the partial top-k lists.
-    n_scratch = R * p.split * p.scratch
-    work = torch.empty(n_scratch + (R * p.split * p.K_PAD if p.split > 1 else 0), dtype=torch.int64, device=device)
-    scratch, part = work[:n_scratch], work[n_scratch:]
+    # Two buffers, not views of one: traced launches must not see aliased mutated arguments.
+    scratch = torch.empty(R * p.split * p.scratch, dtype=torch.int64, device=device)
+    part = torch.empty(R * p.split * p.K_PAD if p.split > 1 else 1, dtype=torch.int64, device=device)
     _launch_search(wrap, p, q, keys, lengths, out_s, out_i, part, scratch, s.T, s.L, k, scale, cfg)
     if p.split > 1:
         wrap(kernels._merge_kernel)[(R,)](part, scratch, out_s, out_i, p.split * p.K_PAD, k, p.scratch,
