@@ -28,7 +28,7 @@ for B, T, L, d, k in [(8, 0, 10000, 32, 128), (8, 0, 10000, 16, 128), (1024, 0, 
     t_host = (time.perf_counter() - t0) / 200
     torch.cuda.synchronize()
     p = search.plan(B * max(T, 1), L, d, k, dev)
-    tuner = search._autotuned(search.dataclasses.replace(p, split=0, span=0))
+    tuner = search.autotuner(p)
     best = {str(key): str(c) for key, c in tuner.cache.items()}
     print(f"B={B} T={T} L={L} d={d} k={k}: api {t_api * 1e6:.1f} us, eager {t_direct * 1e6:.1f} us, "
           f"host issue {t_host * 1e6:.1f} us, split {p.split} x span {p.span}, tuned {best}")

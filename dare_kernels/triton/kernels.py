@@ -47,8 +47,23 @@ def _load_keys(k_row, pos, valid, D, stride_kl, DB: tl.constexpr):
 
 
 @triton.jit
-def _dot(kv, q):
-    return tl.sum(kv.to(tl.float32) * q[None, :], axis=1)
+def _load_query(q_ptr, r, D, DB: tl.constexpr):
+    dd = tl.arange(0, DB)
+    return tl.load(q_ptr + r.to(tl.int64) * D + dd, mask=dd < D, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _row_length(len_ptr, b, L, HAS_LEN: tl.constexpr):
+    n = L
+    if HAS_LEN:
+        n = tl.minimum(tl.maximum(tl.load(len_ptr + b), 0), L).to(tl.int32)
+    return n
+
+
+@triton.jit
+def _packed_scores(kv, q, scale, pos):
+    # float32 after scaling: torch.compile passes a Python-float scale as fp64.
+    return pack((tl.sum(kv.to(tl.float32) * q[None, :], axis=1) * scale).to(tl.float32), pos)
 
 
 @triton.jit
@@ -88,9 +103,15 @@ def _offer(scratch, key, valid, thr, n_best, n_pend, k, flush,
 
 
 @triton.jit
+def _best(scratch, n_best, K_PAD: tl.constexpr):
+    j = tl.arange(0, K_PAD)
+    return tl.load(scratch + j, mask=j < n_best, other=NEG)
+
+
+@triton.jit
 def _emit(scratch, n_best, out_s_ptr, out_i_ptr, r, k, K_PAD: tl.constexpr):
     j = tl.arange(0, K_PAD)
-    score, idx = unpack(tl.load(scratch + j, mask=j < n_best, other=NEG))
+    score, idx = unpack(_best(scratch, n_best, K_PAD))
     tl.store(out_s_ptr + r.to(tl.int64) * k + j, score, mask=j < k)
     tl.store(out_i_ptr + r.to(tl.int64) * k + j, idx, mask=j < k)
 
@@ -103,15 +124,11 @@ def _search_kernel(q_ptr, k_ptr, len_ptr, out_s_ptr, out_i_ptr, part_ptr, scratc
     r = tl.program_id(0)  # row b * T + t
     s = tl.program_id(1)  # split of the row
     b = r // T
-    n = L
-    if HAS_LEN:
-        n = tl.minimum(tl.maximum(tl.load(len_ptr + b), 0), L).to(tl.int32)
     start = s * span
-    end = tl.minimum(start + span, n)
+    end = tl.minimum(start + span, _row_length(len_ptr, b, L, HAS_LEN))
     prog = r.to(tl.int64) * tl.num_programs(1) + s
     scratch = scratch_ptr + prog * scratch_stride
-    dd = tl.arange(0, DB)
-    q = tl.load(q_ptr + r.to(tl.int64) * D + dd, mask=dd < D, other=0.0).to(tl.float32)
+    q = _load_query(q_ptr, r, D, DB)
     k_row = k_ptr + b.to(tl.int64) * stride_kb
 
     thr = tl.full([], NEG, tl.int64)
@@ -125,12 +142,11 @@ def _search_kernel(q_ptr, k_ptr, len_ptr, out_s_ptr, out_i_ptr, part_ptr, scratc
         valid = pos < end
         # The next chunk's loads are issued before this chunk's selection: in flight meanwhile.
         kv_next = _load_keys(k_row, pos + C, pos + C < end, D, stride_kl, DB)
-        key = pack((_dot(kv, q) * scale).to(tl.float32), pos)
+        key = _packed_scores(kv, q, scale, pos)
         thr, n_best, n_pend = _offer(scratch, key, valid, thr, n_best, n_pend, k, c0 >= end, K_PAD, P_CAP, M_S)
         kv = kv_next
     if SPLIT:
-        j = tl.arange(0, K_PAD)
-        tl.store(part_ptr + prog * K_PAD + j, tl.load(scratch + j, mask=j < n_best, other=NEG))
+        tl.store(part_ptr + prog * K_PAD + tl.arange(0, K_PAD), _best(scratch, n_best, K_PAD))
     else:
         _emit(scratch, n_best, out_s_ptr, out_i_ptr, r, k, K_PAD)
 
@@ -159,13 +175,8 @@ def _keys_kernel(q_ptr, k_ptr, len_ptr, keys_ptr, T, L, D, scale, stride_kb, str
     r = tl.program_id(0)
     c0 = tl.program_id(1) * C
     b = r // T
-    n = L
-    if HAS_LEN:
-        n = tl.minimum(tl.maximum(tl.load(len_ptr + b), 0), L).to(tl.int32)
     pos = c0 + tl.arange(0, C)
-    valid = pos < n
-    dd = tl.arange(0, DB)
-    q = tl.load(q_ptr + r.to(tl.int64) * D + dd, mask=dd < D, other=0.0).to(tl.float32)
+    valid = pos < _row_length(len_ptr, b, L, HAS_LEN)
     kv = _load_keys(k_ptr + b.to(tl.int64) * stride_kb, pos, valid, D, stride_kl, DB)
-    key = pack((_dot(kv, q) * scale).to(tl.float32), pos)
+    key = _packed_scores(kv, _load_query(q_ptr, r, D, DB), scale, pos)
     tl.store(keys_ptr + r.to(tl.int64) * L + pos, tl.where(valid, key, NEG), mask=pos < L)

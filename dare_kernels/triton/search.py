@@ -15,9 +15,8 @@ from torch.library import triton_op, wrap_triton
 
 from .._check import check_inputs, output_shape
 from ..ops import register_autograd
-from . import kernels
+from . import INTERPRET, kernels
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # Largest k the fused kernel selects itself; above it the packed keys go through torch.topk.
 FUSED_MAX_K = 1024
 # Largest merge of split lists (keys sorted by one program).
@@ -43,6 +42,7 @@ class Config:
 # Autotuned on the GPU (keyed on d, k and dtype); the first is the default.
 CONFIGS = (Config(8192, 4), Config(4096, 4), Config(8192, 8, 64), Config(4096, 4, 80))
 INTERPRET_CONFIG = Config(32 * 16, 1)
+DEFAULT_CONFIG = INTERPRET_CONFIG if INTERPRET else CONFIGS[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,8 +88,7 @@ def _plan(R, L, D, k, device, split, cfg) -> Plan:
     if split is None:
         # Rows alone should give every SM two programs; else split rows, a chunk or more each.
         programs = 2 * (8 if INTERPRET else _sm_count(device.index or 0))
-        split = min(-(-programs // max(R, 1)), -(-L // max(C_max, 256 if not INTERPRET else 1)),
-                    MERGE_MAX // K_PAD)
+        split = min(-(-programs // max(R, 1)), -(-L // max(C_max, 256 if not INTERPRET else 1)))
     split = max(1, min(split, L, MERGE_MAX // K_PAD))
     span = -(-L // split)
     split = -(-L // span)
@@ -105,9 +104,14 @@ AUTOTUNE_MIN_KEYS = 1 << 20
 AUTOTUNE = os.environ.get("DARE_TRITON_AUTOTUNE", "1") != "0"
 
 
+def autotuner(p: Plan):
+    """The autotuner of p's compile-time plan (d, k bucket), shared by every batch shape;
+    it keys on dtype and split."""
+    return _autotuned(dataclasses.replace(p, split=0, span=0))
+
+
 @functools.lru_cache(maxsize=None)
 def _autotuned(p: Plan):
-    """One autotuner per compile-time plan (d, k bucket); it keys on dtype and split."""
     return triton.autotune(
         configs=[triton.Config({"C": p.chunk(c)}, **c.options()) for c in CONFIGS],
         key=["SPLIT"],
@@ -122,10 +126,9 @@ def _launch_search(wrap, p: Plan, q, keys, lengths, out_s, out_i, part, scratch,
     grid = (q.shape[0], p.split)
     flags = dict(HAS_LEN=has_len, SPLIT=p.split > 1)
     if cfg is None and AUTOTUNE and not INTERPRET and q.shape[0] * L >= AUTOTUNE_MIN_KEYS:
-        key_plan = dataclasses.replace(p, split=0, span=0)  # the autotuner is shared across shapes
-        wrap(_autotuned(key_plan))[grid](*args, **p.fixed(), **flags)
+        wrap(autotuner(p))[grid](*args, **p.fixed(), **flags)
         return
-    cfg = cfg or (INTERPRET_CONFIG if INTERPRET else CONFIGS[0])
+    cfg = cfg or DEFAULT_CONFIG
     wrap(kernels._search_kernel)[grid](*args, **p.fixed(), C=p.chunk(cfg), **flags, **cfg.options())
 
 
@@ -162,7 +165,7 @@ def _topk_attention(query, keys, k, lengths=None, scale=1.0, *, split=None, fuse
     p = plan(R, s.L, s.d, k, device, split, cfg)
     scale = float(scale)
     if k > fused_max_k:
-        cfg = cfg or (INTERPRET_CONFIG if INTERPRET else CONFIGS[0])
+        cfg = cfg or DEFAULT_CONFIG
         # Exact for any k: packed keys are distinct, so torch.topk's order is the contract's.
         packed = torch.empty(R, s.L, dtype=torch.int64, device=device)
         C = p.chunk(cfg)
