@@ -143,8 +143,9 @@ def _raw(kernel):
 
 
 def eager(query, keys, k, lengths=None, scale=1.0):
-    """The op's computation without the dispatcher (~100 us of host time per call on the
-    GPU machine): for plain tensors when nothing traces and no gradient is needed."""
+    """The op's computation without the dispatcher (on the H200 machine the dispatcher
+    path measured 115-232 us of host time per call, this one 78-100 us): for plain tensors
+    when nothing traces and no gradient is needed."""
     return _topk_attention(query, keys, k, lengths, scale, wrap=_raw)
 
 
