@@ -1,19 +1,19 @@
-// Fused CUDA kernel: scores + exact top-k in one pass over the keys.
+// Fused CUDA kernel: scores + exact top-k in one pass over the keys, one launch.
 //
-// Each CTA owns one chunk of one row (row = (b, t)). It streams the chunk's
-// keys with 16-byte loads (G threads per key, several keys in flight per
-// thread) and keeps the float32 scores as order-preserving uint32 keys in
-// shared memory. Selection (block_topk) on packed (score, position) keys:
-// the k-th largest of 256 group maxima bounds the k-th largest key from below,
-// the few keys above it are compacted, and either ranked against each other
-// (<= 256 candidates: rank = output slot, no sort) or cut by an 8-bit radix
-// select and bitonic-sorted. The selection of one CTA overlaps the key stream
-// of the other CTAs resident on the SM. Rows split into several chunks (long
-// rows, or few rows: B = 1..16 still fills the GPU) leave sorted partial lists
-// in a workspace that a second, small kernel merges (merge_topk_kernel).
+// Each CTA streams one row's keys (or one span of a split row) with 16-byte
+// coalesced loads, G threads per key, the next tile's loads in flight while
+// the current tile is scored. A key whose score reaches the running bound (the
+// k-th best so far) joins a candidate list in shared memory; when the list
+// fills, a radix select cuts it back to the k best and raises the bound. For
+// random scores the list fills once early and then rarely: only ~k·ln(n/k) of
+// n keys beat the running k-th best, so the per-key cost is the dot product
+// and one compare, with no pass over the scores. Keys are (score, position)
+// packed into one order-preserving 64-bit integer (order.h), so every key is
+// distinct and ties, NaN and padding need no special case.
 //
-// Measured on an H200 (bench/RESULTS.md): 95% of copy bandwidth at d = 128,
-// 58% at d = 16, where the selection phase is instruction-bound.
+// Few rows (B = 1..16): rows are split into spans so the GPU fills; each CTA
+// leaves its sorted partial list, and the row's last CTA to finish (an atomic
+// ticket) streams the partial lists through the same filter.
 //
 // k above kMaxK takes an exact ATen path (float32 scores, one int64 sort).
 #include <algorithm>
@@ -36,11 +36,8 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kMaxK = 1024;
-constexpr int kMaxChunk = 4096;  // default positions per CTA (24 KB of shared memory)
-constexpr int kMinChunk = 512;
-constexpr int kUnroll = 4;       // keys in flight per thread
-constexpr int kRankMergeMaxLists = 4;
-constexpr size_t kMergeSmem = 40 * 1024;  // below the 48 KB default dynamic limit, with the static part
+constexpr int64_t kMinSpan = 1024;  // keys per CTA at least, when rows are split
+constexpr int64_t kMaxSplits = 256;  // bounds the merge: splits * k keys for one CTA
 
 // ---------------------------------------------------------------------------
 // Loading keys: 16 bytes -> float32.
@@ -105,10 +102,10 @@ struct Params {
   const int64_t* lengths;  // (B,) int64 or nullptr; clamped to [0, L]
   float* scores;           // (B*T, k)
   int64_t* indices;        // (B*T, k)
-  uint64_t* workspace;     // (B*T, S, k) packed partial lists when S > 1
+  uint64_t* partial;       // (B*T, splits, k) sorted packed lists when splits > 1
+  uint32_t* tickets;       // (B*T,) zeroed before the launch when splits > 1
   int64_t T, L, d;
-  int k, chunk, splits, kpow2;
-  bool merge_in_smem;
+  int k, span, splits, kpow2, cap;
   float scale;
 };
 
@@ -119,85 +116,36 @@ __device__ __forceinline__ int64_t row_length(const Params& p, int64_t b) {
 }
 
 // ---------------------------------------------------------------------------
-// Scores of one chunk into shared memory as order keys.
-
-// D > 0: d == D, 16-byte aligned rows; G threads share a key, each loading
-// NV vectors, then a shuffle reduction inside the group.
-template <typename T, int D>
-__device__ __forceinline__ void score_chunk(const Params& p, const T* __restrict__ keys,
-                                            const T* __restrict__ q, int n, uint32_t* skey) {
-  constexpr int VN = Vec<T>::N;
-  constexpr int NVEC = D / VN;                   // 16-byte vectors per key
-  constexpr int G = NVEC < 32 ? NVEC : 32;       // threads per key
-  constexpr int NV = NVEC / G;                   // vectors per thread
-  constexpr int PER_PASS = kThreads / G;         // keys per CTA pass
-  const int lane = threadIdx.x % G;
-  const int slot = threadIdx.x / G;
-  float qr[NV][VN];
-#pragma unroll
-  for (int v = 0; v < NV; ++v) {
-#pragma unroll
-    for (int e = 0; e < VN; ++e) qr[v][e] = to_float(q[(v * G + lane) * VN + e]);
-  }
-  const uint4* base = reinterpret_cast<const uint4*>(keys);
-  for (int j0 = 0; j0 < n; j0 += PER_PASS * kUnroll) {
-    uint4 raw[kUnroll][NV];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int j = j0 + u * PER_PASS + slot;
-#pragma unroll
-      for (int v = 0; v < NV; ++v)
-        raw[u][v] = j < n ? __ldg(base + int64_t(j) * NVEC + v * G + lane) : make_uint4(0, 0, 0, 0);
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      float acc = 0.f;
-#pragma unroll
-      for (int v = 0; v < NV; ++v) {
-        float f[VN];
-        Vec<T>::to_float(raw[u][v], f);
-#pragma unroll
-        for (int e = 0; e < VN; ++e) acc = fmaf(qr[v][e], f[e], acc);
-      }
-#pragma unroll
-      for (int off = G / 2; off > 0; off /= 2) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, off, G);
-      const int j = j0 + u * PER_PASS + slot;
-      if (lane == 0 && j < n) skey[j] = score_key(acc * p.scale);
-    }
-  }
-}
-
-// Any d, any alignment: one thread per key, scalar loads.
-template <typename T>
-__device__ __forceinline__ void score_chunk_generic(const Params& p, const T* __restrict__ keys,
-                                                    const T* __restrict__ q, int n, uint32_t* skey) {
-  for (int j = threadIdx.x; j < n; j += kThreads) {
-    const T* x = keys + int64_t(j) * p.d;
-    float acc = 0.f;
-    for (int64_t c = 0; c < p.d; ++c) acc = fmaf(to_float(q[c]), to_float(x[c]), acc);
-    skey[j] = score_key(acc * p.scale);
-  }
-}
-
-// ---------------------------------------------------------------------------
-// Block-wide selection over unique packed keys.
+// Block-wide selection over unique nonzero packed keys (zero is padding).
 
 struct SelectShared {
   uint32_t hist[256];
   uint32_t warp_sums[kThreads / 32];
   uint32_t digit, above, in_bin;
   uint32_t count;
-  uint32_t tau;
 };
 
+// The candidate list a CTA streams into: `count` keys in buf, every key that
+// could still be in the top k is there or above `bound` (the list was folded
+// to its k best, whose smallest is >= bound).
+struct Stream {
+  uint32_t count;
+  uint64_t bound;
+  int last;  // this CTA merges its row's partial lists
+};
+
+__device__ __forceinline__ uint32_t lane_id() { return threadIdx.x % 32; }
+
 // Slot for this thread's item in a block-wide compaction: one shared atomic
-// per warp instead of one per item.
-__device__ __forceinline__ uint32_t compact_slot(bool take, uint32_t* counter) {
+// per warp instead of one per item. Every lane of the warp must call it.
+// Returns the slot; *end gets the counter's value after this warp's add.
+__device__ __forceinline__ uint32_t compact_slot(bool take, uint32_t* counter, uint32_t* end = nullptr) {
   const uint32_t mask = __ballot_sync(0xFFFFFFFFu, take);
-  const int lane = threadIdx.x % 32;
+  const uint32_t lane = lane_id();
   uint32_t base = 0;
   if (lane == 0 && mask) base = atomicAdd(counter, uint32_t(__popc(mask)));
   base = __shfl_sync(0xFFFFFFFFu, base, 0);
+  if (end != nullptr && mask) *end = base + __popc(mask);
   return base + __popc(mask & ((1u << lane) - 1u));
 }
 
@@ -219,23 +167,25 @@ __device__ __forceinline__ uint32_t suffix_sum(uint32_t h, SelectShared& sh) {
 
 // Returns T such that exactly `want` of the nonzero keys src(i), i < n, are
 // >= T, given the nonzero keys are unique and at least `want` of them exist.
-//
-// With score_bits_only, it stops after the 32 score bits and returns a lower
-// bound (at least `want` keys are >= it), in at most 4 passes.
+// Radix select, 8 bits a pass from the top; it stops as soon as the wanted
+// keys are exactly those above a prefix (random scores: 2-3 passes).
 template <typename Src>
-__device__ uint64_t select_threshold(Src src, int n, int want, SelectShared& sh,
-                                     bool score_bits_only = false) {
+__device__ uint64_t select_threshold(Src src, int n, int want, SelectShared& sh) {
   uint64_t prefix = 0;
   uint32_t remaining = want;
-  const int last_shift = score_bits_only ? 32 : 0;
-  for (int shift = 56; shift >= last_shift; shift -= 8) {
+  for (int shift = 56; shift >= 0; shift -= 8) {
     const uint64_t hi_mask = shift == 56 ? 0 : (~uint64_t(0) << (shift + 8));
     sh.hist[threadIdx.x] = 0;
     __syncthreads();
-    for (int i = threadIdx.x; i < n; i += kThreads) {
-      const uint64_t x = src(i);
-      // Zero is the merge's padding, never a real key.
-      if (x != 0 && (x & hi_mask) == prefix) atomicAdd(&sh.hist[(x >> shift) & 0xFF], 1u);
+    for (int i0 = 0; i0 < n; i0 += kThreads) {  // uniform trip count for __match_any_sync
+      const int i = i0 + threadIdx.x;
+      const uint64_t x = i < n ? src(i) : 0;
+      const bool in = x != 0 && (x & hi_mask) == prefix;
+      const uint32_t bin = in ? uint32_t(x >> shift) & 0xFF : 256u;
+      // Scores cluster in few top-byte bins: one atomic per distinct bin per
+      // warp instead of a serialised atomic per key.
+      const uint32_t peers = __match_any_sync(0xFFFFFFFFu, bin);
+      if (in && lane_id() == uint32_t(__ffs(peers) - 1)) atomicAdd(&sh.hist[bin], uint32_t(__popc(peers)));
     }
     __syncthreads();
     const uint32_t h = sh.hist[threadIdx.x];
@@ -256,8 +206,8 @@ __device__ uint64_t select_threshold(Src src, int n, int want, SelectShared& sh,
   return prefix;
 }
 
-// Writes the `want` keys >= threshold to cand[0, want), zeros up to kpow2, and
-// sorts cand descending.
+// Writes the nonzero keys >= threshold among src(0..n) (there must be at
+// most kpow2) to cand, zero-padded to kpow2, sorted descending.
 template <typename Src>
 __device__ void gather_sorted(Src src, int n, uint64_t threshold, uint64_t* cand, int kpow2,
                               SelectShared& sh) {
@@ -290,63 +240,139 @@ __device__ void gather_sorted(Src src, int n, uint64_t threshold, uint64_t* cand
   }
 }
 
-// The `want` largest of the unique nonzero keys src(0..n), sorted descending,
-// into cand[0, kpow2) (zero-padded); want <= number of nonzero keys.
-//
-// Prefilter (want <= kThreads, n > 2·kThreads, cidx given): thread t's group is
-// i = t, t + kThreads, ...; the want-th largest group maximum tau bounds the
-// want-th largest key from below, since want groups each hold a key >= tau.
-// Only keys >= tau (for random scores a small multiple of want) are compacted
-// into cidx and go through the exact select, so the per-key selection cost is
-// one max and one compare.
-// take_all: want equals the number of nonzero keys (no selection needed).
-template <typename Src>
-__device__ void block_topk(Src src, int n, int want, bool take_all, uint64_t* cand, int kpow2,
-                           uint16_t* cidx, SelectShared& sh, uint64_t* gmax) {
-  if (!take_all && cidx != nullptr && want <= kThreads && n > 2 * kThreads) {
-    uint64_t m = 0;
-    for (int i = threadIdx.x; i < n; i += kThreads) m = max(m, src(i));
-    gmax[threadIdx.x] = m;
-    const int groups = __syncthreads_count(m != 0);
-    if (groups >= want) {
-      const uint64_t tau = select_threshold([&](int i) { return gmax[i]; }, kThreads, want, sh,
-                                            /*score_bits_only=*/true);
-      if (threadIdx.x == 0) sh.count = 0;
-      __syncthreads();
-      for (int i0 = 0; i0 < n; i0 += kThreads) {
-        const int i = i0 + threadIdx.x;
-        const bool take = i < n && src(i) >= tau;
-        const uint32_t slot = compact_slot(take, &sh.count);
-        if (take) cidx[slot] = uint16_t(i);
-      }
-      __syncthreads();
-      const int ncand = int(sh.count);
-      if (ncand <= kThreads) {
-        // Few candidates: each one's rank among them is its output slot; no
-        // select, no sort, one barrier. gmax is free again.
-        const uint64_t x = threadIdx.x < ncand ? src(cidx[threadIdx.x]) : 0;
-        __syncthreads();  // all have read gmax (tau) and sh.count
-        gmax[threadIdx.x] = x;
-        for (int i = threadIdx.x; i < kpow2; i += kThreads) cand[i] = 0;
-        __syncthreads();
-        if (threadIdx.x < ncand) {
-          int rank = 0;
-          for (int u = 0; u < ncand; ++u) rank += gmax[u] > x;
-          if (rank < want) cand[rank] = x;
-        }
-        __syncthreads();
-        return;
-      }
-      __syncthreads();  // all have read sh.count before gather_sorted resets it
-      auto picked = [&](int i) -> uint64_t { return src(cidx[i]); };
-      const uint64_t threshold = ncand == want ? 1 : select_threshold(picked, ncand, want, sh);
-      gather_sorted(picked, ncand, threshold, cand, kpow2, sh);
-      return;
-    }
-    __syncthreads();
+// Cuts buf (st.count > k keys) to its k best and raises st.bound to the cut.
+// cand is scratch.
+__device__ void fold(const Params& p, uint64_t* buf, uint64_t* cand, Stream& st, SelectShared& sh) {
+  const int n = int(st.count);
+  const uint64_t cut = select_threshold([&](int i) { return buf[i]; }, n, p.k, sh);
+  if (threadIdx.x == 0) sh.count = 0;
+  __syncthreads();
+  for (int i0 = 0; i0 < n; i0 += kThreads) {
+    const int i = i0 + threadIdx.x;
+    const uint64_t x = i < n ? buf[i] : 0;
+    const bool take = x >= cut && x != 0;
+    const uint32_t slot = compact_slot(take, &sh.count);
+    if (take) cand[slot] = x;  // exactly k are taken
   }
-  const uint64_t threshold = take_all ? 1 : select_threshold(src, n, want, sh);
-  gather_sorted(src, n, threshold, cand, kpow2, sh);
+  __syncthreads();
+  for (int i = threadIdx.x; i < p.k; i += kThreads) buf[i] = cand[i];
+  if (threadIdx.x == 0) {
+    st.count = uint32_t(p.k);
+    st.bound = cut;
+  }
+  __syncthreads();
+}
+
+// Offers one key (take = it exists); it joins buf when its score bits reach
+// the bound's. A superset of the keys above the bound is kept; the folds and
+// the final select are exact. *end tracks the count after this warp's adds.
+__device__ __forceinline__ void offer(bool take, uint64_t key, uint32_t bound_hi, uint64_t* buf, Stream& st,
+                                      uint32_t* end) {
+  take = take && uint32_t(key >> 32) >= bound_hi;
+  const uint32_t slot = compact_slot(take, &st.count, end);
+  if (take) buf[slot] = key;
+}
+
+// After each tile (every thread calls it): folds when the next tile could
+// overflow buf. The barrier also publishes the tile's appends.
+__device__ __forceinline__ void end_tile(const Params& p, uint32_t end, int tile, uint64_t* buf, uint64_t* cand,
+                                         Stream& st, SelectShared& sh) {
+  // The largest `end` of any warp is the count; the barrier's OR decides for all.
+  if (__syncthreads_or(end + uint32_t(tile) > uint32_t(p.cap))) fold(p, buf, cand, st, sh);
+}
+
+// The final exact top-k of buf, sorted descending into cand (zero-padded).
+__device__ void finish(const Params& p, uint64_t* buf, uint64_t* cand, Stream& st, SelectShared& sh) {
+  const int n = int(st.count);
+  const uint64_t cut = n <= p.k ? 1 : select_threshold([&](int i) { return buf[i]; }, n, p.k, sh);
+  gather_sorted([&](int i) { return buf[i]; }, n, cut, cand, p.kpow2, sh);
+}
+
+__device__ __forceinline__ uint64_t pack_key(float score, int64_t pos) {
+  return (uint64_t(score_key(score)) << 32) | uint64_t(~uint32_t(pos));
+}
+
+// ---------------------------------------------------------------------------
+// Streaming the keys of one span: scores, then offer.
+
+// D > 0: d == D, 16-byte aligned rows. G threads share a key (one 16-byte
+// vector each per load, consecutive lanes on consecutive vectors: coalesced),
+// then a shuffle reduction inside the group. U keys per thread per tile; the
+// next tile's loads are issued before the current tile is scored and offered.
+template <typename T, int D>
+__device__ __forceinline__ void stream_span(const Params& p, const T* __restrict__ keys, const T* __restrict__ q,
+                                            int n, int64_t pos0, uint64_t* buf, uint64_t* cand, Stream& st,
+                                            SelectShared& sh) {
+  constexpr int VN = Vec<T>::N;
+  constexpr int NVEC = D / VN;                   // 16-byte vectors per key
+  constexpr int G = NVEC < 32 ? NVEC : 32;       // threads per key
+  constexpr int NV = NVEC / G;                   // vectors per thread per key
+  constexpr int U = NV > 1 ? 2 : 4;              // keys per thread per tile
+  constexpr int PER_PASS = kThreads / G;
+  constexpr int TILE = PER_PASS * U;
+  const int lane = threadIdx.x % G;
+  const int slot = threadIdx.x / G;
+  float qr[NV][VN];
+#pragma unroll
+  for (int v = 0; v < NV; ++v) {
+#pragma unroll
+    for (int e = 0; e < VN; ++e) qr[v][e] = to_float(q[(v * G + lane) * VN + e]);
+  }
+  const uint4* base = reinterpret_cast<const uint4*>(keys);
+  uint4 cur[U][NV], nxt[U][NV];
+  auto load = [&](uint4 (&r)[U][NV], int j0) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int j = j0 + u * PER_PASS + slot;
+#pragma unroll
+      for (int v = 0; v < NV; ++v)
+        r[u][v] = j < n ? __ldg(base + int64_t(j) * NVEC + v * G + lane) : make_uint4(0, 0, 0, 0);
+    }
+  };
+  load(cur, 0);
+  for (int j0 = 0; j0 < n; j0 += TILE) {
+    if (j0 + TILE < n) load(nxt, j0 + TILE);
+    const uint32_t bound_hi = uint32_t(st.bound >> 32);
+    uint32_t end = 0;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      float acc = 0.f;
+#pragma unroll
+      for (int v = 0; v < NV; ++v) {
+        float f[VN];
+        Vec<T>::to_float(cur[u][v], f);
+#pragma unroll
+        for (int e = 0; e < VN; ++e) acc = fmaf(qr[v][e], f[e], acc);
+      }
+#pragma unroll
+      for (int off = G / 2; off > 0; off /= 2) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, off, G);
+      const int j = j0 + u * PER_PASS + slot;
+      offer(lane == 0 && j < n, pack_key(acc * p.scale, pos0 + j), bound_hi, buf, st, &end);
+    }
+    end_tile(p, end, TILE, buf, cand, st, sh);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int v = 0; v < NV; ++v) cur[u][v] = nxt[u][v];
+    }
+  }
+}
+
+// Any d, any alignment: one thread per key, scalar loads.
+template <typename T>
+__device__ void stream_span_generic(const Params& p, const T* __restrict__ keys, const T* __restrict__ q, int n,
+                                    int64_t pos0, uint64_t* buf, uint64_t* cand, Stream& st, SelectShared& sh) {
+  for (int j0 = 0; j0 < n; j0 += kThreads) {
+    const int j = j0 + threadIdx.x;
+    float acc = 0.f;
+    if (j < n) {
+      const T* x = keys + int64_t(j) * p.d;
+      for (int64_t c = 0; c < p.d; ++c) acc = fmaf(to_float(q[c]), to_float(x[c]), acc);
+    }
+    uint32_t end = 0;
+    offer(j < n, pack_key(acc * p.scale, pos0 + j), uint32_t(st.bound >> 32), buf, st, &end);
+    end_tile(p, end, kThreads, buf, cand, st, sh);
+  }
 }
 
 __device__ __forceinline__ void write_final(const Params& p, int64_t row, const uint64_t* cand) {
@@ -357,115 +383,81 @@ __device__ __forceinline__ void write_final(const Params& p, int64_t row, const 
   }
 }
 
+// One CTA per (row, span). The CTA streams its span's keys into a candidate
+// list in shared memory, filtered by the running bound and folded to the k
+// best whenever it fills (for random scores: once early, then rarely, since
+// only ~k·ln(n/k) keys of n beat the running k-th best), then selects and
+// sorts the final k. Rows split into spans (few rows: B = 1..16 still fills
+// the GPU) leave sorted partial lists; the row's last CTA to finish (atomic
+// ticket) streams them through the same filter. One launch per call.
 template <typename T, int D>
-__global__ void __launch_bounds__(kThreads) chunk_topk_kernel(Params p) {
+__global__ void __launch_bounds__(kThreads, 4) topk_kernel(Params p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  uint64_t* cand = reinterpret_cast<uint64_t*>(smem_raw);           // kpow2
-  uint32_t* skey = reinterpret_cast<uint32_t*>(cand + p.kpow2);       // chunk
-  uint16_t* cidx = reinterpret_cast<uint16_t*>(skey + p.chunk);        // chunk
+  uint64_t* buf = reinterpret_cast<uint64_t*>(smem_raw);  // cap
+  uint64_t* cand = buf + p.cap;                            // kpow2
   __shared__ SelectShared sh;
-  __shared__ uint64_t gmax[kThreads];
+  __shared__ Stream st;
 
   const int64_t row = blockIdx.x / p.splits;
   const int c = blockIdx.x % p.splits;
   const int64_t b = row / p.T;
-  const int64_t start = int64_t(c) * p.chunk;
+  const int64_t start = int64_t(c) * p.span;
   const int64_t len = row_length(p, b);
-  const int n = int(len > start ? (len - start < p.chunk ? len - start : p.chunk) : 0);
+  const int n = int(len > start ? (len - start < p.span ? len - start : p.span) : 0);
+  if (threadIdx.x == 0) {
+    st.count = 0;
+    st.bound = 0;
+  }
+  __syncthreads();
 
   const T* keys = static_cast<const T*>(p.keys) + (b * p.L + start) * p.d;
   const T* q = static_cast<const T*>(p.query) + row * p.d;
   if constexpr (D > 0) {
-    score_chunk<T, D>(p, keys, q, n, skey);
+    stream_span<T, D>(p, keys, q, n, start, buf, cand, st, sh);
   } else {
-    score_chunk_generic<T>(p, keys, q, n, skey);
+    stream_span_generic<T>(p, keys, q, n, start, buf, cand, st, sh);
   }
-  __syncthreads();
-
-  const uint32_t pos0 = uint32_t(start);
-  auto src = [&](int i) -> uint64_t { return (uint64_t(skey[i]) << 32) | uint64_t(~(pos0 + uint32_t(i))); };
-  const int want = n < p.k ? n : p.k;
-  block_topk(src, n, want, want == n, cand, p.kpow2, cidx, sh, gmax);
-
+  finish(p, buf, cand, st, sh);
   if (p.splits == 1) {
-    write_final(p, row, cand);
-  } else {
-    uint64_t* out = p.workspace + (row * p.splits + c) * p.k;
-    for (int i = threadIdx.x; i < p.k; i += kThreads) out[i] = cand[i];
-  }
-}
-
-// Merges a row's `splits` sorted partial lists, staged in shared memory when
-// they fit. Few lists (the common large-batch case): an element's rank in the
-// union is its index in its own list plus, per other list, the number of
-// larger elements (a binary search); ranks below k are output slots, so there
-// is no select and no sort. Many lists (small batches split rows finely): the
-// rank work grows with lists², so the block select takes over.
-__global__ void __launch_bounds__(kThreads) merge_topk_kernel(Params p) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  __shared__ SelectShared sh;
-  __shared__ uint64_t gmax[kThreads];
-  const int64_t row = blockIdx.x;
-  const int n = p.splits * p.k;
-  uint64_t* cand = reinterpret_cast<uint64_t*>(smem_raw);  // kpow2 (select path)
-  uint64_t* staged = cand + p.kpow2;                       // n when staged
-  uint16_t* cidx = reinterpret_cast<uint16_t*>(staged + n);  // n when staged
-  const uint64_t* lists = p.workspace + row * n;
-  if (p.merge_in_smem) {
-    for (int i = threadIdx.x; i < n; i += kThreads) staged[i] = lists[i];
-    __syncthreads();
-    lists = staged;
-  }
-  const int64_t len = row_length(p, row / p.T);
-  int64_t valid = 0;  // real candidates: min(k, positions) per chunk, the rest is zero padding
-  for (int c = 0; c < p.splits; ++c) {
-    const int64_t nc = len - int64_t(c) * p.chunk;
-    if (nc > 0) valid += min(min(nc, int64_t(p.chunk)), int64_t(p.k));  // what chunk c wrote
-  }
-  if (p.splits > kRankMergeMaxLists) {
-    const int want = int(valid < p.k ? valid : p.k);
-    block_topk([&](int i) { return lists[i]; }, n, want, valid <= p.k, cand, p.kpow2,
-               p.merge_in_smem ? cidx : nullptr, sh, gmax);
     write_final(p, row, cand);
     return;
   }
-  float* out_s = p.scores + row * p.k;
-  int64_t* out_i = p.indices + row * p.k;
-  for (int i = threadIdx.x; i < n; i += kThreads) {
-    const uint64_t x = lists[i];
-    if (x == 0) continue;
-    const int own = i / p.k;
-    int rank = i - own * p.k;
-    for (int c = 0; c < p.splits && rank < p.k; ++c) {
-      if (c == own) continue;
-      const uint64_t* list = lists + c * p.k;
-      int lo = 0, hi = p.k;
-      while (lo < hi) {
-        const int mid = (lo + hi) / 2;
-        if (list[mid] > x) lo = mid + 1; else hi = mid;
-      }
-      rank += lo;
-    }
-    if (rank < p.k) {
-      out_s[rank] = packed_score(x);
-      out_i[rank] = packed_pos(x);
-    }
+
+  uint64_t* lists = p.partial + row * p.splits * p.k;
+  for (int i = threadIdx.x; i < p.k; i += kThreads) lists[int64_t(c) * p.k + i] = cand[i];
+  // Publish the list, then take a ticket; the last CTA of the row sees every
+  // other CTA's list (each fenced before its ticket).
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    st.last = atomicAdd(&p.tickets[row], 1u) == uint32_t(p.splits - 1);
+    st.count = 0;
+    st.bound = 0;
   }
-  for (int i = int(valid < p.k ? valid : p.k) + threadIdx.x; i < p.k; i += kThreads) {
-    out_s[i] = -INFINITY;
-    out_i[i] = -1;
+  __syncthreads();
+  if (!st.last) return;
+  __threadfence();
+  const int total = p.splits * p.k;
+  for (int i0 = 0; i0 < total; i0 += kThreads) {
+    const int i = i0 + threadIdx.x;
+    const uint64_t x = i < total ? __ldcg(lists + i) : 0;  // L2: other CTAs wrote it
+    uint32_t end = 0;
+    offer(x != 0, x, uint32_t(st.bound >> 32), buf, st, &end);
+    end_tile(p, end, kThreads, buf, cand, st, sh);
   }
+  finish(p, buf, cand, st, sh);
+  write_final(p, row, cand);
 }
 
 // ---------------------------------------------------------------------------
 // Host side.
 
-// DARE_CUDA_MAX_CHUNK overrides kMaxChunk (a tuning knob for benchmarks).
-int64_t max_chunk() {
+// DARE_CUDA_MIN_SPAN overrides kMinSpan (a tuning knob for benchmarks).
+int64_t min_span() {
   static const int64_t value = [] {
-    const char* env = std::getenv("DARE_CUDA_MAX_CHUNK");
-    const int64_t v = env ? std::atoll(env) : kMaxChunk;
-    return std::min<int64_t>(std::max<int64_t>(v, kMinChunk), 16384);  // uint16 positions
+    const char* env = std::getenv("DARE_CUDA_MIN_SPAN");
+    const int64_t v = env ? std::atoll(env) : kMinSpan;
+    return std::max<int64_t>(v, 64);
   }();
   return value;
 }
@@ -485,9 +477,9 @@ void launch(const Params& p, int64_t rows, size_t smem, bool vectorised, cudaStr
 #define DARE_LAUNCH(D)                                                                           \
   do {                                                                                           \
     if (smem > 48 * 1024)                                                                        \
-      C10_CUDA_CHECK(cudaFuncSetAttribute(chunk_topk_kernel<T, D>,                               \
+      C10_CUDA_CHECK(cudaFuncSetAttribute(topk_kernel<T, D>,                                     \
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem))); \
-    chunk_topk_kernel<T, D><<<grid, kThreads, smem, stream>>>(p);                                \
+    topk_kernel<T, D><<<grid, kThreads, smem, stream>>>(p);                                      \
   } while (0)
   if (vectorised && p.d == 16) DARE_LAUNCH(16);
   else if (vectorised && p.d == 32) DARE_LAUNCH(32);
@@ -554,43 +546,41 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
     return {scores, indices};
   }
 
-  // Chunking: at most kMaxChunk positions per CTA; more, shorter chunks (down
-  // to kMinChunk) when there are too few rows to fill the GPU.
-  const int64_t target_ctas = 4 * int64_t(sm_count(keys.get_device()));
-  int64_t splits = (s.L + max_chunk() - 1) / max_chunk();
-  const int64_t max_splits = std::max<int64_t>(splits, (s.L + kMinChunk - 1) / kMinChunk);
-  if (rows * splits < target_ctas)
-    splits = std::min(max_splits, (target_ctas + rows - 1) / rows);
-  const int64_t chunk = (s.L + splits - 1) / splits;
-  splits = (s.L + chunk - 1) / chunk;
+  // Spans: one CTA per row when there are enough rows to fill the GPU, else
+  // rows split into spans of at least min_span() keys and merged in-kernel.
+  const int64_t slots = 4 * int64_t(sm_count(keys.get_device()));  // resident CTAs (launch bounds)
+  int64_t splits = 1;
+  if (rows < slots / 2)
+    splits = std::max<int64_t>(1, std::min({(slots + rows - 1) / rows, s.L / min_span(), kMaxSplits}));
+  const int64_t span = (s.L + splits - 1) / splits;
+  splits = (s.L + span - 1) / span;
   int kpow2 = 1;
   while (kpow2 < k) kpow2 *= 2;
+  // Room for k kept keys plus two tiles (<= 512 keys each) between folds.
+  const int cap = std::max(2048, 2 * kpow2 + 1024);
 
-  at::Tensor workspace;
-  if (splits > 1) workspace = at::empty({rows, splits, k}, keys.options().dtype(at::kLong));
+  at::Tensor workspace;  // partial lists, then one ticket per row
+  if (splits > 1) workspace = at::empty({rows * splits * k + (rows + 1) / 2}, keys.options().dtype(at::kLong));
   Params p{K.const_data_ptr(), Q.const_data_ptr(), len.defined() ? len.const_data_ptr<int64_t>() : nullptr,
-           scores.mutable_data_ptr<float>(), indices.mutable_data_ptr<int64_t>(),
-           workspace.defined() ? reinterpret_cast<uint64_t*>(workspace.mutable_data_ptr<int64_t>()) : nullptr,
-           s.T, s.L, s.d, int(k), int(chunk), int(splits), kpow2, false, static_cast<float>(scale)};
-  const size_t merge_staged = size_t(kpow2) * sizeof(uint64_t) +
-                              size_t(splits) * k * (sizeof(uint64_t) + sizeof(uint16_t));
-  p.merge_in_smem = merge_staged <= kMergeSmem && splits * k < 65536;
+           scores.mutable_data_ptr<float>(), indices.mutable_data_ptr<int64_t>(), nullptr, nullptr,
+           s.T, s.L, s.d, int(k), int(span), int(splits), kpow2, cap, static_cast<float>(scale)};
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (splits > 1) {
+    int64_t* ws = workspace.mutable_data_ptr<int64_t>();
+    p.partial = reinterpret_cast<uint64_t*>(ws);
+    p.tickets = reinterpret_cast<uint32_t*>(ws + rows * splits * k);
+    C10_CUDA_CHECK(cudaMemsetAsync(p.tickets, 0, size_t(rows) * sizeof(uint32_t), stream));
+  }
 
   const int64_t vec_bytes = 16;
   const bool vectorised = reinterpret_cast<uintptr_t>(K.const_data_ptr()) % vec_bytes == 0 &&
                           (s.d * int64_t(K.element_size())) % vec_bytes == 0;
-  const size_t smem = size_t(kpow2) * sizeof(uint64_t) + size_t(chunk) * (sizeof(uint32_t) + sizeof(uint16_t));
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const size_t smem = size_t(cap + kpow2) * sizeof(uint64_t);
   switch (K.scalar_type()) {
     case at::kFloat: launch<float>(p, rows, smem, vectorised, stream); break;
     case at::kHalf: launch<__half>(p, rows, smem, vectorised, stream); break;
     case at::kBFloat16: launch<__nv_bfloat16>(p, rows, smem, vectorised, stream); break;
     default: TORCH_CHECK(false, "topk_attention: unreachable dtype");
-  }
-  if (splits > 1) {
-    const size_t merge_smem = p.merge_in_smem ? merge_staged : size_t(kpow2) * sizeof(uint64_t);
-    merge_topk_kernel<<<unsigned(rows), kThreads, merge_smem, stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   return {scores, indices};
 }
