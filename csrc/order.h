@@ -37,11 +37,12 @@ DARE_HD float bits_float(uint32_t u) {
 
 // Monotone map float -> uint32. Every NaN becomes the maximum, and -0 becomes +0
 // so that the two zeros tie (and are then ordered by position).
+// Written as selects, not branches: it sits on the GPU kernels' per-key path.
 DARE_HD uint32_t score_key(float x) {
   uint32_t u = float_bits(x);
-  if (x != x) return 0xFFFFFFFFu;
-  if (u == 0x80000000u) u = 0u;
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  u = u == 0x80000000u ? 0u : u;
+  const uint32_t key = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  return x != x ? 0xFFFFFFFFu : key;
 }
 
 DARE_HD float key_score(uint32_t key) {

@@ -36,7 +36,7 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kMaxK = 1024;
-constexpr int64_t kMinSpan = 1024;  // keys per CTA at least, when rows are split
+constexpr int64_t kMinSpan = 512;   // keys per CTA at least, when rows are split
 constexpr int64_t kMaxSplits = 256;  // bounds the merge: splits * k keys for one CTA
 
 // ---------------------------------------------------------------------------
@@ -207,10 +207,9 @@ __device__ uint64_t select_threshold(Src src, int n, int want, SelectShared& sh)
 }
 
 // Writes the nonzero keys >= threshold among src(0..n) (there must be at
-// most kpow2) to cand, zero-padded to kpow2, sorted descending.
+// most kpow2) to cand[0, sh.count), zeros after, up to kpow2.
 template <typename Src>
-__device__ void gather_sorted(Src src, int n, uint64_t threshold, uint64_t* cand, int kpow2,
-                              SelectShared& sh) {
+__device__ void gather(Src src, int n, uint64_t threshold, uint64_t* cand, int kpow2, SelectShared& sh) {
   if (threadIdx.x == 0) sh.count = 0;
   for (int i = threadIdx.x; i < kpow2; i += kThreads) cand[i] = 0;
   __syncthreads();
@@ -222,7 +221,22 @@ __device__ void gather_sorted(Src src, int n, uint64_t threshold, uint64_t* cand
     if (take) cand[slot] = x;
   }
   __syncthreads();
-  // Bitonic sort, descending.
+}
+
+// Sorts what gather left in cand descending. Up to kThreads keys: each key's
+// rank among the (unique) others is its slot, one barrier instead of the
+// log² stages of a bitonic sort.
+__device__ void sort_desc(uint64_t* cand, int kpow2, SelectShared& sh) {
+  if (kpow2 <= kThreads) {
+    const int n = int(sh.count);
+    const uint64_t x = threadIdx.x < n ? cand[threadIdx.x] : 0;
+    int rank = 0;
+    for (int j = 0; j < n; ++j) rank += cand[j] > x;
+    __syncthreads();
+    if (threadIdx.x < n) cand[rank] = x;
+    __syncthreads();
+    return;
+  }
   for (int size = 2; size <= kpow2; size *= 2) {
     for (int stride = size / 2; stride > 0; stride /= 2) {
       for (int i = threadIdx.x; i < kpow2 / 2; i += kThreads) {
@@ -263,14 +277,26 @@ __device__ void fold(const Params& p, uint64_t* buf, uint64_t* cand, Stream& st,
   __syncthreads();
 }
 
-// Offers one key (take = it exists); it joins buf when its score bits reach
+// Offers one key (valid = it exists); it joins buf when its score bits reach
 // the bound's. A superset of the keys above the bound is kept; the folds and
 // the final select are exact. *end tracks the count after this warp's adds.
-__device__ __forceinline__ void offer(bool take, uint64_t key, uint32_t bound_hi, uint64_t* buf, Stream& st,
-                                      uint32_t* end) {
-  take = take && uint32_t(key >> 32) >= bound_hi;
-  const uint32_t slot = compact_slot(take, &st.count, end);
-  if (take) buf[slot] = key;
+// Every lane of the warp must call it; most calls find no lane taking.
+__device__ __forceinline__ void offer(bool valid, uint32_t score_bits, uint32_t pos, uint32_t bound_hi,
+                                      uint64_t* buf, Stream& st, uint32_t* end) {
+  const bool take = valid && score_bits >= bound_hi;
+  const uint32_t mask = __ballot_sync(0xFFFFFFFFu, take);
+  if (mask == 0) return;
+  const uint32_t lane = lane_id();
+  uint32_t base = 0;
+  if (lane == 0) base = atomicAdd(&st.count, uint32_t(__popc(mask)));
+  base = __shfl_sync(0xFFFFFFFFu, base, 0);
+  *end = base + __popc(mask);
+  if (take) buf[base + __popc(mask & ((1u << lane) - 1u))] = (uint64_t(score_bits) << 32) | uint64_t(~pos);
+}
+
+__device__ __forceinline__ void offer_key(bool valid, uint64_t key, uint32_t bound_hi, uint64_t* buf, Stream& st,
+                                          uint32_t* end) {
+  offer(valid, uint32_t(key >> 32), ~uint32_t(key), bound_hi, buf, st, end);
 }
 
 // After each tile (every thread calls it): folds when the next tile could
@@ -281,28 +307,105 @@ __device__ __forceinline__ void end_tile(const Params& p, uint32_t end, int tile
   if (__syncthreads_or(end + uint32_t(tile) > uint32_t(p.cap))) fold(p, buf, cand, st, sh);
 }
 
-// The final exact top-k of buf, sorted descending into cand (zero-padded).
-__device__ void finish(const Params& p, uint64_t* buf, uint64_t* cand, Stream& st, SelectShared& sh) {
+// The exact top-k of buf into cand (zero-padded to kpow2), sorted descending
+// when `sorted` (a partial list need not be: the merge filters, it does not merge).
+__device__ void finish(const Params& p, uint64_t* buf, uint64_t* cand, Stream& st, SelectShared& sh,
+                       bool sorted) {
   const int n = int(st.count);
   const uint64_t cut = n <= p.k ? 1 : select_threshold([&](int i) { return buf[i]; }, n, p.k, sh);
-  gather_sorted([&](int i) { return buf[i]; }, n, cut, cand, p.kpow2, sh);
-}
-
-__device__ __forceinline__ uint64_t pack_key(float score, int64_t pos) {
-  return (uint64_t(score_key(score)) << 32) | uint64_t(~uint32_t(pos));
+  gather([&](int i) { return buf[i]; }, n, cut, cand, p.kpow2, sh);
+  if (sorted) sort_desc(cand, p.kpow2, sh);
 }
 
 // ---------------------------------------------------------------------------
 // Streaming the keys of one span: scores, then offer.
 
-// D > 0: d == D, 16-byte aligned rows. G threads share a key (one 16-byte
-// vector each per load, consecutive lanes on consecutive vectors: coalesced),
-// then a shuffle reduction inside the group. U keys per thread per tile; the
+// D > 0: d == D, 16-byte aligned rows, NVEC 16-byte vectors per key. The
 // next tile's loads are issued before the current tile is scored and offered.
+//
+// Short keys (NVEC <= 4: the DARE dims d = 16/32 in 16-bit types): each warp
+// load instruction reads 512 contiguous bytes, lane l taking vector l, so a
+// group of G = NVEC lanes holds one component of each of G keys; a butterfly
+// reduce-scatter (G - 1 shuffles) leaves each lane the whole score of one key.
+// Every lane then offers a key: no idle lanes, and the per-key cost is the
+// dot product plus a compare.
 template <typename T, int D>
-__device__ __forceinline__ void stream_span(const Params& p, const T* __restrict__ keys, const T* __restrict__ q,
-                                            int n, int64_t pos0, uint64_t* buf, uint64_t* cand, Stream& st,
-                                            SelectShared& sh) {
+__device__ __forceinline__ void stream_span_short(const Params& p, const T* __restrict__ keys,
+                                                  const T* __restrict__ q, int n, uint32_t pos0, uint64_t* buf,
+                                                  uint64_t* cand, Stream& st, SelectShared& sh) {
+  constexpr int VN = Vec<T>::N;
+  constexpr int G = D / VN;                  // vectors per key = lanes per group
+  constexpr int U = G == 4 ? 1 : (G == 2 ? 2 : 4);  // rounds of 32 keys per warp per tile
+  constexpr int WARPS = kThreads / 32;
+  constexpr int TILE = WARPS * U * 32;
+  static_assert(G == 1 || G == 2 || G == 4, "short keys only");
+  const int w = threadIdx.x / 32, l = threadIdx.x % 32, c = l % G;
+  float qr[VN];
+#pragma unroll
+  for (int e = 0; e < VN; ++e) qr[e] = to_float(q[c * VN + e]);
+  // Vector r of a round holds component c of round key r * (32 / G) + l / G.
+  const uint4* base = reinterpret_cast<const uint4*>(keys) + w * 32 * G + l;
+  const int key0 = w * 32 + l / G;
+  uint4 cur[U][G], nxt[U][G];
+  auto load = [&](uint4 (&r)[U][G], int j0) {
+    const uint4* tile = base + int64_t(j0) * G;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int v = 0; v < G; ++v) {
+        const int j = j0 + u * WARPS * 32 + key0 + v * (32 / G);
+        r[u][v] = j < n ? __ldg(tile + (u * WARPS * 32 + v * 32 / G) * G) : make_uint4(0, 0, 0, 0);
+      }
+    }
+  };
+  load(cur, 0);
+  for (int j0 = 0; j0 < n; j0 += TILE) {
+    if (j0 + TILE < n) load(nxt, j0 + TILE);
+    const uint32_t bound_hi = uint32_t(st.bound >> 32);
+    uint32_t end = 0;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      float part[G];
+#pragma unroll
+      for (int v = 0; v < G; ++v) {
+        float f[VN];
+        Vec<T>::to_float(cur[u][v], f);
+        float acc = 0.f;
+#pragma unroll
+        for (int e = 0; e < VN; ++e) acc = fmaf(qr[e], f[e], acc);
+        part[v] = acc;
+      }
+      // Reduce-scatter: each step halves the keys a lane holds, keeping those
+      // whose key bit m matches its own lane bit m; part[0] ends as key c.
+#pragma unroll
+      for (int m = G / 2; m >= 1; m /= 2) {
+        const bool upper = c & m;
+#pragma unroll
+        for (int i = 0; i < m; ++i) {
+          const float keep = upper ? part[i + m] : part[i];
+          const float send = upper ? part[i] : part[i + m];
+          part[i] = keep + __shfl_xor_sync(0xFFFFFFFFu, send, m);
+        }
+      }
+      const int j = j0 + u * WARPS * 32 + w * 32 + c * (32 / G) + l / G;
+      offer(j < n, score_key(part[0] * p.scale), pos0 + uint32_t(j), bound_hi, buf, st, &end);
+    }
+    end_tile(p, end, TILE, buf, cand, st, sh);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int v = 0; v < G; ++v) cur[u][v] = nxt[u][v];
+    }
+  }
+}
+
+// Long keys (NVEC >= 8): G threads share a key (one 16-byte vector each per
+// load, consecutive lanes on consecutive vectors: coalesced), then a shuffle
+// reduction inside the group; the group's first lane offers the key.
+template <typename T, int D>
+__device__ __forceinline__ void stream_span_long(const Params& p, const T* __restrict__ keys,
+                                                 const T* __restrict__ q, int n, uint32_t pos0, uint64_t* buf,
+                                                 uint64_t* cand, Stream& st, SelectShared& sh) {
   constexpr int VN = Vec<T>::N;
   constexpr int NVEC = D / VN;                   // 16-byte vectors per key
   constexpr int G = NVEC < 32 ? NVEC : 32;       // threads per key
@@ -318,15 +421,16 @@ __device__ __forceinline__ void stream_span(const Params& p, const T* __restrict
 #pragma unroll
     for (int e = 0; e < VN; ++e) qr[v][e] = to_float(q[(v * G + lane) * VN + e]);
   }
-  const uint4* base = reinterpret_cast<const uint4*>(keys);
+  const uint4* base = reinterpret_cast<const uint4*>(keys) + slot * NVEC + lane;
   uint4 cur[U][NV], nxt[U][NV];
   auto load = [&](uint4 (&r)[U][NV], int j0) {
+    const uint4* tile = base + int64_t(j0) * NVEC;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int j = j0 + u * PER_PASS + slot;
 #pragma unroll
       for (int v = 0; v < NV; ++v)
-        r[u][v] = j < n ? __ldg(base + int64_t(j) * NVEC + v * G + lane) : make_uint4(0, 0, 0, 0);
+        r[u][v] = j < n ? __ldg(tile + u * PER_PASS * NVEC + v * G) : make_uint4(0, 0, 0, 0);
     }
   };
   load(cur, 0);
@@ -347,7 +451,7 @@ __device__ __forceinline__ void stream_span(const Params& p, const T* __restrict
 #pragma unroll
       for (int off = G / 2; off > 0; off /= 2) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, off, G);
       const int j = j0 + u * PER_PASS + slot;
-      offer(lane == 0 && j < n, pack_key(acc * p.scale, pos0 + j), bound_hi, buf, st, &end);
+      offer(lane == 0 && j < n, score_key(acc * p.scale), pos0 + uint32_t(j), bound_hi, buf, st, &end);
     }
     end_tile(p, end, TILE, buf, cand, st, sh);
 #pragma unroll
@@ -361,7 +465,7 @@ __device__ __forceinline__ void stream_span(const Params& p, const T* __restrict
 // Any d, any alignment: one thread per key, scalar loads.
 template <typename T>
 __device__ void stream_span_generic(const Params& p, const T* __restrict__ keys, const T* __restrict__ q, int n,
-                                    int64_t pos0, uint64_t* buf, uint64_t* cand, Stream& st, SelectShared& sh) {
+                                    uint32_t pos0, uint64_t* buf, uint64_t* cand, Stream& st, SelectShared& sh) {
   for (int j0 = 0; j0 < n; j0 += kThreads) {
     const int j = j0 + threadIdx.x;
     float acc = 0.f;
@@ -370,7 +474,7 @@ __device__ void stream_span_generic(const Params& p, const T* __restrict__ keys,
       for (int64_t c = 0; c < p.d; ++c) acc = fmaf(to_float(q[c]), to_float(x[c]), acc);
     }
     uint32_t end = 0;
-    offer(j < n, pack_key(acc * p.scale, pos0 + j), uint32_t(st.bound >> 32), buf, st, &end);
+    offer(j < n, score_key(acc * p.scale), pos0 + uint32_t(j), uint32_t(st.bound >> 32), buf, st, &end);
     end_tile(p, end, kThreads, buf, cand, st, sh);
   }
 }
@@ -412,12 +516,15 @@ __global__ void __launch_bounds__(kThreads, 4) topk_kernel(Params p) {
 
   const T* keys = static_cast<const T*>(p.keys) + (b * p.L + start) * p.d;
   const T* q = static_cast<const T*>(p.query) + row * p.d;
-  if constexpr (D > 0) {
-    stream_span<T, D>(p, keys, q, n, start, buf, cand, st, sh);
+  const uint32_t pos0 = uint32_t(start);
+  if constexpr (D == 0) {
+    stream_span_generic<T>(p, keys, q, n, pos0, buf, cand, st, sh);
+  } else if constexpr (D / Vec<T>::N <= 4) {
+    stream_span_short<T, D>(p, keys, q, n, pos0, buf, cand, st, sh);
   } else {
-    stream_span_generic<T>(p, keys, q, n, start, buf, cand, st, sh);
+    stream_span_long<T, D>(p, keys, q, n, pos0, buf, cand, st, sh);
   }
-  finish(p, buf, cand, st, sh);
+  finish(p, buf, cand, st, sh, /*sorted=*/p.splits == 1);
   if (p.splits == 1) {
     write_final(p, row, cand);
     return;
@@ -442,10 +549,10 @@ __global__ void __launch_bounds__(kThreads, 4) topk_kernel(Params p) {
     const int i = i0 + threadIdx.x;
     const uint64_t x = i < total ? __ldcg(lists + i) : 0;  // L2: other CTAs wrote it
     uint32_t end = 0;
-    offer(x != 0, x, uint32_t(st.bound >> 32), buf, st, &end);
+    offer_key(x != 0, x, uint32_t(st.bound >> 32), buf, st, &end);
     end_tile(p, end, kThreads, buf, cand, st, sh);
   }
-  finish(p, buf, cand, st, sh);
+  finish(p, buf, cand, st, sh, /*sorted=*/true);
   write_final(p, row, cand);
 }
 
@@ -556,7 +663,7 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
   splits = (s.L + span - 1) / span;
   int kpow2 = 1;
   while (kpow2 < k) kpow2 *= 2;
-  // Room for k kept keys plus two tiles (<= 512 keys each) between folds.
+  // Room for the k kept keys plus at least one tile (<= 1024 keys) between folds.
   const int cap = std::max(2048, 2 * kpow2 + 1024);
 
   at::Tensor workspace;  // partial lists, then one ticket per row
