@@ -63,11 +63,25 @@ def topk_attention(query: torch.Tensor, keys: torch.Tensor, k: int, *,
     if not isinstance(keys, torch.Tensor):
         check_inputs(query, keys, k, lengths)  # raises the TypeError
     name = _resolve(backend, keys)
+    direct = _direct(query, keys)
     if name in ("cpu", "cuda"):
+        if direct:
+            with torch._C._AutoDispatchBelowAutograd():
+                return torch.ops.dare.topk_attention.default(query, keys, k, lengths, scale)
         return torch.ops.dare.topk_attention(query, keys, k, lengths, scale)
     if name == "triton":
-        return _triton.call(query, keys, k, lengths, scale)
+        return _triton.eager(query, keys, k, lengths, scale) if direct else _triton.op()(query, keys, k, lengths, scale)
     return reference.topk_attention(query, keys, k, lengths, scale)
+
+
+def _direct(query, keys) -> bool:
+    """True when the call may skip the dispatcher's Python layers (the autograd
+    wrapper; for Triton, the triton_op): plain tensors, no gradient needed, and no
+    tracer (torch.compile, make_fx, fake tensors) that must see the op. Measured
+    host cost of those layers: bench/RESULTS.md."""
+    return not (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0
+                or type(query) is not torch.Tensor or type(keys) is not torch.Tensor
+                or (torch.is_grad_enabled() and (query.requires_grad or keys.requires_grad)))
 
 
 def topk_attention_backward(grad: torch.Tensor, query: torch.Tensor, keys: torch.Tensor,

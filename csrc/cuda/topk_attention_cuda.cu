@@ -37,10 +37,26 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kMaxK = 1024;
 constexpr int64_t kMinSpan = 512;   // keys per CTA at least, when rows are split
-constexpr int64_t kMaxSplits = 256;  // bounds the merge: splits * k keys for one CTA
+constexpr int64_t kMaxSplits = 256;
+constexpr int kPrefetchTiles = 2;   // tiles in flight to L2 beyond the one in registers  // bounds the merge: splits * k keys for one CTA
 
 // ---------------------------------------------------------------------------
 // Loading keys: 16 bytes -> float32.
+
+// Asks L2 for the bytes at p (16-byte aligned, a multiple of 16) ahead of the
+// loads: keeps more of the stream in flight than registers can hold. Hopper's
+// bulk prefetch is one instruction per tile; older GPUs skip it.
+__device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+#endif
+}
+
+// Thread 0 prefetches keys [from, min(to, n)) of a span of n keys of `bytes` each.
+__device__ __forceinline__ void prefetch_keys(const void* keys, int from, int to, int n, int bytes) {
+  if (threadIdx.x == 0 && from < n)
+    prefetch_l2(static_cast<const char*>(keys) + int64_t(from) * bytes, uint32_t((min(to, n) - from) * bytes));
+}
 
 template <typename T>
 struct Vec;  // elements per 16-byte load and their conversion
@@ -106,6 +122,7 @@ struct Params {
   uint32_t* tickets;       // (B*T,) zeroed before the launch when splits > 1
   int64_t T, L, d;
   int k, span, splits, kpow2, cap;
+  int prefetch;            // tiles requested into L2 ahead of the register prefetch
   float scale;
 };
 
@@ -314,6 +331,7 @@ __device__ void finish(const Params& p, uint64_t* buf, uint64_t* cand, Stream& s
   const int n = int(st.count);
   const uint64_t cut = n <= p.k ? 1 : select_threshold([&](int i) { return buf[i]; }, n, p.k, sh);
   gather([&](int i) { return buf[i]; }, n, cut, cand, p.kpow2, sh);
+  if (threadIdx.x == 0 && n > p.k) st.bound = cut;  // k keys are >= cut: a bound for a merge
   if (sorted) sort_desc(cand, p.kpow2, sh);
 }
 
@@ -359,8 +377,11 @@ __device__ __forceinline__ void stream_span_short(const Params& p, const T* __re
     }
   };
   load(cur, 0);
+  constexpr int BYTES = D * int(sizeof(T));
+  if (p.prefetch > 0) prefetch_keys(keys, TILE, (p.prefetch + 1) * TILE, n, BYTES);
   for (int j0 = 0; j0 < n; j0 += TILE) {
     if (j0 + TILE < n) load(nxt, j0 + TILE);
+    if (p.prefetch > 0) prefetch_keys(keys, j0 + (p.prefetch + 1) * TILE, j0 + (p.prefetch + 2) * TILE, n, BYTES);
     const uint32_t bound_hi = uint32_t(st.bound >> 32);
     uint32_t end = 0;
 #pragma unroll
@@ -434,8 +455,11 @@ __device__ __forceinline__ void stream_span_long(const Params& p, const T* __res
     }
   };
   load(cur, 0);
+  constexpr int BYTES = D * int(sizeof(T));
+  if (p.prefetch > 0) prefetch_keys(keys, TILE, (p.prefetch + 1) * TILE, n, BYTES);
   for (int j0 = 0; j0 < n; j0 += TILE) {
     if (j0 + TILE < n) load(nxt, j0 + TILE);
+    if (p.prefetch > 0) prefetch_keys(keys, j0 + (p.prefetch + 1) * TILE, j0 + (p.prefetch + 2) * TILE, n, BYTES);
     const uint32_t bound_hi = uint32_t(st.bound >> 32);
     uint32_t end = 0;
 #pragma unroll
@@ -536,18 +560,21 @@ __global__ void __launch_bounds__(kThreads, 4) topk_kernel(Params p) {
   // other CTA's list (each fenced before its ticket).
   __threadfence();
   __syncthreads();
-  if (threadIdx.x == 0) {
-    st.last = atomicAdd(&p.tickets[row], 1u) == uint32_t(p.splits - 1);
-    st.count = 0;
-    st.bound = 0;
-  }
+  if (threadIdx.x == 0) st.last = atomicAdd(&p.tickets[row], 1u) == uint32_t(p.splits - 1);
   __syncthreads();
   if (!st.last) return;
   __threadfence();
+  // Seeded with its own list and cut (st.bound), the merge lets through only
+  // the keys of the other lists that beat them: ~k·ln(splits), no fold.
+  const uint32_t own = sh.count;
+  for (int i = threadIdx.x; i < p.k; i += kThreads) buf[i] = cand[i];
+  if (threadIdx.x == 0) st.count = own;
+  __syncthreads();
   const int total = p.splits * p.k;
   for (int i0 = 0; i0 < total; i0 += kThreads) {
     const int i = i0 + threadIdx.x;
-    const uint64_t x = i < total ? __ldcg(lists + i) : 0;  // L2: other CTAs wrote it
+    const bool other = i < total && i / p.k != c;
+    const uint64_t x = other ? __ldcg(lists + i) : 0;  // L2: other CTAs wrote it
     uint32_t end = 0;
     offer_key(x != 0, x, uint32_t(st.bound >> 32), buf, st, &end);
     end_tile(p, end, kThreads, buf, cand, st, sh);
@@ -559,6 +586,12 @@ __global__ void __launch_bounds__(kThreads, 4) topk_kernel(Params p) {
 // ---------------------------------------------------------------------------
 // Host side.
 
+// Tuning knobs for benchmarks: DARE_CUDA_PREFETCH (tiles ahead, 0 = off).
+int env_int(const char* name, int fallback) {
+  const char* env = std::getenv(name);
+  return env ? std::atoi(env) : fallback;
+}
+
 // DARE_CUDA_MIN_SPAN overrides kMinSpan (a tuning knob for benchmarks).
 int64_t min_span() {
   static const int64_t value = [] {
@@ -566,6 +599,11 @@ int64_t min_span() {
     const int64_t v = env ? std::atoll(env) : kMinSpan;
     return std::max<int64_t>(v, 64);
   }();
+  return value;
+}
+
+int prefetch_tiles() {
+  static const int value = std::max(0, env_int("DARE_CUDA_PREFETCH", kPrefetchTiles));
   return value;
 }
 
@@ -670,7 +708,7 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
   if (splits > 1) workspace = at::empty({rows * splits * k + (rows + 1) / 2}, keys.options().dtype(at::kLong));
   Params p{K.const_data_ptr(), Q.const_data_ptr(), len.defined() ? len.const_data_ptr<int64_t>() : nullptr,
            scores.mutable_data_ptr<float>(), indices.mutable_data_ptr<int64_t>(), nullptr, nullptr,
-           s.T, s.L, s.d, int(k), int(span), int(splits), kpow2, cap, static_cast<float>(scale)};
+           s.T, s.L, s.d, int(k), int(span), int(splits), kpow2, cap, prefetch_tiles(), static_cast<float>(scale)};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (splits > 1) {
     int64_t* ws = workspace.mutable_data_ptr<int64_t>();

@@ -36,13 +36,8 @@ def op():
     return torch.ops.dare.topk_attention_triton
 
 
-def call(query, keys, k, lengths=None, scale=1.0):
-    """The backend for dare_kernels.topk_attention: the op when autograd or a tracer
-    (torch.compile, make_fx, fake tensors) must see it, else the same launch without
-    the dispatcher's host cost."""
-    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0
-            or type(query) is not torch.Tensor or type(keys) is not torch.Tensor
-            or (torch.is_grad_enabled() and (query.requires_grad or keys.requires_grad))):
-        return op()(query, keys, k, lengths, scale)
+def eager(query, keys, k, lengths=None, scale=1.0):
+    """The op's launch without the dispatcher, for dare_kernels.topk_attention when
+    nothing traces and no gradient is needed (ops._direct)."""
     from . import search
     return search.eager(query, keys, k, lengths, scale)
