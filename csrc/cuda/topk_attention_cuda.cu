@@ -43,20 +43,6 @@ constexpr int kPrefetchTiles = 2;   // tiles in flight to L2 beyond the one in r
 // ---------------------------------------------------------------------------
 // Loading keys: 16 bytes -> float32.
 
-// Asks L2 for the bytes at p (16-byte aligned, a multiple of 16) ahead of the
-// loads: keeps more of the stream in flight than registers can hold. Hopper's
-// bulk prefetch is one instruction per tile; older GPUs skip it.
-__device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
-#endif
-}
-
-// Thread 0 prefetches keys [from, min(to, n)) of a span of n keys of `bytes` each.
-__device__ __forceinline__ void prefetch_keys(const void* keys, int from, int to, int n, int bytes) {
-  if (threadIdx.x == 0 && from < n)
-    prefetch_l2(static_cast<const char*>(keys) + int64_t(from) * bytes, uint32_t((min(to, n) - from) * bytes));
-}
 
 template <typename T>
 struct Vec;  // elements per 16-byte load and their conversion
@@ -122,7 +108,6 @@ struct Params {
   uint32_t* tickets;       // (B*T,) zeroed before the launch when splits > 1
   int64_t T, L, d;
   int k, span, splits, kpow2, cap;
-  int prefetch;            // tiles requested into L2 ahead of the register prefetch
   float scale;
 };
 
@@ -197,7 +182,13 @@ __device__ uint64_t select_threshold(Src src, int n, int want, SelectShared& sh)
     for (int i0 = 0; i0 < n; i0 += kThreads) {  // uniform trip count for __match_any_sync
       const int i = i0 + threadIdx.x;
       const uint64_t x = i < n ? src(i) : 0;
-      const bool in = x != 0 && (x & hi_mask) == prefix;
+      bool in;
+      if (shift >= 32) {  // score bits: 32-bit compares (keys are nonzero in their low word)
+        const uint32_t h = uint32_t(x >> 32);
+        in = uint32_t(x) != 0 && (h & uint32_t(hi_mask >> 32)) == uint32_t(prefix >> 32);
+      } else {
+        in = x != 0 && (x & hi_mask) == prefix;
+      }
       const uint32_t bin = in ? uint32_t(x >> shift) & 0xFF : 256u;
       // Scores cluster in few top-byte bins: one atomic per distinct bin per
       // warp instead of a serialised atomic per key.
@@ -240,15 +231,20 @@ __device__ void gather(Src src, int n, uint64_t threshold, uint64_t* cand, int k
   __syncthreads();
 }
 
-// Sorts what gather left in cand descending. Up to kThreads keys: each key's
-// rank among the (unique) others is its slot, one barrier instead of the
-// log² stages of a bitonic sort.
-__device__ void sort_desc(uint64_t* cand, int kpow2, SelectShared& sh) {
-  if (kpow2 <= kThreads) {
+// Sorts what gather left in cand descending. by_rank (up to kThreads keys):
+// each key's rank among the (unique) others is its slot — one barrier instead
+// of the log² stages of a bitonic sort, for latency (the merging CTA), at
+// more instructions (n² compares), which the bitonic sort saves when many
+// CTAs share an SM.
+__device__ void sort_desc(uint64_t* cand, int kpow2, SelectShared& sh, bool by_rank) {
+  if (by_rank && kpow2 <= kThreads) {
     const int n = int(sh.count);
-    const uint64_t x = threadIdx.x < n ? cand[threadIdx.x] : 0;
+    uint64_t x = 0;
     int rank = 0;
-    for (int j = 0; j < n; ++j) rank += cand[j] > x;
+    if (threadIdx.x < n) {
+      x = cand[threadIdx.x];
+      for (int j = 0; j < n; ++j) rank += cand[j] > x;
+    }
     __syncthreads();
     if (threadIdx.x < n) cand[rank] = x;
     __syncthreads();
@@ -327,12 +323,12 @@ __device__ __forceinline__ void end_tile(const Params& p, uint32_t end, int tile
 // The exact top-k of buf into cand (zero-padded to kpow2), sorted descending
 // when `sorted` (a partial list need not be: the merge filters, it does not merge).
 __device__ void finish(const Params& p, uint64_t* buf, uint64_t* cand, Stream& st, SelectShared& sh,
-                       bool sorted) {
+                       bool sorted, bool by_rank = false) {
   const int n = int(st.count);
   const uint64_t cut = n <= p.k ? 1 : select_threshold([&](int i) { return buf[i]; }, n, p.k, sh);
   gather([&](int i) { return buf[i]; }, n, cut, cand, p.kpow2, sh);
   if (threadIdx.x == 0 && n > p.k) st.bound = cut;  // k keys are >= cut: a bound for a merge
-  if (sorted) sort_desc(cand, p.kpow2, sh);
+  if (sorted) sort_desc(cand, p.kpow2, sh, by_rank);
 }
 
 // ---------------------------------------------------------------------------
@@ -377,11 +373,8 @@ __device__ __forceinline__ void stream_span_short(const Params& p, const T* __re
     }
   };
   load(cur, 0);
-  constexpr int BYTES = D * int(sizeof(T));
-  if (p.prefetch > 0) prefetch_keys(keys, TILE, (p.prefetch + 1) * TILE, n, BYTES);
   for (int j0 = 0; j0 < n; j0 += TILE) {
     if (j0 + TILE < n) load(nxt, j0 + TILE);
-    if (p.prefetch > 0) prefetch_keys(keys, j0 + (p.prefetch + 1) * TILE, j0 + (p.prefetch + 2) * TILE, n, BYTES);
     const uint32_t bound_hi = uint32_t(st.bound >> 32);
     uint32_t end = 0;
 #pragma unroll
@@ -455,11 +448,8 @@ __device__ __forceinline__ void stream_span_long(const Params& p, const T* __res
     }
   };
   load(cur, 0);
-  constexpr int BYTES = D * int(sizeof(T));
-  if (p.prefetch > 0) prefetch_keys(keys, TILE, (p.prefetch + 1) * TILE, n, BYTES);
   for (int j0 = 0; j0 < n; j0 += TILE) {
     if (j0 + TILE < n) load(nxt, j0 + TILE);
-    if (p.prefetch > 0) prefetch_keys(keys, j0 + (p.prefetch + 1) * TILE, j0 + (p.prefetch + 2) * TILE, n, BYTES);
     const uint32_t bound_hi = uint32_t(st.bound >> 32);
     uint32_t end = 0;
 #pragma unroll
@@ -579,18 +569,12 @@ __global__ void __launch_bounds__(kThreads, 4) topk_kernel(Params p) {
     offer_key(x != 0, x, uint32_t(st.bound >> 32), buf, st, &end);
     end_tile(p, end, kThreads, buf, cand, st, sh);
   }
-  finish(p, buf, cand, st, sh, /*sorted=*/true);
+  finish(p, buf, cand, st, sh, /*sorted=*/true, /*by_rank=*/true);
   write_final(p, row, cand);
 }
 
 // ---------------------------------------------------------------------------
 // Host side.
-
-// Tuning knobs for benchmarks: DARE_CUDA_PREFETCH (tiles ahead, 0 = off).
-int env_int(const char* name, int fallback) {
-  const char* env = std::getenv(name);
-  return env ? std::atoi(env) : fallback;
-}
 
 // DARE_CUDA_MIN_SPAN overrides kMinSpan (a tuning knob for benchmarks).
 int64_t min_span() {
@@ -599,11 +583,6 @@ int64_t min_span() {
     const int64_t v = env ? std::atoll(env) : kMinSpan;
     return std::max<int64_t>(v, 64);
   }();
-  return value;
-}
-
-int prefetch_tiles() {
-  static const int value = std::max(0, env_int("DARE_CUDA_PREFETCH", kPrefetchTiles));
   return value;
 }
 
@@ -708,7 +687,7 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
   if (splits > 1) workspace = at::empty({rows * splits * k + (rows + 1) / 2}, keys.options().dtype(at::kLong));
   Params p{K.const_data_ptr(), Q.const_data_ptr(), len.defined() ? len.const_data_ptr<int64_t>() : nullptr,
            scores.mutable_data_ptr<float>(), indices.mutable_data_ptr<int64_t>(), nullptr, nullptr,
-           s.T, s.L, s.d, int(k), int(span), int(splits), kpow2, cap, prefetch_tiles(), static_cast<float>(scale)};
+           s.T, s.L, s.d, int(k), int(span), int(splits), kpow2, cap, static_cast<float>(scale)};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (splits > 1) {
     int64_t* ws = workspace.mutable_data_ptr<int64_t>();
