@@ -231,13 +231,12 @@ __device__ void gather(Src src, int n, uint64_t threshold, uint64_t* cand, int k
   __syncthreads();
 }
 
-// Sorts what gather left in cand descending. by_rank (up to kThreads keys):
-// each key's rank among the (unique) others is its slot — one barrier instead
-// of the log² stages of a bitonic sort, for latency (the merging CTA), at
-// more instructions (n² compares), which the bitonic sort saves when many
-// CTAs share an SM.
-__device__ void sort_desc(uint64_t* cand, int kpow2, SelectShared& sh, bool by_rank) {
-  if (by_rank && kpow2 <= kThreads) {
+// Sorts what gather left in cand descending. Up to kThreads keys: each key's
+// rank among the (unique) others is its slot, one barrier instead of the log²
+// stages of a bitonic sort (measured on the H200: the bitonic sort was no
+// faster at B = 1024, where CTAs share SMs, and it is slower for the merging CTA).
+__device__ void sort_desc(uint64_t* cand, int kpow2, SelectShared& sh) {
+  if (kpow2 <= kThreads) {
     const int n = int(sh.count);
     uint64_t x = 0;
     int rank = 0;
@@ -323,12 +322,12 @@ __device__ __forceinline__ void end_tile(const Params& p, uint32_t end, int tile
 // The exact top-k of buf into cand (zero-padded to kpow2), sorted descending
 // when `sorted` (a partial list need not be: the merge filters, it does not merge).
 __device__ void finish(const Params& p, uint64_t* buf, uint64_t* cand, Stream& st, SelectShared& sh,
-                       bool sorted, bool by_rank = false) {
+                       bool sorted) {
   const int n = int(st.count);
   const uint64_t cut = n <= p.k ? 1 : select_threshold([&](int i) { return buf[i]; }, n, p.k, sh);
   gather([&](int i) { return buf[i]; }, n, cut, cand, p.kpow2, sh);
   if (threadIdx.x == 0 && n > p.k) st.bound = cut;  // k keys are >= cut: a bound for a merge
-  if (sorted) sort_desc(cand, p.kpow2, sh, by_rank);
+  if (sorted) sort_desc(cand, p.kpow2, sh);
 }
 
 // ---------------------------------------------------------------------------
@@ -569,7 +568,7 @@ __global__ void __launch_bounds__(kThreads, 4) topk_kernel(Params p) {
     offer_key(x != 0, x, uint32_t(st.bound >> 32), buf, st, &end);
     end_tile(p, end, kThreads, buf, cand, st, sh);
   }
-  finish(p, buf, cand, st, sh, /*sorted=*/true, /*by_rank=*/true);
+  finish(p, buf, cand, st, sh, /*sorted=*/true);
   write_final(p, row, cand);
 }
 
