@@ -1,8 +1,9 @@
 // Fused CUDA kernel: scores + exact top-k in one pass over the keys, one launch.
 //
 // Each CTA streams one row's keys (or one span of a split row) with 16-byte
-// coalesced loads, G threads per key, the next tile's loads in flight while
-// the current tile is scored. A key whose score reaches the running bound (the
+// coalesced loads, the next tile's loads in flight while the current tile is
+// scored (short keys: every lane ends with one key's score; long keys: G
+// lanes share a key). A key whose score reaches the running bound (the
 // k-th best so far) joins a candidate list in shared memory; when the list
 // fills, a radix select cuts it back to the k best and raises the bound. For
 // random scores the list fills once early and then rarely: only ~k·ln(n/k) of
@@ -12,8 +13,8 @@
 // distinct and ties, NaN and padding need no special case.
 //
 // Few rows (B = 1..16): rows are split into spans so the GPU fills; each CTA
-// leaves its sorted partial list, and the row's last CTA to finish (an atomic
-// ticket) streams the partial lists through the same filter.
+// leaves its partial top-k list, and the row's last CTA to finish (an atomic
+// ticket) streams the other lists through the same filter, seeded with its own.
 //
 // k above kMaxK takes an exact ATen path (float32 scores, one int64 sort).
 #include <algorithm>
