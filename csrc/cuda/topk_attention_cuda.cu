@@ -509,8 +509,8 @@ __device__ __forceinline__ void write_final(const Params& p, int64_t row, const 
 // sorts the final k. Rows split into spans (few rows: B = 1..16 still fills
 // the GPU) leave sorted partial lists; the row's last CTA to finish (atomic
 // ticket) streams them through the same filter. One launch per call.
-template <typename T, int D, int MIN_BLOCKS>
-__global__ void __launch_bounds__(kThreads, MIN_BLOCKS) topk_kernel(Params p) {
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads, 4) topk_kernel(Params p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   uint64_t* buf = reinterpret_cast<uint64_t*>(smem_raw);  // cap
   uint64_t* cand = buf + p.cap;                            // kpow2
@@ -596,43 +596,23 @@ int sm_count(int device) {
   return n;
 }
 
-// CTAs per SM the kernel is compiled for (its register cap: 65536 / (256 * MIN_BLOCKS)).
-// Short keys fit 48 registers without spilling (5 CTAs per SM); long keys spill
-// below 64 (ptxas -v, sm_90). DARE_CUDA_MIN_BLOCKS=4 selects the 64-register build
-// for short keys too (a knob for benchmarks).
-int short_key_min_blocks() {
-  static const int value = [] {
-    const char* env = std::getenv("DARE_CUDA_MIN_BLOCKS");
-    return env && std::atoi(env) == 4 ? 4 : 5;
-  }();
-  return value;
-}
-
-template <typename T, int D, int MIN_BLOCKS>
-void launch_kernel(const Params& p, dim3 grid, size_t smem, cudaStream_t stream) {
-  if (smem > 48 * 1024)
-    C10_CUDA_CHECK(cudaFuncSetAttribute(topk_kernel<T, D, MIN_BLOCKS>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  topk_kernel<T, D, MIN_BLOCKS><<<grid, kThreads, smem, stream>>>(p);
-}
-
-template <typename T, int D>
-void launch_d(const Params& p, dim3 grid, size_t smem, cudaStream_t stream) {
-  if constexpr (D == 0 || D / Vec<T>::N <= 4) {
-    if (short_key_min_blocks() == 5) return launch_kernel<T, D, 5>(p, grid, smem, stream);
-  }
-  launch_kernel<T, D, 4>(p, grid, smem, stream);
-}
-
 template <typename T>
 void launch(const Params& p, int64_t rows, size_t smem, bool vectorised, cudaStream_t stream) {
   const dim3 grid(unsigned(rows * p.splits));
-  if (vectorised && p.d == 16) launch_d<T, 16>(p, grid, smem, stream);
-  else if (vectorised && p.d == 32) launch_d<T, 32>(p, grid, smem, stream);
-  else if (vectorised && p.d == 64) launch_d<T, 64>(p, grid, smem, stream);
-  else if (vectorised && p.d == 128) launch_d<T, 128>(p, grid, smem, stream);
-  else if (vectorised && p.d == 256) launch_d<T, 256>(p, grid, smem, stream);
-  else launch_d<T, 0>(p, grid, smem, stream);
+#define DARE_LAUNCH(D)                                                                           \
+  do {                                                                                           \
+    if (smem > 48 * 1024)                                                                        \
+      C10_CUDA_CHECK(cudaFuncSetAttribute(topk_kernel<T, D>,                                     \
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem))); \
+    topk_kernel<T, D><<<grid, kThreads, smem, stream>>>(p);                                      \
+  } while (0)
+  if (vectorised && p.d == 16) DARE_LAUNCH(16);
+  else if (vectorised && p.d == 32) DARE_LAUNCH(32);
+  else if (vectorised && p.d == 64) DARE_LAUNCH(64);
+  else if (vectorised && p.d == 128) DARE_LAUNCH(128);
+  else if (vectorised && p.d == 256) DARE_LAUNCH(256);
+  else DARE_LAUNCH(0);
+#undef DARE_LAUNCH
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
