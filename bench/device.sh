@@ -60,7 +60,7 @@ if [ -n "${PROFILE:-}" ]; then
       --section Occupancy --section LaunchStats --section WarpStateStats \
       python3 bench/profile_cuda.py --B 1024 --d $d >> "$OUT/ncu.txt" 2>&1
   done
-  grep -E "chunk_topk|merge_topk|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Stall" "$OUT/ncu.txt" | head -40
+  grep -E "topk_kernel|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Stall" "$OUT/ncu.txt" | head -40
 fi
 
 if [ -n "${PROFILE_TRITON:-}" ]; then
@@ -75,10 +75,11 @@ if [ -n "${NCU_TRITON:-}" ]; then
   grep -E "_search_kernel|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Stall|Issue Slots|Executed Ipc" "$OUT/profile_triton.txt" | head -40
 fi
 
-if [ -n "${CHUNK_SWEEP:-}" ]; then
-  for c in $CHUNK_SWEEP; do
-    echo "DARE_CUDA_MAX_CHUNK=$c" >> "$OUT/bench_extra.txt"
-    DARE_CUDA_MAX_CHUNK=$c python3 -m dare_kernels.bench --backends cuda --d 16 32 128 --quiet >> "$OUT/bench_extra.txt" 2>&1
+if [ -n "${SPAN_SWEEP:-}" ]; then
+  # Small batches: keys per CTA when rows are split (DARE_CUDA_MIN_SPAN).
+  for c in $SPAN_SWEEP; do
+    echo "DARE_CUDA_MIN_SPAN=$c" >> "$OUT/bench_extra.txt"
+    DARE_CUDA_MIN_SPAN=$c python3 -m dare_kernels.bench --backends cuda --B 8 --d 16 32 128 --no-model --quiet >> "$OUT/bench_extra.txt" 2>&1
   done
 fi
 

@@ -9,7 +9,7 @@ import argparse
 import torch
 
 import dare_kernels
-from dare_kernels.bench import time_call
+from dare_kernels.bench import time_call, time_graph
 
 p = argparse.ArgumentParser()
 p.add_argument("--backend", default="cuda")
@@ -29,11 +29,6 @@ for d in a.d:
         return dare_kernels.topk_attention(q, K, a.k, backend=a.backend)
 
     t = time_call(fn, [()], dev, reps=200)
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    tg = time_call(g.replay, [()], dev, reps=200)
+    tg = time_graph(fn, dev, reps=200)
     print(f"{a.backend} B={a.B} T={a.T} L={a.L} d={d} k={a.k}: {t * 1e6:.1f} us per call, "
           f"graph replay {tg * 1e6:.1f} us")

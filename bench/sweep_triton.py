@@ -8,7 +8,7 @@ import argparse
 
 import torch
 
-from dare_kernels.bench import time_call
+from dare_kernels.bench import time_call, time_graph
 from dare_kernels.triton import search
 
 p = argparse.ArgumentParser()
@@ -28,10 +28,5 @@ for d in a.d:
             def fn():
                 return search._topk_attention(q, K, a.k, split=split, cfg=cfg, wrap=search._raw)
             t = time_call(fn, [()], dev, reps=100)
-            fn()
-            torch.cuda.synchronize()
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                fn()
-            tg = time_call(g.replay, [()], dev, reps=100)
+            tg = time_graph(fn, dev, reps=100)
             print(f"B={a.B} d={d} split={split} {cfg}: {t * 1e6:.1f} us, graph replay {tg * 1e6:.1f} us")

@@ -150,6 +150,18 @@ def time_call(fn: Callable, inputs: list, device: torch.device, reps: int = 50, 
     return statistics.median(times)
 
 
+def time_graph(fn: Callable, device: torch.device, reps: int = 100) -> float:
+    """Median seconds per replay of a CUDA graph of one fn() call: the GPU work
+    alone, without the host's launch cost (fn is called once first, outside the
+    capture, for warm-up and allocations)."""
+    fn()
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return time_call(graph.replay, [()], device, reps=reps)
+
+
 def copy_bandwidth(device: torch.device, nbytes: Optional[int] = None) -> float:
     """Bytes per second of a large device-to-device copy, counting read + write."""
     nbytes = nbytes or ((1 << 30) if device.type == "cuda" else (256 << 20))

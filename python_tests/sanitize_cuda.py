@@ -1,6 +1,8 @@
 """A representative subset of CUDA calls for compute-sanitizer (memcheck,
-racecheck, initcheck): every specialised d and the generic path, one and many
-chunks per row, the merge, lengths, T > 1, k > 1024, each dtype.
+racecheck, initcheck): every specialised d and the generic path, one CTA per row
+and rows split into spans (the in-kernel merge), candidate lists folded while
+streaming and while merging (ascending rows: every key joins the list), lengths,
+T > 1, k > 1024, each dtype.
 
     compute-sanitizer --tool memcheck python python_tests/sanitize_cuda.py [backend]
 """
@@ -12,21 +14,27 @@ import dare_kernels
 
 backend = sys.argv[1] if len(sys.argv) > 1 else "cuda"
 torch.manual_seed(0)
-cases = [  # B, T, L, d, k, with lengths
-    (3, 0, 777, 16, 40, True),
-    (2, 0, 9000, 32, 128, False),
-    (64, 0, 2000, 64, 64, True),
-    (2, 0, 3000, 128, 256, False),
-    (2, 0, 1000, 256, 17, True),
-    (2, 0, 500, 33, 9, True),
-    (2, 3, 1200, 32, 100, True),
-    (1, 0, 5000, 16, 1024, False),
-    (1, 0, 3000, 8, 2000, True),
+cases = [  # B, T, L, d, k, with lengths, ascending rows
+    (3, 0, 777, 16, 40, True, False),
+    (2, 0, 9000, 32, 128, False, False),
+    (64, 0, 2000, 64, 64, True, False),
+    (2, 0, 3000, 128, 256, False, False),
+    (2, 0, 1000, 256, 17, True, False),
+    (2, 0, 500, 33, 9, True, False),
+    (2, 3, 1200, 32, 100, True, False),
+    (1, 0, 5000, 16, 1024, False, False),
+    (1, 0, 3000, 8, 2000, True, False),
+    (300, 0, 5000, 16, 64, True, False),  # one CTA per row, folds while streaming
+    (300, 0, 5000, 16, 64, False, True),
+    (1, 0, 40000, 16, 256, False, True),  # 78 spans: folds while merging
 ]
 for dtype in (torch.float32, torch.float16, torch.bfloat16):
-    for B, T, L, d, k, with_len in cases:
+    for B, T, L, d, k, with_len, ascending in cases:
         q = torch.randn((B, T, d) if T else (B, d), device="cuda").to(dtype)
         K = torch.randn(B, L, d, device="cuda").to(dtype)
+        if ascending:
+            q.zero_()[..., 0] = 1
+            K[..., 0] = torch.arange(L, device="cuda").to(dtype)
         lengths = torch.randint(0, L + 1, (B,), device="cuda") if with_len else None
         s, i = dare_kernels.topk_attention(q, K, k, lengths=lengths, backend=backend)
         torch.cuda.synchronize()
