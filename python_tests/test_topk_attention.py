@@ -179,6 +179,29 @@ def test_gradients_match_reference(backend, device, name, seed):
     torch.testing.assert_close(gk, rk, rtol=1e-4, atol=1e-4, equal_nan=True)
 
 
+@pytest.mark.parametrize("name", ["basic", "targets", "lengths", "scaled"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", dare_kernels.BACKENDS)
+def test_low_precision_gradients_round_once(backend, device, dtype, name, seed):
+    """16-bit inputs: the gradients equal those of float32 copies of the same
+    values, rounded once to the input dtype (no accumulation in 16 bits, none
+    rounded twice), with one target per row and with several."""
+    _skip_unless_available(backend, device, dtype, name)
+    s = sample_input(name, dtype, device, seed)
+    g = torch.randn((*s.query.shape[:-1], s.k), generator=torch.Generator().manual_seed(seed)).to(device)
+    grads = []
+    for q0, K0 in ((s.query, s.keys), (s.query.float(), s.keys.float())):
+        q, K = q0.clone().requires_grad_(), K0.clone().requires_grad_()
+        scores, idx = dare_kernels.topk_attention(q, K, s.k, lengths=s.lengths, scale=s.scale, backend=backend)
+        grads.append((idx, *torch.autograd.grad(scores, (q, K), g)))
+    (idx16, gq16, gk16), (idx32, gq32, gk32) = grads
+    assert torch.equal(idx16, idx32), "16-bit inputs widen exactly: the selections must agree"
+    assert gq16.dtype == dtype and gk16.dtype == dtype
+    assert torch.equal(gq16, gq32.to(dtype))
+    assert torch.equal(gk16, gk32.to(dtype))
+
+
 def test_backward_touches_only_selected_keys(seed):
     s = sample_input("lengths", torch.float32, "cpu", seed)
     K = s.keys.clone().requires_grad_()
