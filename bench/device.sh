@@ -87,9 +87,10 @@ fi
 python3 -m dare_kernels.bench --json "$OUT/bench.json" --plot "$OUT/bench.png" --quiet ${BENCH_ARGS:-} > "$OUT/bench.txt" 2>&1
 python3 -m dare_kernels.bench --B 8 --d 16 32 128 --quiet >> "$OUT/bench_extra.txt" 2>&1
 python3 -m dare_kernels.bench --B 1 --T 1024 --d 32 128 --quiet >> "$OUT/bench_extra.txt" 2>&1
+python3 bench/graph_time.py --B 8 --d 16 32 128 >> "$OUT/bench_extra.txt" 2>&1  # GPU time alone (graph replay)
 if [ -n "${PYTEST_BENCH:-}" ]; then
   python3 -m pytest bench/ --benchmark-only -q -p no:cacheprovider -k "$PYTEST_BENCH" --benchmark-max-time=0.1 \
     --benchmark-min-rounds=5 --benchmark-columns=median,min,rounds --benchmark-sort=fullname > "$OUT/bench_pytest.txt" 2>&1
   summary "pytest bench/ rc=$? $(tail -1 "$OUT/bench_pytest.txt")"
 fi
-cat "$OUT/bench.txt"; grep -E "^\||^DARE" "$OUT/bench_extra.txt" | grep -v -- "---"
+cat "$OUT/bench.txt"; grep -E "^\||^DARE|graph replay" "$OUT/bench_extra.txt" | grep -v -- "---"
