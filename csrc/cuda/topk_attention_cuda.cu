@@ -105,7 +105,7 @@ struct Params {
   const int64_t* lengths;  // (B,) int64 or nullptr; clamped to [0, L]
   float* scores;           // (B*T, k)
   int64_t* indices;        // (B*T, k)
-  uint64_t* partial;       // (B*T, splits, k) sorted packed lists when splits > 1
+  uint64_t* partial;       // (B*T, splits, k) packed top-k lists (unsorted, zero-padded) when splits > 1
   uint32_t* tickets;       // (B*T,) zeroed before the launch when splits > 1
   int64_t T, L, d;
   int k, span, splits, kpow2, cap;
@@ -128,9 +128,9 @@ struct SelectShared {
   uint32_t count;
 };
 
-// The candidate list a CTA streams into: `count` keys in buf, every key that
-// could still be in the top k is there or above `bound` (the list was folded
-// to its k best, whose smallest is >= bound).
+// The candidate list a CTA streams into: `count` keys in buf. Every key
+// streamed so far that can still be in the top k is among them; the others
+// were below `bound`, which k kept keys reach (a fold's cut).
 struct Stream {
   uint32_t count;
   uint64_t bound;
