@@ -38,8 +38,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kMaxK = 1024;
 constexpr int64_t kMinSpan = 512;   // keys per CTA at least, when rows are split
-constexpr int64_t kMaxSplits = 256;
-constexpr int kPrefetchTiles = 2;   // tiles in flight to L2 beyond the one in registers  // bounds the merge: splits * k keys for one CTA
+constexpr int64_t kMaxSplits = 256;  // bounds the merge: splits * k keys for one CTA
 
 // ---------------------------------------------------------------------------
 // Loading keys: 16 bytes -> float32.
