@@ -138,17 +138,24 @@ struct Stream {
 
 __device__ __forceinline__ uint32_t lane_id() { return threadIdx.x % 32; }
 
-// Slot for this thread's item in a block-wide compaction: one shared atomic
-// per warp instead of one per item. Every lane of the warp must call it.
-// Returns the slot; *end gets the counter's value after this warp's add.
-__device__ __forceinline__ uint32_t compact_slot(bool take, uint32_t* counter, uint32_t* end = nullptr) {
-  const uint32_t mask = __ballot_sync(0xFFFFFFFFu, take);
-  const uint32_t lane = lane_id();
+// The first of popc(mask) slots reserved for a warp's takers (mask: its
+// ballot) on a shared counter: one shared atomic per warp, not one per item.
+// Every lane of the warp must call it.
+__device__ __forceinline__ uint32_t warp_reserve(uint32_t mask, uint32_t* counter) {
   uint32_t base = 0;
-  if (lane == 0 && mask) base = atomicAdd(counter, uint32_t(__popc(mask)));
-  base = __shfl_sync(0xFFFFFFFFu, base, 0);
-  if (end != nullptr && mask) *end = base + __popc(mask);
-  return base + __popc(mask & ((1u << lane) - 1u));
+  if (lane_id() == 0 && mask) base = atomicAdd(counter, uint32_t(__popc(mask)));
+  return __shfl_sync(0xFFFFFFFFu, base, 0);
+}
+
+// This lane's slot among its warp's takers, from the warp's reserved base.
+__device__ __forceinline__ uint32_t slot_in(uint32_t mask, uint32_t base) {
+  return base + __popc(mask & ((1u << lane_id()) - 1u));
+}
+
+// Slot for this thread's item in a block-wide compaction.
+__device__ __forceinline__ uint32_t compact_slot(bool take, uint32_t* counter) {
+  const uint32_t mask = __ballot_sync(0xFFFFFFFFu, take);
+  return slot_in(mask, warp_reserve(mask, counter));
 }
 
 // Inclusive suffix sum over the 256 bins (thread t holds bin t).
@@ -299,12 +306,9 @@ __device__ __forceinline__ void offer(bool valid, uint32_t score_bits, uint32_t 
   const bool take = valid && score_bits >= bound_hi;
   const uint32_t mask = __ballot_sync(0xFFFFFFFFu, take);
   if (mask == 0) return;
-  const uint32_t lane = lane_id();
-  uint32_t base = 0;
-  if (lane == 0) base = atomicAdd(&st.count, uint32_t(__popc(mask)));
-  base = __shfl_sync(0xFFFFFFFFu, base, 0);
+  const uint32_t base = warp_reserve(mask, &st.count);
   *end = base + __popc(mask);
-  if (take) buf[base + __popc(mask & ((1u << lane) - 1u))] = (uint64_t(score_bits) << 32) | uint64_t(~pos);
+  if (take) buf[slot_in(mask, base)] = (uint64_t(score_bits) << 32) | uint64_t(~pos);
 }
 
 __device__ __forceinline__ void offer_key(bool valid, uint64_t key, uint32_t bound_hi, uint64_t* buf, Stream& st,
