@@ -338,8 +338,31 @@ __device__ void finish(const Params& p, uint64_t* buf, uint64_t* cand, Stream& s
 // ---------------------------------------------------------------------------
 // Streaming the keys of one span: scores, then offer.
 
-// D > 0: d == D, 16-byte aligned rows, NVEC 16-byte vectors per key. The
-// next tile's loads are issued before the current tile is scored and offered.
+// A tile's worth of 16-byte vectors in one thread's registers.
+template <int A, int B>
+struct Regs {
+  uint4 v[A][B];
+};
+
+// The tile loop of the vectorised paths: the next tile's loads (load(regs,
+// j0)) are issued before the current tile is scored and offered
+// (offer_tile(regs, j0, bound_hi, &end)); the list is folded between tiles.
+template <int TILE, typename R, typename Load, typename OfferTile>
+__device__ __forceinline__ void stream_tiles(const Params& p, int n, Load load, OfferTile offer_tile, uint64_t* buf,
+                                             uint64_t* cand, Stream& st, SelectShared& sh) {
+  R cur, nxt;
+  load(cur, 0);
+  for (int j0 = 0; j0 < n; j0 += TILE) {
+    if (j0 + TILE < n) load(nxt, j0 + TILE);
+    uint32_t end = 0;
+    offer_tile(cur, j0, uint32_t(st.bound >> 32), &end);
+    end_tile(p, end, TILE, buf, cand, st, sh);
+    cur = nxt;
+  }
+}
+
+// D > 0: d == D, 16-byte aligned rows, NVEC 16-byte vectors per key; both
+// layouts below run the tile loop of stream_tiles.
 //
 // Short keys (NVEC <= 4: the DARE dims d = 16/32 in 16-bit types): each warp
 // load instruction reads 512 contiguous bytes, lane l taking vector l, so a
@@ -364,30 +387,26 @@ __device__ __forceinline__ void stream_span_short(const Params& p, const T* __re
   // Vector r of a round holds component c of round key r * (32 / G) + l / G.
   const uint4* base = reinterpret_cast<const uint4*>(keys) + w * 32 * G + l;
   const int key0 = w * 32 + l / G;
-  uint4 cur[U][G], nxt[U][G];
-  auto load = [&](uint4 (&r)[U][G], int j0) {
+  using R = Regs<U, G>;
+  auto load = [&](R& r, int j0) {
     const uint4* tile = base + int64_t(j0) * G;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
 #pragma unroll
       for (int v = 0; v < G; ++v) {
         const int j = j0 + u * WARPS * 32 + key0 + v * (32 / G);
-        r[u][v] = j < n ? __ldg(tile + (u * WARPS * 32 + v * 32 / G) * G) : make_uint4(0, 0, 0, 0);
+        r.v[u][v] = j < n ? __ldg(tile + (u * WARPS * 32 + v * 32 / G) * G) : make_uint4(0, 0, 0, 0);
       }
     }
   };
-  load(cur, 0);
-  for (int j0 = 0; j0 < n; j0 += TILE) {
-    if (j0 + TILE < n) load(nxt, j0 + TILE);
-    const uint32_t bound_hi = uint32_t(st.bound >> 32);
-    uint32_t end = 0;
+  auto offer_tile = [&](const R& r, int j0, uint32_t bound_hi, uint32_t* end) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       float part[G];
 #pragma unroll
       for (int v = 0; v < G; ++v) {
         float f[VN];
-        Vec<T>::to_float(cur[u][v], f);
+        Vec<T>::to_float(r.v[u][v], f);
         float acc = 0.f;
 #pragma unroll
         for (int e = 0; e < VN; ++e) acc = fmaf(qr[e], f[e], acc);
@@ -406,15 +425,10 @@ __device__ __forceinline__ void stream_span_short(const Params& p, const T* __re
         }
       }
       const int j = j0 + u * WARPS * 32 + w * 32 + c * (32 / G) + l / G;
-      offer(j < n, score_key(part[0] * p.scale), pos0 + uint32_t(j), bound_hi, buf, st, &end);
+      offer(j < n, score_key(part[0] * p.scale), pos0 + uint32_t(j), bound_hi, buf, st, end);
     }
-    end_tile(p, end, TILE, buf, cand, st, sh);
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-#pragma unroll
-      for (int v = 0; v < G; ++v) cur[u][v] = nxt[u][v];
-    }
-  }
+  };
+  stream_tiles<TILE, R>(p, n, load, offer_tile, buf, cand, st, sh);
 }
 
 // Long keys (NVEC >= 8): G threads share a key (one 16-byte vector each per
@@ -440,44 +454,35 @@ __device__ __forceinline__ void stream_span_long(const Params& p, const T* __res
     for (int e = 0; e < VN; ++e) qr[v][e] = to_float(q[(v * G + lane) * VN + e]);
   }
   const uint4* base = reinterpret_cast<const uint4*>(keys) + slot * NVEC + lane;
-  uint4 cur[U][NV], nxt[U][NV];
-  auto load = [&](uint4 (&r)[U][NV], int j0) {
+  using R = Regs<U, NV>;
+  auto load = [&](R& r, int j0) {
     const uint4* tile = base + int64_t(j0) * NVEC;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int j = j0 + u * PER_PASS + slot;
 #pragma unroll
       for (int v = 0; v < NV; ++v)
-        r[u][v] = j < n ? __ldg(tile + u * PER_PASS * NVEC + v * G) : make_uint4(0, 0, 0, 0);
+        r.v[u][v] = j < n ? __ldg(tile + u * PER_PASS * NVEC + v * G) : make_uint4(0, 0, 0, 0);
     }
   };
-  load(cur, 0);
-  for (int j0 = 0; j0 < n; j0 += TILE) {
-    if (j0 + TILE < n) load(nxt, j0 + TILE);
-    const uint32_t bound_hi = uint32_t(st.bound >> 32);
-    uint32_t end = 0;
+  auto offer_tile = [&](const R& r, int j0, uint32_t bound_hi, uint32_t* end) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       float acc = 0.f;
 #pragma unroll
       for (int v = 0; v < NV; ++v) {
         float f[VN];
-        Vec<T>::to_float(cur[u][v], f);
+        Vec<T>::to_float(r.v[u][v], f);
 #pragma unroll
         for (int e = 0; e < VN; ++e) acc = fmaf(qr[v][e], f[e], acc);
       }
 #pragma unroll
       for (int off = G / 2; off > 0; off /= 2) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, off, G);
       const int j = j0 + u * PER_PASS + slot;
-      offer(lane == 0 && j < n, score_key(acc * p.scale), pos0 + uint32_t(j), bound_hi, buf, st, &end);
+      offer(lane == 0 && j < n, score_key(acc * p.scale), pos0 + uint32_t(j), bound_hi, buf, st, end);
     }
-    end_tile(p, end, TILE, buf, cand, st, sh);
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-#pragma unroll
-      for (int v = 0; v < NV; ++v) cur[u][v] = nxt[u][v];
-    }
-  }
+  };
+  stream_tiles<TILE, R>(p, n, load, offer_tile, buf, cand, st, sh);
 }
 
 // Any d, any alignment: one thread per key, scalar loads.
@@ -510,8 +515,8 @@ __device__ __forceinline__ void write_final(const Params& p, int64_t row, const 
 // best whenever it fills (for random scores: once early, then rarely, since
 // only ~k·ln(n/k) keys of n beat the running k-th best), then selects and
 // sorts the final k. Rows split into spans (few rows: B = 1..16 still fills
-// the GPU) leave sorted partial lists; the row's last CTA to finish (atomic
-// ticket) streams them through the same filter. One launch per call.
+// the GPU) leave unsorted partial top-k lists; the row's last CTA to finish
+// (atomic ticket) streams them through the same filter. One launch per call.
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, 4) topk_kernel(Params p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
