@@ -63,15 +63,15 @@ def topk_attention(query: torch.Tensor, keys: torch.Tensor, k: int, *,
     if not isinstance(keys, torch.Tensor):
         check_inputs(query, keys, k, lengths)  # raises the TypeError
     name = _resolve(backend, keys)
+    if name == "reference":
+        return reference.topk_attention(query, keys, k, lengths, scale)
     direct = _direct(query, keys)
-    if name in ("cpu", "cuda"):
-        if direct:
-            with torch._C._AutoDispatchBelowAutograd():
-                return torch.ops.dare.topk_attention.default(query, keys, k, lengths, scale)
-        return torch.ops.dare.topk_attention(query, keys, k, lengths, scale)
     if name == "triton":
         return _triton.eager(query, keys, k, lengths, scale) if direct else _triton.op()(query, keys, k, lengths, scale)
-    return reference.topk_attention(query, keys, k, lengths, scale)
+    if direct:
+        with torch._C._AutoDispatchBelowAutograd():
+            return torch.ops.dare.topk_attention.default(query, keys, k, lengths, scale)
+    return torch.ops.dare.topk_attention(query, keys, k, lengths, scale)
 
 
 def _direct(query, keys) -> bool:
