@@ -37,8 +37,9 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kMaxK = 1024;
-constexpr int64_t kMinSpan = 512;   // keys per CTA at least, when rows are split
+constexpr int64_t kSpanBytes = 64 * 1024;  // key bytes per CTA at least, when rows are split
 constexpr int64_t kMaxSplits = 256;  // bounds the merge: splits * k keys for one CTA
+constexpr int kMergeBatch = 8;       // partial-list keys per thread loaded at once by the merging CTA
 
 // ---------------------------------------------------------------------------
 // Loading keys: 16 bytes -> float32.
@@ -569,14 +570,26 @@ __global__ void __launch_bounds__(kThreads, 4) topk_kernel(Params p) {
   for (int i = threadIdx.x; i < p.k; i += kThreads) buf[i] = cand[i];
   if (threadIdx.x == 0) st.count = own;
   __syncthreads();
+  // The lists are read kMergeBatch keys per thread at a time, all loads in
+  // flight together: one L2 round trip per batch, not one per tile of kThreads
+  // keys (this CTA's merge is the tail of a small batch's latency).
   const int total = p.splits * p.k;
-  for (int i0 = 0; i0 < total; i0 += kThreads) {
-    const int i = i0 + threadIdx.x;
-    const bool other = i < total && i / p.k != c;
-    const uint64_t x = other ? __ldcg(lists + i) : 0;  // L2: other CTAs wrote it
-    uint32_t end = 0;
-    offer_key(x != 0, x, uint32_t(st.bound >> 32), buf, st, &end);
-    end_tile(p, end, kThreads, buf, cand, st, sh);
+  const int own_lo = c * p.k, own_hi = own_lo + p.k;
+  for (int b0 = 0; b0 < total; b0 += kMergeBatch * kThreads) {
+    uint64_t x[kMergeBatch];
+#pragma unroll
+    for (int u = 0; u < kMergeBatch; ++u) {
+      const int i = b0 + u * kThreads + threadIdx.x;
+      const bool other = i < total && (i < own_lo || i >= own_hi);
+      x[u] = other ? __ldcg(lists + i) : 0;  // L2: other CTAs wrote it
+    }
+#pragma unroll
+    for (int u = 0; u < kMergeBatch; ++u) {
+      if (b0 + u * kThreads >= total) break;
+      uint32_t end = 0;
+      offer_key(x[u] != 0, x[u], uint32_t(st.bound >> 32), buf, st, &end);
+      end_tile(p, end, kThreads, buf, cand, st, sh);
+    }
   }
   finish(p, buf, cand, st, sh, /*sorted=*/true);
   write_final(p, row, cand);
@@ -585,14 +598,17 @@ __global__ void __launch_bounds__(kThreads, 4) topk_kernel(Params p) {
 // ---------------------------------------------------------------------------
 // Host side.
 
-// DARE_CUDA_MIN_SPAN overrides kMinSpan (a tuning knob for benchmarks).
-int64_t min_span() {
-  static const int64_t value = [] {
+// Keys per CTA at least when rows are split: kSpanBytes of keys, 256 to 1024
+// keys (H200, B = 8, L = 10000, bf16: d = 16/32 fastest at 768-1024 keys per
+// span, d = 128 at 256-384: a span's streaming time against the merge's
+// splits * k keys). DARE_CUDA_MIN_SPAN overrides it (a tuning knob).
+int64_t min_span(int64_t key_bytes) {
+  static const int64_t forced = [] {
     const char* env = std::getenv("DARE_CUDA_MIN_SPAN");
-    const int64_t v = env ? std::atoll(env) : kMinSpan;
-    return std::max<int64_t>(v, 64);
+    return env ? std::max<int64_t>(std::atoll(env), 64) : int64_t(0);
   }();
-  return value;
+  if (forced) return forced;
+  return std::clamp<int64_t>(kSpanBytes / std::max<int64_t>(key_bytes, 1), 256, 1024);
 }
 
 int sm_count(int device) {
@@ -680,17 +696,25 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
   }
 
   // Spans: one CTA per row when there are enough rows to fill the GPU, else
-  // rows split into spans of at least min_span() keys and merged in-kernel.
+  // rows split into spans of at least min_span keys (and at least k: a
+  // shorter span's list would hold more slots for the merge than keys) and
+  // merged in-kernel.
   const int64_t slots = 4 * int64_t(sm_count(keys.get_device()));  // resident CTAs (launch bounds)
   int64_t splits = 1;
-  if (rows < slots / 2)
-    splits = std::max<int64_t>(1, std::min({(slots + rows - 1) / rows, s.L / min_span(), kMaxSplits}));
+  if (rows < slots / 2) {
+    const int64_t least = std::max<int64_t>(min_span(s.d * K.element_size()), k);
+    splits = std::max<int64_t>(1, std::min({(slots + rows - 1) / rows, s.L / least, kMaxSplits}));
+  }
   const int64_t span = (s.L + splits - 1) / splits;
   splits = (s.L + span - 1) / span;
   int kpow2 = 1;
   while (kpow2 < k) kpow2 *= 2;
-  // Room for the k kept keys plus at least one tile (<= 1024 keys) between folds.
-  const int cap = std::max(2048, 2 * kpow2 + 1024);
+  // Room for the k kept keys plus kpow2 + 768 new ones between folds (a tile
+  // is <= 512 keys). Smaller lists fold sooner and cheaper; H200, B = 1024,
+  // k = 128, bf16, ms at d = 16 / 32 / 128: 768 slots 0.101 / 0.162 / 0.587,
+  // 1024 (this) 0.095 / 0.162 / 0.589, 1280 0.096 / 0.170 / 0.596, 2048 0.099 /
+  // 0.167 / 0.594.
+  const int cap = 2 * kpow2 + 768;
 
   at::Tensor workspace;  // partial lists, then one ticket per row
   if (splits > 1) workspace = at::empty({rows * splits * k + (rows + 1) / 2}, keys.options().dtype(at::kLong));
