@@ -63,6 +63,17 @@ if [ -n "${PROFILE:-}" ]; then
   grep -E "topk_kernel|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Stall" "$OUT/ncu.txt" | head -40
 fi
 
+if [ -n "${SOURCE_PROFILE:-}" ]; then
+  # Where the time goes inside the kernel: instructions and stall samples per SASS region.
+  for shape in "1024 16" "8 32"; do
+    set -- $shape
+    ncu --clock-control none -k regex:topk_kernel --launch-skip 3 --launch-count 1 --section SourceCounters \
+      --section WarpStateStats -o /tmp/src_$1_$2 python3 bench/profile_cuda.py --B $1 --d $2 > /dev/null 2>&1
+    ncu -i /tmp/src_$1_$2.ncu-rep --page source --csv --print-source sass > "$OUT/sass_B$1_d$2.csv" 2>&1
+    echo "B=$1 d=$2"; python3 bench/sass_regions.py "$OUT/sass_B$1_d$2.csv"
+  done
+fi
+
 if [ -n "${PROFILE_TRITON:-}" ]; then
   python3 bench/profile_triton.py 2>&1 | tee "$OUT/profile_triton.txt"
 fi
