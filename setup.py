@@ -59,7 +59,8 @@ sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.jo
 cxx_flags = ["-O3", "-fopenmp", "-fdiagnostics-color=always"]
 nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
 if with_cuda:
-    sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    # csrc/cuda: the kernels (*.cu, one per key dtype: they compile in parallel) and the host side (*.cpp).
+    sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) + glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
     cxx_flags.append("-DDARE_WITH_CUDA")
     # cusparse.h etc. ship inside the nvidia wheels, not always in the toolkit.
     include_dirs = sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu*", "include")))

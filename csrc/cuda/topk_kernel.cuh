@@ -17,29 +17,24 @@
 // ticket) streams the other lists through the same filter, seeded with its own.
 //
 // k above kMaxK takes an exact ATen path (float32 scores, one int64 sort).
-#include <algorithm>
-#include <cstdint>
-#include <cstdlib>
+//
+// This header holds the kernel and its launcher template; topk_kernel_*.cu
+// instantiate it for one key dtype each.
+#pragma once
 
-#include <ATen/ATen.h>
+#include <cstdint>
+
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <torch/library.h>
 
-#include "../check.h"
 #include "../order.h"
+#include "topk_kernel.h"
 
 namespace dare {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kMaxK = 1024;
-constexpr int64_t kSpanBytes = 64 * 1024;  // key bytes per CTA at least, when rows are split
-constexpr int64_t kMaxSplits = 256;  // bounds the merge: splits * k keys for one CTA
-constexpr int kMergeBatch = 8;       // partial-list keys per thread loaded at once by the merging CTA
+constexpr int kMergeBatch = 8;  // partial-list keys per thread loaded at once by the merging CTA
 
 // ---------------------------------------------------------------------------
 // Loading keys: 16 bytes -> float32.
@@ -98,19 +93,6 @@ template <>
 __device__ __forceinline__ float to_float(__half x) {
   return __half2float(x);
 }
-
-struct Params {
-  const void* keys;        // (B, L, d) contiguous
-  const void* query;       // (B*T, d) contiguous
-  const int64_t* lengths;  // (B,) int64 or nullptr; clamped to [0, L]
-  float* scores;           // (B*T, k)
-  int64_t* indices;        // (B*T, k)
-  uint64_t* partial;       // (B*T, splits, k) packed top-k lists (unsorted, zero-padded) when splits > 1
-  uint32_t* tickets;       // (B*T,) zeroed before the launch when splits > 1
-  int64_t T, L, d;
-  int k, span, splits, kpow2, cap;
-  float scale;
-};
 
 __device__ __forceinline__ int64_t row_length(const Params& p, int64_t b) {
   if (p.lengths == nullptr) return p.L;
@@ -519,7 +501,7 @@ __device__ __forceinline__ void write_final(const Params& p, int64_t row, const 
 // the GPU) leave unsorted partial top-k lists; the row's last CTA to finish
 // (atomic ticket) streams them through the same filter. One launch per call.
 template <typename T, int D>
-__global__ void __launch_bounds__(kThreads, 4) topk_kernel(Params p) {
+__global__ void __launch_bounds__(kThreads, kCtasPerSm) topk_kernel(Params p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   uint64_t* buf = reinterpret_cast<uint64_t*>(smem_raw);  // cap
   uint64_t* cand = buf + p.cap;                            // kpow2
@@ -595,33 +577,10 @@ __global__ void __launch_bounds__(kThreads, 4) topk_kernel(Params p) {
   write_final(p, row, cand);
 }
 
-// ---------------------------------------------------------------------------
-// Host side.
-
-// Keys per CTA at least when rows are split: kSpanBytes of keys, 256 to 1024
-// keys (H200, B = 8, L = 10000, bf16: d = 16/32 fastest at 768-1024 keys per
-// span, d = 128 at 256-384: a span's streaming time against the merge's
-// splits * k keys). DARE_CUDA_MIN_SPAN overrides it (a tuning knob).
-int64_t min_span(int64_t key_bytes) {
-  static const int64_t forced = [] {
-    const char* env = std::getenv("DARE_CUDA_MIN_SPAN");
-    return env ? std::max<int64_t>(std::atoll(env), 64) : int64_t(0);
-  }();
-  if (forced) return forced;
-  return std::clamp<int64_t>(kSpanBytes / std::max<int64_t>(key_bytes, 1), 256, 1024);
-}
-
-int sm_count(int device) {
-  static int cached[64] = {0};
-  if (device < 64 && cached[device]) return cached[device];
-  int n = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-  if (device < 64) cached[device] = n;
-  return n;
-}
+}  // namespace
 
 template <typename T>
-void launch(const Params& p, int64_t rows, size_t smem, bool vectorised, cudaStream_t stream) {
+void launch_topk(const Params& p, int64_t rows, size_t smem, bool vectorised, cudaStream_t stream) {
   const dim3 grid(unsigned(rows * p.splits));
 #define DARE_LAUNCH(D)                                                                           \
   do {                                                                                           \
@@ -639,111 +598,5 @@ void launch(const Params& p, int64_t rows, size_t smem, bool vectorised, cudaStr
 #undef DARE_LAUNCH
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
-
-// Exact for any k: float32 scores, positions past the length masked, one
-// descending sort of int64 keys that encode (score order, -position).
-std::tuple<at::Tensor, at::Tensor> large_k(const at::Tensor& Q, const at::Tensor& K, int64_t k,
-                                           const at::Tensor& len, double scale, const Shape& s) {
-  at::Tensor scores = at::bmm(Q.view({s.B, s.T, s.d}).to(at::kFloat), K.to(at::kFloat).transpose(1, 2));
-  scores = scores * scale + 0.0;  // -0 -> +0: both zeros tie
-  at::Tensor u = scores.view(at::kInt).to(at::kLong) & 0xFFFFFFFFLL;
-  const at::Tensor nan = scores.isnan();
-  u = at::where(u == 0x80000000LL, at::zeros_like(u), u);
-  at::Tensor key = at::where((u & 0x80000000LL).ne(0), u ^ 0xFFFFFFFFLL, u | 0x80000000LL);
-  key = at::where(nan, at::full_like(key, 0xFFFFFFFFLL), key);
-  at::Tensor pos = at::arange(s.L, K.options().dtype(at::kLong));
-  at::Tensor packed = at::bitwise_left_shift(key, 32) | (0xFFFFFFFFLL - pos);  // as uint64; shift to signed order:
-  packed = packed ^ (int64_t(1) << 63);
-  if (len.defined()) {
-    const at::Tensor valid = pos.view({1, 1, s.L}) < len.clamp(0, s.L).view({s.B, 1, 1});
-    packed = at::where(valid, packed, at::full_like(packed, std::numeric_limits<int64_t>::min()));
-  }
-  at::Tensor top = std::get<0>(at::sort(packed, /*stable=*/false, /*dim=*/-1, /*descending=*/true))
-                       .narrow(-1, 0, k);
-  const at::Tensor pad = top.eq(std::numeric_limits<int64_t>::min());
-  top = top ^ (int64_t(1) << 63);
-  at::Tensor idx = 0xFFFFFFFFLL - (top & 0xFFFFFFFFLL);
-  at::Tensor hi = at::bitwise_right_shift(top, 32) & 0xFFFFFFFFLL;
-  at::Tensor bits = at::where((hi & 0x80000000LL).ne(0), hi & 0x7FFFFFFFLL, hi ^ 0xFFFFFFFFLL);
-  bits = at::where(bits >= 0x80000000LL, bits - 0x100000000LL, bits);  // as int32 bit pattern
-  at::Tensor out = bits.to(at::kInt).view(at::kFloat);
-  out = at::where(pad, at::full_like(out, -std::numeric_limits<float>::infinity()), out);
-  idx = at::where(pad, at::full_like(idx, -1), idx);
-  return {out, idx};
-}
-
-std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, const at::Tensor& keys,
-                                                       int64_t k, const std::optional<at::Tensor>& lengths,
-                                                       double scale) {
-  // Length values are not read on the host (no sync, graph-capturable): the
-  // kernel clamps them to [0, L].
-  const Shape s = check_inputs(query, keys, k, lengths, /*check_length_values=*/false);
-  const c10::cuda::CUDAGuard guard(keys.device());
-  auto [scores, indices] = empty_outputs(keys, s, k);
-  const int64_t rows = s.B * s.T;
-  if (rows == 0) return {scores, indices};
-
-  const at::Tensor K = keys.contiguous();
-  const at::Tensor Q = query.reshape({rows, s.d}).contiguous();
-  at::Tensor len;
-  if (lengths.has_value()) len = lengths->to(at::kLong).contiguous();
-
-  if (k > kMaxK) {
-    auto [sc, ix] = large_k(Q, K, k, len, scale, s);
-    scores.copy_(sc.view(scores.sizes()));
-    indices.copy_(ix.view(indices.sizes()));
-    return {scores, indices};
-  }
-
-  // Spans: one CTA per row when there are enough rows to fill the GPU, else
-  // rows split into spans of at least min_span keys (and at least k: a
-  // shorter span's list would hold more slots for the merge than keys) and
-  // merged in-kernel.
-  const int64_t slots = 4 * int64_t(sm_count(keys.get_device()));  // resident CTAs (launch bounds)
-  int64_t splits = 1;
-  if (rows < slots / 2) {
-    const int64_t least = std::max<int64_t>(min_span(s.d * K.element_size()), k);
-    splits = std::max<int64_t>(1, std::min({(slots + rows - 1) / rows, s.L / least, kMaxSplits}));
-  }
-  const int64_t span = (s.L + splits - 1) / splits;
-  splits = (s.L + span - 1) / span;
-  int kpow2 = 1;
-  while (kpow2 < k) kpow2 *= 2;
-  // Room for the k kept keys plus kpow2 + 768 new ones between folds (a tile
-  // is <= 512 keys). Smaller lists fold sooner and cheaper; H200, B = 1024,
-  // k = 128, bf16, ms at d = 16 / 32 / 128: 768 slots 0.101 / 0.162 / 0.587,
-  // 1024 (this) 0.095 / 0.162 / 0.589, 1280 0.096 / 0.170 / 0.596, 2048 0.099 /
-  // 0.167 / 0.594.
-  const int cap = 2 * kpow2 + 768;
-
-  at::Tensor workspace;  // partial lists, then one ticket per row
-  if (splits > 1) workspace = at::empty({rows * splits * k + (rows + 1) / 2}, keys.options().dtype(at::kLong));
-  Params p{K.const_data_ptr(), Q.const_data_ptr(), len.defined() ? len.const_data_ptr<int64_t>() : nullptr,
-           scores.mutable_data_ptr<float>(), indices.mutable_data_ptr<int64_t>(), nullptr, nullptr,
-           s.T, s.L, s.d, int(k), int(span), int(splits), kpow2, cap, static_cast<float>(scale)};
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  if (splits > 1) {
-    int64_t* ws = workspace.mutable_data_ptr<int64_t>();
-    p.partial = reinterpret_cast<uint64_t*>(ws);
-    p.tickets = reinterpret_cast<uint32_t*>(ws + rows * splits * k);
-    C10_CUDA_CHECK(cudaMemsetAsync(p.tickets, 0, size_t(rows) * sizeof(uint32_t), stream));
-  }
-
-  const int64_t vec_bytes = 16;
-  const bool vectorised = reinterpret_cast<uintptr_t>(K.const_data_ptr()) % vec_bytes == 0 &&
-                          (s.d * int64_t(K.element_size())) % vec_bytes == 0;
-  const size_t smem = size_t(cap + kpow2) * sizeof(uint64_t);
-  switch (K.scalar_type()) {
-    case at::kFloat: launch<float>(p, rows, smem, vectorised, stream); break;
-    case at::kHalf: launch<__half>(p, rows, smem, vectorised, stream); break;
-    case at::kBFloat16: launch<__nv_bfloat16>(p, rows, smem, vectorised, stream); break;
-    default: TORCH_CHECK(false, "topk_attention: unreachable dtype");
-  }
-  return {scores, indices};
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(dare, CUDA, m) { m.impl("topk_attention", &topk_attention_cuda); }
 
 }  // namespace dare
