@@ -34,7 +34,7 @@ int64_t min_span(int64_t key_bytes) {
     return env ? std::max<int64_t>(std::atoll(env), 64) : int64_t(0);
   }();
   if (forced) return forced;
-  return std::clamp<int64_t>(kSpanBytes / std::max<int64_t>(key_bytes, 1), 256, 1024);
+  return std::clamp<int64_t>(kSpanBytes / key_bytes, 256, 1024);  // key_bytes >= 1: check_inputs wants d >= 1
 }
 
 int sm_count(int device) {
@@ -45,6 +45,7 @@ int sm_count(int device) {
   if (device < 64) cached[device] = n;
   return n;
 }
+
 // Exact for any k: float32 scores, positions past the length masked, one
 // descending sort of int64 keys that encode (score order, -position).
 std::tuple<at::Tensor, at::Tensor> large_k(const at::Tensor& Q, const at::Tensor& K, int64_t k,
