@@ -155,6 +155,37 @@ def _wide(g, dtype, device):
     return Sample(_randn(g, 2, 256, dtype=dtype, device=device), _randn(g, 2, 300, 256, dtype=dtype, device=device), 64)
 
 
+def _targets_mma(g, dtype, device):
+    # T >= 8, d in {16, 32, 64, 128}, 16-bit keys: the CUDA many-targets kernel.
+    # T = 11: the second group of 8 targets is partly padding; a row shorter than k.
+    L = 333
+    return Sample(_randn(g, 3, 11, 32, dtype=dtype, device=device), _randn(g, 3, L, 32, dtype=dtype, device=device),
+                  40, lengths=_lengths([L, 0, 25], device), scale=0.5)
+
+
+def _targets_mma_exact(g, dtype, device):
+    # Integers (ties everywhere), NaN and inf keys, many targets.
+    L = 200
+    keys = _ints(g, 2, L, 16, dtype=torch.float32, device="cpu")
+    keys[0, 17, 3] = float("nan")
+    keys[0, 90, 0] = float("inf")
+    keys[1, 5, 7] = float("-inf")
+    query = _ints(g, 2, 9, 16, dtype=torch.float32, device="cpu")
+    return Sample(query.to(dtype).to(device), keys.to(dtype).to(device), 30, lengths=_lengths([L, 150], device),
+                  exact=True)
+
+
+def _targets_mma_wide(g, dtype, device):
+    # d = 64 and 128 with k = 256 > the lengths: padded lists.
+    return Sample(_randn(g, 2, 16, 64, dtype=dtype, device=device), _randn(g, 2, 300, 64, dtype=dtype, device=device),
+                  256, lengths=_lengths([300, 100], device))
+
+
+def _targets_mma_d128(g, dtype, device):
+    return Sample(_randn(g, 2, 8, 128, dtype=dtype, device=device), _randn(g, 2, 150, 128, dtype=dtype, device=device),
+                  128)
+
+
 # name -> (builder, large): large samples are skipped under the Triton interpreter.
 SAMPLES: dict[str, tuple[Callable, bool]] = {
     "basic": (_basic, False),
@@ -177,6 +208,10 @@ SAMPLES: dict[str, tuple[Callable, bool]] = {
     "big_k": (_big_k, True),
     "huge_k": (_huge_k, True),
     "wide": (_wide, True),
+    "targets_mma": (_targets_mma, False),
+    "targets_mma_exact": (_targets_mma_exact, False),
+    "targets_mma_wide": (_targets_mma_wide, True),
+    "targets_mma_d128": (_targets_mma_d128, True),
 }
 
 

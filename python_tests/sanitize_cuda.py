@@ -2,7 +2,7 @@
 racecheck, initcheck): every specialised d and the generic path, one CTA per row
 and rows split into spans (the in-kernel merge), candidate lists folded while
 streaming and while merging (ascending rows: every key joins the list), lengths,
-T > 1, k > 1024, each dtype.
+T > 1 (the many-targets kernel for 16-bit keys), k > 1024, each dtype.
 
     compute-sanitizer --tool memcheck python python_tests/sanitize_cuda.py [backend]
 """
@@ -27,6 +27,10 @@ cases = [  # B, T, L, d, k, with lengths, ascending rows
     (300, 0, 5000, 16, 64, True, False),  # one CTA per row, folds while streaming
     (300, 0, 5000, 16, 64, False, True),
     (1, 0, 40000, 16, 256, False, True),  # 39 spans: folds while merging
+    (300, 9, 3000, 32, 128, True, False),  # many targets (16-bit keys): 8 per CTA, 1 in the last
+    (100, 8, 2000, 16, 64, True, True),    # many targets, 4 per CTA, folds while streaming
+    (2, 1024, 5000, 128, 256, False, False),
+    (140, 12, 700, 64, 40, True, False),
 ]
 for dtype in (torch.float32, torch.float16, torch.bfloat16):
     for B, T, L, d, k, with_len, ascending in cases:

@@ -1,6 +1,10 @@
 """What only a GPU can show: long rows, 64-bit offsets, CUDA-graph capture, and
 the documented handling of out-of-range lengths (clamped, never read on the
 host). The sample matrix in test_topk_attention.py covers the rest on CUDA."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -61,6 +65,33 @@ def test_adversarial_orders(backend, B, d, k, dtype, seed):
     query = torch.zeros(B, d)
     query[:, 0] = 1.0
     query[3::4] = torch.randint(-2, 3, query[3::4].shape, generator=g).float()
+    q, K = query.to(dtype).cuda(), keys.to(dtype).cuda()
+    lengths = torch.full((B,), L, device="cuda")
+    lengths[-1] = L - 1234
+    s = Sample(q, K, k, lengths, exact=True)
+    assert_matches_reference(dare_kernels.topk_attention(q, K, k, lengths=lengths, backend=backend), s)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("B", [12, 40], ids=["2_targets_per_cta", "4_targets_per_cta"])
+@pytest.mark.parametrize("d", [16, 128])
+@pytest.mark.parametrize("k", [100, 256])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_adversarial_orders_many_targets(backend, B, d, k, dtype, seed):
+    """The adversarial orders of test_adversarial_orders as targets of one
+    sequence (the CUDA many-targets kernel: T >= 8, 16-bit keys; on an H100 or
+    H200, B = 12 gives 2 targets per CTA, B = 40 gives 4): per target,
+    ascending scores, descending, all equal (the first k positions win), and
+    random integers with many ties."""
+    _need(backend)
+    L, T = 7000, 24
+    g = torch.Generator().manual_seed(seed)
+    keys = torch.randint(-3, 4, (B, L, d), generator=g).float()
+    keys[..., 0] = torch.arange(L, dtype=torch.float32)
+    query = torch.zeros(B, T, d)
+    query[:, 0::4, 0] = 1.0
+    query[:, 1::4, 0] = -1.0
+    query[:, 3::4, 1:] = torch.randint(-2, 3, query[:, 3::4, 1:].shape, generator=g).float()
     q, K = query.to(dtype).cuda(), keys.to(dtype).cuda()
     lengths = torch.full((B,), L, device="cuda")
     lengths[-1] = L - 1234
@@ -133,6 +164,21 @@ def test_many_targets_share_one_sequence(backend, seed):
     lengths = torch.tensor([10000, 6000], device="cuda")
     assert_matches_reference(dare_kernels.topk_attention(q, K, 128, lengths=lengths, backend=backend),
                              Sample(q, K, 128, lengths))
+
+
+def test_many_targets_kernel_on_the_sample_matrix():
+    """The CUDA many-targets kernel takes a batch only when its CTAs fill the
+    GPU, which the sample matrix's small batches do not: run the matrix's
+    T > 1 samples again with the kernel forced (DARE_CUDA_TARGETS=3: three
+    targets per CTA, so groups end part-full)."""
+    _need("cuda")
+    env = dict(os.environ, DARE_CUDA_TARGETS="3")
+    here = os.path.dirname(__file__)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+                          os.path.join(here, "test_topk_attention.py"), "-k", "cuda and targets"],
+                         env=env, capture_output=True, text=True, cwd=here)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout.splitlines()[-1], run.stdout[-500:]
 
 
 def test_reference_on_gpu_matches_cpu(seed):

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <string>
 
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
@@ -44,6 +45,34 @@ int sm_count(int device) {
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
   if (device < 64) cached[device] = n;
   return n;
+}
+
+// Tuning knobs of the many-targets path (0: unset).
+int64_t env_int(const char* name) {
+  const char* env = std::getenv(name);
+  return env ? std::atoll(env) : 0;
+}
+
+// Targets per CTA of the many-targets kernel: the most (up to 8: one MMA
+// tile) that still gives every SM a CTA; 0 when even 2 would not, or when the
+// query is not (B, T >= kMinTargets, d) of a 16-bit type with d in {16, 32,
+// 64, 128} (16-byte aligned key rows) and k <= kMaxTargetsK: the streaming
+// kernel then splits rows. DARE_CUDA_TARGETS=0 turns the path off,
+// DARE_CUDA_TARGETS=G forces G (knobs for comparisons).
+int targets_group(const Shape& s, int64_t k, const at::Tensor& K, bool vectorised) {
+  static const int64_t forced = [] {
+    const char* env = std::getenv("DARE_CUDA_TARGETS");
+    return env ? std::clamp<int64_t>(std::atoll(env), 0, 8) : int64_t(-1);
+  }();
+  const auto t = K.scalar_type();
+  if (forced == 0 || s.T < kMinTargets || k > kMaxTargetsK || !vectorised || (t != at::kHalf && t != at::kBFloat16) ||
+      (s.d != 16 && s.d != 32 && s.d != 64 && s.d != 128))
+    return 0;
+  if (forced > 0) return int(forced);
+  const int64_t sms = sm_count(K.get_device());
+  for (int g = 8; g >= 2; g /= 2)
+    if (s.B * ((s.T + g - 1) / g) >= sms) return g;
+  return 0;
 }
 
 // Exact for any k: float32 scores, positions past the length masked, one
@@ -101,6 +130,26 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
     return {scores, indices};
   }
 
+  int kpow2 = 1;
+  while (kpow2 < k) kpow2 *= 2;
+  const int64_t vec_bytes = 16;
+  const bool vectorised = reinterpret_cast<uintptr_t>(K.const_data_ptr()) % vec_bytes == 0 &&
+                          (s.d * int64_t(K.element_size())) % vec_bytes == 0;
+  Params p{K.const_data_ptr(), Q.const_data_ptr(), len.defined() ? len.const_data_ptr<int64_t>() : nullptr,
+           scores.mutable_data_ptr<float>(), indices.mutable_data_ptr<int64_t>(), nullptr, nullptr,
+           s.T, s.L, s.d, int(k), 0, 1, kpow2, 0, static_cast<float>(scale)};
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (const int group = targets_group(s, k, K, vectorised)) {
+    // Room for the k kept keys plus a tile and more between folds.
+    static const int64_t extra = env_int("DARE_CUDA_TARGETS_EXTRA");
+    p.group = group;
+    p.cap = int(std::max<int64_t>(kpow2 + targets_tile(s.d) + 32, extra > 0 ? kpow2 + extra : 2 * kpow2 + 768));
+    const size_t smem = (size_t(group) * p.cap + kpow2) * sizeof(uint64_t);
+    if (K.scalar_type() == at::kHalf) launch_targets<__half>(p, s.B, smem, stream);
+    else launch_targets<__nv_bfloat16>(p, s.B, smem, stream);
+    return {scores, indices};
+  }
+
   // Spans: one CTA per row when there are enough rows to fill the GPU, else
   // rows split into spans of at least min_span keys (and at least k: a
   // shorter span's list would hold more slots for the merge than keys) and
@@ -113,31 +162,25 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
   }
   const int64_t span = (s.L + splits - 1) / splits;
   splits = (s.L + span - 1) / span;
-  int kpow2 = 1;
-  while (kpow2 < k) kpow2 *= 2;
   // Room for the k kept keys plus kpow2 + 768 new ones between folds (a tile
   // is <= 512 keys). Smaller lists fold sooner and cheaper; H200, B = 1024,
   // k = 128, bf16, ms at d = 16 / 32 / 128: 768 slots 0.101 / 0.162 / 0.587,
   // 1024 (this) 0.095 / 0.162 / 0.589, 1280 0.096 / 0.170 / 0.596, 2048 0.099 /
   // 0.167 / 0.594.
   const int cap = 2 * kpow2 + 768;
+  p.span = int(span);
+  p.splits = int(splits);
+  p.cap = cap;
 
   at::Tensor workspace;  // partial lists, then one ticket per row
-  if (splits > 1) workspace = at::empty({rows * splits * k + (rows + 1) / 2}, keys.options().dtype(at::kLong));
-  Params p{K.const_data_ptr(), Q.const_data_ptr(), len.defined() ? len.const_data_ptr<int64_t>() : nullptr,
-           scores.mutable_data_ptr<float>(), indices.mutable_data_ptr<int64_t>(), nullptr, nullptr,
-           s.T, s.L, s.d, int(k), int(span), int(splits), kpow2, cap, static_cast<float>(scale)};
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (splits > 1) {
+    workspace = at::empty({rows * splits * k + (rows + 1) / 2}, keys.options().dtype(at::kLong));
     int64_t* ws = workspace.mutable_data_ptr<int64_t>();
     p.partial = reinterpret_cast<uint64_t*>(ws);
     p.tickets = reinterpret_cast<uint32_t*>(ws + rows * splits * k);
     C10_CUDA_CHECK(cudaMemsetAsync(p.tickets, 0, size_t(rows) * sizeof(uint32_t), stream));
   }
 
-  const int64_t vec_bytes = 16;
-  const bool vectorised = reinterpret_cast<uintptr_t>(K.const_data_ptr()) % vec_bytes == 0 &&
-                          (s.d * int64_t(K.element_size())) % vec_bytes == 0;
   const size_t smem = size_t(cap + kpow2) * sizeof(uint64_t);
   switch (K.scalar_type()) {
     case at::kFloat: launch_topk<float>(p, rows, smem, vectorised, stream); break;

@@ -106,6 +106,7 @@ __device__ __forceinline__ int64_t row_length(const Params& p, int64_t b) {
 struct SelectShared {
   uint32_t hist[256];
   uint32_t warp_sums[kThreads / 32];
+  uint64_t warp_lo[kThreads / 32], warp_hi[kThreads / 32];  // select_range
   uint32_t digit, above, in_bin;
   uint32_t count;
 };
@@ -257,11 +258,19 @@ __device__ void sort_desc(uint64_t* cand, int kpow2, SelectShared& sh) {
   }
 }
 
+// select_threshold over a list, for fold and finish.
+struct ByteSelect {
+  __device__ uint64_t operator()(const uint64_t* buf, int n, int want, SelectShared& sh) const {
+    return select_threshold([&](int i) { return buf[i]; }, n, want, sh);
+  }
+};
+
 // Cuts buf (st.count > k keys) to its k best and raises st.bound to the cut.
 // cand is scratch.
+template <typename Select = ByteSelect>
 __device__ void fold(const Params& p, uint64_t* buf, uint64_t* cand, Stream& st, SelectShared& sh) {
   const int n = int(st.count);
-  const uint64_t cut = select_threshold([&](int i) { return buf[i]; }, n, p.k, sh);
+  const uint64_t cut = Select()(buf, n, p.k, sh);
   if (threadIdx.x == 0) sh.count = 0;
   __syncthreads();
   for (int i0 = 0; i0 < n; i0 += kThreads) {
@@ -309,10 +318,11 @@ __device__ __forceinline__ void end_tile(const Params& p, uint32_t end, int tile
 
 // The exact top-k of buf into cand (zero-padded to kpow2), sorted descending
 // when `sorted` (a partial list need not be: the merge filters, it does not merge).
+template <typename Select = ByteSelect>
 __device__ void finish(const Params& p, uint64_t* buf, uint64_t* cand, Stream& st, SelectShared& sh,
                        bool sorted) {
   const int n = int(st.count);
-  const uint64_t cut = n <= p.k ? 1 : select_threshold([&](int i) { return buf[i]; }, n, p.k, sh);
+  const uint64_t cut = n <= p.k ? 1 : Select()(buf, n, p.k, sh);
   gather([&](int i) { return buf[i]; }, n, cut, cand, p.kpow2, sh);
   if (threadIdx.x == 0 && n > p.k) st.bound = cut;  // k keys are >= cut: a bound for a merge
   if (sorted) sort_desc(cand, p.kpow2, sh);

@@ -26,6 +26,7 @@ struct Params {
   int64_t T, L, d;
   int k, span, splits, kpow2, cap;  // cap: candidate-list slots
   float scale;
+  int group = 1;  // targets per CTA (the many-targets kernel)
 };
 
 // Launches the kernel for keys of type T (float, __half or __nv_bfloat16) over
@@ -34,5 +35,20 @@ struct Params {
 // rows), and checks the launch.
 template <typename T>
 void launch_topk(const Params& p, int64_t rows, size_t smem, bool vectorised, cudaStream_t stream);
+
+// The many-targets kernel (targets_kernel.cuh): queries (B, T, d) with
+// T >= kMinTargets, 16-bit keys, d in {16, 32, 64, 128} with 16-byte aligned
+// rows, k <= kMaxTargetsK. A CTA takes p.group <= 8 targets of one row.
+constexpr int kMaxTargetsK = 256;  // larger k takes launch_topk
+constexpr int kMinTargets = 8;     // fewer targets per row take launch_topk
+
+// Keys per tile of the many-targets kernel: 8 warps x blocks of 16 keys.
+constexpr int targets_tile(int64_t d) { return 8 * 16 * (d <= 32 ? 4 : int(128 / d)); }
+
+// Launches it over B * ceil(T / p.group) CTAs with `smem` bytes of dynamic
+// shared memory (p.group lists of p.cap keys, then kpow2 scratch) and checks
+// the launch. T is __half or __nv_bfloat16.
+template <typename T>
+void launch_targets(const Params& p, int64_t B, size_t smem, cudaStream_t stream);
 
 }  // namespace dare

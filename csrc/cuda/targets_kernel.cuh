@@ -1,0 +1,301 @@
+// Many targets sharing one sequence (query (B, T, d), T >= 8, 16-bit keys):
+// a CTA takes G <= 8 targets of one row, reads the row's keys once for all of
+// them and scores them on the tensor cores.
+//
+// Each warp of the CTA streams its blocks of 16 keys and scores a block
+// against the G targets with mma.m16n8k16 (float32 accumulation; 16 keys x 8
+// targets per instruction, targets past G are zero). The dims need no
+// reordering in memory: a dot product is a sum, so any assignment of dims to
+// the MMA's k slots serves as long as the key (A) and query (B) fragments
+// agree. Lane (g, c) loads dims [c*D/4, (c+1)*D/4) of keys g and g + 8 of the
+// block (D = 16: 8-byte loads; D >= 32: 16-byte loads, chunk 4i + c so each
+// load instruction is coalesced) and the same dims of target g's query; its
+// accumulator then holds the scores of keys g, g + 8 for targets 2c, 2c + 1.
+//
+// Selection is the streaming kernel's (topk_kernel.cuh), once per target: a
+// score joins its target's candidate list when it reaches the target's bound
+// (a float compare); between tiles the CTA folds any list that could overflow
+// to its k best. Rows are not split: G is chosen so that the CTAs fill the GPU
+// (fewer targets per CTA, more CTAs), else the streaming kernel runs.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <c10/cuda/CUDAException.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "../order.h"
+#include "topk_kernel.cuh"
+#include "topk_kernel.h"
+
+namespace dare {
+namespace {
+
+constexpr uint32_t kFull = 0xFFFFFFFFu;
+
+__device__ __forceinline__ uint32_t lanes_below() {
+  uint32_t m;
+  asm("mov.u32 %0, %%lanemask_lt;" : "=r"(m));
+  return m;
+}
+
+// Returns T such that exactly `want` of buf[0..n) (unique, nonzero) are >= T.
+// Radix select like select_threshold, 8 bits a pass, but starting below the
+// bits all keys share (where their min and max agree): a list's keys lie
+// between its bound and its best, so a pass over the top byte would leave
+// them in one or two bins. Plain shared atomics: the bins are spread.
+__device__ uint64_t select_range(const uint64_t* buf, int n, int want, SelectShared& sh) {
+  const int warp = threadIdx.x / 32;
+  uint64_t lo = ~uint64_t(0), hi = 0;
+  for (int i = threadIdx.x; i < n; i += kThreads) {
+    const uint64_t x = buf[i];
+    if (x != 0) {
+      lo = x < lo ? x : lo;
+      hi = x > hi ? x : hi;
+    }
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) {
+    const uint64_t l2 = __shfl_xor_sync(kFull, lo, off), h2 = __shfl_xor_sync(kFull, hi, off);
+    lo = l2 < lo ? l2 : lo;
+    hi = h2 > hi ? h2 : hi;
+  }
+  if (lane_id() == 0) {
+    sh.warp_lo[warp] = lo;
+    sh.warp_hi[warp] = hi;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int w = 0; w < kThreads / 32; ++w) {
+    lo = sh.warp_lo[w] < lo ? sh.warp_lo[w] : lo;
+    hi = sh.warp_hi[w] > hi ? sh.warp_hi[w] : hi;
+  }
+  if (lo == hi) return hi;  // one distinct key: want == 1
+  int top = 63 - __clzll(static_cast<long long>(lo ^ hi));  // highest unresolved bit
+  uint64_t prefix = hi & (top == 63 ? 0 : (~uint64_t(0) << (top + 1)));
+  uint32_t remaining = uint32_t(want);
+  while (top >= 0) {
+    const int width = top + 1 < 8 ? top + 1 : 8;
+    const int shift = top + 1 - width;
+    const uint64_t fixed = top == 63 ? 0 : (~uint64_t(0) << (top + 1));
+    sh.hist[threadIdx.x] = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += kThreads) {
+      const uint64_t x = buf[i];
+      if (x != 0 && (x & fixed) == prefix) atomicAdd(&sh.hist[uint32_t(x >> shift) & 0xFFu], 1u);
+    }
+    __syncthreads();
+    const uint32_t h = sh.hist[threadIdx.x];
+    const uint32_t s = suffix_sum(h, sh);
+    if (s >= remaining && s - h < remaining) {
+      sh.digit = threadIdx.x;
+      sh.above = s - h;
+      sh.in_bin = h;
+    }
+    __syncthreads();
+    remaining -= sh.above;
+    prefix |= uint64_t(sh.digit) << shift;
+    const bool done = sh.in_bin == remaining;  // the whole bin is wanted
+    __syncthreads();                            // before the next pass rewrites sh
+    if (done) break;
+    top = shift - 1;
+  }
+  return prefix;
+}
+
+struct RangeSelect {
+  __device__ uint64_t operator()(const uint64_t* buf, int n, int want, SelectShared& sh) const {
+    return select_range(buf, n, want, sh);
+  }
+};
+
+template <typename T>
+struct Mma;
+
+template <>
+struct Mma<__nv_bfloat16> {
+  __device__ __forceinline__ static void run(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                             uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+};
+
+template <>
+struct Mma<__half> {
+  __device__ __forceinline__ static void run(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                             uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+};
+
+// The first dim of word m (two 16-bit dims) of lane group c's share of a key.
+template <int D>
+__device__ __forceinline__ int word_dim(int m, int c) {
+  if constexpr (D == 16) return 4 * c + 2 * m;
+  else return ((m / 4) * 4 + c) * 8 + 2 * (m % 4);
+}
+
+// Lane group c's D/8 words of one key (zeros when !ok).
+template <int D>
+__device__ __forceinline__ void load_key(const void* key, bool ok, int c, uint32_t (&w)[D / 8]) {
+  if constexpr (D == 16) {
+    const uint2 v = ok ? __ldg(static_cast<const uint2*>(key) + c) : make_uint2(0, 0);
+    w[0] = v.x;
+    w[1] = v.y;
+  } else {
+#pragma unroll
+    for (int i = 0; i < D / 32; ++i) {
+      const uint4 v = ok ? __ldg(static_cast<const uint4*>(key) + 4 * i + c) : make_uint4(0, 0, 0, 0);
+      w[4 * i] = v.x;
+      w[4 * i + 1] = v.y;
+      w[4 * i + 2] = v.z;
+      w[4 * i + 3] = v.w;
+    }
+  }
+}
+
+// One CTA per (row b, group of p.group targets).
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads, 2) targets_kernel(Params p) {
+  static_assert(kThreads == 256, "8 warps per tile");
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  uint64_t* lists = reinterpret_cast<uint64_t*>(smem_raw);  // p.group x p.cap
+  uint64_t* cand = lists + int64_t(p.group) * p.cap;        // kpow2
+  __shared__ SelectShared sh;
+  __shared__ Stream st[8];
+  __shared__ uint32_t todo;
+
+  const int warp = threadIdx.x / 32, lane = int(lane_id()), g = lane >> 2, c = lane & 3;
+  const int64_t groups = (p.T + p.group - 1) / p.group;
+  const int64_t b = blockIdx.x / groups;
+  const int64_t t0 = (blockIdx.x % groups) * p.group;
+  const int ng = int(p.T - t0 < p.group ? p.T - t0 : p.group);  // targets of this CTA
+  const int n = int(row_length(p, b));
+  if (threadIdx.x < 8) {
+    st[threadIdx.x].count = 0;
+    st[threadIdx.x].bound = 0;
+  }
+  __syncthreads();
+
+  // B fragment: target t0 + g's dims in the keys' word order; zero past ng.
+  constexpr int NW = D / 8;
+  uint32_t q[NW];
+  {
+    const uint16_t* qr = static_cast<const uint16_t*>(p.query) + (b * p.T + t0 + (g < ng ? g : 0)) * D;
+#pragma unroll
+    for (int m = 0; m < NW; ++m) {
+      const int e = word_dim<D>(m, c);
+      q[m] = g < ng ? uint32_t(qr[e]) | (uint32_t(qr[e + 1]) << 16) : 0u;
+    }
+  }
+
+  constexpr int U = D <= 32 ? 4 : 128 / D;  // blocks of 16 keys per warp per tile
+  constexpr int TILE = 8 * 16 * U;
+  static_assert(TILE == targets_tile(D), "the host sizes the lists by targets_tile");
+  struct Tile {
+    uint32_t w[U][2][NW];  // block u, key g (0) and g + 8 (1)
+  };
+  const T* keys = static_cast<const T*>(p.keys) + b * p.L * D;
+  auto load = [&](Tile& s, int j0) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int j = j0 + (warp * U + u) * 16 + 8 * h + g;
+        load_key<D>(keys + int64_t(j) * D, j < n, c, s.w[u][h]);
+      }
+    }
+  };
+
+  const int ta = 2 * c, tb = 2 * c + 1;  // this lane's targets
+  const bool has_a = ta < ng, has_b = tb < ng;
+  const uint32_t group = 0x11111111u << c;  // the lanes that share them
+  const uint32_t below = lanes_below();
+  uint64_t* list_a = lists + int64_t(ta) * p.cap;
+  uint64_t* list_b = list_a + p.cap;
+  Tile cur, nxt;
+  if (n > 0) load(cur, 0);
+  for (int j0 = 0; j0 < n; j0 += TILE) {
+    if (j0 + TILE < n) load(nxt, j0 + TILE);
+    // Bound 0 (nothing folded yet) reads as NaN: every score passes.
+    const float bound_a = key_score(uint32_t(st[ta].bound >> 32));
+    const float bound_b = key_score(uint32_t(st[tb].bound >> 32));
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int s = 0; s < D / 16; ++s)
+        Mma<T>::run(acc, cur.w[u][0][2 * s], cur.w[u][1][2 * s], cur.w[u][0][2 * s + 1], cur.w[u][1][2 * s + 1],
+                    q[2 * s], q[2 * s + 1]);
+      // acc: (key g, target ta), (g, tb), (g + 8, ta), (g + 8, tb).
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int j = j0 + (warp * U + u) * 16 + g + 8 * (r >> 1);
+        const float s = acc[r] * p.scale;
+        const bool b_side = r & 1;
+        const bool take = j < n && (b_side ? has_b : has_a) && !(s < (b_side ? bound_b : bound_a));  // NaN passes
+        const uint32_t mask = __ballot_sync(kFull, take);
+        if (mask == 0) continue;
+        // One shared atomic per target: its lanes' leader reserves their slots.
+        const uint32_t mine = mask & group;
+        const int leader = mine ? __ffs(mine) - 1 : lane;
+        uint32_t base = 0;
+        if (take && lane == leader) base = atomicAdd(&st[b_side ? tb : ta].count, uint32_t(__popc(mine)));
+        base = __shfl_sync(kFull, base, leader);
+        if (take) (b_side ? list_b : list_a)[base + __popc(mine & below)] = pack(s, uint32_t(j));
+      }
+    }
+    // Fold the lists the next tile could overflow.
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      uint32_t m = 0;
+      for (int t = 0; t < ng; ++t) m |= uint32_t(st[t].count + TILE > uint32_t(p.cap)) << t;
+      todo = m;
+    }
+    __syncthreads();
+    for (uint32_t m = todo; m; m &= m - 1) {
+      const int t = __ffs(m) - 1;
+      fold<RangeSelect>(p, lists + int64_t(t) * p.cap, cand, st[t], sh);
+    }
+    cur = nxt;
+  }
+
+  for (int t = 0; t < ng; ++t) {
+    finish<RangeSelect>(p, lists + int64_t(t) * p.cap, cand, st[t], sh, /*sorted=*/true);
+    write_final(p, b * p.T + t0 + t, cand);
+    __syncthreads();  // cand is the next target's scratch
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void launch_targets(const Params& p, int64_t B, size_t smem, cudaStream_t stream) {
+  const dim3 grid(unsigned(B * ((p.T + p.group - 1) / p.group)));
+#define DARE_LAUNCH(D)                                                                               \
+  do {                                                                                               \
+    if (smem > 48 * 1024)                                                                            \
+      C10_CUDA_CHECK(cudaFuncSetAttribute(targets_kernel<T, D>,                                      \
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));  \
+    targets_kernel<T, D><<<grid, kThreads, smem, stream>>>(p);                                       \
+  } while (0)
+  switch (p.d) {
+    case 16: DARE_LAUNCH(16); break;
+    case 32: DARE_LAUNCH(32); break;
+    case 64: DARE_LAUNCH(64); break;
+    case 128: DARE_LAUNCH(128); break;
+    default: TORCH_CHECK(false, std::string("topk_attention: no many-targets kernel for d = ") + std::to_string(p.d));
+  }
+#undef DARE_LAUNCH
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace dare
