@@ -79,8 +79,9 @@ def test_adversarial_orders(backend, B, d, k, dtype, seed):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_adversarial_orders_many_targets(backend, B, d, k, dtype, seed):
     """The adversarial orders of test_adversarial_orders as targets of one
-    sequence (the CUDA many-targets kernel: T >= 8, 16-bit keys; on an H100 or
-    H200, B = 12 gives 2 targets per CTA, B = 40 gives 4): per target,
+    sequence (the CUDA many-targets kernel at d = 128: T >= 8, 16-bit keys; on
+    an H100 or H200, B = 12 gives 2 targets per CTA, B = 40 gives 4; d = 16
+    streams): per target,
     ascending scores, descending, all equal (the first k positions win), and
     random integers with many ties."""
     _need(backend)

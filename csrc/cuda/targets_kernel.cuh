@@ -33,83 +33,12 @@
 namespace dare {
 namespace {
 
-constexpr uint32_t kFull = 0xFFFFFFFFu;
 
 __device__ __forceinline__ uint32_t lanes_below() {
   uint32_t m;
   asm("mov.u32 %0, %%lanemask_lt;" : "=r"(m));
   return m;
 }
-
-// Returns T such that exactly `want` of buf[0..n) (unique, nonzero) are >= T.
-// Radix select like select_threshold, 8 bits a pass, but starting below the
-// bits all keys share (where their min and max agree): a list's keys lie
-// between its bound and its best, so a pass over the top byte would leave
-// them in one or two bins. Plain shared atomics: the bins are spread.
-__device__ uint64_t select_range(const uint64_t* buf, int n, int want, SelectShared& sh) {
-  const int warp = threadIdx.x / 32;
-  uint64_t lo = ~uint64_t(0), hi = 0;
-  for (int i = threadIdx.x; i < n; i += kThreads) {
-    const uint64_t x = buf[i];
-    if (x != 0) {
-      lo = x < lo ? x : lo;
-      hi = x > hi ? x : hi;
-    }
-  }
-#pragma unroll
-  for (int off = 16; off > 0; off /= 2) {
-    const uint64_t l2 = __shfl_xor_sync(kFull, lo, off), h2 = __shfl_xor_sync(kFull, hi, off);
-    lo = l2 < lo ? l2 : lo;
-    hi = h2 > hi ? h2 : hi;
-  }
-  if (lane_id() == 0) {
-    sh.warp_lo[warp] = lo;
-    sh.warp_hi[warp] = hi;
-  }
-  __syncthreads();
-#pragma unroll
-  for (int w = 0; w < kThreads / 32; ++w) {
-    lo = sh.warp_lo[w] < lo ? sh.warp_lo[w] : lo;
-    hi = sh.warp_hi[w] > hi ? sh.warp_hi[w] : hi;
-  }
-  if (lo == hi) return hi;  // one distinct key: want == 1
-  int top = 63 - __clzll(static_cast<long long>(lo ^ hi));  // highest unresolved bit
-  uint64_t prefix = hi & (top == 63 ? 0 : (~uint64_t(0) << (top + 1)));
-  uint32_t remaining = uint32_t(want);
-  while (top >= 0) {
-    const int width = top + 1 < 8 ? top + 1 : 8;
-    const int shift = top + 1 - width;
-    const uint64_t fixed = top == 63 ? 0 : (~uint64_t(0) << (top + 1));
-    sh.hist[threadIdx.x] = 0;
-    __syncthreads();
-    for (int i = threadIdx.x; i < n; i += kThreads) {
-      const uint64_t x = buf[i];
-      if (x != 0 && (x & fixed) == prefix) atomicAdd(&sh.hist[uint32_t(x >> shift) & 0xFFu], 1u);
-    }
-    __syncthreads();
-    const uint32_t h = sh.hist[threadIdx.x];
-    const uint32_t s = suffix_sum(h, sh);
-    if (s >= remaining && s - h < remaining) {
-      sh.digit = threadIdx.x;
-      sh.above = s - h;
-      sh.in_bin = h;
-    }
-    __syncthreads();
-    remaining -= sh.above;
-    prefix |= uint64_t(sh.digit) << shift;
-    const bool done = sh.in_bin == remaining;  // the whole bin is wanted
-    __syncthreads();                            // before the next pass rewrites sh
-    if (done) break;
-    top = shift - 1;
-  }
-  return prefix;
-}
-
-struct RangeSelect {
-  __device__ uint64_t operator()(const uint64_t* buf, int n, int want, SelectShared& sh) const {
-    return select_range(buf, n, want, sh);
-  }
-};
 
 template <typename T>
 struct Mma;
@@ -242,14 +171,14 @@ __global__ void __launch_bounds__(kThreads, 2) targets_kernel(Params p) {
         const float s = acc[r] * p.scale;
         const bool b_side = r & 1;
         const bool take = j < n && (b_side ? has_b : has_a) && !(s < (b_side ? bound_b : bound_a));  // NaN passes
-        const uint32_t mask = __ballot_sync(kFull, take);
+        const uint32_t mask = __ballot_sync(0xFFFFFFFFu, take);
         if (mask == 0) continue;
         // One shared atomic per target: its lanes' leader reserves their slots.
         const uint32_t mine = mask & group;
         const int leader = mine ? __ffs(mine) - 1 : lane;
         uint32_t base = 0;
         if (take && lane == leader) base = atomicAdd(&st[b_side ? tb : ta].count, uint32_t(__popc(mine)));
-        base = __shfl_sync(kFull, base, leader);
+        base = __shfl_sync(0xFFFFFFFFu, base, leader);
         if (take) (b_side ? list_b : list_a)[base + __popc(mine & below)] = pack(s, uint32_t(j));
       }
     }
@@ -263,13 +192,13 @@ __global__ void __launch_bounds__(kThreads, 2) targets_kernel(Params p) {
     __syncthreads();
     for (uint32_t m = todo; m; m &= m - 1) {
       const int t = __ffs(m) - 1;
-      fold<RangeSelect>(p, lists + int64_t(t) * p.cap, cand, st[t], sh);
+      fold(p, lists + int64_t(t) * p.cap, cand, st[t], sh);
     }
     cur = nxt;
   }
 
   for (int t = 0; t < ng; ++t) {
-    finish<RangeSelect>(p, lists + int64_t(t) * p.cap, cand, st[t], sh, /*sorted=*/true);
+    finish(p, lists + int64_t(t) * p.cap, cand, st[t], sh, /*sorted=*/true);
     write_final(p, b * p.T + t0 + t, cand);
     __syncthreads();  // cand is the next target's scratch
   }

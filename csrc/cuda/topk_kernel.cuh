@@ -106,7 +106,7 @@ __device__ __forceinline__ int64_t row_length(const Params& p, int64_t b) {
 struct SelectShared {
   uint32_t hist[256];
   uint32_t warp_sums[kThreads / 32];
-  uint64_t warp_lo[kThreads / 32], warp_hi[kThreads / 32];  // select_range
+  uint64_t warp_lo[kThreads / 32], warp_hi[kThreads / 32];  // select_threshold: min and max
   uint32_t digit, above, in_bin;
   uint32_t count;
 };
@@ -156,53 +156,6 @@ __device__ __forceinline__ uint32_t suffix_sum(uint32_t h, SelectShared& sh) {
   __syncthreads();
   for (int w = warp + 1; w < kThreads / 32; ++w) s += sh.warp_sums[w];
   return s;
-}
-
-// Returns T such that exactly `want` of the nonzero keys src(i), i < n, are
-// >= T, given the nonzero keys are unique and at least `want` of them exist.
-// Radix select, 8 bits a pass from the top; it stops as soon as the wanted
-// keys are exactly those above a prefix (random scores: 2-3 passes).
-template <typename Src>
-__device__ uint64_t select_threshold(Src src, int n, int want, SelectShared& sh) {
-  uint64_t prefix = 0;
-  uint32_t remaining = want;
-  for (int shift = 56; shift >= 0; shift -= 8) {
-    const uint64_t hi_mask = shift == 56 ? 0 : (~uint64_t(0) << (shift + 8));
-    sh.hist[threadIdx.x] = 0;
-    __syncthreads();
-    for (int i0 = 0; i0 < n; i0 += kThreads) {  // uniform trip count for __match_any_sync
-      const int i = i0 + threadIdx.x;
-      const uint64_t x = i < n ? src(i) : 0;
-      bool in;
-      if (shift >= 32) {  // score bits: 32-bit compares (keys are nonzero in their low word)
-        const uint32_t h = uint32_t(x >> 32);
-        in = uint32_t(x) != 0 && (h & uint32_t(hi_mask >> 32)) == uint32_t(prefix >> 32);
-      } else {
-        in = x != 0 && (x & hi_mask) == prefix;
-      }
-      const uint32_t bin = in ? uint32_t(x >> shift) & 0xFF : 256u;
-      // Scores cluster in few top-byte bins: one atomic per distinct bin per
-      // warp instead of a serialised atomic per key.
-      const uint32_t peers = __match_any_sync(0xFFFFFFFFu, bin);
-      if (in && lane_id() == uint32_t(__ffs(peers) - 1)) atomicAdd(&sh.hist[bin], uint32_t(__popc(peers)));
-    }
-    __syncthreads();
-    const uint32_t h = sh.hist[threadIdx.x];
-    const uint32_t s = suffix_sum(h, sh);
-    if (s >= remaining && s - h < remaining) {
-      sh.digit = threadIdx.x;
-      sh.above = s - h;
-      sh.in_bin = h;
-    }
-    __syncthreads();
-    remaining -= sh.above;
-    prefix |= uint64_t(sh.digit) << shift;
-    // The whole bin is wanted: every key below it is out, so the bin's
-    // smallest possible key is the threshold.
-    if (sh.in_bin == remaining) return prefix;
-    __syncthreads();  // the next pass clears hist
-  }
-  return prefix;
 }
 
 // Writes the nonzero keys >= threshold among src(0..n) (there must be at
@@ -258,19 +211,81 @@ __device__ void sort_desc(uint64_t* cand, int kpow2, SelectShared& sh) {
   }
 }
 
-// select_threshold over a list, for fold and finish.
-struct ByteSelect {
-  __device__ uint64_t operator()(const uint64_t* buf, int n, int want, SelectShared& sh) const {
-    return select_threshold([&](int i) { return buf[i]; }, n, want, sh);
+// Returns T such that exactly `want` of buf[0..n) (unique, nonzero) are >= T.
+// Radix select, 8 bits a pass, starting below the bits all keys share (where
+// their min and max agree): a list's keys lie between its bound and its best,
+// so a pass over the top byte would leave them in one or two bins. It stops
+// as soon as the wanted keys are exactly those above a prefix (random scores:
+// 2-3 passes). Plain shared atomics: the bins are spread. H200, against the
+// top-byte-first select with __match_any_sync it replaced: B = 1024 the same,
+// B = 8 d = 16/32 graph replay 19.6/20.5 vs 21.1/21.6 us, and it is what made
+// the many-targets kernel's folds cheap.
+__device__ uint64_t select_threshold(const uint64_t* buf, int n, int want, SelectShared& sh) {
+  const int warp = threadIdx.x / 32;
+  uint64_t lo = ~uint64_t(0), hi = 0;
+  for (int i = threadIdx.x; i < n; i += kThreads) {
+    const uint64_t x = buf[i];
+    if (x != 0) {
+      lo = x < lo ? x : lo;
+      hi = x > hi ? x : hi;
+    }
   }
-};
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) {
+    const uint64_t l2 = __shfl_xor_sync(0xFFFFFFFFu, lo, off), h2 = __shfl_xor_sync(0xFFFFFFFFu, hi, off);
+    lo = l2 < lo ? l2 : lo;
+    hi = h2 > hi ? h2 : hi;
+  }
+  if (lane_id() == 0) {
+    sh.warp_lo[warp] = lo;
+    sh.warp_hi[warp] = hi;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int w = 0; w < kThreads / 32; ++w) {
+    lo = sh.warp_lo[w] < lo ? sh.warp_lo[w] : lo;
+    hi = sh.warp_hi[w] > hi ? sh.warp_hi[w] : hi;
+  }
+  if (lo == hi) return hi;  // one distinct key: want == 1
+  int top = 63 - __clzll(static_cast<long long>(lo ^ hi));  // highest unresolved bit
+  uint64_t prefix = hi & (top == 63 ? 0 : (~uint64_t(0) << (top + 1)));
+  uint32_t remaining = uint32_t(want);
+  while (top >= 0) {
+    const int width = top + 1 < 8 ? top + 1 : 8;
+    const int shift = top + 1 - width;
+    const uint64_t fixed = top == 63 ? 0 : (~uint64_t(0) << (top + 1));
+    sh.hist[threadIdx.x] = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += kThreads) {
+      const uint64_t x = buf[i];
+      if (x != 0 && (x & fixed) == prefix) atomicAdd(&sh.hist[uint32_t(x >> shift) & 0xFFu], 1u);
+    }
+    __syncthreads();
+    const uint32_t h = sh.hist[threadIdx.x];
+    const uint32_t s = suffix_sum(h, sh);
+    if (s >= remaining && s - h < remaining) {
+      sh.digit = threadIdx.x;
+      sh.above = s - h;
+      sh.in_bin = h;
+    }
+    __syncthreads();
+    remaining -= sh.above;
+    prefix |= uint64_t(sh.digit) << shift;
+    const bool done = sh.in_bin == remaining;  // the whole bin is wanted
+    __syncthreads();                            // before the next pass rewrites sh
+    if (done) break;
+    top = shift - 1;
+  }
+  return prefix;
+}
+
+
 
 // Cuts buf (st.count > k keys) to its k best and raises st.bound to the cut.
 // cand is scratch.
-template <typename Select = ByteSelect>
 __device__ void fold(const Params& p, uint64_t* buf, uint64_t* cand, Stream& st, SelectShared& sh) {
   const int n = int(st.count);
-  const uint64_t cut = Select()(buf, n, p.k, sh);
+  const uint64_t cut = select_threshold(buf, n, p.k, sh);
   if (threadIdx.x == 0) sh.count = 0;
   __syncthreads();
   for (int i0 = 0; i0 < n; i0 += kThreads) {
@@ -318,11 +333,10 @@ __device__ __forceinline__ void end_tile(const Params& p, uint32_t end, int tile
 
 // The exact top-k of buf into cand (zero-padded to kpow2), sorted descending
 // when `sorted` (a partial list need not be: the merge filters, it does not merge).
-template <typename Select = ByteSelect>
 __device__ void finish(const Params& p, uint64_t* buf, uint64_t* cand, Stream& st, SelectShared& sh,
                        bool sorted) {
   const int n = int(st.count);
-  const uint64_t cut = n <= p.k ? 1 : Select()(buf, n, p.k, sh);
+  const uint64_t cut = n <= p.k ? 1 : select_threshold(buf, n, p.k, sh);
   gather([&](int i) { return buf[i]; }, n, cut, cand, p.kpow2, sh);
   if (threadIdx.x == 0 && n > p.k) st.bound = cut;  // k keys are >= cut: a bound for a merge
   if (sorted) sort_desc(cand, p.kpow2, sh);

@@ -38,7 +38,8 @@ void launch_topk(const Params& p, int64_t rows, size_t smem, bool vectorised, cu
 
 // The many-targets kernel (targets_kernel.cuh): queries (B, T, d) with
 // T >= kMinTargets, 16-bit keys, d in {16, 32, 64, 128} with 16-byte aligned
-// rows, k <= kMaxTargetsK. A CTA takes p.group <= 8 targets of one row.
+// rows, k <= kMaxTargetsK (the host's targets_group decides which calls take
+// it). A CTA takes p.group <= 8 targets of one row.
 constexpr int kMaxTargetsK = 256;  // larger k takes launch_topk
 constexpr int kMinTargets = 8;     // fewer targets per row take launch_topk
 
