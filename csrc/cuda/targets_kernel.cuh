@@ -21,6 +21,7 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include <c10/cuda/CUDAException.h>
 #include <cuda_bf16.h>
@@ -40,30 +41,19 @@ __device__ __forceinline__ uint32_t lanes_below() {
   return m;
 }
 
+// c += a (16 keys x 16 dims, row-major fragment) * b (16 dims x 8 targets), float32.
 template <typename T>
-struct Mma;
-
-template <>
-struct Mma<__nv_bfloat16> {
-  __device__ __forceinline__ static void run(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                             uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-  }
-};
-
-template <>
-struct Mma<__half> {
-  __device__ __forceinline__ static void run(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                             uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-  }
-};
+__device__ __forceinline__ void mma_16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                          uint32_t b0, uint32_t b1) {
+#define DARE_MMA(TYPE)                                                                            \
+  asm("mma.sync.aligned.m16n8k16.row.col.f32." TYPE "." TYPE ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, " \
+      "{%8,%9}, {%0,%1,%2,%3};"                                                                  \
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                           \
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1))
+  if constexpr (std::is_same_v<T, __half>) DARE_MMA("f16");
+  else DARE_MMA("bf16");
+#undef DARE_MMA
+}
 
 // The first dim of word m (two 16-bit dims) of lane group c's share of a key.
 template <int D>
@@ -162,7 +152,7 @@ __global__ void __launch_bounds__(kThreads, 2) targets_kernel(Params p) {
       float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int s = 0; s < D / 16; ++s)
-        Mma<T>::run(acc, cur.w[u][0][2 * s], cur.w[u][1][2 * s], cur.w[u][0][2 * s + 1], cur.w[u][1][2 * s + 1],
+        mma_16816<T>(acc, cur.w[u][0][2 * s], cur.w[u][1][2 * s], cur.w[u][0][2 * s + 1], cur.w[u][1][2 * s + 1],
                     q[2 * s], q[2 * s + 1]);
       // acc: (key g, target ta), (g, tb), (g + 8, ta), (g + 8, tb).
 #pragma unroll
