@@ -72,6 +72,11 @@ if [ -n "${SOURCE_PROFILE:-}" ]; then
     ncu -i /tmp/src_$1_$2.ncu-rep --page source --csv --print-source sass > "$OUT/sass_B$1_d$2.csv" 2>&1
     echo "B=$1 d=$2"; python3 bench/sass_regions.py "$OUT/sass_B$1_d$2.csv"
   done
+  # The many-targets kernel, B = 1, T = 1024, d = 32.
+  ncu --clock-control none -k regex:targets_kernel --launch-skip 2 --launch-count 1 --section SourceCounters \
+    --section WarpStateStats -o /tmp/src_targets python3 bench/profile_cuda.py --B 1 --T 1024 --d 32 > /dev/null 2>&1
+  ncu -i /tmp/src_targets.ncu-rep --page source --csv --print-source sass > "$OUT/sass_targets_d32.csv" 2>&1
+  echo "B=1 T=1024 d=32"; python3 bench/sass_regions.py "$OUT/sass_targets_d32.csv"
 fi
 
 if [ -n "${PROFILE_TRITON:-}" ]; then
@@ -97,8 +102,13 @@ fi
 [ -n "${SKIP_BENCH:-}" ] && exit 0
 python3 -m dare_kernels.bench --json "$OUT/bench.json" --plot "$OUT/bench.png" --quiet ${BENCH_ARGS:-} > "$OUT/bench.txt" 2>&1
 python3 -m dare_kernels.bench --B 8 --d 16 32 128 --quiet >> "$OUT/bench_extra.txt" 2>&1
-python3 -m dare_kernels.bench --B 1 --T 1024 --d 32 128 --quiet >> "$OUT/bench_extra.txt" 2>&1
+# Many targets of one sequence: the many-targets kernel, then the streaming kernel on the same shapes.
+python3 -m dare_kernels.bench --B 1 --T 1024 --quiet --no-model >> "$OUT/bench_extra.txt" 2>&1
+python3 -m dare_kernels.bench --B 128 --T 64 --d 32 128 --quiet --no-model >> "$OUT/bench_extra.txt" 2>&1
+echo "DARE_CUDA_TARGETS=0 (streaming kernel)" >> "$OUT/bench_extra.txt"
+DARE_CUDA_TARGETS=0 python3 -m dare_kernels.bench --backends cuda --B 1 --T 1024 --quiet --no-model >> "$OUT/bench_extra.txt" 2>&1
 python3 bench/graph_time.py --B 8 --d 16 32 128 >> "$OUT/bench_extra.txt" 2>&1  # GPU time alone (graph replay)
+python3 bench/graph_time.py --B 1 --T 1024 --d 32 128 >> "$OUT/bench_extra.txt" 2>&1
 if [ -n "${PYTEST_BENCH:-}" ]; then
   python3 -m pytest bench/ --benchmark-only -q -p no:cacheprovider -k "$PYTEST_BENCH" --benchmark-max-time=0.1 \
     --benchmark-min-rounds=5 --benchmark-columns=median,min,rounds --benchmark-sort=fullname > "$OUT/bench_pytest.txt" 2>&1
