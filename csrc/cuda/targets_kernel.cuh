@@ -34,7 +34,6 @@
 namespace dare {
 namespace {
 
-
 __device__ __forceinline__ uint32_t lanes_below() {
   uint32_t m;
   asm("mov.u32 %0, %%lanemask_lt;" : "=r"(m));
@@ -199,21 +198,13 @@ __global__ void __launch_bounds__(kThreads, 2) targets_kernel(Params p) {
 template <typename T>
 void launch_targets(const Params& p, int64_t B, size_t smem, cudaStream_t stream) {
   const dim3 grid(unsigned(B * ((p.T + p.group - 1) / p.group)));
-#define DARE_LAUNCH(D)                                                                               \
-  do {                                                                                               \
-    if (smem > 48 * 1024)                                                                            \
-      C10_CUDA_CHECK(cudaFuncSetAttribute(targets_kernel<T, D>,                                      \
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));  \
-    targets_kernel<T, D><<<grid, kThreads, smem, stream>>>(p);                                       \
-  } while (0)
   switch (p.d) {
-    case 16: DARE_LAUNCH(16); break;
-    case 32: DARE_LAUNCH(32); break;
-    case 64: DARE_LAUNCH(64); break;
-    case 128: DARE_LAUNCH(128); break;
+    case 16: launch_with_smem(targets_kernel<T, 16>, grid, smem, stream, p); break;
+    case 32: launch_with_smem(targets_kernel<T, 32>, grid, smem, stream, p); break;
+    case 64: launch_with_smem(targets_kernel<T, 64>, grid, smem, stream, p); break;
+    case 128: launch_with_smem(targets_kernel<T, 128>, grid, smem, stream, p); break;
     default: TORCH_CHECK(false, std::string("topk_attention: no many-targets kernel for d = ") + std::to_string(p.d));
   }
-#undef DARE_LAUNCH
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -39,9 +39,9 @@ constexpr int kMergeBatch = 8;  // partial-list keys per thread loaded at once b
 // ---------------------------------------------------------------------------
 // Loading keys: 16 bytes -> float32.
 
-
+// Elements per 16-byte load and their conversion: float here, 16-bit types below.
 template <typename T>
-struct Vec;  // elements per 16-byte load and their conversion
+struct Vec;
 
 template <>
 struct Vec<float> {
@@ -54,27 +54,22 @@ struct Vec<float> {
   }
 };
 
-template <>
-struct Vec<__nv_bfloat16> {
-  static constexpr int N = 8;
-  __device__ __forceinline__ static void to_float(const uint4& v, float* f) {
-    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      f[2 * i] = __uint_as_float(w[i] << 16);
-      f[2 * i + 1] = __uint_as_float(w[i] & 0xFFFF0000u);
-    }
-  }
-};
+// Two packed 16-bit values (the lower-addressed one in the low half) as floats.
+__device__ __forceinline__ float2 pair_to_float2(uint32_t w, __nv_bfloat16) {
+  return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xFFFF0000u));
+}
+__device__ __forceinline__ float2 pair_to_float2(uint32_t w, __half) {
+  return __half22float2(*reinterpret_cast<const __half2*>(&w));
+}
 
-template <>
-struct Vec<__half> {
+template <typename T>  // __nv_bfloat16, __half
+struct Vec {
   static constexpr int N = 8;
   __device__ __forceinline__ static void to_float(const uint4& v, float* f) {
     const uint32_t w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const float2 p = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
+      const float2 p = pair_to_float2(w[i], T());
       f[2 * i] = p.x;
       f[2 * i + 1] = p.y;
     }
@@ -278,8 +273,6 @@ __device__ uint64_t select_threshold(const uint64_t* buf, int n, int want, Selec
   }
   return prefix;
 }
-
-
 
 // Cuts buf (st.count > k keys) to its k best and raises st.bound to the cut.
 // cand is scratch.
@@ -601,25 +594,26 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) topk_kernel(Params p) {
   write_final(p, row, cand);
 }
 
+// Launches kernel(p) with `smem` bytes of dynamic shared memory, opting in
+// past the default 48 KB.
+template <typename Kernel>
+void launch_with_smem(Kernel kernel, dim3 grid, size_t smem, cudaStream_t stream, const Params& p) {
+  if (smem > 48 * 1024)
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  kernel<<<grid, kThreads, smem, stream>>>(p);
+}
+
 }  // namespace
 
 template <typename T>
 void launch_topk(const Params& p, int64_t rows, size_t smem, bool vectorised, cudaStream_t stream) {
   const dim3 grid(unsigned(rows * p.splits));
-#define DARE_LAUNCH(D)                                                                           \
-  do {                                                                                           \
-    if (smem > 48 * 1024)                                                                        \
-      C10_CUDA_CHECK(cudaFuncSetAttribute(topk_kernel<T, D>,                                     \
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem))); \
-    topk_kernel<T, D><<<grid, kThreads, smem, stream>>>(p);                                      \
-  } while (0)
-  if (vectorised && p.d == 16) DARE_LAUNCH(16);
-  else if (vectorised && p.d == 32) DARE_LAUNCH(32);
-  else if (vectorised && p.d == 64) DARE_LAUNCH(64);
-  else if (vectorised && p.d == 128) DARE_LAUNCH(128);
-  else if (vectorised && p.d == 256) DARE_LAUNCH(256);
-  else DARE_LAUNCH(0);
-#undef DARE_LAUNCH
+  if (vectorised && p.d == 16) launch_with_smem(topk_kernel<T, 16>, grid, smem, stream, p);
+  else if (vectorised && p.d == 32) launch_with_smem(topk_kernel<T, 32>, grid, smem, stream, p);
+  else if (vectorised && p.d == 64) launch_with_smem(topk_kernel<T, 64>, grid, smem, stream, p);
+  else if (vectorised && p.d == 128) launch_with_smem(topk_kernel<T, 128>, grid, smem, stream, p);
+  else if (vectorised && p.d == 256) launch_with_smem(topk_kernel<T, 256>, grid, smem, stream, p);
+  else launch_with_smem(topk_kernel<T, 0>, grid, smem, stream, p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
