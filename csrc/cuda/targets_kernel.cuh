@@ -154,22 +154,35 @@ __global__ void __launch_bounds__(kThreads, 2) targets_kernel(Params p) {
         mma_16816<T>(acc, cur.w[u][0][2 * s], cur.w[u][1][2 * s], cur.w[u][0][2 * s + 1], cur.w[u][1][2 * s + 1],
                     q[2 * s], q[2 * s + 1]);
       // acc: (key g, target ta), (g, tb), (g + 8, ta), (g + 8, tb).
+      const int j = j0 + (warp * U + u) * 16 + g;
+      bool take[4];
+      uint32_t m[4];
+      float sc[4];
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
-        const int j = j0 + (warp * U + u) * 16 + g + 8 * (r >> 1);
-        const float s = acc[r] * p.scale;
+        sc[r] = acc[r] * p.scale;
         const bool b_side = r & 1;
-        const bool take = j < n && (b_side ? has_b : has_a) && !(s < (b_side ? bound_b : bound_a));  // NaN passes
-        const uint32_t mask = __ballot_sync(0xFFFFFFFFu, take);
-        if (mask == 0) continue;
-        // One shared atomic per target: its lanes' leader reserves their slots.
-        const uint32_t mine = mask & group;
-        const int leader = mine ? __ffs(mine) - 1 : lane;
-        uint32_t base = 0;
-        if (take && lane == leader) base = atomicAdd(&st[b_side ? tb : ta].count, uint32_t(__popc(mine)));
-        base = __shfl_sync(0xFFFFFFFFu, base, leader);
-        if (take) (b_side ? list_b : list_a)[base + __popc(mine & below)] = pack(s, uint32_t(j));
+        take[r] = j + 8 * (r >> 1) < n && (b_side ? has_b : has_a) && !(sc[r] < (b_side ? bound_b : bound_a));
+        m[r] = __ballot_sync(0xFFFFFFFFu, take[r]);  // NaN passes
       }
+      if ((m[0] | m[1] | m[2] | m[3]) == 0) continue;
+      // One reservation per target for the whole block, by lane c (its group's first lane):
+      // rounds 0 and 2 fill target ta's slots, rounds 1 and 3 target tb's.
+      const uint32_t na0 = __popc(m[0] & group), nb0 = __popc(m[1] & group);
+      const uint32_t na = na0 + __popc(m[2] & group), nb = nb0 + __popc(m[3] & group);
+      uint32_t base_a = 0, base_b = 0;
+      if (lane < 4) {
+        if (na) base_a = atomicAdd(&st[ta].count, na);
+        if (nb) base_b = atomicAdd(&st[tb].count, nb);
+      }
+      base_a = __shfl_sync(0xFFFFFFFFu, base_a, c);
+      base_b = __shfl_sync(0xFFFFFFFFu, base_b, c);
+      const uint32_t slot[4] = {base_a + __popc(m[0] & group & below), base_b + __popc(m[1] & group & below),
+                                base_a + na0 + __popc(m[2] & group & below),
+                                base_b + nb0 + __popc(m[3] & group & below)};
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+        if (take[r]) ((r & 1) ? list_b : list_a)[slot[r]] = pack(sc[r], uint32_t(j + 8 * (r >> 1)));
     }
     // Fold the lists the next tile could overflow.
     __syncthreads();
