@@ -23,6 +23,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include <c10/cuda/CUDAException.h>
 #include <cuda_bf16.h>
@@ -117,25 +118,10 @@ struct Stream {
 
 __device__ __forceinline__ uint32_t lane_id() { return threadIdx.x % 32; }
 
-// The first of popc(mask) slots reserved for a warp's takers (mask: its
-// ballot) on a shared counter: one shared atomic per warp, not one per item.
-// Every lane of the warp must call it.
-__device__ __forceinline__ uint32_t warp_reserve(uint32_t mask, uint32_t* counter) {
-  uint32_t base = 0;
-  if (lane_id() == 0 && mask) base = atomicAdd(counter, uint32_t(__popc(mask)));
-  return __shfl_sync(0xFFFFFFFFu, base, 0);
-}
-
-// This lane's slot among its warp's takers, from the warp's reserved base.
-__device__ __forceinline__ uint32_t slot_in(uint32_t mask, uint32_t base) {
-  return base + __popc(mask & ((1u << lane_id()) - 1u));
-}
-
-// Slot for this thread's item in a block-wide compaction.
-__device__ __forceinline__ uint32_t compact_slot(bool take, uint32_t* counter) {
-  const uint32_t mask = __ballot_sync(0xFFFFFFFFu, take);
-  return slot_in(mask, warp_reserve(mask, counter));
-}
+// Compactions take their slot with `if (take) slot = atomicAdd(counter, 1)`:
+// the compiler turns it into one shared atomic per warp (leader election,
+// popc of the takers, each lane's rank among them), fewer instructions than
+// the same done by hand around a ballot.
 
 // Inclusive suffix sum over the 256 bins (thread t holds bin t).
 __device__ __forceinline__ uint32_t suffix_sum(uint32_t h, SelectShared& sh) {
@@ -160,12 +146,9 @@ __device__ void gather(Src src, int n, uint64_t threshold, uint64_t* cand, int k
   if (threadIdx.x == 0) sh.count = 0;
   for (int i = threadIdx.x; i < kpow2; i += kThreads) cand[i] = 0;
   __syncthreads();
-  for (int i0 = 0; i0 < n; i0 += kThreads) {  // uniform trip count: compact_slot needs whole warps
-    const int i = i0 + threadIdx.x;
-    const uint64_t x = i < n ? src(i) : 0;
-    const bool take = x >= threshold && x != 0;
-    const uint32_t slot = compact_slot(take, &sh.count);
-    if (take) cand[slot] = x;
+  for (int i = threadIdx.x; i < n; i += kThreads) {
+    const uint64_t x = src(i);
+    if (x >= threshold && x != 0) cand[atomicAdd(&sh.count, 1u)] = x;
   }
   __syncthreads();
 }
@@ -281,12 +264,9 @@ __device__ void fold(const Params& p, uint64_t* buf, uint64_t* cand, Stream& st,
   const uint64_t cut = select_threshold(buf, n, p.k, sh);
   if (threadIdx.x == 0) sh.count = 0;
   __syncthreads();
-  for (int i0 = 0; i0 < n; i0 += kThreads) {
-    const int i = i0 + threadIdx.x;
-    const uint64_t x = i < n ? buf[i] : 0;
-    const bool take = x >= cut && x != 0;
-    const uint32_t slot = compact_slot(take, &sh.count);
-    if (take) cand[slot] = x;  // exactly k are taken
+  for (int i = threadIdx.x; i < n; i += kThreads) {
+    const uint64_t x = buf[i];
+    if (x >= cut && x != 0) cand[atomicAdd(&sh.count, 1u)] = x;  // exactly k are taken
   }
   __syncthreads();
   for (int i = threadIdx.x; i < p.k; i += kThreads) buf[i] = cand[i];
@@ -297,23 +277,31 @@ __device__ void fold(const Params& p, uint64_t* buf, uint64_t* cand, Stream& st,
   __syncthreads();
 }
 
-// Offers one key (valid = it exists); it joins buf when its score bits reach
-// the bound's. A superset of the keys above the bound is kept; the folds and
-// the final select are exact. *end tracks the count after this warp's adds.
-// Every lane of the warp must call it; most calls find no lane taking.
-__device__ __forceinline__ void offer(bool valid, uint32_t score_bits, uint32_t pos, uint32_t bound_hi,
-                                      uint64_t* buf, Stream& st, uint32_t* end) {
-  const bool take = valid && score_bits >= bound_hi;
-  const uint32_t mask = __ballot_sync(0xFFFFFFFFu, take);
-  if (mask == 0) return;
-  const uint32_t base = warp_reserve(mask, &st.count);
-  *end = base + __popc(mask);
-  if (take) buf[slot_in(mask, base)] = (uint64_t(score_bits) << 32) | uint64_t(~pos);
+// Appends key() (computed by takers only) to buf; *end: this thread's last
+// slot + 1, so the largest of any thread's is the count.
+template <typename Key>
+__device__ __forceinline__ void append(bool take, Key key, uint64_t* buf, Stream& st, uint32_t* end) {
+  if (take) {
+    const uint32_t slot = atomicAdd(&st.count, 1u);
+    buf[slot] = key();
+    *end = slot + 1;
+  }
 }
 
+// Offers one score (valid = its key exists): it joins buf unless it is below
+// `bound`, the float of the list's bound (NaN, which lets everything pass,
+// until the first fold). A superset of the keys above the bound is kept; the
+// folds and the final select are exact. Comparing floats, not packed keys,
+// leaves the packing to the takers.
+__device__ __forceinline__ void offer(bool valid, float score, uint32_t pos, float bound, uint64_t* buf, Stream& st,
+                                      uint32_t* end) {
+  append(valid && !(score < bound), [&] { return pack(score, pos); }, buf, st, end);  // NaN passes
+}
+
+// Offers a packed key (a partial list's, in the merge).
 __device__ __forceinline__ void offer_key(bool valid, uint64_t key, uint32_t bound_hi, uint64_t* buf, Stream& st,
                                           uint32_t* end) {
-  offer(valid, uint32_t(key >> 32), ~uint32_t(key), bound_hi, buf, st, end);
+  append(valid && uint32_t(key >> 32) >= bound_hi, [&] { return key; }, buf, st, end);
 }
 
 // After each tile (every thread calls it): folds when the next tile could
@@ -345,17 +333,19 @@ struct Regs {
 };
 
 // The tile loop of the vectorised paths: the next tile's loads (load(regs,
-// j0)) are issued before the current tile is scored and offered
-// (offer_tile(regs, j0, bound_hi, &end)); the list is folded between tiles.
+// j0, full): full = the whole tile exists, so no per-key checks) are issued
+// before the current tile is scored and offered (offer_tile(regs, j0, bound,
+// &end)); the list is folded between tiles.
 template <int TILE, typename R, typename Load, typename OfferTile>
 __device__ __forceinline__ void stream_tiles(const Params& p, int n, Load load, OfferTile offer_tile, uint64_t* buf,
                                              uint64_t* cand, Stream& st, SelectShared& sh) {
   R cur, nxt;
-  load(cur, 0);
+  load(cur, 0, std::false_type());
   for (int j0 = 0; j0 < n; j0 += TILE) {
-    if (j0 + TILE < n) load(nxt, j0 + TILE);
+    if (j0 + 2 * TILE <= n) load(nxt, j0 + TILE, std::true_type());
+    else if (j0 + TILE < n) load(nxt, j0 + TILE, std::false_type());
     uint32_t end = 0;
-    offer_tile(cur, j0, uint32_t(st.bound >> 32), &end);
+    offer_tile(cur, j0, key_score(uint32_t(st.bound >> 32)), &end);
     end_tile(p, end, TILE, buf, cand, st, sh);
     cur = nxt;
   }
@@ -388,18 +378,18 @@ __device__ __forceinline__ void stream_span_short(const Params& p, const T* __re
   const uint4* base = reinterpret_cast<const uint4*>(keys) + w * 32 * G + l;
   const int key0 = w * 32 + l / G;
   using R = Regs<U, G>;
-  auto load = [&](R& r, int j0) {
+  auto load = [&](R& r, int j0, auto full) {
     const uint4* tile = base + int64_t(j0) * G;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
 #pragma unroll
       for (int v = 0; v < G; ++v) {
         const int j = j0 + u * WARPS * 32 + key0 + v * (32 / G);
-        r.v[u][v] = j < n ? __ldg(tile + (u * WARPS * 32 + v * 32 / G) * G) : make_uint4(0, 0, 0, 0);
+        r.v[u][v] = full || j < n ? __ldg(tile + (u * WARPS * 32 + v * 32 / G) * G) : make_uint4(0, 0, 0, 0);
       }
     }
   };
-  auto offer_tile = [&](const R& r, int j0, uint32_t bound_hi, uint32_t* end) {
+  auto offer_tile = [&](const R& r, int j0, float bound, uint32_t* end) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       float part[G];
@@ -425,7 +415,7 @@ __device__ __forceinline__ void stream_span_short(const Params& p, const T* __re
         }
       }
       const int j = j0 + u * WARPS * 32 + w * 32 + c * (32 / G) + l / G;
-      offer(j < n, score_key(part[0] * p.scale), pos0 + uint32_t(j), bound_hi, buf, st, end);
+      offer(j < n, part[0] * p.scale, pos0 + uint32_t(j), bound, buf, st, end);
     }
   };
   stream_tiles<TILE, R>(p, n, load, offer_tile, buf, cand, st, sh);
@@ -455,17 +445,17 @@ __device__ __forceinline__ void stream_span_long(const Params& p, const T* __res
   }
   const uint4* base = reinterpret_cast<const uint4*>(keys) + slot * NVEC + lane;
   using R = Regs<U, NV>;
-  auto load = [&](R& r, int j0) {
+  auto load = [&](R& r, int j0, auto full) {
     const uint4* tile = base + int64_t(j0) * NVEC;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int j = j0 + u * PER_PASS + slot;
 #pragma unroll
       for (int v = 0; v < NV; ++v)
-        r.v[u][v] = j < n ? __ldg(tile + u * PER_PASS * NVEC + v * G) : make_uint4(0, 0, 0, 0);
+        r.v[u][v] = full || j < n ? __ldg(tile + u * PER_PASS * NVEC + v * G) : make_uint4(0, 0, 0, 0);
     }
   };
-  auto offer_tile = [&](const R& r, int j0, uint32_t bound_hi, uint32_t* end) {
+  auto offer_tile = [&](const R& r, int j0, float bound, uint32_t* end) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       float acc = 0.f;
@@ -479,7 +469,7 @@ __device__ __forceinline__ void stream_span_long(const Params& p, const T* __res
 #pragma unroll
       for (int off = G / 2; off > 0; off /= 2) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, off, G);
       const int j = j0 + u * PER_PASS + slot;
-      offer(lane == 0 && j < n, score_key(acc * p.scale), pos0 + uint32_t(j), bound_hi, buf, st, end);
+      offer(lane == 0 && j < n, acc * p.scale, pos0 + uint32_t(j), bound, buf, st, end);
     }
   };
   stream_tiles<TILE, R>(p, n, load, offer_tile, buf, cand, st, sh);
@@ -497,7 +487,7 @@ __device__ void stream_span_generic(const Params& p, const T* __restrict__ keys,
       for (int64_t c = 0; c < p.d; ++c) acc = fmaf(to_float(q[c]), to_float(x[c]), acc);
     }
     uint32_t end = 0;
-    offer(j < n, score_key(acc * p.scale), pos0 + uint32_t(j), uint32_t(st.bound >> 32), buf, st, &end);
+    offer(j < n, acc * p.scale, pos0 + uint32_t(j), key_score(uint32_t(st.bound >> 32)), buf, st, &end);
     end_tile(p, end, kThreads, buf, cand, st, sh);
   }
 }
