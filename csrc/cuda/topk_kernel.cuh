@@ -100,7 +100,7 @@ __device__ __forceinline__ int64_t row_length(const Params& p, int64_t b) {
 // Block-wide selection over unique nonzero packed keys (zero is padding).
 
 struct SelectShared {
-  uint32_t hist[256];
+  uint32_t hist[2][256];  // select_threshold's bins: one pass fills one while the other is cleared
   uint32_t warp_sums[kThreads / 32];
   uint64_t warp_lo[kThreads / 32], warp_hi[kThreads / 32];  // select_threshold: min and max
   uint32_t digit, above, in_bin;
@@ -197,7 +197,8 @@ __device__ void sort_desc(uint64_t* cand, int kpow2, SelectShared& sh) {
 // 2-3 passes). Plain shared atomics: the bins are spread. H200, against the
 // top-byte-first select with __match_any_sync it replaced: B = 1024 the same,
 // B = 8 d = 16/32 graph replay 19.6/20.5 vs 21.1/21.6 us, and it is what made
-// the many-targets kernel's folds cheap.
+// the many-targets kernel's folds cheap. Double-buffered bins took a pass from
+// five barriers to three: B = 8 d = 16/32 graph replay 15.8/16.9 -> 14.4/15.5 us.
 __device__ uint64_t select_threshold(const uint64_t* buf, int n, int want, SelectShared& sh) {
   const int warp = threadIdx.x / 32;
   uint64_t lo = ~uint64_t(0), hi = 0;
@@ -218,6 +219,7 @@ __device__ uint64_t select_threshold(const uint64_t* buf, int n, int want, Selec
     sh.warp_lo[warp] = lo;
     sh.warp_hi[warp] = hi;
   }
+  sh.hist[0][threadIdx.x] = 0;
   __syncthreads();
 #pragma unroll
   for (int w = 0; w < kThreads / 32; ++w) {
@@ -228,18 +230,20 @@ __device__ uint64_t select_threshold(const uint64_t* buf, int n, int want, Selec
   int top = 63 - __clzll(static_cast<long long>(lo ^ hi));  // highest unresolved bit
   uint64_t prefix = hi & (top == 63 ? 0 : (~uint64_t(0) << (top + 1)));
   uint32_t remaining = uint32_t(want);
-  while (top >= 0) {
+  // Three barriers a pass: the bins are double-buffered, so the next pass's
+  // are cleared while this pass reads its own.
+  for (int pass = 0; top >= 0; ++pass) {
     const int width = top + 1 < 8 ? top + 1 : 8;
     const int shift = top + 1 - width;
     const uint64_t fixed = top == 63 ? 0 : (~uint64_t(0) << (top + 1));
-    sh.hist[threadIdx.x] = 0;
-    __syncthreads();
+    uint32_t* hist = sh.hist[pass & 1];
     for (int i = threadIdx.x; i < n; i += kThreads) {
       const uint64_t x = buf[i];
-      if (x != 0 && (x & fixed) == prefix) atomicAdd(&sh.hist[uint32_t(x >> shift) & 0xFFu], 1u);
+      if (x != 0 && (x & fixed) == prefix) atomicAdd(&hist[uint32_t(x >> shift) & 0xFFu], 1u);
     }
     __syncthreads();
-    const uint32_t h = sh.hist[threadIdx.x];
+    const uint32_t h = hist[threadIdx.x];
+    sh.hist[(pass + 1) & 1][threadIdx.x] = 0;  // last read before the previous pass's second barrier
     const uint32_t s = suffix_sum(h, sh);
     if (s >= remaining && s - h < remaining) {
       sh.digit = threadIdx.x;
@@ -247,11 +251,10 @@ __device__ uint64_t select_threshold(const uint64_t* buf, int n, int want, Selec
       sh.in_bin = h;
     }
     __syncthreads();
+    // sh.digit, above and in_bin are rewritten after the next pass's second barrier.
     remaining -= sh.above;
     prefix |= uint64_t(sh.digit) << shift;
-    const bool done = sh.in_bin == remaining;  // the whole bin is wanted
-    __syncthreads();                            // before the next pass rewrites sh
-    if (done) break;
+    if (sh.in_bin == remaining) break;  // the whole bin is wanted
     top = shift - 1;
   }
   return prefix;
