@@ -139,21 +139,7 @@ __device__ __forceinline__ uint32_t suffix_sum(uint32_t h, SelectShared& sh) {
   return s;
 }
 
-// Writes the nonzero keys >= threshold among src(0..n) (there must be at
-// most kpow2) to cand[0, sh.count), zeros after, up to kpow2.
-template <typename Src>
-__device__ void gather(Src src, int n, uint64_t threshold, uint64_t* cand, int kpow2, SelectShared& sh) {
-  if (threadIdx.x == 0) sh.count = 0;
-  for (int i = threadIdx.x; i < kpow2; i += kThreads) cand[i] = 0;
-  __syncthreads();
-  for (int i = threadIdx.x; i < n; i += kThreads) {
-    const uint64_t x = src(i);
-    if (x >= threshold && x != 0) cand[atomicAdd(&sh.count, 1u)] = x;
-  }
-  __syncthreads();
-}
-
-// Sorts what gather left in cand descending. Up to kThreads keys: each key's
+// Sorts the sh.count keys finish left in cand descending. Up to kThreads keys: each key's
 // rank among the (unique) others is its slot, one barrier instead of the log²
 // stages of a bitonic sort, for the latency of the merging CTA. The bitonic
 // sort has fewer instructions, but at B = 1024 it measured no faster on the
@@ -189,7 +175,8 @@ __device__ void sort_desc(uint64_t* cand, int kpow2, SelectShared& sh) {
   }
 }
 
-// Returns T such that exactly `want` of buf[0..n) (unique, nonzero) are >= T.
+// Returns T such that exactly `want` of buf[0..n) (unique, nonzero) are >= T,
+// and clears sh.count for the compaction that follows (barriers publish it).
 // Radix select, 8 bits a pass, starting below the bits all keys share (where
 // their min and max agree): a list's keys lie between its bound and its best,
 // so a pass over the top byte would leave them in one or two bins. It stops
@@ -220,6 +207,7 @@ __device__ uint64_t select_threshold(const uint64_t* buf, int n, int want, Selec
     sh.warp_hi[warp] = hi;
   }
   sh.hist[0][threadIdx.x] = 0;
+  if (threadIdx.x == 0) sh.count = 0;
   __syncthreads();
 #pragma unroll
   for (int w = 0; w < kThreads / 32; ++w) {
@@ -265,8 +253,6 @@ __device__ uint64_t select_threshold(const uint64_t* buf, int n, int want, Selec
 __device__ void fold(const Params& p, uint64_t* buf, uint64_t* cand, Stream& st, SelectShared& sh) {
   const int n = int(st.count);
   const uint64_t cut = select_threshold(buf, n, p.k, sh);
-  if (threadIdx.x == 0) sh.count = 0;
-  __syncthreads();
   for (int i = threadIdx.x; i < n; i += kThreads) {
     const uint64_t x = buf[i];
     if (x >= cut && x != 0) cand[atomicAdd(&sh.count, 1u)] = x;  // exactly k are taken
@@ -308,11 +294,14 @@ __device__ __forceinline__ void offer_key(bool valid, uint64_t key, uint32_t bou
 }
 
 // After each tile (every thread calls it): folds when the next tile could
-// overflow buf. The barrier also publishes the tile's appends.
-__device__ __forceinline__ void end_tile(const Params& p, uint32_t end, int tile, uint64_t* buf, uint64_t* cand,
+// overflow buf, and says whether it did. The barrier also publishes the
+// tile's appends.
+__device__ __forceinline__ bool end_tile(const Params& p, uint32_t end, int tile, uint64_t* buf, uint64_t* cand,
                                          Stream& st, SelectShared& sh) {
-  // The largest `end` of any warp is the count; the barrier's OR decides for all.
-  if (__syncthreads_or(end + uint32_t(tile) > uint32_t(p.cap))) fold(p, buf, cand, st, sh);
+  // The largest `end` of any thread is the count; the barrier's OR decides for all.
+  if (!__syncthreads_or(end + uint32_t(tile) > uint32_t(p.cap))) return false;
+  fold(p, buf, cand, st, sh);
+  return true;
 }
 
 // The exact top-k of buf into cand (zero-padded to kpow2), sorted descending
@@ -320,8 +309,19 @@ __device__ __forceinline__ void end_tile(const Params& p, uint32_t end, int tile
 __device__ void finish(const Params& p, uint64_t* buf, uint64_t* cand, Stream& st, SelectShared& sh,
                        bool sorted) {
   const int n = int(st.count);
-  const uint64_t cut = n <= p.k ? 1 : select_threshold(buf, n, p.k, sh);
-  gather([&](int i) { return buf[i]; }, n, cut, cand, p.kpow2, sh);
+  for (int i = threadIdx.x; i < p.kpow2; i += kThreads) cand[i] = 0;  // published with sh.count below
+  uint64_t cut = 1;
+  if (n > p.k) {
+    cut = select_threshold(buf, n, p.k, sh);
+  } else {
+    if (threadIdx.x == 0) sh.count = 0;
+    __syncthreads();
+  }
+  for (int i = threadIdx.x; i < n; i += kThreads) {
+    const uint64_t x = buf[i];
+    if (x >= cut && x != 0) cand[atomicAdd(&sh.count, 1u)] = x;
+  }
+  __syncthreads();
   if (threadIdx.x == 0 && n > p.k) st.bound = cut;  // k keys are >= cut: a bound for a merge
   if (sorted) sort_desc(cand, p.kpow2, sh);
 }
@@ -567,6 +567,10 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) topk_kernel(Params p) {
   // keys (this CTA's merge is the tail of a small batch's latency).
   const int total = p.splits * p.k;
   const int own_lo = c * p.k, own_hi = own_lo + p.k;
+  // A round needs no tile-end check (a barrier on the small batch's critical
+  // path) while the list could take every key of the next round even if this
+  // and every unchecked round took all of theirs: `worst` bounds the count.
+  uint32_t worst = own, end = 0;
   for (int b0 = 0; b0 < total; b0 += kMergeBatch * kThreads) {
     uint64_t x[kMergeBatch];
 #pragma unroll
@@ -578,11 +582,16 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) topk_kernel(Params p) {
 #pragma unroll
     for (int u = 0; u < kMergeBatch; ++u) {
       if (b0 + u * kThreads >= total) break;
-      uint32_t end = 0;
       offer_key(x[u] != 0, x[u], uint32_t(st.bound >> 32), buf, st, &end);
-      end_tile(p, end, kThreads, buf, cand, st, sh);
+      worst += kThreads;
+      const bool more = b0 + (u + 1) * kThreads < total;
+      if (more && worst + kThreads > uint32_t(p.cap) && end_tile(p, end, kThreads, buf, cand, st, sh)) {
+        worst = uint32_t(p.k);
+        end = 0;
+      }
     }
   }
+  __syncthreads();  // the last appends, before finish reads the count
   finish(p, buf, cand, st, sh, /*sorted=*/true);
   write_final(p, row, cand);
 }
