@@ -118,11 +118,6 @@ struct Stream {
 
 __device__ __forceinline__ uint32_t lane_id() { return threadIdx.x % 32; }
 
-// Compactions take their slot with `if (take) slot = atomicAdd(counter, 1)`:
-// the compiler turns it into one shared atomic per warp (leader election,
-// popc of the takers, each lane's rank among them), fewer instructions than
-// the same done by hand around a ballot.
-
 // Inclusive suffix sum over the 256 bins (thread t holds bin t).
 __device__ __forceinline__ uint32_t suffix_sum(uint32_t h, SelectShared& sh) {
   static_assert(kThreads == 256, "one thread per bin");
@@ -139,8 +134,8 @@ __device__ __forceinline__ uint32_t suffix_sum(uint32_t h, SelectShared& sh) {
   return s;
 }
 
-// Sorts the sh.count keys finish left in cand descending. Up to kThreads keys: each key's
-// rank among the (unique) others is its slot, one barrier instead of the log²
+// Sorts the sh.count keys finish left in cand descending. Up to kThreads
+// keys: each key's rank among the (unique) others is its slot, one barrier instead of the log²
 // stages of a bitonic sort, for the latency of the merging CTA. The bitonic
 // sort has fewer instructions, but at B = 1024 it measured no faster on the
 // H200 (d = 16: 0.105 vs 0.101 ms).
@@ -231,7 +226,7 @@ __device__ uint64_t select_threshold(const uint64_t* buf, int n, int want, Selec
     }
     __syncthreads();
     const uint32_t h = hist[threadIdx.x];
-    sh.hist[(pass + 1) & 1][threadIdx.x] = 0;  // last read before the previous pass's second barrier
+    sh.hist[(pass + 1) & 1][threadIdx.x] = 0;  // the next pass's: last read before the previous pass's 2nd barrier
     const uint32_t s = suffix_sum(h, sh);
     if (s >= remaining && s - h < remaining) {
       sh.digit = threadIdx.x;
@@ -267,7 +262,11 @@ __device__ void fold(const Params& p, uint64_t* buf, uint64_t* cand, Stream& st,
 }
 
 // Appends key() (computed by takers only) to buf; *end: this thread's last
-// slot + 1, so the largest of any thread's is the count.
+// slot + 1, so the largest of any thread's is the count. Here and in the
+// compactions of fold and finish a slot is `atomicAdd(counter, 1)` under the
+// take: the compiler makes it one shared atomic per warp (leader, popc of the
+// takers, each lane's rank), fewer instructions than the same by hand around
+// a ballot.
 template <typename Key>
 __device__ __forceinline__ void append(bool take, Key key, uint64_t* buf, Stream& st, uint32_t* end) {
   if (take) {
@@ -309,7 +308,7 @@ __device__ __forceinline__ bool end_tile(const Params& p, uint32_t end, int tile
 __device__ void finish(const Params& p, uint64_t* buf, uint64_t* cand, Stream& st, SelectShared& sh,
                        bool sorted) {
   const int n = int(st.count);
-  for (int i = threadIdx.x; i < p.kpow2; i += kThreads) cand[i] = 0;  // published with sh.count below
+  for (int i = threadIdx.x; i < p.kpow2; i += kThreads) cand[i] = 0;  // before the barrier below (or the select's)
   uint64_t cut = 1;
   if (n > p.k) {
     cut = select_threshold(buf, n, p.k, sh);
