@@ -40,6 +40,17 @@ def test_long_rows(backend, L, B, d, k, dtype, seed):
     assert_matches_reference(dare_kernels.topk_attention(q, K, k, lengths=lengths, backend=backend), s)
 
 
+def _assert_exact_with_short_last_row(query, keys, k, dtype, backend):
+    """Integer-valued CPU inputs, in `dtype` on the GPU, the last row 1234 keys
+    shorter: the backend must match the reference exactly."""
+    B, L = keys.shape[:2]
+    q, K = query.to(dtype).cuda(), keys.to(dtype).cuda()
+    lengths = torch.full((B,), L, device="cuda")
+    lengths[-1] = L - 1234
+    s = Sample(q, K, k, lengths, exact=True)
+    assert_matches_reference(dare_kernels.topk_attention(q, K, k, lengths=lengths, backend=backend), s)
+
+
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 @pytest.mark.parametrize("B", [2, 300], ids=["split_rows", "row_per_program"])
 @pytest.mark.parametrize("d", [16, 5])
@@ -65,11 +76,7 @@ def test_adversarial_orders(backend, B, d, k, dtype, seed):
     query = torch.zeros(B, d)
     query[:, 0] = 1.0
     query[3::4] = torch.randint(-2, 3, query[3::4].shape, generator=g).float()
-    q, K = query.to(dtype).cuda(), keys.to(dtype).cuda()
-    lengths = torch.full((B,), L, device="cuda")
-    lengths[-1] = L - 1234
-    s = Sample(q, K, k, lengths, exact=True)
-    assert_matches_reference(dare_kernels.topk_attention(q, K, k, lengths=lengths, backend=backend), s)
+    _assert_exact_with_short_last_row(query, keys, k, dtype, backend)
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
@@ -93,11 +100,7 @@ def test_adversarial_orders_many_targets(backend, B, d, k, dtype, seed):
     query[:, 0::4, 0] = 1.0
     query[:, 1::4, 0] = -1.0
     query[:, 3::4, 1:] = torch.randint(-2, 3, query[:, 3::4, 1:].shape, generator=g).float()
-    q, K = query.to(dtype).cuda(), keys.to(dtype).cuda()
-    lengths = torch.full((B,), L, device="cuda")
-    lengths[-1] = L - 1234
-    s = Sample(q, K, k, lengths, exact=True)
-    assert_matches_reference(dare_kernels.topk_attention(q, K, k, lengths=lengths, backend=backend), s)
+    _assert_exact_with_short_last_row(query, keys, k, dtype, backend)
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)

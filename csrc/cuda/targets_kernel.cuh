@@ -143,9 +143,7 @@ __global__ void __launch_bounds__(kThreads, 2) targets_kernel(Params p) {
   if (n > 0) load(cur, 0);
   for (int j0 = 0; j0 < n; j0 += TILE) {
     if (j0 + TILE < n) load(nxt, j0 + TILE);
-    // Bound 0 (nothing folded yet) reads as NaN: every score passes.
-    const float bound_a = key_score(uint32_t(st[ta].bound >> 32));
-    const float bound_b = key_score(uint32_t(st[tb].bound >> 32));
+    const float bound_a = bound_score(st[ta]), bound_b = bound_score(st[tb]);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       float acc[4] = {0.f, 0.f, 0.f, 0.f};

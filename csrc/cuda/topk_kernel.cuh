@@ -118,6 +118,10 @@ struct Stream {
 
 __device__ __forceinline__ uint32_t lane_id() { return threadIdx.x % 32; }
 
+// The list's bound as a float score, for the filters (bound 0, nothing folded
+// yet, reads as NaN: every score passes).
+__device__ __forceinline__ float bound_score(const Stream& st) { return key_score(uint32_t(st.bound >> 32)); }
+
 // Inclusive suffix sum over the 256 bins (thread t holds bin t).
 __device__ __forceinline__ uint32_t suffix_sum(uint32_t h, SelectShared& sh) {
   static_assert(kThreads == 256, "one thread per bin");
@@ -135,8 +139,8 @@ __device__ __forceinline__ uint32_t suffix_sum(uint32_t h, SelectShared& sh) {
 }
 
 // Sorts the sh.count keys finish left in cand descending. Up to kThreads
-// keys: each key's rank among the (unique) others is its slot, one barrier instead of the log²
-// stages of a bitonic sort, for the latency of the merging CTA. The bitonic
+// keys: each key's rank among the (unique) others is its slot, one barrier
+// instead of the log² stages of a bitonic sort, for the latency of the merging CTA. The bitonic
 // sort has fewer instructions, but at B = 1024 it measured no faster on the
 // H200 (d = 16: 0.105 vs 0.101 ms).
 __device__ void sort_desc(uint64_t* cand, int kpow2, SelectShared& sh) {
@@ -243,16 +247,25 @@ __device__ uint64_t select_threshold(const uint64_t* buf, int n, int want, Selec
   return prefix;
 }
 
+// Copies the nonzero keys >= cut of buf[0..n) to cand[0, sh.count), which
+// must start at 0 (select_threshold clears it), and publishes them. A slot is
+// `atomicAdd(counter, 1)` under the take: the compiler makes it one shared
+// atomic per warp (leader, popc of the takers, each lane's rank), fewer
+// instructions than the same by hand around a ballot.
+__device__ __forceinline__ void compact(const uint64_t* buf, int n, uint64_t cut, uint64_t* cand, SelectShared& sh) {
+  for (int i = threadIdx.x; i < n; i += kThreads) {
+    const uint64_t x = buf[i];
+    if (x >= cut && x != 0) cand[atomicAdd(&sh.count, 1u)] = x;
+  }
+  __syncthreads();
+}
+
 // Cuts buf (st.count > k keys) to its k best and raises st.bound to the cut.
 // cand is scratch.
 __device__ void fold(const Params& p, uint64_t* buf, uint64_t* cand, Stream& st, SelectShared& sh) {
   const int n = int(st.count);
   const uint64_t cut = select_threshold(buf, n, p.k, sh);
-  for (int i = threadIdx.x; i < n; i += kThreads) {
-    const uint64_t x = buf[i];
-    if (x >= cut && x != 0) cand[atomicAdd(&sh.count, 1u)] = x;  // exactly k are taken
-  }
-  __syncthreads();
+  compact(buf, n, cut, cand, sh);  // exactly k are taken
   for (int i = threadIdx.x; i < p.k; i += kThreads) buf[i] = cand[i];
   if (threadIdx.x == 0) {
     st.count = uint32_t(p.k);
@@ -261,12 +274,9 @@ __device__ void fold(const Params& p, uint64_t* buf, uint64_t* cand, Stream& st,
   __syncthreads();
 }
 
-// Appends key() (computed by takers only) to buf; *end: this thread's last
-// slot + 1, so the largest of any thread's is the count. Here and in the
-// compactions of fold and finish a slot is `atomicAdd(counter, 1)` under the
-// take: the compiler makes it one shared atomic per warp (leader, popc of the
-// takers, each lane's rank), fewer instructions than the same by hand around
-// a ballot.
+// Appends key() (computed by takers only) to buf, a slot taken as in
+// compact; *end: this thread's last slot + 1, so the largest of any thread's
+// is the count.
 template <typename Key>
 __device__ __forceinline__ void append(bool take, Key key, uint64_t* buf, Stream& st, uint32_t* end) {
   if (take) {
@@ -277,8 +287,7 @@ __device__ __forceinline__ void append(bool take, Key key, uint64_t* buf, Stream
 }
 
 // Offers one score (valid = its key exists): it joins buf unless it is below
-// `bound`, the float of the list's bound (NaN, which lets everything pass,
-// until the first fold). A superset of the keys above the bound is kept; the
+// `bound` (bound_score). A superset of the keys above the bound is kept; the
 // folds and the final select are exact. Comparing floats, not packed keys,
 // leaves the packing to the takers.
 __device__ __forceinline__ void offer(bool valid, float score, uint32_t pos, float bound, uint64_t* buf, Stream& st,
@@ -316,11 +325,7 @@ __device__ void finish(const Params& p, uint64_t* buf, uint64_t* cand, Stream& s
     if (threadIdx.x == 0) sh.count = 0;
     __syncthreads();
   }
-  for (int i = threadIdx.x; i < n; i += kThreads) {
-    const uint64_t x = buf[i];
-    if (x >= cut && x != 0) cand[atomicAdd(&sh.count, 1u)] = x;
-  }
-  __syncthreads();
+  compact(buf, n, cut, cand, sh);
   if (threadIdx.x == 0 && n > p.k) st.bound = cut;  // k keys are >= cut: a bound for a merge
   if (sorted) sort_desc(cand, p.kpow2, sh);
 }
@@ -347,7 +352,7 @@ __device__ __forceinline__ void stream_tiles(const Params& p, int n, Load load, 
     if (j0 + 2 * TILE <= n) load(nxt, j0 + TILE, std::true_type());
     else if (j0 + TILE < n) load(nxt, j0 + TILE, std::false_type());
     uint32_t end = 0;
-    offer_tile(cur, j0, key_score(uint32_t(st.bound >> 32)), &end);
+    offer_tile(cur, j0, bound_score(st), &end);
     end_tile(p, end, TILE, buf, cand, st, sh);
     cur = nxt;
   }
@@ -489,7 +494,7 @@ __device__ void stream_span_generic(const Params& p, const T* __restrict__ keys,
       for (int64_t c = 0; c < p.d; ++c) acc = fmaf(to_float(q[c]), to_float(x[c]), acc);
     }
     uint32_t end = 0;
-    offer(j < n, acc * p.scale, pos0 + uint32_t(j), key_score(uint32_t(st.bound >> 32)), buf, st, &end);
+    offer(j < n, acc * p.scale, pos0 + uint32_t(j), bound_score(st), buf, st, &end);
     end_tile(p, end, kThreads, buf, cand, st, sh);
   }
 }
