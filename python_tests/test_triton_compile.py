@@ -34,17 +34,14 @@ def test_kernels_compile_for_gpu(arch, dtype, d, k, scale):
     from dare_kernels.triton import kernels, search
     p = search.plan(1024, 10000, d, k, torch.device("cpu"), split=4, cfg=search.CONFIGS[0])
     base = {"q_ptr": f"*{dtype}", "k_ptr": f"*{dtype}", "len_ptr": "*i64", "out_s_ptr": "*fp32",
-            "out_i_ptr": "*i64", "part_ptr": "*i64", "scratch_ptr": "*i64", "T": "i32", "L": "i32", "D": "i32",
+            "out_i_ptr": "*i64", "okey_ptr": "*i32", "gmax_ptr": "*i32", "ticket_ptr": "*i32",
+            "scratch_ptr": "*i64", "T": "i32", "L": "i32", "D": "i32",
             "k": "i32", "span": "i32", "scratch_stride": "i32", "scale": scale, "stride_kb": "i32",
             "stride_kl": "i32"}
     for split in (False, True):
         ck = _compile_for(kernels._search_kernel, base, dict(**p.fixed(), C=p.chunk(search.CONFIGS[0]),
                           HAS_LEN=True, SPLIT=split), arch, search.CONFIGS[0].num_warps)
         assert ck.asm["cubin"]
-    merge = {"part_ptr": "*i64", "scratch_ptr": "*i64", "out_s_ptr": "*fp32", "out_i_ptr": "*i64",
-             "n_part": "i32", "k": "i32", "scratch_stride": "i32"}
-    assert _compile_for(kernels._merge_kernel, merge, dict(C=p.K_PAD, K_PAD=p.K_PAD, P_CAP=p.P_CAP, M_S=p.M_S),
-                        arch, 4).asm["cubin"]
     keys = {"q_ptr": f"*{dtype}", "k_ptr": f"*{dtype}", "len_ptr": "*i64", "keys_ptr": "*i64", "T": "i32",
             "L": "i32", "D": "i32", "scale": scale, "stride_kb": "i32", "stride_kl": "i32"}
     assert _compile_for(kernels._keys_kernel, keys, dict(DB=p.DB, C=64, HAS_LEN=False), arch, 4).asm["cubin"]

@@ -5,28 +5,46 @@ contract's order (NaN first, equal scores by ascending position, -0 == +0), so a
 selection is a plain integer comparison and every key is distinct. Padding is NEG,
 below every real key.
 
-_search_kernel: one program per (row, split). It streams its keys in chunks of C
-(scores stay in registers), keeps a lower bound `thr` of the row's k-th key, and appends
-only keys >= thr to a per-program scratch list (a few KB, cache-resident). When that list
-passes P_CAP/2 it is folded into the best k by one sort of K_PAD + P_CAP keys, which
-raises `thr`. For random scores ~k/position of the keys pass once the first chunk is
-folded, so selection costs about one compare per key. Split rows are merged by the same
-filter (_merge_kernel). A single sort size and a single fold site keep compilation short.
+_search_kernel: one program per (row, split), in two phases.
+- Score pass: streams the program's keys in chunks of C, stores each score's int32 order
+  key to a row-sized buffer (4 bytes a key, read back from L2 moments later) and keeps
+  the largest key at each chunk offset (C group maxima). The loop has no selection and no
+  barrier, so it runs at the rate the keys arrive.
+- Select: the k-th largest group maximum is a lower bound of the row's k-th key (k keys
+  of distinct groups reach it); for random scores ~1-2% of the row passes it. One pass
+  over the order keys appends those to a scratch list (a few KB), folded into the best k
+  by one sort of K_PAD + P_CAP keys whenever it passes P_CAP/2; each fold also raises the
+  bound, so ties and adversarial orders stay exact and bounded.
+A split row's programs publish their group maxima; the last to finish (an atomic ticket)
+selects for the row: one launch per call. A single sort size and a single fold site keep
+compilation short.
 """
 import triton
 import triton.language as tl
 
 NEG = tl.constexpr(-(2**63))
+INT_MIN = tl.constexpr(-(2**31))
+
+
+@triton.jit
+def order_key(score):
+    """int32 whose order is the contract's order of float32 scores (NaN first, -0 == +0);
+    every real score's key is above INT_MIN, which marks "no key"."""
+    s = tl.where(score == 0.0, 0.0, score)
+    bits = s.to(tl.int32, bitcast=True)
+    okey = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+    return tl.where(s != s, 0x7FFFFFFE, okey)
+
+
+@triton.jit
+def pack_okey(okey, pos):
+    # (okey << 32) | (2**32 - 1 - pos), written without constants wider than int32.
+    return ((okey.to(tl.int64) + 1) << 32) - 1 - pos.to(tl.int64)
 
 
 @triton.jit
 def pack(score, pos):
-    s = tl.where(score == 0.0, 0.0, score)  # -0 ties with +0
-    bits = s.to(tl.int32, bitcast=True)
-    okey = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
-    okey = tl.where(s != s, 0x7FFFFFFE, okey)  # every NaN above +inf
-    # (okey << 32) | (2**32 - 1 - pos), written without constants wider than int32.
-    return ((okey.to(tl.int64) + 1) << 32) - 1 - pos.to(tl.int64)
+    return pack_okey(order_key(score), pos)
 
 
 @triton.jit
@@ -61,9 +79,9 @@ def _row_length(len_ptr, b, L, HAS_LEN: tl.constexpr):
 
 
 @triton.jit
-def _packed_scores(kv, q, scale, pos):
+def _scores(kv, q, scale):
     # float32 after scaling: torch.compile passes a Python-float scale as fp64.
-    return pack((tl.sum(kv.to(tl.float32) * q[None, :], axis=1) * scale).to(tl.float32), pos)
+    return (tl.sum(kv.to(tl.float32) * q[None, :], axis=1) * scale).to(tl.float32)
 
 
 @triton.jit
@@ -117,55 +135,104 @@ def _emit(scratch, n_best, out_s_ptr, out_i_ptr, r, k, K_PAD: tl.constexpr):
 
 
 @triton.jit
-def _search_kernel(q_ptr, k_ptr, len_ptr, out_s_ptr, out_i_ptr, part_ptr, scratch_ptr,
-                   T, L, D, k, span, scratch_stride, scale, stride_kb, stride_kl,
-                   DB: tl.constexpr, C: tl.constexpr, K_PAD: tl.constexpr, P_CAP: tl.constexpr,
-                   M_S: tl.constexpr, HAS_LEN: tl.constexpr, SPLIT: tl.constexpr):
-    r = tl.program_id(0)  # row b * T + t
-    s = tl.program_id(1)  # split of the row
-    b = r // T
-    start = s * span
-    end = tl.minimum(start + span, _row_length(len_ptr, b, L, HAS_LEN))
-    prog = r.to(tl.int64) * tl.num_programs(1) + s
-    scratch = scratch_ptr + prog * scratch_stride
-    q = _load_query(q_ptr, r, D, DB)
-    k_row = k_ptr + b.to(tl.int64) * stride_kb
-
-    thr = tl.full([], NEG, tl.int64)
-    n_best = tl.zeros([], tl.int32)
-    n_pend = tl.zeros([], tl.int32)
-    pos = start + tl.arange(0, C)
-    kv = _load_keys(k_row, pos, pos < end, D, stride_kl, DB)
-    # One extra, empty chunk flushes the pending list (one call site: one sort compiled).
-    for c0 in range(start, tl.maximum(end, start) + C, C):
-        pos = c0 + tl.arange(0, C)
-        valid = pos < end
-        # The next chunk's loads are issued before this chunk's selection: in flight meanwhile.
-        kv_next = _load_keys(k_row, pos + C, pos + C < end, D, stride_kl, DB)
-        key = _packed_scores(kv, q, scale, pos)
-        thr, n_best, n_pend = _offer(scratch, key, valid, thr, n_best, n_pend, k, c0 >= end, K_PAD, P_CAP, M_S)
-        kv = kv_next
-    if SPLIT:
-        tl.store(part_ptr + prog * K_PAD + tl.arange(0, K_PAD), _best(scratch, n_best, K_PAD))
-    else:
-        _emit(scratch, n_best, out_s_ptr, out_i_ptr, r, k, K_PAD)
+def _bound(gmax, k):
+    """A lower bound of the row's k-th key: the k-th largest group maximum (k keys of
+    distinct groups reach it), rounded down to a multiple of 2**16 in int32 order-key
+    space. 16 bisection steps, not 32: each is a block-wide reduction, and the last 16
+    would only trim a few survivors (B = 8, d = 32 on an H200: 26.7 -> 23.5 us). INT_MIN
+    (no bound) if fewer than k groups hold a key."""
+    lo = tl.full([], INT_MIN, tl.int64)
+    hi = tl.full([], -INT_MIN, tl.int64)
+    for _ in range(16):
+        mid = (lo + hi) >> 1
+        enough = tl.sum((gmax >= mid).to(tl.int32), axis=0) >= k
+        lo = tl.where(enough, mid, lo)
+        hi = tl.where(enough, hi, mid)
+    return lo
 
 
 @triton.jit
-def _merge_kernel(part_ptr, scratch_ptr, out_s_ptr, out_i_ptr, n_part, k, scratch_stride,
-                  C: tl.constexpr, K_PAD: tl.constexpr, P_CAP: tl.constexpr, M_S: tl.constexpr):
-    """Top k of a row's split lists (n_part keys, NEG-padded), by the same threshold filter."""
-    r = tl.program_id(0)
-    scratch = scratch_ptr + r.to(tl.int64) * scratch_stride
-    thr = tl.full([], NEG, tl.int64)
+def _load_okeys(okey_row, pos, n):
+    # .cg: the row's other programs wrote them from other SMs.
+    return tl.load(okey_row + pos, mask=pos < n, other=INT_MIN, cache_modifier=".cg")
+
+
+@triton.jit
+def _select(okey_row, n, bound, k, scratch, out_s_ptr, out_i_ptr, r, BOUND_PASS: tl.constexpr,
+            C2: tl.constexpr, K_PAD: tl.constexpr, P_CAP: tl.constexpr, M_S: tl.constexpr):
+    """Top k of a row's n order keys (in L2) that are >= bound, into the outputs."""
+    if BOUND_PASS:
+        # Too few group maxima for a bound (wide keys: short chunks): C2 groups of the order keys.
+        gmax = tl.full([C2], INT_MIN, tl.int32)
+        okey = _load_okeys(okey_row, tl.arange(0, C2), n)
+        for c0 in range(0, n, C2):
+            okey_next = _load_okeys(okey_row, c0 + C2 + tl.arange(0, C2), n)
+            gmax = tl.maximum(gmax, okey)
+            okey = okey_next
+        bound = tl.maximum(bound, _bound(gmax, k))
+    thr = bound << 32  # the lowest packed key whose order key is `bound`
     n_best = tl.zeros([], tl.int32)
     n_pend = tl.zeros([], tl.int32)
-    for c0 in range(0, n_part + C, C):
-        pos = c0 + tl.arange(0, C)
-        key = tl.load(part_ptr + r.to(tl.int64) * n_part + pos, mask=pos < n_part, other=NEG)
-        thr, n_best, n_pend = _offer(scratch, key, key != NEG, thr, n_best, n_pend, k, c0 >= n_part,
+    okey = _load_okeys(okey_row, tl.arange(0, C2), n)
+    # One extra, empty chunk flushes the pending list (one call site: one sort compiled).
+    for c0 in range(0, n + C2, C2):
+        pos = c0 + tl.arange(0, C2)
+        valid = pos < n
+        okey_next = _load_okeys(okey_row, pos + C2, n)  # in flight during this chunk's selection
+        thr, n_best, n_pend = _offer(scratch, pack_okey(okey, pos), valid, thr, n_best, n_pend, k, c0 >= n,
                                      K_PAD, P_CAP, M_S)
+        okey = okey_next
     _emit(scratch, n_best, out_s_ptr, out_i_ptr, r, k, K_PAD)
+
+
+@triton.jit
+def _search_kernel(q_ptr, k_ptr, len_ptr, out_s_ptr, out_i_ptr, okey_ptr, gmax_ptr, ticket_ptr, scratch_ptr,
+                   T, L, D, k, span, scratch_stride, scale, stride_kb, stride_kl,
+                   DB: tl.constexpr, C: tl.constexpr, C2: tl.constexpr, CG: tl.constexpr, G: tl.constexpr,
+                   K_PAD: tl.constexpr, P_CAP: tl.constexpr, M_S: tl.constexpr, HAS_LEN: tl.constexpr,
+                   SPLIT: tl.constexpr):
+    r = tl.program_id(0)  # row b * T + t
+    s = tl.program_id(1)  # split of the row
+    b = r // T
+    n = _row_length(len_ptr, b, L, HAS_LEN)
+    start = s * span
+    end = tl.minimum(start + span, n)
+    q = _load_query(q_ptr, r, D, DB)
+    k_row = k_ptr + b.to(tl.int64) * stride_kb
+    okey_row = okey_ptr + r.to(tl.int64) * L
+
+    # Score pass: no selection and no barrier in the loop, so loads stream back to back.
+    # Group maxima: gmax[j] is the largest key at offset j of the program's chunks.
+    gmax = tl.full([C], INT_MIN, tl.int32)
+    pos = start + tl.arange(0, C)
+    kv = _load_keys(k_row, pos, pos < end, D, stride_kl, DB)
+    for c0 in range(start, end, C):
+        pos = c0 + tl.arange(0, C)
+        valid = pos < end
+        # The next chunk's loads are issued before this chunk's scores: in flight meanwhile.
+        kv_next = _load_keys(k_row, pos + C, pos + C < end, D, stride_kl, DB)
+        okey = tl.where(valid, order_key(_scores(kv, q, scale)), INT_MIN)
+        tl.store(okey_row + pos, okey, mask=valid)
+        gmax = tl.maximum(gmax, okey)
+        kv = kv_next
+    if SPLIT:
+        # The row's last program to finish (an atomic ticket) selects for the whole row,
+        # bounded by the maxima of all of its programs' groups (CG of each).
+        n_split = tl.num_programs(1)
+        g = tl.arange(0, CG)
+        tl.store(gmax_ptr + (r.to(tl.int64) * n_split + s) * CG + g, tl.max(tl.reshape(gmax, [CG, C // CG]), axis=1))
+        tl.debug_barrier()  # every key and maximum is stored before the ticket is taken (acq_rel, gpu)
+        if tl.atomic_add(ticket_ptr + r, 1, sem="acq_rel") == n_split - 1:
+            tl.atomic_xchg(ticket_ptr + r, 0)  # reset: the next launch (or an autotuning rerun) starts at 0
+            j = tl.arange(0, G)
+            every = tl.load(gmax_ptr + r.to(tl.int64) * n_split * CG + j, mask=j < n_split * CG, other=INT_MIN,
+                            cache_modifier=".cg")
+            _select(okey_row, n, _bound(every, k), k, scratch_ptr + r.to(tl.int64) * scratch_stride, out_s_ptr,
+                    out_i_ptr, r, G < 2 * K_PAD, C2, K_PAD, P_CAP, M_S)
+    else:
+        tl.debug_barrier()  # the row's keys, stored by all threads, are read by others
+        _select(okey_row, n, _bound(gmax, k), k, scratch_ptr + r.to(tl.int64) * scratch_stride, out_s_ptr,
+                out_i_ptr, r, C < 2 * K_PAD, C2, K_PAD, P_CAP, M_S)
 
 
 @triton.jit
@@ -178,5 +245,5 @@ def _keys_kernel(q_ptr, k_ptr, len_ptr, keys_ptr, T, L, D, scale, stride_kb, str
     pos = c0 + tl.arange(0, C)
     valid = pos < _row_length(len_ptr, b, L, HAS_LEN)
     kv = _load_keys(k_ptr + b.to(tl.int64) * stride_kb, pos, valid, D, stride_kl, DB)
-    key = _packed_scores(kv, _load_query(q_ptr, r, D, DB), scale, pos)
+    key = pack(_scores(kv, _load_query(q_ptr, r, D, DB), scale), pos)
     tl.store(keys_ptr + r.to(tl.int64) * L + pos, tl.where(valid, key, NEG), mask=pos < L)

@@ -19,8 +19,9 @@ from . import INTERPRET, kernels
 
 # Largest k the fused kernel selects itself; above it the packed keys go through torch.topk.
 FUSED_MAX_K = 1024
-# Largest merge of split lists (keys sorted by one program).
-MERGE_MAX = 1024
+# Most programs per row, and most group maxima a split row's last program bounds with.
+MAX_SPLIT = 16
+MAX_GROUPS = 2048
 
 
 def _pow2(n: int) -> int:
@@ -40,7 +41,7 @@ class Config:
 
 
 # Autotuned on the GPU (keyed on d, k and dtype); the first is the default.
-CONFIGS = (Config(8192, 4), Config(4096, 4), Config(8192, 8, 64), Config(4096, 4, 80))
+CONFIGS = (Config(8192, 4), Config(4096, 4), Config(4096, 2), Config(8192, 8, 64))
 INTERPRET_CONFIG = Config(32 * 16, 1)
 DEFAULT_CONFIG = INTERPRET_CONFIG if INTERPRET else CONFIGS[0]
 
@@ -52,16 +53,19 @@ class Plan:
     K_PAD: int
     P_CAP: int
     M_S: int
+    C2: int  # order keys per step of the select pass
+    CG: int  # group maxima each program of a split row publishes (<= every config's chunk)
+    G: int  # power of two >= split * CG
     split: int  # programs per row
     span: int  # keys per program
-    scratch: int  # int64 slots per program, enough for every config
+    scratch: int  # int64 slots of a row's candidate list
 
     def chunk(self, cfg: Config) -> int:
         return max(16, cfg.tile // self.DB)
 
     def fixed(self) -> dict:
         """Compile-time parameters that no config changes."""
-        return dict(DB=self.DB, K_PAD=self.K_PAD, P_CAP=self.P_CAP, M_S=self.M_S)
+        return dict(DB=self.DB, K_PAD=self.K_PAD, P_CAP=self.P_CAP, M_S=self.M_S, C2=self.C2, CG=self.CG, G=self.G)
 
 
 @functools.lru_cache(maxsize=None)
@@ -84,15 +88,19 @@ def _plan(R, L, D, k, device, split, cfg) -> Plan:
     M_S = max(512, 2 * K_PAD) if not INTERPRET else max(64, 2 * K_PAD)
     P_CAP = M_S - K_PAD
     configs = ((INTERPRET_CONFIG,) if INTERPRET else CONFIGS) + ((cfg,) if cfg else ())
-    C_max = max([max(16, c.tile // DB) for c in configs] + [K_PAD])  # K_PAD: the merge's chunk
+    chunks = [max(16, c.tile // DB) for c in configs]
     if split is None:
         # Rows alone should give every SM two programs; else split rows, a chunk or more each.
         programs = 2 * (8 if INTERPRET else _sm_count(device.index or 0))
-        split = min(-(-programs // max(R, 1)), -(-L // max(C_max, 256 if not INTERPRET else 1)))
-    split = max(1, min(split, L, MERGE_MAX // K_PAD))
+        split = min(-(-programs // max(R, 1)), -(-L // max(max(chunks), 256 if not INTERPRET else 1)))
+    split = max(1, min(split, L, MAX_SPLIT))
     span = -(-L // split)
     split = -(-L // span)
-    return Plan(D, DB, K_PAD, P_CAP, M_S, split, span, K_PAD + P_CAP // 2 + C_max)
+    CG = min(128, min(chunks), 1 << (MAX_GROUPS // split).bit_length() - 1)
+    # A split row's selection is its latency (B = 8, d = 32, H200: 2048 saved ~1.5 us); an
+    # unsplit row's overlaps other rows' streams, and 2048 costs registers (125 -> 167).
+    C2 = 64 if INTERPRET else 2048 if split > 1 else 1024
+    return Plan(D, DB, K_PAD, P_CAP, M_S, C2, CG, _pow2(split * CG), split, span, K_PAD + P_CAP // 2 + C2)
 
 
 _plan_cached = functools.lru_cache(maxsize=4096)(_plan)
@@ -118,10 +126,10 @@ def _autotuned(p: Plan):
     )(kernels._search_kernel)
 
 
-def _launch_search(wrap, p: Plan, q, keys, lengths, out_s, out_i, part, scratch, T, L, k, scale,
+def _launch_search(wrap, p: Plan, q, keys, lengths, out_s, out_i, okeys, gmax, tickets, scratch, T, L, k, scale,
                    cfg: Optional[Config]):
     has_len = lengths is not None
-    args = (q, keys, lengths if has_len else q, out_s, out_i, part, scratch,
+    args = (q, keys, lengths if has_len else q, out_s, out_i, okeys, gmax, tickets, scratch,
             T, L, p.D, k, p.span, p.scratch, scale, keys.stride(0), keys.stride(1))
     grid = (q.shape[0], p.split)
     flags = dict(HAS_LEN=has_len, SPLIT=p.split > 1)
@@ -176,14 +184,14 @@ def _topk_attention(query, keys, k, lengths=None, scale=1.0, *, split=None, fuse
         top = torch.topk(packed, k, dim=1).values
         score, idx = _unpack(top)
         return score.reshape(shape), idx.reshape(shape)
-    # Two buffers, not views of one: traced launches must not see aliased mutated arguments.
-    scratch = torch.empty(R * p.split * p.scratch, dtype=torch.int64, device=device)
-    part = torch.empty(R * p.split * p.K_PAD if p.split > 1 else 1, dtype=torch.int64, device=device)
-    _launch_search(wrap, p, q, keys, lengths, out_s, out_i, part, scratch, s.T, s.L, k, scale, cfg)
-    if p.split > 1:
-        wrap(kernels._merge_kernel)[(R,)](part, scratch, out_s, out_i, p.split * p.K_PAD, k, p.scratch,
-                                           C=p.K_PAD, K_PAD=p.K_PAD, P_CAP=p.P_CAP, M_S=p.M_S,
-                                           num_warps=4 if not INTERPRET else 1)
+    # Separate buffers, not views of one: traced launches must not see aliased mutated arguments.
+    okeys = torch.empty(R * s.L, dtype=torch.int32, device=device)
+    scratch = torch.empty(R * p.scratch, dtype=torch.int64, device=device)
+    split = p.split > 1
+    # A split row's tickets start at 0 and its last program resets them.
+    gmax = torch.empty(R * p.split * p.CG if split else 1, dtype=torch.int32, device=device)
+    tickets = torch.zeros(R if split else 1, dtype=torch.int32, device=device)
+    _launch_search(wrap, p, q, keys, lengths, out_s, out_i, okeys, gmax, tickets, scratch, s.T, s.L, k, scale, cfg)
     return out_s, out_i
 
 
