@@ -1,7 +1,9 @@
 """Paths of the Triton backend that the shared matrix reaches only at GPU sizes or by
-chance: forced splits (+ merge), tiny chunks (many folds of the pending list), one
-chunk per row (a first chunk far larger than the pending list: folded in windows),
-the large-k path and autotuning. On CPU under TRITON_INTERPRET=1, compiled on a GPU."""
+chance: forced splits (the row's last program selects, bounded by every program's group
+maxima), tiny chunks (too few group maxima: the bound comes from a pass over the order
+keys), one chunk per row (a select step far larger than the pending list: folded in
+windows when ties or sorted rows defeat the bound), the large-k path and autotuning. On
+CPU under TRITON_INTERPRET=1, compiled on a GPU."""
 import pytest
 import torch
 

@@ -7,9 +7,10 @@ below every real key.
 
 _search_kernel: one program per (row, split), in two phases.
 - Score pass: streams the program's keys in chunks of C, stores each score's int32 order
-  key to a row-sized buffer (4 bytes a key, read back from L2 moments later) and keeps
-  the largest key at each chunk offset (C group maxima). The loop has no selection and no
-  barrier, so it runs at the rate the keys arrive.
+  key to a row-sized buffer (4 bytes a key, read back later in the same launch) and keeps
+  the largest key at each chunk offset (C group maxima). The loop holds no selection and
+  no reduction; its one barrier is Triton's layout conversion for the coalesced store.
+  Alone it streams at 77-78% of the copy bandwidth (H200, d = 16).
 - Select: the k-th largest group maximum is a lower bound of the row's k-th key (k keys
   of distinct groups reach it); for random scores ~1-2% of the row passes it. One pass
   over the order keys appends those to a scratch list (a few KB), folded into the best k
@@ -201,7 +202,7 @@ def _search_kernel(q_ptr, k_ptr, len_ptr, out_s_ptr, out_i_ptr, okey_ptr, gmax_p
     k_row = k_ptr + b.to(tl.int64) * stride_kb
     okey_row = okey_ptr + r.to(tl.int64) * L
 
-    # Score pass: no selection and no barrier in the loop, so loads stream back to back.
+    # Score pass: no selection and no reduction in the loop, so loads stream back to back.
     # Group maxima: gmax[j] is the largest key at offset j of the program's chunks.
     gmax = tl.full([C], INT_MIN, tl.int32)
     pos = start + tl.arange(0, C)
