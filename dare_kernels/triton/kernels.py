@@ -12,10 +12,12 @@ _search_kernel: one program per (row, split), in two phases.
   no reduction; its one barrier is Triton's layout conversion for the coalesced store.
   Alone it streams at 77-78% of the copy bandwidth (H200, d = 16).
 - Select: the k-th largest group maximum is a lower bound of the row's k-th key (k keys
-  of distinct groups reach it); for random scores ~1-2% of the row passes it. One pass
-  over the order keys appends those to a scratch list (a few KB), folded into the best k
-  by one sort of K_PAD + P_CAP keys whenever it passes P_CAP/2; each fold also raises the
-  bound, so ties and adversarial orders stay exact and bounded.
+  of distinct groups reach it); for random scores ~1.5% of the row passes it. One pass
+  over the order keys puts those in per-lane slots (W per key offset of a step, no
+  reduction per step), one scan gathers them, and one sort of K_PAD + P_CAP keys keeps
+  the best k. Where a lane overflows (ties, sorted rows), a filter pass appends to a
+  scratch list instead, folded by the same sort whenever it passes P_CAP/2; each fold
+  raises the bound, so adversarial orders stay exact and bounded.
 A split row's programs publish their group maxima; the last to finish (an atomic ticket)
 selects for the row: one launch per call. A single sort size and a single fold site keep
 compilation short.
@@ -160,27 +162,50 @@ def _load_okeys(okey_row, pos, n):
 
 @triton.jit
 def _select(okey_row, n, bound, k, scratch, out_s_ptr, out_i_ptr, r, BOUND_PASS: tl.constexpr,
-            C2: tl.constexpr, K_PAD: tl.constexpr, P_CAP: tl.constexpr, M_S: tl.constexpr):
+            C2: tl.constexpr, W: tl.constexpr, K_PAD: tl.constexpr, P_CAP: tl.constexpr, M_S: tl.constexpr):
     """Top k of a row's n order keys (in L2) that are >= bound, into the outputs."""
+    lane = tl.arange(0, C2)
     if BOUND_PASS:
         # Too few group maxima for a bound (wide keys: short chunks): C2 groups of the order keys.
         gmax = tl.full([C2], INT_MIN, tl.int32)
-        okey = _load_okeys(okey_row, tl.arange(0, C2), n)
+        okey = _load_okeys(okey_row, lane, n)
         for c0 in range(0, n, C2):
-            okey_next = _load_okeys(okey_row, c0 + C2 + tl.arange(0, C2), n)
+            okey_next = _load_okeys(okey_row, c0 + C2 + lane, n)
             gmax = tl.maximum(gmax, okey)
             okey = okey_next
         bound = tl.maximum(bound, _bound(gmax, k))
+    # Lane pass: every lane (key offset in a step of C2) appends the keys that pass to its
+    # own W slots, so a step has no reduction and no barrier; one scan then gathers them.
+    slots = scratch + K_PAD + P_CAP // 2 + C2 + lane * W
+    held = tl.zeros([C2], tl.int32)
+    okey = _load_okeys(okey_row, lane, n)
+    for c0 in range(0, n, C2):
+        pos = c0 + lane
+        okey_next = _load_okeys(okey_row, pos + C2, n)  # in flight during this step
+        take = (pos < n) & (okey >= bound)
+        tl.store(slots + held, pack_okey(okey, pos), mask=take & (held < W))
+        held += take.to(tl.int32)
+        okey = okey_next
+    n_pend = tl.sum(tl.minimum(held, W), axis=0)
+    # A lane past W slots (ties, sorted rows) or too many keys for one fold: the filter
+    # pass below, whose bound rises with every fold.
+    fast = (tl.max(held, axis=0) <= W) & (n_pend <= P_CAP)
+    if fast:
+        tl.debug_barrier()  # the slots may be read by other threads than wrote them
+        base = tl.cumsum(held, axis=0) - held
+        for w in range(W):
+            tl.store(scratch + K_PAD + base + w, tl.load(slots + w, mask=w < held), mask=w < held)
+    else:
+        n_pend = n_pend * 0
+    m = tl.where(fast, 0, n)  # keys the filter pass reads: none when the lanes held them all
     thr = bound << 32  # the lowest packed key whose order key is `bound`
     n_best = tl.zeros([], tl.int32)
-    n_pend = tl.zeros([], tl.int32)
-    okey = _load_okeys(okey_row, tl.arange(0, C2), n)
-    # One extra, empty chunk flushes the pending list (one call site: one sort compiled).
-    for c0 in range(0, n + C2, C2):
-        pos = c0 + tl.arange(0, C2)
-        valid = pos < n
-        okey_next = _load_okeys(okey_row, pos + C2, n)  # in flight during this chunk's selection
-        thr, n_best, n_pend = _offer(scratch, pack_okey(okey, pos), valid, thr, n_best, n_pend, k, c0 >= n,
+    okey = _load_okeys(okey_row, lane, m)
+    # One extra, empty step flushes the pending list (one call site: one sort compiled).
+    for c0 in range(0, m + C2, C2):
+        pos = c0 + lane
+        okey_next = _load_okeys(okey_row, pos + C2, m)  # in flight during this step's selection
+        thr, n_best, n_pend = _offer(scratch, pack_okey(okey, pos), pos < m, thr, n_best, n_pend, k, c0 >= m,
                                      K_PAD, P_CAP, M_S)
         okey = okey_next
     _emit(scratch, n_best, out_s_ptr, out_i_ptr, r, k, K_PAD)
@@ -189,7 +214,8 @@ def _select(okey_row, n, bound, k, scratch, out_s_ptr, out_i_ptr, r, BOUND_PASS:
 @triton.jit
 def _search_kernel(q_ptr, k_ptr, len_ptr, out_s_ptr, out_i_ptr, okey_ptr, gmax_ptr, ticket_ptr, scratch_ptr,
                    T, L, D, k, span, scratch_stride, scale, stride_kb, stride_kl,
-                   DB: tl.constexpr, C: tl.constexpr, C2: tl.constexpr, CG: tl.constexpr, G: tl.constexpr,
+                   DB: tl.constexpr, C: tl.constexpr, C2: tl.constexpr, W: tl.constexpr, CG: tl.constexpr,
+                   G: tl.constexpr,
                    K_PAD: tl.constexpr, P_CAP: tl.constexpr, M_S: tl.constexpr, HAS_LEN: tl.constexpr,
                    SPLIT: tl.constexpr):
     r = tl.program_id(0)  # row b * T + t
@@ -229,11 +255,11 @@ def _search_kernel(q_ptr, k_ptr, len_ptr, out_s_ptr, out_i_ptr, okey_ptr, gmax_p
             every = tl.load(gmax_ptr + r.to(tl.int64) * n_split * CG + j, mask=j < n_split * CG, other=INT_MIN,
                             cache_modifier=".cg")
             _select(okey_row, n, _bound(every, k), k, scratch_ptr + r.to(tl.int64) * scratch_stride, out_s_ptr,
-                    out_i_ptr, r, G < 2 * K_PAD, C2, K_PAD, P_CAP, M_S)
+                    out_i_ptr, r, G < 2 * K_PAD, C2, W, K_PAD, P_CAP, M_S)
     else:
         tl.debug_barrier()  # the row's keys, stored by all threads, are read by others
         _select(okey_row, n, _bound(gmax, k), k, scratch_ptr + r.to(tl.int64) * scratch_stride, out_s_ptr,
-                out_i_ptr, r, C < 2 * K_PAD, C2, K_PAD, P_CAP, M_S)
+                out_i_ptr, r, C < 2 * K_PAD, C2, W, K_PAD, P_CAP, M_S)
 
 
 @triton.jit
