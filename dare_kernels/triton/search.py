@@ -105,6 +105,8 @@ def _plan(R, L, D, k, device, split, cfg) -> Plan:
     # Random rows put ~0.15 keys in a lane; 4 slots overflow in ~0.1% of rows (then the
     # filter pass runs). Under the interpreter 2, so that the small tests take both paths.
     W = 2 if INTERPRET else 4
+    # The gathered slots (at most P_CAP, at most C2 * W) must fit the pending list.
+    assert min(P_CAP, C2 * W) <= P_CAP // 2 + C2, (P_CAP, C2, W)
     return Plan(D, DB, K_PAD, P_CAP, M_S, C2, W, CG, _pow2(split * CG), split, span,
                 K_PAD + P_CAP // 2 + C2 + C2 * W)
 
