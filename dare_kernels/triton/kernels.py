@@ -124,15 +124,9 @@ def _offer(scratch, key, valid, thr, n_best, n_pend, k, flush,
 
 
 @triton.jit
-def _best(scratch, n_best, K_PAD: tl.constexpr):
-    j = tl.arange(0, K_PAD)
-    return tl.load(scratch + j, mask=j < n_best, other=NEG)
-
-
-@triton.jit
 def _emit(scratch, n_best, out_s_ptr, out_i_ptr, r, k, K_PAD: tl.constexpr):
     j = tl.arange(0, K_PAD)
-    score, idx = unpack(_best(scratch, n_best, K_PAD))
+    score, idx = unpack(tl.load(scratch + j, mask=j < n_best, other=NEG))
     tl.store(out_s_ptr + r.to(tl.int64) * k + j, score, mask=j < k)
     tl.store(out_i_ptr + r.to(tl.int64) * k + j, idx, mask=j < k)
 
@@ -176,7 +170,7 @@ def _select(okey_row, n, bound, k, scratch, out_s_ptr, out_i_ptr, r, BOUND_PASS:
         bound = tl.maximum(bound, _bound(gmax, k))
     # Lane pass: every lane (key offset in a step of C2) appends the keys that pass to its
     # own W slots, so a step has no reduction and no barrier; one scan then gathers them.
-    slots = scratch + K_PAD + P_CAP // 2 + C2 + lane * W
+    slots = scratch + K_PAD + P_CAP // 2 + C2 + lane * W  # after the best and pending lists (Plan.scratch)
     held = tl.zeros([C2], tl.int32)
     okey = _load_okeys(okey_row, lane, n)
     for c0 in range(0, n, C2):

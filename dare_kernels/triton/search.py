@@ -59,7 +59,7 @@ class Plan:
     G: int  # power of two >= split * CG
     split: int  # programs per row
     span: int  # keys per program
-    scratch: int  # int64 slots of a row's candidate list
+    scratch: int  # int64 slots of a row's select: best k, pending list, then C2 lanes of W slots
 
     def chunk(self, cfg: Config) -> int:
         return max(16, cfg.tile // self.DB)
@@ -195,10 +195,10 @@ def _topk_attention(query, keys, k, lengths=None, scale=1.0, *, split=None, fuse
     # Separate buffers, not views of one: traced launches must not see aliased mutated arguments.
     okeys = torch.empty(R * s.L, dtype=torch.int32, device=device)
     scratch = torch.empty(R * p.scratch, dtype=torch.int64, device=device)
-    split = p.split > 1
+    split_rows = p.split > 1
     # A split row's tickets start at 0 and its last program resets them.
-    gmax = torch.empty(R * p.split * p.CG if split else 1, dtype=torch.int32, device=device)
-    tickets = torch.zeros(R if split else 1, dtype=torch.int32, device=device)
+    gmax = torch.empty(R * p.split * p.CG if split_rows else 1, dtype=torch.int32, device=device)
+    tickets = torch.zeros(R if split_rows else 1, dtype=torch.int32, device=device)
     _launch_search(wrap, p, q, keys, lengths, out_s, out_i, okeys, gmax, tickets, scratch, s.T, s.L, k, scale, cfg)
     return out_s, out_i
 
