@@ -9,7 +9,7 @@ import torch
 
 import dare_kernels
 from dare_kernels.bench import time_call
-from dare_kernels.triton import search
+from dare_kernels.triton_backend import search
 
 dev = torch.device("cuda")
 print(torch.cuda.get_device_name(), "torch", torch.__version__)

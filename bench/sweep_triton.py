@@ -9,7 +9,7 @@ import argparse
 import torch
 
 from dare_kernels.bench import time_call, time_graph
-from dare_kernels.triton import search
+from dare_kernels.triton_backend import search
 
 p = argparse.ArgumentParser()
 p.add_argument("--B", type=int, default=8)

@@ -94,10 +94,83 @@ Shape check_inputs(const at::Tensor& query, const at::Tensor& keys, int64_t k,
   return Shape{B, multi ? query.size(1) : 1, L, d, multi};
 }
 
-std::tuple<at::Tensor, at::Tensor> empty_outputs(const at::Tensor& keys, const Shape& s, int64_t k) {
+namespace {
+
+void check_lengths(const char* op, const std::optional<at::Tensor>& lengths, int64_t B, int64_t L,
+                   const at::Device& device, const char* device_of, bool check_values) {
+  if (!lengths.has_value()) return;
+  const std::string o = op;
+  const at::Tensor& len = *lengths;
+  TORCH_CHECK_TYPE(len.scalar_type() == at::kInt || len.scalar_type() == at::kLong,
+                   o + ": lengths must be int32 or int64, got " + dtype_name(len.scalar_type()));
+  TORCH_CHECK_VALUE(len.dim() == 1 && len.size(0) == B,
+                    o + ": lengths must have shape (B,)=(" + num(B) + ",), got shape " + shape_str(len));
+  TORCH_CHECK_VALUE(len.device() == device, o + ": lengths must be on the " + device_of + " device " + device.str() +
+                                                ", got " + len.device().str());
+  if (check_values && B > 0) {
+    const int64_t lo = len.min().item<int64_t>();
+    const int64_t hi = len.max().item<int64_t>();
+    TORCH_CHECK_VALUE(lo >= 0 && hi <= L, o + ": lengths values must be in [0, L=" + num(L) + "], got min " +
+                                              num(lo) + ", max " + num(hi));
+  }
+}
+
+}  // namespace
+
+Shape check_embedding_inputs(const at::Tensor& query, const at::TensorList& tables, const at::TensorList& ids,
+                             int64_t k, const std::optional<at::Tensor>& lengths, bool check_length_values) {
+  const std::string op = "topk_attention_embedding";
+  const int64_t F = int64_t(tables.size());
+  TORCH_CHECK_VALUE(F >= 1 && F <= kMaxFields,
+                    op + ": tables must hold 1 to " + num(kMaxFields) + " fields, got " + num(F));
+  TORCH_CHECK_VALUE(int64_t(ids.size()) == F,
+                    op + ": ids must hold one Tensor per table (" + num(F) + "), got " + num(int64_t(ids.size())));
+  TORCH_CHECK_VALUE(query.dim() == 2 || query.dim() == 3,
+                    op + ": query must have shape (B, d) or (B, T, d), got shape " + shape_str(query));
+  TORCH_CHECK_TYPE(is_supported_float(query.scalar_type()),
+                   op + ": query must be float32, float16 or bfloat16, got " + dtype_name(query.scalar_type()));
+  const int64_t B = query.size(0);
+  int64_t L = -1, d = 0;
+  for (int64_t f = 0; f < F; ++f) {
+    const at::Tensor& t = tables[f];
+    const at::Tensor& i = ids[f];
+    const std::string tf = "tables[" + num(f) + "]", idf = "ids[" + num(f) + "]";
+    TORCH_CHECK_VALUE(t.dim() == 2, op + ": " + tf + " must have shape (N, d), got shape " + shape_str(t));
+    TORCH_CHECK_TYPE(t.scalar_type() == query.scalar_type(), op + ": " + tf + " dtype must equal query dtype " +
+                                                                 dtype_name(query.scalar_type()) + ", got " +
+                                                                 dtype_name(t.scalar_type()));
+    TORCH_CHECK_VALUE(t.device() == query.device(), op + ": " + tf + " must be on the query device " +
+                                                        query.device().str() + ", got " + t.device().str());
+    TORCH_CHECK_VALUE(t.size(0) >= 1 && t.size(1) >= 1,
+                      op + ": " + tf + " must have at least one row and one column, got shape " + shape_str(t));
+    TORCH_CHECK_TYPE(i.scalar_type() == at::kInt || i.scalar_type() == at::kLong,
+                     op + ": " + idf + " must be int32 or int64, got " + dtype_name(i.scalar_type()));
+    TORCH_CHECK_VALUE(i.device() == query.device(), op + ": " + idf + " must be on the query device " +
+                                                        query.device().str() + ", got " + i.device().str());
+    TORCH_CHECK_VALUE((i.dim() == 2 && i.size(0) == B) || i.dim() == 1,
+                      op + ": " + idf + " must have shape (B, L) with B=" + num(B) + " or (L,), got shape " +
+                          shape_str(i));
+    if (L < 0) {
+      L = i.size(-1);
+    } else {
+      TORCH_CHECK_VALUE(i.size(-1) == L, op + ": " + idf + " length must equal ids[0] length L=" + num(L) +
+                                             ", got " + num(i.size(-1)));
+    }
+    d += t.size(1);
+  }
+  TORCH_CHECK_VALUE(query.size(-1) == d, op + ": query feature size must equal the tables' total width d=" + num(d) +
+                                             ", got " + num(query.size(-1)));
+  TORCH_CHECK_VALUE(L < (int64_t(1) << 31), op + ": ids length L must be < 2**31, got " + num(L));
+  TORCH_CHECK_VALUE(k >= 1 && k <= L, op + ": k must satisfy 1 <= k <= L=" + num(L) + ", got " + num(k));
+  check_lengths(op.c_str(), lengths, B, L, query.device(), "query", check_length_values);
+  const bool multi = query.dim() == 3;
+  return Shape{B, multi ? query.size(1) : 1, L, d, multi};
+}
+
+std::tuple<at::Tensor, at::Tensor> empty_outputs(const at::Tensor& like, const Shape& s, int64_t k) {
   const std::vector<int64_t> shape = s.multi_target ? std::vector<int64_t>{s.B, s.T, k}
                                                     : std::vector<int64_t>{s.B, k};
-  return {at::empty(shape, keys.options().dtype(at::kFloat)), at::empty(shape, keys.options().dtype(at::kLong))};
+  return {at::empty(shape, like.options().dtype(at::kFloat)), at::empty(shape, like.options().dtype(at::kLong))};
 }
 
 }  // namespace dare

@@ -20,7 +20,15 @@ Shape check_inputs(const at::Tensor& query, const at::Tensor& keys, int64_t k,
                    const std::optional<at::Tensor>& lengths,
                    bool check_length_values);
 
+constexpr int64_t kMaxFields = 4;
+
+// topk_attention_embedding's check (d = the tables' total width, L from the ids).
+// Id values are not read here: the kernels never read out of bounds (CPU raises
+// ValueError, CUDA scores NaN).
+Shape check_embedding_inputs(const at::Tensor& query, const at::TensorList& tables, const at::TensorList& ids,
+                             int64_t k, const std::optional<at::Tensor>& lengths, bool check_length_values);
+
 // Uninitialised (scores float32, indices int64) of shape (B, k) or (B, T, k).
-std::tuple<at::Tensor, at::Tensor> empty_outputs(const at::Tensor& keys, const Shape& s, int64_t k);
+std::tuple<at::Tensor, at::Tensor> empty_outputs(const at::Tensor& like, const Shape& s, int64_t k);
 
 }  // namespace dare

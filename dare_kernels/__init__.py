@@ -6,8 +6,9 @@
     scores, indices = torch.ops.dare.topk_attention(query, keys, k, lengths, scale)
 """
 from . import _library, reference
-from .ops import BACKENDS, available_backends, topk_attention, topk_attention_backward
+from .ops import (BACKENDS, available_backends, topk_attention, topk_attention_backward,
+                  topk_attention_embedding, topk_attention_embedding_backward)
 
 __all__ = ["BACKENDS", "available_backends", "reference", "topk_attention",
-           "topk_attention_backward"]
+           "topk_attention_backward", "topk_attention_embedding", "topk_attention_embedding_backward"]
 __version__ = "0.1.0"

@@ -85,3 +85,105 @@ def check_inputs(query: torch.Tensor, keys: torch.Tensor, k: int,
 
 def output_shape(s: Shape, k: int) -> tuple:
     return (s.B, s.T, k) if s.multi_target else (s.B, k)
+
+
+MAX_FIELDS = 4
+
+
+def _tensor_list(x, name: str, op: str) -> list:
+    if isinstance(x, torch.Tensor) or not isinstance(x, (list, tuple)):
+        raise TypeError(f"{op}: {name} must be a list of Tensors, got {type(x).__name__}")
+    for i, t in enumerate(x):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name}[{i}] must be a Tensor, got {type(t).__name__}")
+    return list(x)
+
+
+def check_embedding_inputs(query: torch.Tensor, tables, ids, k: int,
+                           lengths: Optional[torch.Tensor] = None, *,
+                           check_values: bool = True) -> Shape:
+    """topk_attention_embedding's check: the keys are [tables[0][ids[0]] | ... ],
+    so (B, L) come from the ids and d = sum of the tables' widths. Raises
+    ValueError/TypeError naming the argument. Id and length values are read only
+    when check_values is set (a host synchronisation on a GPU)."""
+    op = "topk_attention_embedding"
+    if not isinstance(query, torch.Tensor):
+        raise TypeError(f"{op}: query must be a Tensor, got {type(query).__name__}")
+    tables = _tensor_list(tables, "tables", op)
+    ids = _tensor_list(ids, "ids", op)
+    F = len(tables)
+    if not 1 <= F <= MAX_FIELDS:
+        raise ValueError(f"{op}: tables must hold 1 to {MAX_FIELDS} fields, got {F}")
+    if len(ids) != F:
+        raise ValueError(f"{op}: ids must hold one Tensor per table ({F}), got {len(ids)}")
+    if query.dim() not in (2, 3):
+        raise ValueError(f"{op}: query must have shape (B, d) or (B, T, d), got shape {_shape(query)}")
+    if query.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: query must be float32, float16 or bfloat16, got {query.dtype}")
+    B = query.shape[0]
+    L = None
+    for f in range(F):
+        t, i = tables[f], ids[f]
+        if t.dim() != 2:
+            raise ValueError(f"{op}: tables[{f}] must have shape (N, d), got shape {_shape(t)}")
+        if t.dtype != query.dtype:
+            raise TypeError(f"{op}: tables[{f}] dtype must equal query dtype {query.dtype}, got {t.dtype}")
+        if t.device != query.device:
+            raise ValueError(f"{op}: tables[{f}] must be on the query device {query.device}, got {t.device}")
+        if t.shape[0] < 1 or t.shape[1] < 1:
+            raise ValueError(f"{op}: tables[{f}] must have at least one row and one column, got shape {_shape(t)}")
+        if i.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"{op}: ids[{f}] must be int32 or int64, got {i.dtype}")
+        if i.device != query.device:
+            raise ValueError(f"{op}: ids[{f}] must be on the query device {query.device}, got {i.device}")
+        if i.dim() == 2 and i.shape[0] != B:
+            raise ValueError(f"{op}: ids[{f}] must have shape (B, L) with B={B} or (L,), got shape {_shape(i)}")
+        if i.dim() not in (1, 2):
+            raise ValueError(f"{op}: ids[{f}] must have shape (B, L) with B={B} or (L,), got shape {_shape(i)}")
+        if L is None:
+            L = i.shape[-1]
+        elif i.shape[-1] != L:
+            raise ValueError(f"{op}: ids[{f}] length must equal ids[0] length L={L}, got {i.shape[-1]}")
+    d = sum(t.shape[1] for t in tables)
+    if query.shape[-1] != d:
+        raise ValueError(f"{op}: query feature size must equal the tables' total width d={d}, got {query.shape[-1]}")
+    if L >= 2**31:
+        raise ValueError(f"{op}: ids length L must be < 2**31, got {L}")
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"{op}: k must be an int, got {type(k).__name__}")
+    if not 1 <= k <= L:
+        raise ValueError(f"{op}: k must satisfy 1 <= k <= L={L}, got {k}")
+    if lengths is not None:
+        if not isinstance(lengths, torch.Tensor):
+            raise TypeError(f"{op}: lengths must be a Tensor or None, got {type(lengths).__name__}")
+        if lengths.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"{op}: lengths must be int32 or int64, got {lengths.dtype}")
+        if lengths.dim() != 1 or lengths.shape[0] != B:
+            raise ValueError(f"{op}: lengths must have shape (B,)=({B},), got shape {_shape(lengths)}")
+        if lengths.device != query.device:
+            raise ValueError(f"{op}: lengths must be on the query device {query.device}, got {lengths.device}")
+        if check_values and B > 0:
+            lo, hi = int(lengths.min()), int(lengths.max())
+            if lo < 0 or hi > L:
+                raise ValueError(f"{op}: lengths values must be in [0, L={L}], got min {lo}, max {hi}")
+    if check_values and B > 0 and L > 0:
+        check_id_values(tables, ids, B, L, lengths)
+    multi = query.dim() == 3
+    return Shape(B, query.shape[1] if multi else 1, L, d, multi)
+
+
+def check_id_values(tables, ids, B: int, L: int, lengths: Optional[torch.Tensor]) -> None:
+    """ValueError naming the field and the value of an id out of [0, N) at a
+    position that takes part (j < lengths[b]); padding positions are never read."""
+    valid = None
+    if lengths is not None:
+        valid = torch.arange(L, device=lengths.device)[None, :] < lengths.clamp(0, L)[:, None]
+    for f, (t, i) in enumerate(zip(tables, ids)):
+        i = i.expand(B, L) if i.dim() == 1 else i
+        bad = (i < 0) | (i >= t.shape[0])
+        if valid is not None:
+            bad &= valid
+        if bool(bad.any()):
+            v = int(i[bad][0])
+            raise ValueError(f"topk_attention_embedding: ids[{f}] values must be in [0, {t.shape[0]}) "
+                             f"(rows of tables[{f}]), got {v}")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from ._check import check_inputs
+from ._check import check_embedding_inputs, check_inputs
 
 
 def topk_attention(query: torch.Tensor, keys: torch.Tensor, k: int,
@@ -38,3 +38,38 @@ def topk_attention(query: torch.Tensor, keys: torch.Tensor, k: int,
     if not s.multi_target:
         top, idx = top[:, 0], idx[:, 0]
     return top, idx
+
+
+def lookup(tables, ids, B: int) -> torch.Tensor:
+    """The (B, L, d) keys of topk_attention_embedding: [tables[0][ids[0]] | ...]."""
+    return torch.cat([t[i.expand(B, i.shape[-1]) if i.dim() == 1 else i] for t, i in zip(tables, ids)], -1)
+
+
+def topk_attention_embedding(query: torch.Tensor, tables, ids, k: int,
+                             lengths: Optional[torch.Tensor] = None, scale: float = 1.0, *,
+                             acc_dtype: torch.dtype = torch.float32,
+                             check_values: Optional[bool] = None):
+    """topk_attention over the looked-up keys. Positions past a row's length are
+    never looked up (their ids may be anything). Differentiable w.r.t. query and
+    tables when acc_dtype is float32."""
+    if check_values is None:
+        check_values = query.device.type == "cpu"
+    s = check_embedding_inputs(query, tables, ids, k, lengths, check_values=check_values)
+    if s.B == 0:
+        return topk_attention(query, query.new_empty(0, s.L, s.d), k, lengths, scale, acc_dtype=acc_dtype)
+    safe = list(ids)
+    if lengths is not None or not check_values:
+        # Padding positions (and, on GPU, out-of-range ids, which score NaN) read row 0.
+        valid = torch.ones(s.B, s.L, dtype=torch.bool, device=query.device)
+        if lengths is not None:
+            valid = torch.arange(s.L, device=query.device)[None, :] < lengths.clamp(0, s.L)[:, None]
+        safe, bad = [], torch.zeros(s.B, s.L, dtype=torch.bool, device=query.device)
+        for t, i in zip(tables, ids):
+            i = i.expand(s.B, s.L) if i.dim() == 1 else i
+            oob = (i < 0) | (i >= t.shape[0])
+            bad |= oob & valid
+            safe.append(torch.where(valid & ~oob, i, 0))
+    keys = lookup(tables, safe, s.B)
+    if lengths is not None or not check_values:
+        keys = keys.masked_fill(bad[..., None], float("nan"))
+    return topk_attention(query, keys, k, lengths, scale, acc_dtype=acc_dtype, check_length_values=False)

@@ -20,7 +20,7 @@ NAMES = ["basic", "targets", "lengths", "lengths_targets_int32", "ties", "all_eq
 
 
 def _search():
-    from dare_kernels.triton import search
+    from dare_kernels.triton_backend import search
     return search
 
 

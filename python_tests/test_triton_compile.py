@@ -31,7 +31,7 @@ def _compile_for(kernel, signature: dict, constexprs: dict, arch: int, num_warps
 @pytest.mark.parametrize("arch,dtype,d,k,scale", [(90, "bf16", 16, 128, "fp64"), (80, "fp16", 128, 64, "fp32"),
                                                   (90, "fp32", 33, 1024, "fp32")])
 def test_kernels_compile_for_gpu(arch, dtype, d, k, scale):
-    from dare_kernels.triton import kernels, search
+    from dare_kernels.triton_backend import kernels, search
     p = search.plan(1024, 10000, d, k, torch.device("cpu"), split=4, cfg=search.CONFIGS[0])
     base = {"q_ptr": f"*{dtype}", "k_ptr": f"*{dtype}", "len_ptr": "*i64", "out_s_ptr": "*fp32",
             "out_i_ptr": "*i64", "okey_ptr": "*i32", "gmax_ptr": "*i32", "ticket_ptr": "*i32",

@@ -22,11 +22,13 @@
 
 #include "../check.h"
 #include "../order.h"
+#include "select.h"
 
 namespace dare {
 namespace {
 
-constexpr int64_t kChunk = 256;
+using cpu::kChunk;
+using cpu::TopK;
 
 struct Rows {
   const void* keys;      // (B, L, d) contiguous
@@ -105,76 +107,6 @@ DARE_AVX2 inline void score_chunk_avx2(const float* q, const scalar_t* x, int64_
   score_chunk_scalar(q, x + i * d, n - i, d, scale, out + i);
 }
 #endif
-
-// Keeps the k best of a stream of packed keys. Candidates that beat the
-// threshold (the k-th best at the last compaction) are appended without any
-// ordering work; when the pool holds k + slack of them, one nth_element keeps
-// the best k and raises the threshold. Far cheaper per accepted candidate than
-// a heap, whose unpredictable sift branches dominated at k = 128.
-class TopK {
- public:
-  explicit TopK(int64_t k) : k_(k), slack_(std::max<int64_t>(k, 256)) {
-    pool_.resize(k_ + slack_ + kChunk);
-  }
-
-  void reset() {
-    size_ = 0;
-    threshold_ = -std::numeric_limits<float>::infinity();
-    full_ = false;
-  }
-
-  // Offers scores[0, n) at positions base + i.
-  void offer(const float* scores, int64_t n, int64_t base) {
-    int64_t i = 0;
-    if (!full_) {  // until k are held, everything is a candidate
-      const int64_t take = std::min(n, k_ - size_);
-      for (; i < take; ++i) pool_[size_++] = pack(scores[i], uint32_t(base + i));
-      if (size_ < k_) return;
-      full_ = true;
-      uint64_t worst = pool_[0];
-      for (int64_t j = 1; j < size_; ++j) worst = std::min(worst, pool_[j]);
-      threshold_ = packed_score(worst);
-    }
-    // A later position never beats an equal score, so "<=" may reject; NaN
-    // fails the test and is kept. Branch-free: most scores are rejected.
-    const float t = threshold_;
-    int64_t m = 0;
-    for (; i < n; ++i) {
-      hits_[m] = int32_t(i);
-      m += !(scores[i] <= t);
-    }
-    for (int64_t j = 0; j < m; ++j) pool_[size_++] = pack(scores[hits_[j]], uint32_t(base + hits_[j]));
-    if (size_ >= k_ + slack_) compact();
-  }
-
-  // Writes the best k, sorted, padded with (-inf, -1).
-  void finish(float* out_scores, int64_t* out_indices) {
-    if (size_ > k_) compact();
-    std::sort(pool_.begin(), pool_.begin() + size_, std::greater<uint64_t>());
-    for (int64_t i = 0; i < size_; ++i) {
-      out_scores[i] = packed_score(pool_[i]);
-      out_indices[i] = packed_pos(pool_[i]);
-    }
-    for (int64_t i = size_; i < k_; ++i) {
-      out_scores[i] = -std::numeric_limits<float>::infinity();
-      out_indices[i] = -1;
-    }
-  }
-
- private:
-  void compact() {
-    std::nth_element(pool_.begin(), pool_.begin() + (k_ - 1), pool_.begin() + size_,
-                     std::greater<uint64_t>());
-    size_ = k_;
-    threshold_ = packed_score(pool_[k_ - 1]);
-  }
-
-  int64_t k_, slack_, size_ = 0;
-  float threshold_ = 0.f;
-  bool full_ = false;
-  std::vector<uint64_t> pool_;
-  int32_t hits_[kChunk];
-};
 
 template <typename scalar_t, bool kAvx2>
 __attribute__((always_inline)) inline void scan_rows(const Rows& r, int64_t begin, int64_t end) {

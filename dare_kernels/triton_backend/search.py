@@ -13,8 +13,9 @@ import torch
 import triton
 from torch.library import triton_op, wrap_triton
 
-from .._check import check_inputs, output_shape
-from ..ops import register_autograd
+from .. import reference
+from .._check import check_embedding_inputs, check_inputs, output_shape
+from .._contract import register_autograd
 from . import INTERPRET, kernels
 
 # Largest k the fused kernel selects itself; above it the packed keys go through torch.topk.
@@ -213,4 +214,59 @@ def _unpack(key: torch.Tensor):
     return score, torch.where(pad, -1, pos)
 
 
-register_autograd("dare::topk_attention_triton")
+@triton_op("dare::topk_attention_embedding_triton", mutates_args=())
+def topk_attention_embedding(query: torch.Tensor, tables: list[torch.Tensor], ids: list[torch.Tensor], k: int,
+                             lengths: Optional[torch.Tensor] = None,
+                             scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    return _topk_attention_embedding(query, tables, ids, k, lengths, scale)
+
+
+def eager_embedding(query, tables, ids, k, lengths=None, scale=1.0):
+    return _topk_attention_embedding(query, tables, ids, k, lengths, scale, wrap=_raw)
+
+
+def _topk_attention_embedding(query, tables, ids, k, lengths=None, scale=1.0, *, split=None,
+                              cfg: Optional[Config] = None, wrap=wrap_triton):
+    cpu = query.device.type == "cpu"
+    s = check_embedding_inputs(query, tables, ids, k, lengths, check_values=cpu)
+    shape = output_shape(s, k)
+    R = s.B * s.T
+    device = query.device
+    out_s = torch.empty(shape, dtype=torch.float32, device=device)
+    out_i = torch.empty(shape, dtype=torch.int64, device=device)
+    if R == 0:
+        return out_s, out_i
+    if k > FUSED_MAX_K:
+        return reference.topk_attention_embedding(query, tables, ids, k, lengths, scale, check_values=False)
+    q = query.reshape(R, s.d).contiguous()
+    tables = [t.contiguous() for t in tables]
+    meta, off = [], 0
+    for t, i in zip(tables, ids):
+        sib, sil = (0, i.stride(0)) if i.dim() == 1 else (i.stride(0), i.stride(1))
+        meta += [sib, sil, t.shape[0], t.shape[1], off]
+        off += t.shape[1]
+    F = len(tables)
+    meta += [0] * (20 - len(meta))
+    fields = [(tables[f], ids[f]) if f < F else (tables[0], ids[0]) for f in range(4)]
+    if lengths is not None:
+        lengths = lengths.contiguous()
+    cfg = cfg or DEFAULT_CONFIG
+    p = plan(R, s.L, s.d, k, device, split, cfg)
+    okeys = torch.empty(R * s.L, dtype=torch.int32, device=device)
+    scratch = torch.empty(R * p.scratch, dtype=torch.int64, device=device)
+    gmax = torch.empty(R * p.split * p.CG if p.split > 1 else 1, dtype=torch.int32, device=device)
+    tickets = torch.zeros(R if p.split > 1 else 1, dtype=torch.int32, device=device)
+    DBs = [_pow2(tables[f].shape[1]) if f < F else 1 for f in range(4)]
+    wrap(kernels._search_ids_kernel)[(R, p.split)](
+        q, lengths if lengths is not None else q, out_s, out_i, okeys, gmax, tickets, scratch,
+        *(x for pair in fields for x in pair), *meta, s.T, s.L, s.d, k, p.span, p.scratch, float(scale),
+        F=F, DB0=DBs[0], DB1=DBs[1], DB2=DBs[2], DB3=DBs[3], C=p.chunk(cfg), C2=p.C2, W=p.W, CG=p.CG, G=p.G,
+        K_PAD=p.K_PAD, P_CAP=p.P_CAP, M_S=p.M_S, HAS_LEN=lengths is not None, SPLIT=p.split > 1,
+        **cfg.options())
+    return out_s, out_i
+
+
+EAGER = {"topk_attention": eager, "topk_attention_embedding": eager_embedding}
+
+register_autograd("dare::topk_attention_triton", "topk_attention")
+register_autograd("dare::topk_attention_embedding_triton", "topk_attention_embedding")

@@ -206,6 +206,33 @@ def _select(okey_row, n, bound, k, scratch, out_s_ptr, out_i_ptr, r, BOUND_PASS:
 
 
 @triton.jit
+def _finish(okey_row, gmax, n, k, scratch_ptr, scratch_stride, out_s_ptr, out_i_ptr, gmax_ptr, ticket_ptr, r, s,
+            C: tl.constexpr, C2: tl.constexpr, W: tl.constexpr, CG: tl.constexpr, G: tl.constexpr,
+            K_PAD: tl.constexpr, P_CAP: tl.constexpr, M_S: tl.constexpr, SPLIT: tl.constexpr):
+    """After a program's score pass (its order keys stored, gmax its group maxima):
+    the select, by this program (unsplit row) or by the row's last program to finish."""
+    if SPLIT:
+        # The row's last program to finish (an atomic ticket) selects for the whole row,
+        # bounded by the maxima of all of its programs' groups (CG of each).
+        n_split = tl.num_programs(1)
+        g = tl.arange(0, CG)
+        tl.store(gmax_ptr + (r.to(tl.int64) * n_split + s) * CG + g, tl.max(tl.reshape(gmax, [CG, C // CG]), axis=1))
+        tl.debug_barrier()  # every key and maximum is stored before the ticket is taken (acq_rel, gpu)
+        if tl.atomic_add(ticket_ptr + r, 1, sem="acq_rel") == n_split - 1:
+            tl.atomic_xchg(ticket_ptr + r, 0)  # reset: the next launch (or an autotuning rerun) starts at 0
+            j = tl.arange(0, G)
+            every = tl.load(gmax_ptr + r.to(tl.int64) * n_split * CG + j, mask=j < n_split * CG, other=INT_MIN,
+                            cache_modifier=".cg")
+            _select(okey_row, n, _bound(every, k), k, scratch_ptr + r.to(tl.int64) * scratch_stride, out_s_ptr,
+                    out_i_ptr, r, G < 2 * K_PAD, C2, W, K_PAD, P_CAP, M_S)
+    else:
+        tl.debug_barrier()  # the row's keys, stored by all threads, are read by others
+        _select(okey_row, n, _bound(gmax, k), k, scratch_ptr + r.to(tl.int64) * scratch_stride, out_s_ptr,
+                out_i_ptr, r, C < 2 * K_PAD, C2, W, K_PAD, P_CAP, M_S)
+
+
+
+@triton.jit
 def _search_kernel(q_ptr, k_ptr, len_ptr, out_s_ptr, out_i_ptr, okey_ptr, gmax_ptr, ticket_ptr, scratch_ptr,
                    T, L, D, k, span, scratch_stride, scale, stride_kb, stride_kl,
                    DB: tl.constexpr, C: tl.constexpr, C2: tl.constexpr, W: tl.constexpr, CG: tl.constexpr,
@@ -236,24 +263,8 @@ def _search_kernel(q_ptr, k_ptr, len_ptr, out_s_ptr, out_i_ptr, okey_ptr, gmax_p
         tl.store(okey_row + pos, okey, mask=valid)
         gmax = tl.maximum(gmax, okey)
         kv = kv_next
-    if SPLIT:
-        # The row's last program to finish (an atomic ticket) selects for the whole row,
-        # bounded by the maxima of all of its programs' groups (CG of each).
-        n_split = tl.num_programs(1)
-        g = tl.arange(0, CG)
-        tl.store(gmax_ptr + (r.to(tl.int64) * n_split + s) * CG + g, tl.max(tl.reshape(gmax, [CG, C // CG]), axis=1))
-        tl.debug_barrier()  # every key and maximum is stored before the ticket is taken (acq_rel, gpu)
-        if tl.atomic_add(ticket_ptr + r, 1, sem="acq_rel") == n_split - 1:
-            tl.atomic_xchg(ticket_ptr + r, 0)  # reset: the next launch (or an autotuning rerun) starts at 0
-            j = tl.arange(0, G)
-            every = tl.load(gmax_ptr + r.to(tl.int64) * n_split * CG + j, mask=j < n_split * CG, other=INT_MIN,
-                            cache_modifier=".cg")
-            _select(okey_row, n, _bound(every, k), k, scratch_ptr + r.to(tl.int64) * scratch_stride, out_s_ptr,
-                    out_i_ptr, r, G < 2 * K_PAD, C2, W, K_PAD, P_CAP, M_S)
-    else:
-        tl.debug_barrier()  # the row's keys, stored by all threads, are read by others
-        _select(okey_row, n, _bound(gmax, k), k, scratch_ptr + r.to(tl.int64) * scratch_stride, out_s_ptr,
-                out_i_ptr, r, C < 2 * K_PAD, C2, W, K_PAD, P_CAP, M_S)
+    _finish(okey_row, gmax, n, k, scratch_ptr, scratch_stride, out_s_ptr, out_i_ptr, gmax_ptr, ticket_ptr, r, s, C,
+            C2, W, CG, G, K_PAD, P_CAP, M_S, SPLIT)
 
 
 @triton.jit
@@ -268,3 +279,56 @@ def _keys_kernel(q_ptr, k_ptr, len_ptr, keys_ptr, T, L, D, scale, stride_kb, str
     kv = _load_keys(k_ptr + b.to(tl.int64) * stride_kb, pos, valid, D, stride_kl, DB)
     key = pack(_scores(kv, _load_query(q_ptr, r, D, DB), scale), pos)
     tl.store(keys_ptr + r.to(tl.int64) * L + pos, tl.where(valid, key, NEG), mask=pos < L)
+
+
+@triton.jit
+def _field_scores(t_ptr, i_ptr, sib, sil, n_rows, d_f, off, q_row, b, pos, valid, DB: tl.constexpr):
+    """One field's part of a chunk's scores: the rows of the chunk's ids dotted with
+    the query's slice [off, off + d_f). An id out of [0, n_rows) is never read: NaN."""
+    ids = tl.load(i_ptr + b.to(tl.int64) * sib + pos.to(tl.int64) * sil, mask=valid, other=0).to(tl.int64)
+    ok = valid & (ids >= 0) & (ids < n_rows)
+    dd = tl.arange(0, DB)
+    rows = tl.load(t_ptr + ids[:, None] * d_f + dd[None, :], mask=ok[:, None] & (dd < d_f)[None, :], other=0.0)
+    q = tl.load(q_row + off + dd, mask=dd < d_f, other=0.0).to(tl.float32)
+    part = tl.sum(rows.to(tl.float32) * q[None, :], axis=1)
+    return tl.where(valid & ~ok, float("nan"), part)
+
+
+@triton.jit
+def _search_ids_kernel(q_ptr, len_ptr, out_s_ptr, out_i_ptr, okey_ptr, gmax_ptr, ticket_ptr, scratch_ptr,
+                       t0, i0, t1, i1, t2, i2, t3, i3,
+                       sb0, sl0, n0, d0, o0, sb1, sl1, n1, d1, o1, sb2, sl2, n2, d2, o2, sb3, sl3, n3, d3, o3,
+                       T, L, D, k, span, scratch_stride, scale,
+                       F: tl.constexpr, DB0: tl.constexpr, DB1: tl.constexpr, DB2: tl.constexpr, DB3: tl.constexpr,
+                       C: tl.constexpr, C2: tl.constexpr, W: tl.constexpr, CG: tl.constexpr, G: tl.constexpr,
+                       K_PAD: tl.constexpr, P_CAP: tl.constexpr, M_S: tl.constexpr, HAS_LEN: tl.constexpr,
+                       SPLIT: tl.constexpr):
+    """_search_kernel with keys looked up from F <= 4 fields: key j of row b is
+    [t0[i0[b, j]] | t1[i1[b, j]] | ...]. Per field f: the ids' row and position strides
+    (sb, sl; sb = 0: shared by every row), the table's rows and width (n, d; rows
+    contiguous) and the field's offset in the query (o)."""
+    r = tl.program_id(0)
+    s = tl.program_id(1)
+    b = r // T
+    n = _row_length(len_ptr, b, L, HAS_LEN)
+    start = s * span
+    end = tl.minimum(start + span, n)
+    q_row = q_ptr + r.to(tl.int64) * D
+    okey_row = okey_ptr + r.to(tl.int64) * L
+    gmax = tl.full([C], INT_MIN, tl.int32)
+    for c0 in range(start, end, C):
+        pos = c0 + tl.arange(0, C)
+        valid = pos < end
+        # Fields add in order 0, 1, ...: a key's score depends on its ids alone.
+        acc = _field_scores(t0, i0, sb0, sl0, n0, d0, o0, q_row, b, pos, valid, DB0)
+        if F > 1:
+            acc += _field_scores(t1, i1, sb1, sl1, n1, d1, o1, q_row, b, pos, valid, DB1)
+        if F > 2:
+            acc += _field_scores(t2, i2, sb2, sl2, n2, d2, o2, q_row, b, pos, valid, DB2)
+        if F > 3:
+            acc += _field_scores(t3, i3, sb3, sl3, n3, d3, o3, q_row, b, pos, valid, DB3)
+        okey = tl.where(valid, order_key((acc * scale).to(tl.float32)), INT_MIN)
+        tl.store(okey_row + pos, okey, mask=valid)
+        gmax = tl.maximum(gmax, okey)
+    _finish(okey_row, gmax, n, k, scratch_ptr, scratch_stride, out_s_ptr, out_i_ptr, gmax_ptr, ticket_ptr, r, s, C,
+            C2, W, CG, G, K_PAD, P_CAP, M_S, SPLIT)

@@ -30,14 +30,12 @@ def unavailable(device) -> Optional[str]:
     return f"it runs on CUDA tensors, got {device}"
 
 
-def op():
-    """torch.ops.dare.topk_attention_triton, registering it on first use."""
-    from . import search  # noqa: F401
-    return torch.ops.dare.topk_attention_triton
-
-
-def eager(query, keys, k, lengths=None, scale=1.0):
-    """The op's launch without the dispatcher, for dare_kernels.topk_attention when
-    nothing traces and no gradient is needed (ops._direct)."""
+def run(op: str, args, direct: bool):
+    """Runs `op` ("topk_attention" or "topk_attention_embedding") on the Triton
+    kernels: `direct` launches them without the dispatcher (plain tensors, nothing
+    traces, no gradient: see backends._direct), else through the triton_op
+    torch.ops.dare.<op>_triton, which torch.compile traces and autograd sees."""
     from . import search
-    return search.eager(query, keys, k, lengths, scale)
+    if direct:
+        return search.EAGER[op](*args)
+    return getattr(torch.ops.dare, op + "_triton")(*args)

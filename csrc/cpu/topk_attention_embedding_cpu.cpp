@@ -1,0 +1,227 @@
+// CPU kernel of topk_attention_embedding: for each row, a chunk of behaviours'
+// key rows is gathered by id (software-prefetched a few positions ahead: the
+// rows of a large table are cache misses) into a small float buffer that stays
+// in L1/L2, then every target of the row scores the chunk and offers it to its
+// own top-k (select.h). The (B, L, d) keys are never built; with T targets a
+// key row is read once, not T times.
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include "../check.h"
+#include "select.h"
+
+namespace dare {
+namespace {
+
+using cpu::kChunk;
+using cpu::TopK;
+
+constexpr int64_t kPrefetch = 16;  // positions ahead whose rows are prefetched
+
+struct Field {
+  const void* table;  // (n, d) rows of `stride` elements
+  const void* ids;    // int32 or int64, element (b, j) at b * stride_b + j * stride_l
+  bool ids64;
+  int64_t n, d, stride, off, stride_b, stride_l;
+
+  int64_t id(int64_t b, int64_t j) const {
+    const int64_t i = b * stride_b + j * stride_l;
+    return ids64 ? static_cast<const int64_t*>(ids)[i] : int64_t(static_cast<const int32_t*>(ids)[i]);
+  }
+};
+
+struct Problem {
+  Field fields[kMaxFields];
+  int64_t F, T, L, D, k;
+  const float* query;      // (B*T, D) float32
+  const int64_t* lengths;  // (B,) or nullptr
+  float* scores;           // (B*T, k)
+  int64_t* indices;        // (B*T, k)
+  float scale;
+};
+
+// The first id found out of range (field, value), for the ValueError.
+struct BadId {
+  int64_t field = -1, value = 0;
+};
+
+// One dot product per key, the same instructions for every key (no tail path
+// that depends on the position): a key's score is a function of its values.
+inline float dot_scalar(const float* q, const float* x, int64_t d) {
+  float s = 0.f;
+  for (int64_t i = 0; i < d; ++i) s += q[i] * x[i];
+  return s;
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define DARE_X86 1
+#define DARE_AVX2 __attribute__((target("avx2,fma")))
+DARE_AVX2 inline float dot_avx2(const float* q, const float* x, int64_t d) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= d; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(x + i), acc);
+  const __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+  const __m128 h2 = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  float s = _mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1)));
+  for (; i < d; ++i) s += q[i] * x[i];
+  return s;
+}
+#endif
+
+template <typename scalar_t>
+inline void gather_row(const Field& f, int64_t id, float* out) {
+  const scalar_t* row = static_cast<const scalar_t*>(f.table) + id * f.stride;
+  for (int64_t c = 0; c < f.d; ++c) out[c] = static_cast<float>(row[c]);
+}
+
+template <typename scalar_t>
+inline void prefetch_row(const Field& f, int64_t id) {
+  if (id >= 0 && id < f.n) {
+    const char* p = reinterpret_cast<const char*>(static_cast<const scalar_t*>(f.table) + id * f.stride);
+    for (int64_t o = 0; o < f.d * int64_t(sizeof(scalar_t)); o += 64) __builtin_prefetch(p + o);
+  }
+}
+
+template <typename scalar_t, bool kAvx2>
+void scan_rows(const Problem& p, int64_t b_begin, int64_t b_end, BadId* bad) {
+  std::vector<TopK> tops(p.T, TopK(p.k));
+  std::vector<float> keys(kChunk * p.D), buf(kChunk);
+  for (int64_t b = b_begin; b < b_end; ++b) {
+    const int64_t len = p.lengths ? std::clamp<int64_t>(p.lengths[b], 0, p.L) : p.L;
+    for (auto& t : tops) t.reset();
+    for (int64_t j0 = 0; j0 < len; j0 += kChunk) {
+      const int64_t n = std::min(kChunk, len - j0);
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t pos = j0 + j;
+        float* key = keys.data() + j * p.D;
+        for (int64_t fi = 0; fi < p.F; ++fi) {
+          const Field& f = p.fields[fi];
+          if (pos + kPrefetch < len) prefetch_row<scalar_t>(f, f.id(b, pos + kPrefetch));
+          const int64_t id = f.id(b, pos);
+          if (id < 0 || id >= f.n) {
+            if (bad->field < 0) *bad = BadId{fi, id};
+            std::fill(key + f.off, key + f.off + f.d, 0.f);
+            continue;
+          }
+          gather_row<scalar_t>(f, id, key + f.off);
+        }
+      }
+      for (int64_t t = 0; t < p.T; ++t) {
+        const float* q = p.query + (b * p.T + t) * p.D;
+        for (int64_t j = 0; j < n; ++j) {
+#ifdef DARE_X86
+          if constexpr (kAvx2) {
+            buf[j] = dot_avx2(q, keys.data() + j * p.D, p.D) * p.scale;
+            continue;
+          }
+#endif
+          buf[j] = dot_scalar(q, keys.data() + j * p.D, p.D) * p.scale;
+        }
+        tops[t].offer(buf.data(), n, j0);
+      }
+    }
+    for (int64_t t = 0; t < p.T; ++t)
+      tops[t].finish(p.scores + (b * p.T + t) * p.k, p.indices + (b * p.T + t) * p.k);
+  }
+}
+
+#define DARE_EMBED_VARIANT(name, attrs, avx2)                                                  \
+  attrs void name(at::ScalarType t, const Problem& p, int64_t begin, int64_t end, BadId* bad) { \
+    switch (t) {                                                                               \
+      case at::kFloat: return scan_rows<float, avx2>(p, begin, end, bad);                      \
+      case at::kHalf: return scan_rows<c10::Half, avx2>(p, begin, end, bad);                   \
+      case at::kBFloat16: return scan_rows<c10::BFloat16, avx2>(p, begin, end, bad);           \
+      default: TORCH_CHECK(false, "topk_attention_embedding: unreachable dtype");              \
+    }                                                                                          \
+  }
+
+#ifdef DARE_X86
+DARE_EMBED_VARIANT(embed_avx2, DARE_AVX2, true)
+#endif
+DARE_EMBED_VARIANT(embed_baseline, , false)
+
+using ScanFn = void (*)(at::ScalarType, const Problem&, int64_t, int64_t, BadId*);
+
+ScanFn pick_scan() {
+  const char* isa = std::getenv("DARE_CPU_ISA");
+  if (isa && std::string(isa) == "baseline") return embed_baseline;
+#ifdef DARE_X86
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return embed_avx2;
+#endif
+  return embed_baseline;
+}
+
+std::tuple<at::Tensor, at::Tensor> topk_attention_embedding_cpu(const at::Tensor& query, at::TensorList tables,
+                                                                at::TensorList ids, int64_t k,
+                                                                const std::optional<at::Tensor>& lengths,
+                                                                double scale) {
+  const Shape s = check_embedding_inputs(query, tables, ids, k, lengths, /*check_length_values=*/true);
+  auto [scores, indices] = empty_outputs(query, s, k);
+  if (s.B * s.T == 0) return {scores, indices};
+
+  Problem p{};
+  p.F = int64_t(tables.size());
+  std::vector<at::Tensor> keep;  // contiguous rows / converted ids, alive for the call
+  int64_t off = 0;
+  for (int64_t f = 0; f < p.F; ++f) {
+    at::Tensor t = tables[f].stride(1) == 1 ? tables[f] : tables[f].contiguous();
+    const at::Tensor& i = ids[f];
+    keep.push_back(t);
+    Field& fd = p.fields[f];
+    fd.table = t.const_data_ptr();
+    fd.n = t.size(0);
+    fd.d = t.size(1);
+    fd.stride = t.stride(0);
+    fd.off = off;
+    fd.ids = i.const_data_ptr();
+    fd.ids64 = i.scalar_type() == at::kLong;
+    fd.stride_b = i.dim() == 2 ? i.stride(0) : 0;
+    fd.stride_l = i.stride(-1);
+    off += fd.d;
+  }
+  const at::Tensor Q = query.reshape({s.B * s.T, s.d}).to(at::kFloat).contiguous();
+  at::Tensor len;
+  if (lengths.has_value()) len = lengths->to(at::kLong).contiguous();
+  p.T = s.T;
+  p.L = s.L;
+  p.D = s.d;
+  p.k = k;
+  p.query = Q.const_data_ptr<float>();
+  p.lengths = len.defined() ? len.const_data_ptr<int64_t>() : nullptr;
+  p.scores = scores.mutable_data_ptr<float>();
+  p.indices = indices.mutable_data_ptr<int64_t>();
+  p.scale = static_cast<float>(scale);
+
+  static const ScanFn scan = pick_scan();
+  const at::ScalarType t = query.scalar_type();
+  std::vector<BadId> bad(std::max<int64_t>(at::get_num_threads(), 1));
+  at::parallel_for(0, s.B, 1, [&](int64_t begin, int64_t end) {
+    scan(t, p, begin, end, &bad[std::min<int64_t>(at::get_thread_num(), int64_t(bad.size()) - 1)]);
+  });
+  for (const BadId& e : bad) {
+    if (e.field < 0) continue;
+    TORCH_CHECK_VALUE(false, "topk_attention_embedding: ids[" + std::to_string(e.field) +
+                                       "] values must be in [0, " + std::to_string(p.fields[e.field].n) +
+                                       ") (rows of tables[" + std::to_string(e.field) + "]), got " +
+                                       std::to_string(e.value));
+  }
+  return {scores, indices};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dare, CPU, m) { m.impl("topk_attention_embedding", &topk_attention_embedding_cpu); }
+
+}  // namespace dare

@@ -1,0 +1,161 @@
+"""The ops' contract below the router: fake (meta) shapes and the one backward
+formula of each op, registered for the compiled ops and the Triton ops alike.
+
+Every backend module imports this one; it imports no backend. Adding an op is:
+its schema (csrc/ops.cpp), its check (_check.py), its reference (reference.py),
+a fake and a backward here, one file per backend and a row in each backend's
+table entry (backends.py)."""
+from __future__ import annotations
+
+import torch
+
+from ._check import check_embedding_inputs, check_inputs, output_shape
+
+
+def _empty_outputs(query, shape):
+    return (query.new_empty(shape, dtype=torch.float32), query.new_empty(shape, dtype=torch.int64))
+
+
+# ---------------------------------------------------------------------------
+# topk_attention(query, keys, k, lengths, scale)
+
+def topk_attention_backward(grad: torch.Tensor, query: torch.Tensor, keys: torch.Tensor,
+                            indices: torch.Tensor, scale: float,
+                            need_query: bool = True, need_keys: bool = True):
+    """Gradients of the selected scores. Touches only the B·T·k selected keys:
+    no B×L intermediate (grad_keys is dense because keys are)."""
+    B, L, d = keys.shape
+    T = query.shape[1] if query.dim() == 3 else 1
+    k = indices.shape[-1]
+    idx = indices.reshape(B, T * k)
+    valid = idx >= 0
+    g = torch.where(valid, grad.reshape(B, T * k).float() * scale, 0.0)
+    gather_idx = idx.clamp(min=0)[..., None].expand(B, T * k, d)
+    grad_query = grad_keys = None
+    if need_query:
+        sel = torch.where(valid[..., None], keys.gather(1, gather_idx).float(), 0.0)
+        grad_query = torch.einsum("btk,btkd->btd", g.view(B, T, k), sel.view(B, T, k, d))
+        grad_query = grad_query.reshape(query.shape).to(query.dtype)
+    if need_keys:
+        src = g.view(B, T, k, 1) * query.reshape(B, T, 1, d).float()
+        src = torch.where(valid[..., None], src.reshape(B, T * k, d), 0.0)
+        # With one target a row selects each position at most once: nothing
+        # accumulates (padding adds zeros), so the dense B×L×d gradient is built
+        # in the keys' dtype, rounded once, as float32 accumulation would give,
+        # at a fraction of the memory traffic for 16-bit keys. Several targets
+        # may select one key: those sums stay in float32.
+        acc = keys.dtype if T == 1 else torch.float32
+        grad_keys = torch.zeros(B, L, d, dtype=acc, device=keys.device)
+        grad_keys = grad_keys.scatter_add_(1, gather_idx, src.to(acc)).to(keys.dtype)
+    return grad_query, grad_keys
+
+
+def _fake(query, keys, k, lengths=None, scale=1.0):
+    s = check_inputs(query, keys, k, lengths, check_length_values=False)
+    return _empty_outputs(query, output_shape(s, k))
+
+
+def _setup_context(ctx, inputs, output):
+    query, keys, _k, _lengths, scale = inputs
+    ctx.save_for_backward(query, keys, output[1])
+    ctx.scale = scale
+
+
+def _backward(ctx, grad_scores, _grad_indices):
+    query, keys, indices = ctx.saved_tensors
+    gq, gk = topk_attention_backward(grad_scores, query, keys, indices, ctx.scale,
+                                     ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+    return gq, gk, None, None, None
+
+
+# ---------------------------------------------------------------------------
+# topk_attention_embedding(query, tables, ids, k, lengths, scale)
+
+def behaviour_ids(ids: torch.Tensor, B: int) -> torch.Tensor:
+    """A field's ids as (B, L): (L,) ids are shared by every row (a stride-0 view)."""
+    return ids.expand(B, ids.shape[-1]) if ids.dim() == 1 else ids
+
+
+def selected_rows(ids: torch.Tensor, idx: torch.Tensor, n_rows: int):
+    """(rows, ok): the table rows of the selected positions idx (B, n) (-1: padding)
+    and which of them are real and in range (others read as row 0, contribute nothing)."""
+    B = idx.shape[0]
+    rows = behaviour_ids(ids, B).gather(1, idx.clamp(min=0)).long()
+    ok = (idx >= 0) & (rows >= 0) & (rows < n_rows)
+    return torch.where(ok, rows, 0), ok
+
+
+def topk_attention_embedding_backward(grad: torch.Tensor, query: torch.Tensor, tables, ids,
+                                      indices: torch.Tensor, scale: float,
+                                      need_query: bool = True, need_tables: bool = True):
+    """Gradients of the selected scores w.r.t. the query and the tables. Only the
+    B·T·k selected behaviours are touched (no B×L tensor): a table's gradient is
+    dense, like nn.Embedding's, with the selected rows' contributions added by
+    index (float32 accumulation, so duplicate ids sum exactly as index_add does)."""
+    B = query.shape[0]
+    T = query.shape[1] if query.dim() == 3 else 1
+    k = indices.shape[-1]
+    idx = indices.reshape(B, T * k)
+    g = torch.where(idx >= 0, grad.reshape(B, T * k).float() * scale, 0.0)  # (B, T*k)
+    q = query.reshape(B, T, -1).float()
+    grad_q, grad_tables, off = [], [], 0
+    for table, field_ids in zip(tables, ids):
+        n, d = table.shape
+        rows, ok = selected_rows(field_ids, idx, n)
+        gf = torch.where(ok, g, 0.0)
+        if need_query:
+            sel = table[rows].float()  # (B, T*k, d)
+            grad_q.append(torch.einsum("btk,btkd->btd", gf.view(B, T, k), sel.view(B, T, k, d)))
+        if need_tables:
+            src = gf.view(B, T, k, 1) * q[..., off:off + d].reshape(B, T, 1, d)
+            acc = torch.zeros(n, d, dtype=torch.float32, device=table.device)
+            acc.index_add_(0, rows.reshape(-1), src.reshape(-1, d))
+            grad_tables.append(acc.to(table.dtype))
+        off += d
+    grad_query = torch.cat(grad_q, -1).reshape(query.shape).to(query.dtype) if need_query else None
+    return grad_query, (grad_tables if need_tables else None)
+
+
+def _fake_embedding(query, tables, ids, k, lengths=None, scale=1.0):
+    s = check_embedding_inputs(query, tables, ids, k, lengths, check_values=False)
+    return _empty_outputs(query, output_shape(s, k))
+
+
+def _setup_context_embedding(ctx, inputs, output):
+    query, tables, ids, _k, _lengths, scale = inputs
+    ctx.n_fields = len(tables)
+    ctx.save_for_backward(query, output[1], *tables, *ids)
+    ctx.scale = scale
+
+
+def _backward_embedding(ctx, grad_scores, _grad_indices):
+    query, indices, *rest = ctx.saved_tensors
+    F = ctx.n_fields
+    tables, ids = rest[:F], rest[F:]
+    need_tables = ctx.needs_input_grad[1]
+    need_tables = any(need_tables) if isinstance(need_tables, (list, tuple)) else bool(need_tables)
+    gq, gt = topk_attention_embedding_backward(grad_scores, query, tables, ids, indices, ctx.scale,
+                                               ctx.needs_input_grad[0], need_tables)
+    return gq, gt if gt is not None else [None] * F, [None] * F, None, None, None
+
+
+# ---------------------------------------------------------------------------
+
+_AUTOGRAD = {
+    "topk_attention": (_backward, _setup_context),
+    "topk_attention_embedding": (_backward_embedding, _setup_context_embedding),
+}
+FAKES = {"topk_attention": _fake, "topk_attention_embedding": _fake_embedding}
+
+
+def register_autograd(qualname: str, op: str):
+    """The one backward formula of `op`, for the compiled op and the Triton op alike."""
+    backward, setup = _AUTOGRAD[op]
+    torch.library.register_autograd(qualname, backward, setup_context=setup)
+
+
+def register_compiled():
+    """Fake and autograd of the compiled library's ops (dare::<op>)."""
+    for op, fake in FAKES.items():
+        torch.library.register_fake(f"dare::{op}", fake)
+        register_autograd(f"dare::{op}", op)

@@ -1,0 +1,118 @@
+"""The one table of backends. A row says where a backend runs (`unavailable`),
+which devices "auto" picks it for, in order, and how it runs each op.
+
+A compiled backend ("cpu", "cuda") runs `torch.ops.dare.<op>`; the dispatcher
+picks the kernel by device. "triton" runs `dare_kernels.triton_backend.<op>`;
+"reference" runs `dare_kernels.reference.<op>`. Adding an op to a backend is one
+entry in its module; adding a backend is one row here."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import torch
+
+from . import _library, reference
+from . import triton_backend as _triton
+
+OPS = ("topk_attention", "topk_attention_embedding")
+
+
+def _direct(args) -> bool:
+    """True when a call may skip the dispatcher's Python layers (the autograd
+    wrapper; for Triton, the triton_op): plain tensors, no gradient needed, and no
+    tracer (torch.compile, make_fx, fake tensors) that must see the op. Measured
+    host cost of those layers: bench/RESULTS.md."""
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0:
+        return False
+    grad = torch.is_grad_enabled()
+    for a in args:
+        for t in (a if isinstance(a, (list, tuple)) else (a,)):
+            if isinstance(t, torch.Tensor) and (type(t) is not torch.Tensor or (grad and t.requires_grad)):
+                return False
+    return True
+
+
+def _compiled_unavailable(device_type: str) -> Callable[[torch.device], Optional[str]]:
+    def unavailable(device: torch.device) -> Optional[str]:
+        if not _library.loaded:
+            return _library.error
+        if device.type != device_type:
+            return f"it runs on {device_type.upper()} tensors, got {device}"
+        if device_type == "cuda":
+            if not _library.with_cuda:
+                return "dare_kernels._C was built without CUDA"
+            if not torch.cuda.is_available():
+                return "no CUDA device is available"
+        return None
+    return unavailable
+
+
+def _run_compiled(op: str, args, direct: bool):
+    packet = getattr(torch.ops.dare, op)
+    if direct:
+        with torch._C._AutoDispatchBelowAutograd():
+            return packet.default(*args)
+    return packet(*args)
+
+
+def _run_triton(op: str, args, direct: bool):
+    return _triton.run(op, args, direct)
+
+
+def _run_reference(op: str, args, direct: bool):
+    return getattr(reference, op)(*args)
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    name: str
+    unavailable: Callable[[torch.device], Optional[str]]  # None if it runs on tensors of this device, else why
+    run: Callable  # run(op, args, direct) -> (scores, indices)
+    auto: tuple = ()  # device types for which "auto" tries it, in table order
+
+
+TABLE = (
+    Backend("cpu", _compiled_unavailable("cpu"), _run_compiled, auto=("cpu",)),
+    Backend("cuda", _compiled_unavailable("cuda"), _run_compiled, auto=("cuda",)),
+    Backend("triton", _triton.unavailable, _run_triton, auto=("cuda",)),
+    Backend("reference", lambda device: None, _run_reference),
+)
+BY_NAME = {b.name: b for b in TABLE}
+NAMES = tuple(BY_NAME)
+
+
+def device_of(device) -> torch.device:
+    """torch.device(device), with a ValueError that lists what is accepted."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be a torch.device or a string such as 'cpu', 'cuda' or 'cuda:0', "
+                         f"got {device!r}") from None
+
+
+def status(name: str, device) -> Optional[str]:
+    """None if backend `name` can run on tensors of `device`, else the reason."""
+    return BY_NAME[name].unavailable(device_of(device))
+
+
+def resolve(op: str, backend: Optional[str], device: torch.device) -> Backend:
+    if backend is None or backend == "auto":
+        for b in TABLE:
+            if device.type in b.auto and b.unavailable(device) is None:
+                return b
+        return BY_NAME["reference"]
+    if backend not in BY_NAME:
+        raise ValueError(f"{op}: backend must be one of None, 'auto', "
+                         + ", ".join(repr(b) for b in NAMES) + f", got {backend!r}")
+    b = BY_NAME[backend]
+    why = b.unavailable(device)
+    if why is not None:
+        raise RuntimeError(f"{op}: backend {backend!r} is not available: {why}")
+    return b
+
+
+def call(op: str, backend: Optional[str], device: torch.device, args):
+    return resolve(op, backend, device).run(op, args, _direct(args))
