@@ -39,6 +39,11 @@ def inputs_for(shape):
     return _inputs[shape]
 
 
+def fields(shape):
+    """Numeric fields for the summary's numeric order (B, T, d, k, L), and dtype."""
+    return {"B": shape.B, "T": shape.T, "L": shape.L, "d": shape.d, "k": shape.k, "dtype": shape.dtype}
+
+
 def _run(bench, backend, shape):
     fn = implementation(backend)
     inputs = inputs_for(shape)
@@ -50,7 +55,7 @@ def _run(bench, backend, shape):
         return fn(q, K, shape.k)
 
     bench.group = shape.label()
-    bench.extra_info.update(backend=backend, shape=shape.label(), key_bytes=shape.key_bytes())
+    bench.extra_info.update(backend=backend, shape=shape.label(), key_bytes=shape.key_bytes(), **fields(shape))
     call()  # warm-up (allocations, first launch) outside the measurement
     bench(call)
 
@@ -77,6 +82,6 @@ def test_search_backward(bench, backend, shape):
         return grads
 
     bench.group = "backward " + shape.label()
-    bench.extra_info.update(backend=backend, shape=shape.label())
+    bench.extra_info.update(backend=backend, shape=shape.label(), **fields(shape))
     step()  # warm-up outside the measurement
     bench(step)
