@@ -2,6 +2,7 @@
 README, the same block in both, rows in numeric order."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -99,3 +100,10 @@ def test_unknown_row_fields_are_kept(tmp_path):
     assert "graph ms" in out and "0.0125" in out
     assert [int(l[0]) for l in table_rows(out, "Search stage")] == [8, 8, 64, 64, 1024, 1024, 1024, 1024]
 
+
+def test_repository_blocks_agree():
+    """README.md and bench/RESULTS.md carry the same generated block."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    results = open(os.path.join(ROOT, "bench", "RESULTS.md")).read()
+    assert block(readme) == block(results)
+    assert re.search(r"^\| d \| bmm\+topk ms", block(results), re.M)
