@@ -1,7 +1,7 @@
 """Tables of the main job's JSON, written into bench/RESULTS.md and README.md.
 
-    python -m dare_kernels.bench --json bench/results-h200.json --plot bench/results-h200.png
-    python bench/report.py bench/results-h200.json bench/results-cpu.json \\
+    python -m dare_kernels.bench --json bench/results-<device>.json --plot bench/results-<device>.png
+    python bench/report.py bench/results-<gpu>.json bench/results-cpu.json \\
         --results bench/RESULTS.md --readme README.md
 
 replaces what lies between `<!-- report:begin -->` and `<!-- report:end -->` in each
@@ -290,7 +290,9 @@ def render_run(result: dict, path: str) -> str:
     out.append(f"Measured {run_date(result, path)} {provenance(result)}." + (" " + "; ".join(versions) + "."
                                                                           if versions else ""))
     if result.get("command"):
-        out += ["", f"Command: `{result['command']}` (raw: `{shown_path(path)}`)."]
+        png = os.path.splitext(path)[0] + ".png"
+        plot = f", plot: `{shown_path(png)}`" if os.path.exists(png) else ""
+        out += ["", f"Command: `{result['command']}` (raw: `{shown_path(path)}`{plot})."]
     if result.get("note"):
         out += ["", str(result["note"])]
     for name, section in result.items():
