@@ -34,9 +34,11 @@ def test_search_is_the_exact_top_k(model, seed):
     m = LongSequenceCTR(model, data.n_items, data.n_cats, 400, d_att=16, d_rep=32, k=24)
     batch = next(batches(data, 64))
     with torch.no_grad():
-        query, keys, lengths, _ = m.search_inputs(batch)
+        query, keys, lengths, _ = m.search_inputs(batch)  # the keys looked up explicitly
         _, scores, idx = m(batch)
+        stage = m.search_stage(batch)  # the op from ids, as the forward runs it
     assert_matches_reference((scores, idx), Sample(query, keys, 24, lengths))
+    assert torch.equal(stage[1], idx) and torch.equal(stage[0], scores)
 
 
 def test_checkpoint_round_trip(tmp_path):

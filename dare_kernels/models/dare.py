@@ -1,5 +1,7 @@
 """DARE (Decoupled Attention and Representation Embeddings, ICLR 2025) and its
-TWIN baselines, with the search stage on torch.ops.dare.topk_attention.
+TWIN baselines, with the search stage on torch.ops.dare.topk_attention_embedding (the top-k
+computed from the behaviours' ids and the attention tables, never building the
+(B, L, d) keys).
 
 A behaviour (and the target) has an item id, a category id and a relative
 position (distance to the target, log-bucketed; the target is position 0). Each
@@ -72,25 +74,39 @@ class FieldEmbeddings(nn.Module):
         """(semantic [item | category], position) parts."""
         return torch.cat([self.item(items), self.cat(cats)], -1), self.pos(pos)
 
+    def tables(self):
+        """The [item, category, position] tables, in the key's field order."""
+        return [self.item.weight, self.cat.weight, self.pos.weight]
+
 
 class TopKTargetAttention(nn.Module):
     """Search the k keys most relevant to the query with the fused op, then
     attend over those k only.
 
-    forward(query (B, d_att), keys (B, L, d_att), lengths (B,) or None, values)
-    where values is (B, L, d_v) or a callable mapping the selected indices (B, k),
-    already clamped to valid positions, to their (B, k, d_v) values. Returns
-    (output (B, d_v), scores (B, k), indices (B, k)). Scale the query
-    beforehand (scores = query · key)."""
+    forward(query (B, d_att), keys, lengths (B,) or None, values, ids=None)
+    where keys is (B, L, d_att), or, with ids, the list of F attention tables
+    (N_f, d_f) whose rows the ids (F tensors (B, L), or (L,) shared by every
+    row) select: behaviour j's key is [tables[0][ids[0][.., j]] | ...], searched
+    by topk_attention_embedding without building the keys. values is (B, L, d_v)
+    or a callable mapping the selected indices (B, k), already clamped to valid
+    positions, to their (B, k, d_v) values. Returns (output (B, d_v), scores
+    (B, k), indices (B, k)). Scale the query beforehand (scores = query · key)."""
 
     def __init__(self, k: int, backend: Optional[str] = None):
         super().__init__()
         self.k = k
         self.backend = backend
 
-    def forward(self, query, keys, lengths, values: Union[torch.Tensor, Callable]):
-        k = min(self.k, keys.shape[1])
-        scores, idx = ops.topk_attention(query, keys, k, lengths=lengths, backend=self.backend)
+    def search(self, query, keys, lengths, ids=None):
+        """The search alone: (scores, indices) of the k best keys."""
+        if ids is None:
+            return ops.topk_attention(query, keys, min(self.k, keys.shape[1]), lengths=lengths,
+                                      backend=self.backend)
+        return ops.topk_attention_embedding(query, keys, ids, min(self.k, ids[0].shape[-1]), lengths=lengths,
+                                            backend=self.backend)
+
+    def forward(self, query, keys, lengths, values: Union[torch.Tensor, Callable], ids=None):
+        scores, idx = self.search(query, keys, lengths, ids)
         safe = idx.clamp(min=0)
         if callable(values):
             selected = values(safe)
@@ -144,31 +160,65 @@ class LongSequenceCTR(nn.Module):
         out = torch.cat([sem, p], -1)
         return self.proj_rep(out) if self.variant == "twin_proj" else out
 
+    def _query(self, batch: dict):
+        """The search query (B, d_att), both scales folded in: score_j =
+        q_sem·k_sem_j / sqrt(d_sem) + q_pos·k_pos_j / sqrt(d_pos)."""
+        target_pos = torch.zeros_like(batch["target_item"])
+        q_sem, q_pos = self.attention_embeddings(batch["target_item"], batch["target_cat"], target_pos, target=True)
+        return torch.cat([q_sem / math.sqrt(q_sem.shape[-1]), q_pos / math.sqrt(q_pos.shape[-1])], -1)
+
+    def search_ids_inputs(self, batch: dict):
+        """(query, tables, ids, lengths) of the search stage as it runs: the
+        behaviours' keys are [item | category | position] rows of `tables`
+        picked by `ids` (position buckets: one (L,) tensor shared by every row).
+        The projection variant folds its projection into the query:
+        (P q)·(P k) = (Pᵀ P q)·k, so the op searches the shared tables, exactly
+        and differentiably through P."""
+        items, cats = batch["history_items"], batch["history_cats"]
+        pos = position_buckets(items.shape[1], items.device)
+        query = self._query(batch)
+        if self.variant == "twin_proj":
+            q_sem, q_pos = query.split([self.proj_att_sem.out_features, self.proj_att_pos.out_features], -1)
+            query = torch.cat([q_sem @ self.proj_att_sem.weight, q_pos @ self.proj_att_pos.weight], -1)
+            tables = self.rep.tables()
+        elif self.variant == "twin":
+            tables = self.rep.tables()
+        else:
+            tables = self.att.tables()
+        if torch.is_autocast_enabled() and query.is_cuda:
+            # The search reads its rows at bfloat16: half the bytes. The query is
+            # small; the cast of each attention table (differentiable) copies it
+            # once per call, N·d elements whatever B and L.
+            query, tables = query.to(torch.bfloat16), [t.to(torch.bfloat16) for t in tables]
+        return query, tables, [items, cats, pos], batch["lengths"]
+
+    def search_stage(self, batch: dict):
+        """(scores (B, k), indices (B, k)): exactly the forward's search stage."""
+        query, tables, ids, lengths = self.search_ids_inputs(batch)
+        return self.search.search(query, tables, lengths, ids)
+
     def search_inputs(self, batch: dict):
-        """(query, keys, lengths) of the search stage, the scales folded into
-        the query, and the behaviours' position buckets."""
+        """(query, keys, lengths, pos) with the keys looked up explicitly (B, L,
+        d_att) and pos the (B, L) position buckets: topk_attention(query, keys)
+        is the same search as search_stage (which never builds the keys)."""
         items, cats = batch["history_items"], batch["history_cats"]
         B, L = items.shape
         pos = position_buckets(L, items.device).expand(B, L)
         k_sem, k_pos = self.attention_embeddings(items, cats, pos)
-        target_pos = torch.zeros_like(batch["target_item"])
-        q_sem, q_pos = self.attention_embeddings(batch["target_item"], batch["target_cat"], target_pos, target=True)
-        query = torch.cat([q_sem / math.sqrt(q_sem.shape[-1]), q_pos / math.sqrt(q_pos.shape[-1])], -1)
-        keys = torch.cat([k_sem, k_pos], -1)
+        query, keys = self._query(batch), torch.cat([k_sem, k_pos], -1)
         if torch.is_autocast_enabled() and keys.is_cuda:
-            # The search reads keys at bfloat16: half the bytes.
             query, keys = query.to(torch.bfloat16), keys.to(torch.bfloat16)
         return query, keys, batch["lengths"], pos
 
     def forward(self, batch: dict):
         """Returns (logits (B,), search scores (B, k), search indices (B, k))."""
-        items, cats = batch["history_items"], batch["history_cats"]
-        query, keys, lengths, pos = self.search_inputs(batch)
+        query, tables, ids, lengths = self.search_ids_inputs(batch)
+        items, cats, pos = ids
 
         def selected_values(idx):
-            return self.representation(items.gather(1, idx), cats.gather(1, idx), pos.gather(1, idx))
+            return self.representation(items.gather(1, idx), cats.gather(1, idx), pos[idx])
 
-        interest, scores, idx = self.search(query, keys, lengths, selected_values)
+        interest, scores, idx = self.search(query, tables, lengths, selected_values, ids=ids)
         target_pos = torch.zeros_like(batch["target_item"])
         target_rep = self.representation(batch["target_item"], batch["target_cat"], target_pos, target=True).float()
         x = torch.cat([target_rep, target_rep * interest], -1)
