@@ -9,11 +9,12 @@ mean ± std over seeds of the test metrics at the best-validation step, and the
 training time per step of a separate --timing-steps run made alone (the
 study's runs share the machine with each other).
 
-    # CPU, this repository's study (about 20 minutes on 2 cores):
+    # CPU, this repository's study (63 runs + 21 timing runs: ~16 + 4 minutes on 2 cores):
     python bench/model_study.py --json bench/model-results/study-cpu.json
-    # GPU at L = 10000 (one H200; larger data, the paper's batch):
-    python bench/model_study.py --device cuda --amp --L 10000 --users 20000 --log-users 20000 \
-        --log-len 10200 10500 --batch-size 2048 --jobs 1 --json /tmp/out/study-gpu.json
+    # GPU at L = 10000 (larger data, the paper's batch). 63 runs do not fit one call: split them
+    # with --tasks / --configs / --seeds and merge with --reuse PREVIOUS.json.
+    python bench/model_study.py --device cuda --amp --L 10000 --users 20000 --log-users 4000 \
+        --log-len 10200 10500 --batch-size 2048 --k 64 --jobs 1 --tasks conflict --json $OUT/study-gpu.json
 
 Seeds: run s uses model seed s and data seed s (every model sees the same data
 for a given s). Runs go to --jobs parallel processes, one intra-op thread each
