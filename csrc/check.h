@@ -6,6 +6,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
 
+#include "fields.h"
+
 namespace dare {
 
 struct Shape {
@@ -19,8 +21,6 @@ struct Shape {
 Shape check_inputs(const at::Tensor& query, const at::Tensor& keys, int64_t k,
                    const std::optional<at::Tensor>& lengths,
                    bool check_length_values);
-
-constexpr int64_t kMaxFields = 4;
 
 // topk_attention_embedding's check (d = the tables' total width, L from the ids).
 // Id values are not read here: the kernels never read out of bounds (CPU raises

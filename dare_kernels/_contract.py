@@ -97,7 +97,7 @@ def topk_attention_embedding_backward(grad: torch.Tensor, query: torch.Tensor, t
     k = indices.shape[-1]
     idx = indices.reshape(B, T * k)
     g = torch.where(idx >= 0, grad.reshape(B, T * k).float() * scale, 0.0)  # (B, T*k)
-    q = query.reshape(B, T, -1).float()
+    q = query.reshape(B, T, query.shape[-1]).float()
     grad_q, grad_tables, off = [], [], 0
     for table, field_ids in zip(tables, ids):
         n, d = table.shape

@@ -58,8 +58,8 @@ def topk_attention_embedding(query: torch.Tensor, tables: Sequence[torch.Tensor]
     An id out of [0, N_f) raises ValueError on CPU and scores NaN on CUDA (never
     read). `scores` is differentiable w.r.t. query and tables (dense table
     gradients, as nn.Embedding's, touching only the selected rows)."""
-    if not isinstance(query, torch.Tensor) or not isinstance(tables, (list, tuple)) or not tables \
-            or not isinstance(tables[0], torch.Tensor):
+    if type(k) is not int or not isinstance(query, torch.Tensor) or not isinstance(tables, (list, tuple)) \
+            or not isinstance(ids, (list, tuple)) or not all(isinstance(t, torch.Tensor) for t in (*tables, *ids)):
         check_embedding_inputs(query, tables, ids, k, lengths)  # raises the TypeError
     args = (query, list(tables), list(ids), k, lengths, scale)
     return backends.call("topk_attention_embedding", backend, query.device, args)

@@ -218,3 +218,141 @@ SAMPLES: dict[str, tuple[Callable, bool]] = {
 def sample_input(name: str, dtype: torch.dtype, device, seed: int) -> Sample:
     g = torch.Generator().manual_seed(seed)
     return SAMPLES[name][0](g, dtype, torch.device(device))
+
+
+# ---------------------------------------------------------------------------
+# topk_attention_embedding joins the same matrix: every sample's keys become
+# embedding tables and ids (the keys' rows, permuted among extra rows, split
+# into fields), so the op must return what topk_attention returns on the
+# looked-up keys, checked by the same float64 oracle. A few samples only the
+# embedding op has (shared position ids, duplicate ids, out-of-range padding).
+
+@dataclasses.dataclass
+class EmbeddingSample:
+    query: torch.Tensor
+    tables: list
+    ids: list
+    k: int
+    lengths: Optional[torch.Tensor] = None
+    scale: float = 1.0
+    exact: bool = False
+
+    def args(self):
+        return (self.query, self.tables, self.ids, self.k, self.lengths, self.scale)
+
+    def keys(self) -> torch.Tensor:
+        """The looked-up (B, L, d) keys; padding positions read row 0."""
+        B = self.query.shape[0]
+        ids = []
+        for t, i in zip(self.tables, self.ids):
+            i = i.expand(B, i.shape[-1]) if i.dim() == 1 else i
+            ids.append(torch.where((i >= 0) & (i < t.shape[0]), i, 0))
+        return torch.cat([t[i] for t, i in zip(self.tables, ids)], -1)
+
+    def as_sample(self) -> Sample:
+        """The same search as topk_attention's inputs, for the oracle."""
+        return Sample(self.query, self.keys(), self.k, self.lengths, self.scale, self.exact)
+
+
+def _widths(d: int) -> list:
+    if d >= 4:
+        return [d // 2, d // 4, d - d // 2 - d // 4]
+    return [1, d - 1] if d > 1 else [1]
+
+
+def _as_embedding(s: Sample, g) -> EmbeddingSample:
+    B, L, d = s.keys.shape
+    device = s.keys.device
+    tables, ids, c0 = [], [], 0
+    for f, w in enumerate(_widths(d)):
+        rows = s.keys[..., c0:c0 + w].reshape(B * L, w)
+        extra = int(torch.randint(1, 9, (1,), generator=g))
+        n = B * L + extra
+        perm = torch.randperm(n, generator=g)
+        table = torch.empty(n, w, dtype=s.keys.dtype)
+        table[perm[B * L:]] = _randn(g, extra, w, dtype=s.keys.dtype, device="cpu")
+        table[perm[:B * L]] = rows.cpu()
+        i = perm[:B * L].view(B, L)
+        if f == 1:
+            i = i.to(torch.int32)
+        if f == 0 and L > 1:
+            i = i.t().contiguous().t()  # (B, L) with stride 1 over B: strided id loads
+        tables.append(table.to(device))
+        ids.append(i.to(device))
+        c0 += w
+    return EmbeddingSample(s.query, tables, ids, s.k, s.lengths, s.scale, s.exact)
+
+
+def _emb_shared_positions(g, dtype, device):
+    # Item ids per row, category ids a stride-0 expand of one (L,) tensor, position
+    # ids (L,) shared by every row (as a model's position buckets).
+    B, L = 5, 301
+    items = _randn(g, 500, 8, dtype=dtype, device=device)
+    cats = _randn(g, 11, 8, dtype=dtype, device=device)
+    pos = _randn(g, 19, 16, dtype=dtype, device=device)
+    item_ids = torch.randint(0, 500, (B, L), generator=g).to(device)
+    cat_ids = torch.randint(0, 11, (L,), generator=g).to(device).expand(B, L)
+    pos_ids = torch.randint(0, 19, (L,), generator=g, dtype=torch.int32).to(device)
+    return EmbeddingSample(_randn(g, B, 32, dtype=dtype, device=device), [items, cats, pos],
+                           [item_ids, cat_ids, pos_ids], 33, lengths=_lengths([L, 0, 150, 7, 300], device))
+
+
+def _emb_duplicates(g, dtype, device):
+    # A 13-row table over a 700-long history: every key repeats ~50 times, so
+    # equal scores (bit for bit) must come out by ascending position.
+    B, L = 3, 700
+    table = _randn(g, 13, 24, dtype=dtype, device=device)
+    ids = torch.randint(0, 13, (B, L), generator=g).to(device)
+    return EmbeddingSample(_randn(g, B, 2, 24, dtype=dtype, device=device), [table], [ids], 60,
+                           lengths=_lengths([L, 333, 699], device))
+
+
+def _emb_padding_ids(g, dtype, device):
+    # Ids past a row's length are out of range (and negative): never read.
+    B, L = 3, 90
+    t0 = _randn(g, 40, 4, dtype=dtype, device=device)
+    t1 = _randn(g, 7, 4, dtype=dtype, device=device)
+    i0 = torch.randint(0, 40, (B, L), generator=g)
+    i1 = torch.randint(0, 7, (B, L), generator=g)
+    lengths = [90, 31, 2]
+    for b, n in enumerate(lengths):
+        i0[b, n:] = 10**6
+        i1[b, n:] = -5
+    return EmbeddingSample(_randn(g, B, 8, dtype=dtype, device=device), [t0, t1], [i0.to(device), i1.to(device)],
+                           9, lengths=_lengths(lengths, device))
+
+
+def _emb_wide_fields(g, dtype, device):
+    # Three 128-wide fields: 384-wide keys (more than the CUDA fused path's 32 vectors).
+    B, L = 2, 120
+    tables = [_randn(g, 60, 128, dtype=dtype, device=device) for _ in range(3)]
+    ids = [torch.randint(0, 60, (B, L), generator=g).to(device) for _ in range(3)]
+    return EmbeddingSample(_randn(g, B, 384, dtype=dtype, device=device), tables, ids, 16)
+
+
+def _emb_long_split(g, dtype, device):
+    # One 16-wide field, long rows and few of them: GPU kernels split the rows.
+    B, L = 2, 9001
+    table = _randn(g, 4000, 16, dtype=dtype, device=device)
+    ids = torch.randint(0, 4000, (B, L), generator=g).to(device)
+    return EmbeddingSample(_randn(g, B, 16, dtype=dtype, device=device), [table], [ids], 128,
+                           lengths=_lengths([L, 5000], device))
+
+
+# name -> (builder, large): the embedding-only samples.
+EMBEDDING_ONLY: dict[str, tuple[Callable, bool]] = {
+    "emb_shared_positions": (_emb_shared_positions, False),
+    "emb_duplicates": (_emb_duplicates, False),
+    "emb_padding_ids": (_emb_padding_ids, False),
+    "emb_wide_fields": (_emb_wide_fields, True),
+    "emb_long_split": (_emb_long_split, True),
+}
+EMBEDDING_SAMPLES: dict[str, bool] = {**{n: large for n, (_, large) in SAMPLES.items()},
+                                      **{n: large for n, (_, large) in EMBEDDING_ONLY.items()}}
+
+
+def embedding_input(name: str, dtype: torch.dtype, device, seed: int) -> EmbeddingSample:
+    g = torch.Generator().manual_seed(seed)
+    if name in EMBEDDING_ONLY:
+        return EMBEDDING_ONLY[name][0](g, dtype, torch.device(device))
+    return _as_embedding(SAMPLES[name][0](g, dtype, torch.device(device)), g)
