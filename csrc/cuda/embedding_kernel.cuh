@@ -91,12 +91,12 @@ __device__ __forceinline__ void unit_to_float(const uint32_t* w, float* f) {
   }
 }
 
-template <typename T, int UB>
-__global__ void __launch_bounds__(kThreads, 2) embedding_kernel(EmbedParams ep) {
+// U keys per lane group per tile; MINB CTAs per SM at least (the register cap).
+template <typename T, int UB, int U, int MINB>
+__global__ void __launch_bounds__(kThreads, MINB) embedding_kernel(EmbedParams ep) {
   using Unit = typename UnitOf<UB>::type;
   constexpr int W = UnitOf<UB>::W;                  // 32-bit words per vector
   constexpr int EPU = UB / int(sizeof(T));          // elements per vector
-  constexpr int U = 4;                              // keys per group per tile
   const Params& p = ep.base;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   uint64_t* buf = reinterpret_cast<uint64_t*>(smem_raw);  // cap
@@ -200,14 +200,20 @@ __global__ void __launch_bounds__(kThreads, 2) embedding_kernel(EmbedParams ep) 
   finish_row(p, row, c, buf, cand, st, sh);
 }
 
+template <typename T, int U, int MINB>
+void launch_embedding_variant(const EmbedParams& p, int unit_bytes, dim3 grid, size_t smem, cudaStream_t stream) {
+  if (unit_bytes == 16) launch_with_smem(embedding_kernel<T, 16, U, MINB>, grid, smem, stream, p);
+  else if (unit_bytes == 8) launch_with_smem(embedding_kernel<T, 8, U, MINB>, grid, smem, stream, p);
+  else launch_with_smem(embedding_kernel<T, 4, U, MINB>, grid, smem, stream, p);
+}
+
 }  // namespace
 
 template <typename T>
 void launch_embedding(const EmbedParams& p, int unit_bytes, int64_t rows, size_t smem, cudaStream_t stream) {
   const dim3 grid(unsigned(rows * p.base.splits));
-  if (unit_bytes == 16) launch_with_smem(embedding_kernel<T, 16>, grid, smem, stream, p);
-  else if (unit_bytes == 8) launch_with_smem(embedding_kernel<T, 8>, grid, smem, stream, p);
-  else launch_with_smem(embedding_kernel<T, 4>, grid, smem, stream, p);
+  if (p.variant == 1) launch_embedding_variant<T, 4, 2>(p, unit_bytes, grid, smem, stream);
+  else launch_embedding_variant<T, 2, 4>(p, unit_bytes, grid, smem, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -72,6 +72,7 @@ struct EmbedParams {
   Params base;  // base.query: (B*T, d) contiguous; base.keys unused
   EmbedField fields[kMaxFields];
   int F, units, group;
+  int variant = 0;  // 0: 2 keys per lane group per tile, 4 CTAs per SM; 1: 4 keys, 2 CTAs (DARE_CUDA_EMBED_VARIANT)
 };
 
 // Launches the embedding kernel for tables of type T with UB-byte vectors over
