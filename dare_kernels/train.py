@@ -14,28 +14,34 @@ import argparse
 import json
 import os
 import time
+import warnings
 
 import torch
 import torch.distributed as dist
 
 from . import metrics
-from .data import Interactions, SyntheticConfig, batches, generate, to_device
+from .data import LOADERS, Interactions, batches, to_device
 from .models import MODELS, LongSequenceCTR
 
 
+# Data options: None on the command line means "the loader's default".
+DATA_OPTIONS = ("users", "items", "categories", "max_len")
+
+
 def load_data(spec: str, args) -> Interactions:
-    if spec == "synthetic":
-        cfg = SyntheticConfig(users=args.users, n_items=args.items, n_categories=args.categories,
-                              max_len=args.max_len, min_len=min(args.max_len, max(10, args.max_len // 20)),
-                              seed=args.seed)
-        return generate(cfg)
-    kind, _, path = spec.partition(":")
-    from .data import public
-    if kind == "taobao":
-        return public.load_taobao(path, max_len=args.max_len, seed=args.seed)
-    if kind == "tmall":
-        return public.load_tmall(path, max_len=args.max_len, seed=args.seed)
-    raise ValueError(f"--data must be synthetic, taobao:PATH or tmall:PATH, got {spec!r}")
+    """--data NAME or NAME:PATH through LOADERS; an option the loader does not
+    use raises instead of being ignored."""
+    name, _, path = spec.partition(":")
+    if name not in LOADERS:
+        raise ValueError(f"--data must be one of {', '.join(n + (':PATH' if l.needs_path else '') for n, l in LOADERS.items())}, got {spec!r}")
+    loader = LOADERS[name]
+    if loader.needs_path != bool(path):
+        raise ValueError(f"--data {name} {'needs' if loader.needs_path else 'takes no'} a path ({name}{':PATH' if loader.needs_path else ''})")
+    given = {o: getattr(args, o) for o in DATA_OPTIONS if getattr(args, o, None) is not None}
+    unused = [o for o in given if o not in loader.defaults]
+    if unused:
+        raise ValueError(f"--data {name} does not use {', '.join('--' + o.replace('_', '-') for o in unused)}")
+    return loader(path or None, **given, seed=args.seed)
 
 
 def _autocast(args, device):
@@ -68,8 +74,12 @@ def evaluate(model, data, args, device) -> dict:
     return out
 
 
-def build_model(args, data: Interactions) -> LongSequenceCTR:
-    return LongSequenceCTR(args.model, data.n_items, data.n_cats, data.history_items.shape[1], d_att=args.d_att,
+def build_model(args, data: Interactions):
+    cls = MODELS[args.model]
+    if args.d_att is not None and not cls.uses_d_att:
+        warnings.warn(f"--d-att {args.d_att} is not used by --model {args.model} (its attention width is --d-rep)")
+    d_att = {} if args.d_att is None else {"d_att": args.d_att}
+    return LongSequenceCTR(args.model, data.n_items, data.n_cats, data.history_items.shape[1], **d_att,
                            d_rep=args.d_rep, k=args.k, search_backend=args.backend)
 
 
@@ -77,13 +87,13 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m dare_kernels.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=MODELS, default="dare")
     p.add_argument("--data", default="synthetic", help="synthetic | taobao:PATH | tmall:PATH")
-    p.add_argument("--d-att", type=int, default=16)
+    p.add_argument("--d-att", type=int, help="attention width (default 16; twin: not used, it is --d-rep)")
     p.add_argument("--d-rep", type=int, default=128)
     p.add_argument("--k", type=int, default=64, help="behaviours kept by the search stage")
-    p.add_argument("--max-len", type=int, default=1000, help="history length kept (up to 10000+)")
-    p.add_argument("--users", type=int, default=5000, help="synthetic: number of users (4 impressions each)")
-    p.add_argument("--items", type=int, default=5000, help="synthetic: number of items")
-    p.add_argument("--categories", type=int, default=100, help="synthetic: number of categories")
+    p.add_argument("--max-len", type=int, help="history length kept (up to 10000+; default 1000)")
+    p.add_argument("--users", type=int, help="synthetic: number of users (4 impressions each; default 5000)")
+    p.add_argument("--items", type=int, help="synthetic: number of items (default 5000)")
+    p.add_argument("--categories", type=int, help="synthetic: number of categories (default 100)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--eval-batch-size", type=int, default=1024)
     p.add_argument("--steps", type=int, default=1000)
@@ -155,7 +165,8 @@ def main(argv=None) -> dict:
     progress.close()
     result = {}
     if rank == 0:
-        result = {"args": vars(args), "device": str(device), "seconds": time.time() - t0,
+        result = {"args": vars(args), "model": {"variant": args.model, "d_att": model.d_att, "d_rep": model.d_rep},
+                  "device": str(device), "seconds": time.time() - t0,
                   "validation": history, "test": evaluate(model, test, args, device)}
         print(json.dumps({"test": result["test"]}))
         if args.metrics_json:

@@ -34,9 +34,11 @@ def test_search_is_the_exact_top_k(model, seed):
     m = LongSequenceCTR(model, data.n_items, data.n_cats, 400, d_att=16, d_rep=32, k=24)
     batch = next(batches(data, 64))
     with torch.no_grad():
-        query, keys, lengths, _ = m.search_inputs(batch)
+        query, keys, lengths, _ = m.search_inputs(batch)  # the keys looked up explicitly
         _, scores, idx = m(batch)
+        stage = m.search_stage(batch)  # the op from ids, as the forward runs it
     assert_matches_reference((scores, idx), Sample(query, keys, 24, lengths))
+    assert torch.equal(stage[1], idx) and torch.equal(stage[0], scores)
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -166,3 +168,27 @@ def test_model_compiles_with_the_op_in_graph(seed):
         compiled = torch.compile(m, backend="aot_eager", fullgraph=True)(batch)
     torch.testing.assert_close(compiled[0], eager[0])
     assert torch.equal(compiled[2], eager[2])
+
+
+def test_registries():
+    from dare_kernels.data import LOADERS
+    from dare_kernels.models import SearchCTR
+    assert set(MODELS) >= {"dare", "twin", "twin_proj", "twin_4e"}
+    for name, cls in MODELS.items():
+        assert issubclass(cls, SearchCTR) and cls.variant == name
+        m = LongSequenceCTR(name, 50, 5, 64, d_att=8, d_rep=16, k=4)
+        assert type(m) is cls
+    with pytest.raises(ValueError, match="variant must be one of"):
+        LongSequenceCTR("din", 50, 5, 64)
+    assert {"synthetic", "taobao", "tmall"} <= set(LOADERS)
+    assert LOADERS["taobao"].needs_path and not LOADERS["synthetic"].needs_path
+
+
+def test_cli_rejects_unused_options_and_warns_on_d_att(tmp_path):
+    with pytest.raises(ValueError, match="does not use --users"):
+        train.main(["--data", "taobao:" + str(tmp_path / "x.csv"), "--users", "10", "--quiet"])
+    with pytest.raises(ValueError, match="needs a path"):
+        train.main(["--data", "taobao", "--quiet"])
+    with pytest.warns(UserWarning, match="--d-att 16 is not used by --model twin"):
+        train.build_model(train.parse_args(["--model", "twin", "--d-att", "16"]), generate(
+            SyntheticConfig(users=20, n_items=50, n_categories=5, max_len=40, min_len=5)))

@@ -7,6 +7,7 @@ history_cats (B, L), lengths, target_item, target_cat, label, user (B,), and on
 synthetic data `relevant` (B, L): the ground truth of which behaviours the
 target depends on. No per-sample Python anywhere."""
 from .batching import Interactions, batches, to_device
+from .loaders import LOADERS, Loader
 from .synthetic import SyntheticConfig, generate
 
-__all__ = ["Interactions", "SyntheticConfig", "batches", "generate", "to_device"]
+__all__ = ["LOADERS", "Interactions", "Loader", "SyntheticConfig", "batches", "generate", "to_device"]

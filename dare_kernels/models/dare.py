@@ -1,5 +1,7 @@
 """DARE (Decoupled Attention and Representation Embeddings, ICLR 2025) and its
-TWIN baselines, with the search stage on torch.ops.dare.topk_attention.
+TWIN baselines, with the search stage on torch.ops.dare.topk_attention_embedding (the top-k
+computed from the behaviours' ids and the attention tables, never building the
+(B, L, d) keys).
 
 A behaviour (and the target) has an item id, a category id and a relative
 position (distance to the target, log-bucketed; the target is position 0). Each
@@ -14,7 +16,10 @@ representation embeddings are looked up only for those k. The target-aware
 representation target_rep ⊙ interest ("TR") and target_rep go through
 BatchNorm → 200 → PReLU → 80 → PReLU → 1.
 
-Variants (MODELS):
+Variants: one small class each, registered by name in MODELS (SearchCTR holds
+what they share: the search stage, attention over the selected behaviours and
+the MLP; a variant says which tables the search reads and how behaviours are
+represented). LongSequenceCTR(variant, ...) builds one by name.
 - "dare": attention and representation have their own tables; d_att (e.g. 16)
   is independent of d_rep (e.g. 128).
 - "twin": one shared set of tables (attention dimension = d_rep).
@@ -26,14 +31,23 @@ Variants (MODELS):
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Union
+from typing import Callable, Dict, Optional, Union
 
 import torch
 from torch import nn
 
 from .. import ops
 
-MODELS = ("dare", "twin", "twin_proj", "twin_4e")
+MODELS: Dict[str, type] = {}
+
+
+def register(name: str):
+    """Class decorator: MODELS[name] = the class (its `variant` is name)."""
+    def add(cls):
+        cls.variant = name
+        MODELS[name] = cls
+        return cls
+    return add
 
 
 def position_buckets(n: int, device=None) -> torch.Tensor:
@@ -72,25 +86,39 @@ class FieldEmbeddings(nn.Module):
         """(semantic [item | category], position) parts."""
         return torch.cat([self.item(items), self.cat(cats)], -1), self.pos(pos)
 
+    def tables(self):
+        """The [item, category, position] tables, in the key's field order."""
+        return [self.item.weight, self.cat.weight, self.pos.weight]
+
 
 class TopKTargetAttention(nn.Module):
     """Search the k keys most relevant to the query with the fused op, then
     attend over those k only.
 
-    forward(query (B, d_att), keys (B, L, d_att), lengths (B,) or None, values)
-    where values is (B, L, d_v) or a callable mapping the selected indices (B, k),
-    already clamped to valid positions, to their (B, k, d_v) values. Returns
-    (output (B, d_v), scores (B, k), indices (B, k)). Scale the query
-    beforehand (scores = query · key)."""
+    forward(query (B, d_att), keys, lengths (B,) or None, values, ids=None)
+    where keys is (B, L, d_att), or, with ids, the list of F attention tables
+    (N_f, d_f) whose rows the ids (F tensors (B, L), or (L,) shared by every
+    row) select: behaviour j's key is [tables[0][ids[0][.., j]] | ...], searched
+    by topk_attention_embedding without building the keys. values is (B, L, d_v)
+    or a callable mapping the selected indices (B, k), already clamped to valid
+    positions, to their (B, k, d_v) values. Returns (output (B, d_v), scores
+    (B, k), indices (B, k)). Scale the query beforehand (scores = query · key)."""
 
     def __init__(self, k: int, backend: Optional[str] = None):
         super().__init__()
         self.k = k
         self.backend = backend
 
-    def forward(self, query, keys, lengths, values: Union[torch.Tensor, Callable]):
-        k = min(self.k, keys.shape[1])
-        scores, idx = ops.topk_attention(query, keys, k, lengths=lengths, backend=self.backend)
+    def search(self, query, keys, lengths, ids=None):
+        """The search alone: (scores, indices) of the k best keys."""
+        if ids is None:
+            return ops.topk_attention(query, keys, min(self.k, keys.shape[1]), lengths=lengths,
+                                      backend=self.backend)
+        return ops.topk_attention_embedding(query, keys, ids, min(self.k, ids[0].shape[-1]), lengths=lengths,
+                                            backend=self.backend)
+
+    def forward(self, query, keys, lengths, values: Union[torch.Tensor, Callable], ids=None):
+        scores, idx = self.search(query, keys, lengths, ids)
         safe = idx.clamp(min=0)
         if callable(values):
             selected = values(safe)
@@ -102,74 +130,181 @@ class TopKTargetAttention(nn.Module):
         return out, scores, idx
 
 
-class LongSequenceCTR(nn.Module):
-    def __init__(self, variant: str, n_items: int, n_cats: int, max_len: int, *, d_att: int = 16,
-                 d_rep: int = 128, k: int = 64, search_backend: Optional[str] = None):
+class SearchCTR(nn.Module):
+    """What every variant shares. A variant (a subclass registered in MODELS)
+    defines build() (its own tables, returning the attention width),
+    attention() (the (semantic, position) attention embeddings of ids),
+    search_tables() (the [item, category, position] tables the op reads: the
+    behaviours' keys are their rows) and, where it differs from the shared
+    [item | category | position] representation tables, representation()
+    and fold_query()."""
+
+    variant = None
+    uses_d_att = True  # False: the attention width is d_rep, d_att is not used
+
+    def __init__(self, n_items: int, n_cats: int, max_len: int, *, d_att: int = 16, d_rep: int = 128,
+                 k: int = 64, search_backend: Optional[str] = None):
         super().__init__()
-        if variant not in MODELS:
-            raise ValueError(f"variant must be one of {MODELS}, got {variant!r}")
-        self.variant = variant
         n_pos = num_position_buckets(max_len)
         self.rep = FieldEmbeddings(n_items, n_cats, n_pos, d_rep)
-        if variant in ("dare", "twin_4e"):
-            self.att = FieldEmbeddings(n_items, n_cats, n_pos, d_att)
-        if variant == "twin_4e":
-            self.att_target = FieldEmbeddings(n_items, n_cats, n_pos, d_att)
-            self.rep_target = FieldEmbeddings(n_items, n_cats, n_pos, d_rep)
-        elif variant == "twin":
-            d_att = d_rep
-        elif variant == "twin_proj":
-            ai, ac, ap = _split(d_att)
-            self.proj_att_sem = nn.Linear(self.rep.d_sem, ai + ac, bias=False)
-            self.proj_att_pos = nn.Linear(self.rep.d_pos, ap, bias=False)
-            self.proj_rep = nn.Linear(d_rep, d_rep, bias=False)
-        self.d_att, self.d_rep = d_att, d_rep
+        self.d_att, self.d_rep = self.build(n_items, n_cats, n_pos, d_att, d_rep), d_rep
         self.search = TopKTargetAttention(k, backend=search_backend)
         self.mlp = nn.Sequential(
             nn.BatchNorm1d(2 * d_rep), nn.Linear(2 * d_rep, 200), nn.PReLU(),
             nn.Linear(200, 80), nn.PReLU(), nn.Linear(80, 1))
 
-    def attention_embeddings(self, items, cats, pos, target: bool = False):
-        if self.variant == "twin_4e" and target:
-            return self.att_target(items, cats, pos)
-        if self.variant in ("dare", "twin_4e"):
-            return self.att(items, cats, pos)
-        sem, p = self.rep(items, cats, pos)
-        if self.variant == "twin":
-            return sem, p
-        return self.proj_att_sem(sem), self.proj_att_pos(p)
+    # -- what a variant defines ------------------------------------------------
+    def build(self, n_items: int, n_cats: int, n_pos: int, d_att: int, d_rep: int) -> int:
+        raise NotImplementedError
+
+    def attention(self, items, cats, pos, target: bool = False):
+        raise NotImplementedError
+
+    def search_tables(self) -> list:
+        raise NotImplementedError
+
+    def fold_query(self, query):
+        """The query the op scores the search tables' rows with."""
+        return query
 
     def representation(self, items, cats, pos, target: bool = False):
-        sem, p = (self.rep_target if self.variant == "twin_4e" and target else self.rep)(items, cats, pos)
-        out = torch.cat([sem, p], -1)
-        return self.proj_rep(out) if self.variant == "twin_proj" else out
+        return torch.cat(self.rep(items, cats, pos), -1)
+
+    # -- shared ---------------------------------------------------------------
+    def _query(self, batch: dict):
+        """The search query (B, d_att), both scales folded in: score_j =
+        q_sem·k_sem_j / sqrt(d_sem) + q_pos·k_pos_j / sqrt(d_pos)."""
+        target_pos = torch.zeros_like(batch["target_item"])
+        q_sem, q_pos = self.attention(batch["target_item"], batch["target_cat"], target_pos, target=True)
+        return torch.cat([q_sem / math.sqrt(q_sem.shape[-1]), q_pos / math.sqrt(q_pos.shape[-1])], -1)
+
+    def search_ids_inputs(self, batch: dict):
+        """(query, tables, ids, lengths) of the search stage as it runs: the
+        behaviours' keys are [item | category | position] rows of `tables`
+        picked by `ids` (position buckets: one (L,) tensor shared by every row)."""
+        items, cats = batch["history_items"], batch["history_cats"]
+        pos = position_buckets(items.shape[1], items.device)
+        query, tables = self.fold_query(self._query(batch)), self.search_tables()
+        if torch.is_autocast_enabled() and query.is_cuda:
+            # The search reads its rows at bfloat16: half the bytes. The query is
+            # small; the cast of each attention table (differentiable) copies it
+            # once per call, N·d elements whatever B and L.
+            query, tables = query.to(torch.bfloat16), [t.to(torch.bfloat16) for t in tables]
+        return query, tables, [items, cats, pos], batch["lengths"]
+
+    def search_stage(self, batch: dict):
+        """(scores (B, k), indices (B, k)): exactly the forward's search stage."""
+        query, tables, ids, lengths = self.search_ids_inputs(batch)
+        return self.search.search(query, tables, lengths, ids)
 
     def search_inputs(self, batch: dict):
-        """(query, keys, lengths) of the search stage, the scales folded into
-        the query, and the behaviours' position buckets."""
+        """(query, keys, lengths, pos) with the keys looked up explicitly (B, L,
+        d_att) and pos the (B, L) position buckets: topk_attention(query, keys)
+        is the same search as search_stage (which never builds the keys)."""
         items, cats = batch["history_items"], batch["history_cats"]
         B, L = items.shape
         pos = position_buckets(L, items.device).expand(B, L)
-        k_sem, k_pos = self.attention_embeddings(items, cats, pos)
-        target_pos = torch.zeros_like(batch["target_item"])
-        q_sem, q_pos = self.attention_embeddings(batch["target_item"], batch["target_cat"], target_pos, target=True)
-        query = torch.cat([q_sem / math.sqrt(q_sem.shape[-1]), q_pos / math.sqrt(q_pos.shape[-1])], -1)
-        keys = torch.cat([k_sem, k_pos], -1)
+        k_sem, k_pos = self.attention(items, cats, pos)
+        query, keys = self._query(batch), torch.cat([k_sem, k_pos], -1)
         if torch.is_autocast_enabled() and keys.is_cuda:
-            # The search reads keys at bfloat16: half the bytes.
             query, keys = query.to(torch.bfloat16), keys.to(torch.bfloat16)
         return query, keys, batch["lengths"], pos
 
     def forward(self, batch: dict):
         """Returns (logits (B,), search scores (B, k), search indices (B, k))."""
-        items, cats = batch["history_items"], batch["history_cats"]
-        query, keys, lengths, pos = self.search_inputs(batch)
+        query, tables, ids, lengths = self.search_ids_inputs(batch)
+        items, cats, pos = ids
 
         def selected_values(idx):
-            return self.representation(items.gather(1, idx), cats.gather(1, idx), pos.gather(1, idx))
+            return self.representation(items.gather(1, idx), cats.gather(1, idx), pos[idx])
 
-        interest, scores, idx = self.search(query, keys, lengths, selected_values)
+        interest, scores, idx = self.search(query, tables, lengths, selected_values, ids=ids)
         target_pos = torch.zeros_like(batch["target_item"])
         target_rep = self.representation(batch["target_item"], batch["target_cat"], target_pos, target=True).float()
         x = torch.cat([target_rep, target_rep * interest], -1)
         return self.mlp(x).squeeze(-1), scores, idx
+
+
+@register("dare")
+class DARE(SearchCTR):
+    """Attention has its own tables (width d_att), the representation its own (d_rep)."""
+
+    def build(self, n_items, n_cats, n_pos, d_att, d_rep):
+        self.att = FieldEmbeddings(n_items, n_cats, n_pos, d_att)
+        return d_att
+
+    def attention(self, items, cats, pos, target=False):
+        return self.att(items, cats, pos)
+
+    def search_tables(self):
+        return self.att.tables()
+
+
+@register("twin")
+class TWIN(SearchCTR):
+    """One shared set of tables for attention and representation."""
+
+    uses_d_att = False
+
+    def build(self, n_items, n_cats, n_pos, d_att, d_rep):
+        return d_rep
+
+    def attention(self, items, cats, pos, target=False):
+        return self.rep(items, cats, pos)
+
+    def search_tables(self):
+        return self.rep.tables()
+
+
+@register("twin_proj")
+class TWINProjection(TWIN):
+    """Shared tables; attention is a learned projection of them to d_att (query
+    and key share it), the representation a d_rep -> d_rep projection."""
+
+    uses_d_att = True
+
+    def build(self, n_items, n_cats, n_pos, d_att, d_rep):
+        ai, ac, ap = _split(d_att)
+        self.proj_att_sem = nn.Linear(self.rep.d_sem, ai + ac, bias=False)
+        self.proj_att_pos = nn.Linear(self.rep.d_pos, ap, bias=False)
+        self.proj_rep = nn.Linear(d_rep, d_rep, bias=False)
+        return d_att
+
+    def attention(self, items, cats, pos, target=False):
+        sem, p = self.rep(items, cats, pos)
+        return self.proj_att_sem(sem), self.proj_att_pos(p)
+
+    def fold_query(self, query):
+        # (P q)·(P k) = (Pᵀ P q)·k: the op searches the shared tables with the
+        # query Pᵀ(P q), exactly and differentiably through P.
+        q_sem, q_pos = query.split([self.proj_att_sem.out_features, self.proj_att_pos.out_features], -1)
+        return torch.cat([q_sem @ self.proj_att_sem.weight, q_pos @ self.proj_att_pos.weight], -1)
+
+    def representation(self, items, cats, pos, target=False):
+        return self.proj_rep(super().representation(items, cats, pos, target))
+
+
+@register("twin_4e")
+class TWIN4E(DARE):
+    """Four sets of tables: attention and representation, each with its own
+    target and behaviour tables (attention width d_att)."""
+
+    def build(self, n_items, n_cats, n_pos, d_att, d_rep):
+        super().build(n_items, n_cats, n_pos, d_att, d_rep)
+        self.att_target = FieldEmbeddings(n_items, n_cats, n_pos, d_att)
+        self.rep_target = FieldEmbeddings(n_items, n_cats, n_pos, d_rep)
+        return d_att
+
+    def attention(self, items, cats, pos, target=False):
+        return (self.att_target if target else self.att)(items, cats, pos)
+
+    def representation(self, items, cats, pos, target=False):
+        return torch.cat((self.rep_target if target else self.rep)(items, cats, pos), -1)
+
+
+def LongSequenceCTR(variant: str, n_items: int, n_cats: int, max_len: int, **options) -> SearchCTR:
+    """The registered variant MODELS[variant] (options: d_att, d_rep, k,
+    search_backend, ...)."""
+    if variant not in MODELS:
+        raise ValueError(f"variant must be one of {tuple(MODELS)}, got {variant!r}")
+    return MODELS[variant](n_items, n_cats, max_len, **options)

@@ -1,0 +1,47 @@
+"""LOADERS: the datasets the training CLI can load, by name (`--data NAME` or
+`--data NAME:PATH`). A Loader says whether it reads a file and which options it
+takes, with its defaults; the CLI rejects an option the chosen loader does not
+use instead of ignoring it."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Dict, Optional
+
+from .batching import Interactions
+from .synthetic import SyntheticConfig, generate
+
+
+@dataclasses.dataclass(frozen=True)
+class Loader:
+    load: Callable[..., Interactions]  # load(path, **options)
+    defaults: Dict[str, object]        # the options it takes and their defaults
+    needs_path: bool
+    doc: str
+
+    def __call__(self, path: Optional[str] = None, **options) -> Interactions:
+        unknown = set(options) - set(self.defaults)
+        if unknown:
+            raise TypeError(f"options not used by this loader: {', '.join(sorted(unknown))}")
+        return self.load(path, **{**self.defaults, **options})
+
+
+def _synthetic(path, *, users, items, categories, max_len, seed):
+    return generate(SyntheticConfig(users=users, n_items=items, n_categories=categories, max_len=max_len,
+                                    min_len=min(max_len, max(10, max_len // 20)), seed=seed))
+
+
+def _public(name):
+    def load(path, **options):
+        from . import public
+        return getattr(public, f"load_{name}")(path, **options)
+    return load
+
+
+LOADERS: Dict[str, Loader] = {
+    "synthetic": Loader(_synthetic, {"users": 5000, "items": 5000, "categories": 100, "max_len": 1000, "seed": 0},
+                        False, "generated histories with ground-truth relevant behaviours (data/synthetic.py)"),
+    "taobao": Loader(_public("taobao"), {"max_len": 1000, "seed": 0}, True,
+                     "Taobao UserBehavior.csv (user,item,category,behaviour,time; no header)"),
+    "tmall": Loader(_public("tmall"), {"max_len": 1000, "seed": 0}, True,
+                    "Tmall user_log_format1.csv (header; user_id,item_id,cat_id,...,time_stamp,action_type)"),
+}
