@@ -244,14 +244,12 @@ def test_tables_ids(g, layout):
     never built; values None = the looked-up rows. Same as the block on built keys."""
     B, L, d0, d1, k, n_items = 4, 80, 8, 8, 10, 500
     query = torch.randn(B, d0 + d1, generator=g, requires_grad=True)
-    q0, q1 = query.detach()[:, :d0].double(), query.detach()[:, d0:].double()
+    q0 = query.detach()[:, :d0].double()
     # Items contribute nothing to the scores (rows orthogonal to every query) so item
     # ids may repeat; positions are separated: rankings without near-ties.
     r = torch.randn(n_items, d0, generator=g, dtype=torch.float64)
     items = (r - (torch.linalg.pinv(q0) @ (q0 @ r.T)).T).float().requires_grad_()
-    pos_table = separated(torch.cat([torch.zeros(B, d0), query.detach()[:, d0:] * (d0 + d1) ** -0.5], 1)[:, d0:],
-                          L, g).requires_grad_()
-    del q1
+    pos_table = separated(query.detach()[:, d0:] * (d0 + d1) ** -0.5, L, g).requires_grad_()
     history = torch.randint(0, n_items, (B, L), generator=g)
     positions = torch.arange(L)
     mask = make_mask(g, B, L, layout)
