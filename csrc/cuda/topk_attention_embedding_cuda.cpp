@@ -104,7 +104,7 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_embedding_cuda(const at::Tenso
   ep.variant = variant;
 
   const at::Tensor workspace = plan_spans(ep.base, rows, int64_t(units) * unit, query);
-  const size_t smem = size_t(ep.base.cap + kpow2) * sizeof(uint64_t);
+  const size_t smem = embedding_smem(ep, unit);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   switch (query.scalar_type()) {
     case at::kFloat: launch_embedding<float>(ep, unit, rows, smem, stream); break;
