@@ -136,7 +136,20 @@ def _backward_embedding(ctx, grad_scores, _grad_indices):
     need_tables = any(need_tables) if isinstance(need_tables, (list, tuple)) else bool(need_tables)
     gq, gt = topk_attention_embedding_backward(grad_scores, query, tables, ids, indices, ctx.scale,
                                                ctx.needs_input_grad[0], need_tables)
-    return gq, gt if gt is not None else [None] * F, [None] * F, None, None, None
+    return _fit_inputs(ctx, (gq, gt if gt is not None else [None] * F, [None] * F, None, None, None))
+
+
+def _fit_inputs(ctx, grads: tuple) -> tuple:
+    """One gradient per argument the op was called with: the dispatcher drops
+    trailing arguments equal to their defaults (lengths=None, scale=1.0), and
+    torch 2.11's Tensor[] autograd wrapper (the GPU machine's) checks the
+    returned structure against the arguments it saw; 2.14 accepts either count.
+    ctx.needs_input_grad has that structure (lists for the Tensor[] arguments)."""
+    seen = ctx.needs_input_grad
+    if not any(isinstance(x, (list, tuple)) for x in seen):
+        return grads
+    n = len(seen)
+    return tuple(grads[:n]) + (None,) * (n - len(grads))
 
 
 # ---------------------------------------------------------------------------

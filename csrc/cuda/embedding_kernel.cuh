@@ -91,12 +91,18 @@ __device__ __forceinline__ void unit_to_float(const uint32_t* w, float* f) {
   }
 }
 
-// U keys per lane group per tile; MINB CTAs per SM at least (the register cap).
-template <typename T, int UB, int U, int MINB>
-__global__ void __launch_bounds__(kThreads, MINB) embedding_kernel(EmbedParams ep) {
+// Two keys per lane group per tile, so that the rows of two tiles in flight fit
+// the register cap of kCtasPerSm CTAs per SM (64 registers): the occupancy, not
+// deeper buffering, keeps enough loads in flight (H200, B = 1024, L = 10000,
+// bf16, 1M rows, d = 16 / 32 / 128: 0.191 / 0.337 / 1.101 ms; 4 keys at 2 CTAs
+// per SM 0.287 / 0.515 / 1.752 ms; cp.async staging of 4 tiles at 2 CTAs per SM
+// 0.321 / 0.563 / 1.909 ms).
+template <typename T, int UB>
+__global__ void __launch_bounds__(kThreads, kCtasPerSm) embedding_kernel(EmbedParams ep) {
   using Unit = typename UnitOf<UB>::type;
   constexpr int W = UnitOf<UB>::W;                  // 32-bit words per vector
   constexpr int EPU = UB / int(sizeof(T));          // elements per vector
+  constexpr int U = 2;                              // keys per lane group per tile
   const Params& p = ep.base;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   uint64_t* buf = reinterpret_cast<uint64_t*>(smem_raw);  // cap
@@ -200,157 +206,14 @@ __global__ void __launch_bounds__(kThreads, MINB) embedding_kernel(EmbedParams e
   finish_row(p, row, c, buf, cand, st, sh);
 }
 
-// cp.async staging (sm_80+): each thread copies its own vector of each of its U
-// keys of a tile straight from the gathered row into its own shared-memory
-// slots (slot u * kThreads + threadIdx.x: the thread that copies is the thread
-// that reads, so no barrier guards them), kEmbedStages tiles ahead. The rows in
-// flight then cost no registers: at 2-3 CTAs per SM, 3 tiles of every thread's
-// loads are outstanding, where the register-buffered kernel holds one.
-template <int UB>
-__device__ __forceinline__ void cp_async(void* smem, const void* gmem) {
-  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  if constexpr (UB == 16) asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
-  else if constexpr (UB == 8) asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(s), "l"(gmem));
-  else asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(gmem));
-}
-
-template <typename T, int UB>
-__global__ void __launch_bounds__(kThreads, 2) embedding_kernel_async(EmbedParams ep) {
-  using Unit = typename UnitOf<UB>::type;
-  constexpr int W = UnitOf<UB>::W;
-  constexpr int EPU = UB / int(sizeof(T));
-  constexpr int U = kEmbedAsyncKeys;
-  constexpr int S = kEmbedStages;
-  const Params& p = ep.base;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  uint64_t* buf = reinterpret_cast<uint64_t*>(smem_raw);  // cap
-  uint64_t* cand = buf + p.cap;                            // kpow2
-  Unit* stages = reinterpret_cast<Unit*>(smem_raw + embedding_list_bytes(p));  // S x U x kThreads
-  __shared__ SelectShared sh;
-  __shared__ Stream st;
-
-  const int64_t row = blockIdx.x / p.splits;
-  const int c = blockIdx.x % p.splits;
-  const int64_t b = row / p.T;
-  const int64_t start = int64_t(c) * p.span;
-  const int64_t len = row_length(p, b);
-  const int n = int(len > start ? (len - start < p.span ? len - start : p.span) : 0);
-  if (threadIdx.x == 0) {
-    st.count = 0;
-    st.bound = 0;
-  }
-  __syncthreads();
-
-  const int G = ep.group;
-  const int lane = threadIdx.x % 32, gl = lane % G;
-  const int per_round = kThreads / G;
-  const int key0 = (threadIdx.x / 32) * (32 / G) + lane / G;
-  const int tile = per_round * U;
-
-  const bool has = gl < ep.units;
-  const Unit* table = nullptr;
-  const char* ids = nullptr;
-  int64_t n_rows = 0, sl = 0;
-  int units = 0, off = 0;
-  bool ids64 = false;
-#pragma unroll
-  for (int f = 0; f < kMaxFields; ++f) {
-    const EmbedField& fd = ep.fields[f];
-    if (f < ep.F && has && gl >= fd.start && gl < fd.start + fd.units) {
-      table = static_cast<const Unit*>(fd.table);
-      ids64 = fd.ids64;
-      ids = static_cast<const char*>(fd.ids) + (b * fd.stride_b + start * fd.stride_l) * (ids64 ? 8 : 4);
-      n_rows = fd.n;
-      sl = fd.stride_l;
-      units = fd.units;
-      off = gl - fd.start;
-    }
-  }
-  float qr[EPU];
-  const T* q = static_cast<const T*>(p.query) + row * p.d + int64_t(gl) * EPU;
-#pragma unroll
-  for (int e = 0; e < EPU; ++e) qr[e] = has ? to_float(q[e]) : 0.f;
-
-  auto load_ids = [&](int j0, int64_t (&dst)[U]) {
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int j = j0 + u * per_round + key0;
-      int64_t id = -1;
-      if (has && j < n) {
-        id = ids64 ? int64_t(__ldg(reinterpret_cast<const long long*>(ids) + j * sl))
-                   : int64_t(__ldg(reinterpret_cast<const int*>(ids) + j * sl));
-        id = (id < 0 || id >= n_rows) ? -2 : id;
-      }
-      dst[u] = id;
-    }
-  };
-  // Tile `t`'s copies into stage t % S, then one commit (empty groups too: the
-  // wait below counts groups).
-  auto issue = [&](int t, const int64_t (&id)[U]) {
-    Unit* stage = stages + (t % S) * (U * kThreads);
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      Unit* slot = stage + u * kThreads + threadIdx.x;
-      if (id[u] >= 0) cp_async<UB>(slot, table + id[u] * units + off);
-      else if (id[u] == -2) *slot = fill_unit<Unit>(nan_word<T>());
-    }
-    asm volatile("cp.async.commit_group;\n" ::);
-  };
-
-  const int tiles = (n + tile - 1) / tile;
-  int64_t ids_next[U];
-#pragma unroll
-  for (int t = 0; t < S - 1; ++t) {
-    load_ids(t * tile, ids_next);
-    issue(t, ids_next);
-  }
-  load_ids((S - 1) * tile, ids_next);
-  for (int t = 0; t < tiles; ++t) {
-    issue(t + S - 1, ids_next);  // into the stage tile t - 1 used
-    load_ids((t + S) * tile, ids_next);
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(S - 1));  // tile t has landed
-    const Unit* stage = stages + (t % S) * (U * kThreads);
-    const int j0 = t * tile;
-    const float bound = bound_score(st);
-    uint32_t end = 0;
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      uint32_t w[W];
-      words(stage[u * kThreads + threadIdx.x], w);
-      float f[EPU];
-      unit_to_float<T, W>(w, f);
-      float acc = 0.f;
-#pragma unroll
-      for (int e = 0; e < EPU; ++e) acc = fmaf(qr[e], f[e], acc);
-      for (int m = 16; m >= 1; m /= 2)
-        if (m < G) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, m);
-      const int j = j0 + u * per_round + key0;
-      offer(gl == 0 && j < n, acc * p.scale, uint32_t(start + j), bound, buf, st, &end);
-    }
-    end_tile(p, end, tile, buf, cand, st, sh);
-  }
-  asm volatile("cp.async.wait_all;\n" ::);
-  finish_row(p, row, c, buf, cand, st, sh);
-}
-
-template <typename T, int U, int MINB>
-void launch_embedding_variant(const EmbedParams& p, int unit_bytes, dim3 grid, size_t smem, cudaStream_t stream) {
-  if (unit_bytes == 16) launch_with_smem(embedding_kernel<T, 16, U, MINB>, grid, smem, stream, p);
-  else if (unit_bytes == 8) launch_with_smem(embedding_kernel<T, 8, U, MINB>, grid, smem, stream, p);
-  else launch_with_smem(embedding_kernel<T, 4, U, MINB>, grid, smem, stream, p);
-}
-
 }  // namespace
 
 template <typename T>
 void launch_embedding(const EmbedParams& p, int unit_bytes, int64_t rows, size_t smem, cudaStream_t stream) {
   const dim3 grid(unsigned(rows * p.base.splits));
-  if (p.variant == 2) {
-    if (unit_bytes == 16) launch_with_smem(embedding_kernel_async<T, 16>, grid, smem, stream, p);
-    else if (unit_bytes == 8) launch_with_smem(embedding_kernel_async<T, 8>, grid, smem, stream, p);
-    else launch_with_smem(embedding_kernel_async<T, 4>, grid, smem, stream, p);
-  } else if (p.variant == 1) launch_embedding_variant<T, 4, 2>(p, unit_bytes, grid, smem, stream);
-  else launch_embedding_variant<T, 2, 4>(p, unit_bytes, grid, smem, stream);
+  if (unit_bytes == 16) launch_with_smem(embedding_kernel<T, 16>, grid, smem, stream, p);
+  else if (unit_bytes == 8) launch_with_smem(embedding_kernel<T, 8>, grid, smem, stream, p);
+  else launch_with_smem(embedding_kernel<T, 4>, grid, smem, stream, p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

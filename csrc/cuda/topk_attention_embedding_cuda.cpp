@@ -4,7 +4,6 @@
 // than kMaxUnits vectors, 16-bit fields of odd width). Plain C++; the kernel is
 // in embedding_kernel.cuh.
 #include <algorithm>
-#include <cstdlib>
 #include <cstdint>
 #include <limits>
 #include <vector>
@@ -97,14 +96,9 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_embedding_cuda(const at::Tenso
   ep.units = units;
   ep.group = 2;
   while (ep.group < units) ep.group *= 2;
-  static const int variant = [] {
-    const char* env = std::getenv("DARE_CUDA_EMBED_VARIANT");
-    return env ? std::atoi(env) : 0;
-  }();
-  ep.variant = variant;
 
   const at::Tensor workspace = plan_spans(ep.base, rows, int64_t(units) * unit, query);
-  const size_t smem = embedding_smem(ep, unit);
+  const size_t smem = embedding_smem(ep.base);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   switch (query.scalar_type()) {
     case at::kFloat: launch_embedding<float>(ep, unit, rows, smem, stream); break;

@@ -10,7 +10,6 @@
 #include <cuda_runtime_api.h>
 
 #include "../fields.h"
-#include "../order.h"  // DARE_HD
 
 namespace dare {
 
@@ -73,23 +72,10 @@ struct EmbedParams {
   Params base;  // base.query: (B*T, d) contiguous; base.keys unused
   EmbedField fields[kMaxFields];
   int F, units, group;
-  int variant = 0;  // 0: 2 keys per lane group per tile, 4 CTAs per SM; 1: 4 keys, 2 CTAs; 2: cp.async stages
-                   // (DARE_CUDA_EMBED_VARIANT)
 };
 
-// The cp.async variant (2): keys per lane group per tile, and tiles in flight.
-constexpr int kEmbedAsyncKeys = 4;
-constexpr int kEmbedStages = 4;
-
-// Bytes of the candidate list and scratch (16-byte aligned), then, for the
-// cp.async variant, its stages.
-DARE_HD size_t embedding_list_bytes(const Params& p) {
-  return (size_t(p.cap + p.kpow2) * sizeof(uint64_t) + 15) / 16 * 16;
-}
-inline size_t embedding_smem(const EmbedParams& ep, int unit_bytes) {
-  const size_t stages = ep.variant == 2 ? size_t(kEmbedStages) * kEmbedAsyncKeys * kThreads * unit_bytes : 0;
-  return embedding_list_bytes(ep.base) + stages;
-}
+// Bytes of the embedding kernel's dynamic shared memory: the candidate list and scratch.
+inline size_t embedding_smem(const Params& p) { return size_t(p.cap + p.kpow2) * sizeof(uint64_t); }
 
 // Launches the embedding kernel for tables of type T with UB-byte vectors over
 // rows * p.base.splits CTAs and checks the launch.
