@@ -100,8 +100,44 @@ def assert_matches_reference(out, s: Sample):
         (nan_rank[prev] == nan_rank[nxt]) & ((key[prev] > key[nxt]) | ((key[prev] == key[nxt]) & (idx[prev] < idx[nxt]))))
     assert torch.all(order_ok[both]), "not sorted by (score desc, index asc)"
 
+    assert_duplicates_in_order(idx, s)
+
     if s.exact:
         assert torch.equal(idx, ref_i), "indices differ from the reference on exact inputs; " + first_bad_row(idx != ref_i)
+
+
+def assert_duplicates_in_order(idx, s: Sample):
+    """A key's score is a function of the query and that key alone, so bit-identical
+    keys tie: among a row's returned indices, copies of one key vector come in
+    ascending position, and a selected copy's earlier copies (within the length)
+    are selected too. idx: (B, T, k) on the CPU."""
+    B, L, d = s.keys.shape
+    bits = {2: torch.int16, 4: torch.int32}[s.keys.element_size()]
+    keys = s.keys.detach().cpu().contiguous().view(bits)
+    lens = [L] * B if s.lengths is None else s.lengths.cpu().clamp(0, L).tolist()
+    for b in range(B):
+        n = int(lens[b])
+        if n == 0:
+            continue
+        # Which vector each position holds, and how many earlier positions hold it.
+        _, vec = torch.unique(keys[b, :n], dim=0, return_inverse=True)
+        if int(vec.max()) == n - 1 and len(vec.unique()) == n:
+            continue  # no two positions alike
+        order = torch.sort(vec * n + torch.arange(n)).indices  # by vector, then position
+        first = torch.ones(n, dtype=torch.bool)
+        first[1:] = vec[order[1:]] != vec[order[:-1]]
+        run = torch.arange(n) - torch.cummax(torch.where(first, torch.arange(n), 0), 0).values
+        occurrence = torch.empty(n, dtype=torch.long)
+        occurrence[order] = run
+        for t in range(idx.shape[1]):
+            sel = idx[b, t][idx[b, t] >= 0]
+            v = vec[sel]
+            # Copies returned before this one, of the same vector: its occurrence number.
+            before = (v[:, None] == v[None, :]).tril(-1).sum(1)
+            bad = occurrence[sel] != before
+            assert not bool(bad.any()), (
+                f"row b={b} t={t}: copies of one key out of position order (or an earlier copy left out) at "
+                f"returned slots {bad.nonzero().flatten().tolist()[:8]}; idx {sel.tolist()}")
 
 
 @pytest.mark.parametrize("name", list(SAMPLES))
