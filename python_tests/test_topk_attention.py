@@ -238,6 +238,28 @@ def test_low_precision_gradients_round_once(backend, device, dtype, name, seed):
     assert torch.equal(gk16, gk32.to(dtype))
 
 
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_broadcast_keys_read_in_place(backend, seed):
+    """expand()ed keys (stride 0 over B or L) give the result of their contiguous
+    copy; the CPU kernel reads them through their strides, without the copy."""
+    _skip_unless_available(backend, "cpu", torch.float32)
+    g = torch.Generator().manual_seed(seed)
+    keys = torch.randn(1, 300, 16, generator=g)
+    q = torch.randn(4, 3, 16, generator=g)
+    lengths = torch.tensor([300, 17, 256, 0])
+    for K in (keys.expand(4, -1, -1), keys[:, :1].expand(4, 300, 16)):
+        got = dare_kernels.topk_attention(q, K, 20, lengths=lengths, backend=backend)
+        want = dare_kernels.topk_attention(q, K.contiguous(), 20, lengths=lengths, backend=backend)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    if backend == "cpu":
+        # A copy of these keys would take 2 * 2**30 * 64 * 4 bytes = 512 GiB.
+        huge = torch.randn(1, 1, 64, generator=g).expand(2, 2**30, 64)
+        scores, idx = dare_kernels.topk_attention(torch.randn(2, 64, generator=g), huge, 3,
+                                                  lengths=torch.tensor([5, 2]), backend="cpu")
+        assert idx.tolist() == [[0, 1, 2], [0, 1, -1]]
+        assert scores[0, 0] == scores[0, 2] and scores[1, 0] == scores[1, 1]
+
+
 def test_backward_touches_only_selected_keys(seed):
     s = sample_input("lengths", torch.float32, "cpu", seed)
     K = s.keys.clone().requires_grad_()

@@ -2,7 +2,8 @@
 // of a chunk, then a threshold test passes only the few candidates that can
 // still enter the top k (about k·ln(L/k) of L for random data) to a small
 // selection pool of packed (score, position) keys. The pass is bound by reading
-// the keys, not by selection.
+// the keys, not by selection. Keys are read through their strides (expand()ed
+// keys are not copied).
 #include <algorithm>
 #include <cstdlib>
 #include <string>
@@ -29,11 +30,12 @@ namespace {
 constexpr int64_t kChunk = 256;
 
 struct Rows {
-  const void* keys;      // (B, L, d) contiguous
-  const float* query;    // (B*T, d) contiguous, float32
+  const void* keys;        // (B, L, d), the d elements of a key contiguous
+  int64_t stride_b, stride_l;  // in elements; 0 for broadcast (expand()ed) keys
+  const float* query;      // (B*T, d) contiguous, float32
   const int64_t* lengths;  // (B,) or nullptr
-  float* scores;         // (B*T, k)
-  int64_t* indices;      // (B*T, k)
+  float* scores;           // (B*T, k)
+  int64_t* indices;        // (B*T, k)
   int64_t T, L, d, k;
   float scale;
 };
@@ -216,18 +218,18 @@ __attribute__((always_inline)) inline void scan_rows(const Rows& r, int64_t begi
   for (int64_t row = begin; row < end; ++row) {
     const int64_t b = row / r.T;
     const int64_t len = r.lengths ? r.lengths[b] : r.L;
-    const scalar_t* keys = static_cast<const scalar_t*>(r.keys) + b * r.L * r.d;
+    const scalar_t* keys = static_cast<const scalar_t*>(r.keys) + b * r.stride_b;
     const float* q = r.query + row * r.d;
     top.reset();
     for (int64_t j0 = 0; j0 < len; j0 += kChunk) {
       const int64_t n = std::min(kChunk, len - j0);
 #ifdef DARE_X86
       if constexpr (kAvx2) {
-        score_chunk_avx2(q, keys + j0 * r.d, r.d, n, r.d, r.scale, buf);
+        score_chunk_avx2(q, keys + j0 * r.stride_l, r.stride_l, n, r.d, r.scale, buf);
       } else
 #endif
       {
-        score_chunk_scalar(q, keys + j0 * r.d, r.d, n, r.d, r.scale, buf);
+        score_chunk_scalar(q, keys + j0 * r.stride_l, r.stride_l, n, r.d, r.scale, buf);
       }
       top.offer(buf, n, j0);
     }
@@ -275,11 +277,14 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cpu(const at::Tensor& query,
   const int64_t rows = s.B * s.T;
   if (rows == 0) return {scores, indices};
 
-  const at::Tensor K = keys.contiguous();
+  // Keys are read through their batch and position strides (stride 0 included:
+  // expand()ed keys are not copied); only keys whose d elements are not
+  // contiguous are copied.
+  const at::Tensor K = keys.stride(2) == 1 || s.d == 1 ? keys : keys.contiguous();
   const at::Tensor Q = query.reshape({rows, s.d}).to(at::kFloat).contiguous();
   at::Tensor len;
   if (lengths.has_value()) len = lengths->to(at::kLong).contiguous();
-  const Rows r{K.const_data_ptr(), Q.const_data_ptr<float>(),
+  const Rows r{K.const_data_ptr(), K.stride(0), K.stride(1), Q.const_data_ptr<float>(),
                len.defined() ? len.const_data_ptr<int64_t>() : nullptr,
                scores.mutable_data_ptr<float>(), indices.mutable_data_ptr<int64_t>(),
                s.T, s.L, s.d, k, static_cast<float>(scale)};

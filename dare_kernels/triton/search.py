@@ -176,7 +176,8 @@ def _topk_attention(query, keys, k, lengths=None, scale=1.0, *, split=None, fuse
     if R == 0:
         return out_s, out_i
     q = query.reshape(R, s.d).contiguous()
-    keys = keys.contiguous()
+    # The kernels take the keys' batch and position strides (0 for expand()ed keys): no copy.
+    keys = keys if keys.stride(2) == 1 else keys.contiguous()
     if lengths is not None:
         lengths = lengths.contiguous()
     p = plan(R, s.L, s.d, k, device, split, cfg)
