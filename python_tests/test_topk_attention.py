@@ -260,6 +260,29 @@ def test_broadcast_keys_read_in_place(backend, seed):
         assert scores[0, 0] == scores[0, 2] and scores[1, 0] == scores[1, 1]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cpu_target_groups_are_invisible(dtype, seed):
+    """The CPU kernel scores a chunk of keys for several targets of a row at once
+    (how many depends on the thread count): every target's result is its own
+    single-target call's, bit for bit."""
+    skip_unless_compiled("cpu")
+    g = torch.Generator().manual_seed(seed)
+    B, T, L, d, k = 2, 7, 1003, 37, 50
+    q = torch.randn(B, T, d, generator=g).to(dtype)
+    K = torch.randn(B, L, d, generator=g).to(dtype)
+    lengths = torch.tensor([L, 389])
+    alone = [torch.ops.dare.topk_attention(q[:, t], K, k, lengths) for t in range(T)]
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3, 5):
+            torch.set_num_threads(n)
+            scores, idx = torch.ops.dare.topk_attention(q, K, k, lengths)
+            for t in range(T):
+                assert torch.equal(scores[:, t], alone[t][0]) and torch.equal(idx[:, t], alone[t][1]), (n, t)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_backward_touches_only_selected_keys(seed):
     s = sample_input("lengths", torch.float32, "cpu", seed)
     K = s.keys.clone().requires_grad_()
