@@ -1,5 +1,8 @@
 #include "check.h"
 
+#include <charconv>
+#include <cmath>
+#include <limits>
 #include <string>
 
 #include <ATen/ATen.h>
@@ -40,7 +43,21 @@ bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
 }
 
+// Python's repr of a float that is not finite in float32 (inf, nan, |x| > 3.4e38):
+// the shortest round-trip digits, which for these is scientific, as in Python.
+std::string float_repr(double v) {
+  if (std::isnan(v)) return "nan";
+  char buf[64];
+  const auto r = std::to_chars(buf, buf + sizeof(buf), v);
+  return std::string(buf, r.ptr);
+}
+
 }  // namespace
+
+void check_scale(double scale) {
+  TORCH_CHECK_VALUE(std::isfinite(scale) && std::abs(scale) <= double(std::numeric_limits<float>::max()),
+                    "topk_attention: scale must be finite in float32, got " + float_repr(scale));
+}
 
 Shape check_inputs(const at::Tensor& query, const at::Tensor& keys, int64_t k,
                    const std::optional<at::Tensor>& lengths,

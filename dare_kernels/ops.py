@@ -8,7 +8,7 @@ import torch
 
 from . import _library, reference
 from . import triton as _triton
-from ._check import check_inputs, output_shape
+from ._check import check_args, check_inputs, output_shape
 
 BACKENDS = ("cpu", "cuda", "triton", "reference")
 
@@ -60,8 +60,7 @@ def topk_attention(query: torch.Tensor, keys: torch.Tensor, k: int, *,
     (B, k) or (B, T, k), sorted descending, ties by lower index, NaN first,
     -inf/-1 where a row has fewer than k valid positions. `scores` is
     differentiable w.r.t. query and keys."""
-    if not isinstance(keys, torch.Tensor):
-        check_inputs(query, keys, k, lengths)  # raises the TypeError
+    check_args(query, keys, k, lengths, scale)  # types and scale, for every backend (the raw op cannot)
     name = _resolve(backend, keys)
     if name == "reference":
         return reference.topk_attention(query, keys, k, lengths, scale)

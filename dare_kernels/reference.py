@@ -45,7 +45,7 @@ def topk_attention(query: torch.Tensor, keys: torch.Tensor, k: int,
     """Differentiable w.r.t. query and keys, through the selected keys only."""
     if check_length_values is None:
         check_length_values = keys.device.type == "cpu"
-    s = check_inputs(query, keys, k, lengths, check_length_values=check_length_values)
+    s = check_inputs(query, keys, k, lengths, check_length_values=check_length_values, scale=scale)
     q = query.reshape(s.B, s.T, s.d)
     with torch.no_grad():
         scores = _scores(q, keys, scale, acc_dtype)

@@ -290,6 +290,7 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cpu(const at::Tensor& query,
                                                       const at::Tensor& keys, int64_t k,
                                                       const std::optional<at::Tensor>& lengths,
                                                       double scale) {
+  check_scale(scale);
   const Shape s = check_inputs(query, keys, k, lengths, /*check_length_values=*/true);
   auto [scores, indices] = empty_outputs(keys, s, k);
   const int64_t rows = s.B * s.T;

@@ -167,7 +167,7 @@ def eager(query, keys, k, lengths=None, scale=1.0):
 
 def _topk_attention(query, keys, k, lengths=None, scale=1.0, *, split=None, fused_max_k=FUSED_MAX_K,
                     cfg: Optional[Config] = None, wrap=wrap_triton):
-    s = check_inputs(query, keys, k, lengths, check_length_values=keys.device.type == "cpu")
+    s = check_inputs(query, keys, k, lengths, check_length_values=keys.device.type == "cpu", scale=scale)
     shape = output_shape(s, k)
     R = s.B * s.T
     device = keys.device
