@@ -117,7 +117,7 @@ def topk_attention_embedding_backward(grad: torch.Tensor, query: torch.Tensor, t
 
 
 def _fake_embedding(query, tables, ids, k, lengths=None, scale=1.0):
-    s = check_embedding_inputs(query, tables, ids, k, lengths, check_values=False)
+    s = check_embedding_inputs(query, tables, ids, k, lengths, check_values=False, scale=scale)
     return _empty_outputs(query, output_shape(s, k))
 
 

@@ -186,6 +186,71 @@ def _targets_mma_d128(g, dtype, device):
                   128)
 
 
+def _boundaries(n):
+    """Positions where a kernel's blocks of keys meet, for a row of n keys: the
+    last 8, the starts of the partial blocks of 8, 32 and 256 at the row's end,
+    every multiple of 256, and the borders of the row split into 2..24 spans."""
+    pos = set(range(n - 8, n))
+    for m in (8, 32, 256):
+        pos |= {n - n % m - 1, n - n % m}
+    pos |= {j + e for j in range(256, n, 256) for e in (-1, 0)}
+    for s in range(2, 25):
+        span = -(-n // s)
+        pos |= {j * span + e for j in range(1, s) for e in (-1, 0)}
+    return pos
+
+
+def _duplicated_keys(g, B, L, d, lengths=None, sources=8):
+    """Random keys where a few vectors repeat, bit for bit, at many positions of
+    each row: an eighth of the positions at random plus every block boundary of
+    the row and of its length (_boundaries). The repeated vectors are 4x longer
+    than the others, so copies fill the top k and its cut falls among them."""
+    keys = torch.randn(B, L, d, generator=g)
+    for b in range(B):
+        n = L if lengths is None else int(lengths[b])
+        pos = set(torch.randperm(L, generator=g)[: L // 8].tolist()) | _boundaries(L) | _boundaries(n)
+        pos = torch.tensor(sorted(p for p in pos if 0 <= p < L))
+        src = 4 * torch.randn(sources, d, generator=g)
+        keys[b, pos] = src[torch.randint(sources, (len(pos),), generator=g)]
+    return keys
+
+
+def _duplicates(g, dtype, device):
+    # Identical keys must tie (bit for bit) wherever they sit: L % 8, L % 32 and
+    # L % 256 nonzero, lengths that end mid-block.
+    B, L, d = 3, 601, 16
+    lengths = [L, 333, 44]
+    keys = _duplicated_keys(g, B, L, d, lengths)
+    return Sample(_randn(g, B, d, dtype=dtype, device=device), keys.to(dtype).to(device), 40,
+                  lengths=_lengths(lengths, device))
+
+
+def _duplicates_odd_d(g, dtype, device):
+    # d = 13: the vector paths' tail dims; d = 13 also takes the CUDA generic path.
+    B, L, d = 2, 299, 13
+    keys = _duplicated_keys(g, B, L, d)
+    return Sample(_randn(g, B, d, dtype=dtype, device=device), keys.to(dtype).to(device), 30, scale=0.3)
+
+
+def _duplicates_targets(g, dtype, device):
+    # T = 9, d = 32: the CUDA many-targets (MMA) kernel for 16-bit keys when forced.
+    B, T, L, d = 2, 9, 213, 32
+    lengths = [L, 150]
+    keys = _duplicated_keys(g, B, L, d, lengths)
+    return Sample(_randn(g, B, T, d, dtype=dtype, device=device), keys.to(dtype).to(device), 24,
+                  lengths=_lengths(lengths, device))
+
+
+def _duplicates_long(g, dtype, device):
+    # Rows long enough that the GPU kernels split them at this batch size: copies
+    # on both sides of every span border; d = 64 (CUDA: the long-key path).
+    B, L, d = 2, 5037, 64
+    lengths = [L, 4003]
+    keys = _duplicated_keys(g, B, L, d, lengths)
+    return Sample(_randn(g, B, d, dtype=dtype, device=device), keys.to(dtype).to(device), 128,
+                  lengths=_lengths(lengths, device))
+
+
 # name -> (builder, large): large samples are skipped under the Triton interpreter.
 SAMPLES: dict[str, tuple[Callable, bool]] = {
     "basic": (_basic, False),
@@ -212,6 +277,10 @@ SAMPLES: dict[str, tuple[Callable, bool]] = {
     "targets_mma_exact": (_targets_mma_exact, False),
     "targets_mma_wide": (_targets_mma_wide, True),
     "targets_mma_d128": (_targets_mma_d128, True),
+    "duplicates": (_duplicates, False),
+    "duplicates_odd_d": (_duplicates_odd_d, False),
+    "duplicates_targets": (_duplicates_targets, False),
+    "duplicates_long": (_duplicates_long, True),
 }
 
 

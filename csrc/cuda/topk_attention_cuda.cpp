@@ -90,6 +90,7 @@ std::tuple<at::Tensor, at::Tensor> large_k(const at::Tensor& Q, const at::Tensor
 std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, const at::Tensor& keys,
                                                        int64_t k, const std::optional<at::Tensor>& lengths,
                                                        double scale) {
+  check_scale(scale);
   // Length values are not read on the host (no sync, graph-capturable): the
   // kernel clamps them to [0, L].
   const Shape s = check_inputs(query, keys, k, lengths, /*check_length_values=*/false);

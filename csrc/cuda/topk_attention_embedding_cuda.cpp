@@ -47,7 +47,7 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_embedding_cuda(const at::Tenso
                                                                  at::TensorList ids, int64_t k,
                                                                  const std::optional<at::Tensor>& lengths,
                                                                  double scale) {
-  const Shape s = check_embedding_inputs(query, tables, ids, k, lengths, /*check_length_values=*/false);
+  const Shape s = check_embedding_inputs(query, tables, ids, k, lengths, scale, /*check_length_values=*/false);
   const c10::cuda::CUDAGuard guard(query.device());
   const int64_t rows = s.B * s.T;
   if (rows == 0) return empty_outputs(query, s, k);
