@@ -29,16 +29,22 @@ def auc(labels: torch.Tensor, scores: torch.Tensor) -> float:
 def gauc(users: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor) -> float:
     """Per-user AUC weighted by the user's impressions, over users with both
     classes."""
+    return gauc_users(users, labels, scores)[0]
+
+
+def gauc_users(users: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor):
+    """(GAUC, the number of users it averages: those with both classes)."""
     order = torch.argsort(users, stable=True)
     users, labels, scores = users[order], labels[order], scores[order]
     _, counts = torch.unique_consecutive(users, return_counts=True)
-    total, weight = 0.0, 0
+    total, weight, n = 0.0, 0, 0
     for lab, sc in zip(torch.split(labels, counts.tolist()), torch.split(scores, counts.tolist())):
         a = auc(lab, sc)
         if not math.isnan(a):
             total += a * len(lab)
             weight += len(lab)
-    return total / weight if weight else float("nan")
+            n += 1
+    return (total / weight if weight else float("nan")), n
 
 
 def logloss(labels: torch.Tensor, logits: torch.Tensor) -> float:

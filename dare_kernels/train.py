@@ -1,18 +1,34 @@
 """Train and evaluate a long-sequence CTR model whose search stage is the op.
 
-    python -m dare_kernels.train --model dare --data synthetic --steps 2000
-    python -m dare_kernels.train --model twin --data taobao:UserBehavior.csv --max-len 10000
-    torchrun --nproc-per-node 4 -m dare_kernels.train --model dare --data synthetic
+    python -m dare_kernels.train --model dare --data synthetic
+    python -m dare_kernels.train --model twin --data synthetic --task conflict --seeds 0 1 2
+    python -m dare_kernels.train --model dare --data taobao:UserBehavior.csv --max-len 10000 --amp
+    torchrun --nproc-per-node 4 -m dare_kernels.train --model dare --data tmall:user_log_format1.csv --amp
 
-Adam, periodic validation (AUC, GAUC, logloss, and NDCG@k of the search against
-the ground truth on synthetic data), checkpoint save/resume, AMP (bf16) on GPU,
-DistributedDataParallel under torchrun. Metrics are printed and written as JSON.
+Defaults follow the DARE paper's public code: Adam lr 0.01, batch 2048, 2
+epochs, embeddings N(0, 0.01), L2 1e-6 on the dense weights (not the embedding
+tables, not biases), every field d wide; validation every --eval-every steps
+and at each epoch's end, and the test at the best-validation-AUC step
+(--patience stops early). Public data: page views only, users with >= 210
+behaviours, 19 training targets per user and a time-ordered validation (second
+to last) and test (last) target, 2 negatives per positive. --seed seeds the
+model (initialisation, batch order), --data-seed the data (generation,
+split, negatives; default: --seed); --seeds runs each seed and reports mean ±
+std. Progress is printed for people; the metrics go to a JSON file
+(--metrics-json; default under the system's temporary directory). AMP (bf16)
+on GPU, DistributedDataParallel under torchrun, checkpoint save/resume.
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import itertools
 import json
+import math
 import os
+import statistics
+import sys
+import tempfile
 import time
 import warnings
 
@@ -23,9 +39,16 @@ from . import metrics
 from .data import LOADERS, Interactions, batches, to_device
 from .models import MODELS, LongSequenceCTR
 
-
 # Data options: None on the command line means "the loader's default".
-DATA_OPTIONS = ("users", "items", "categories", "max_len")
+DATA_OPTIONS = ("users", "targets", "items", "categories", "max_len", "task", "min_behaviours", "train_targets",
+                "target_stride", "negatives", "page_views_only")
+MODEL_HELP = {
+    "dare": "separate attention (--d-att) and representation (--d-rep) tables",
+    "twin": "one shared set of tables (--d-rep); --d-att is not used",
+    "twin_proj": "the paper's TWIN w/ projection: shared tables, per-field square maps for query, key, target, value",
+    "twin_compress": "shared --d-rep tables compressed to --d-att by a query/key map (not in the paper)",
+    "twin_4e": "separate target and behaviour tables for attention and representation",
+}
 
 
 def load_data(spec: str, args) -> Interactions:
@@ -33,15 +56,32 @@ def load_data(spec: str, args) -> Interactions:
     use raises instead of being ignored."""
     name, _, path = spec.partition(":")
     if name not in LOADERS:
-        raise ValueError(f"--data must be one of {', '.join(n + (':PATH' if l.needs_path else '') for n, l in LOADERS.items())}, got {spec!r}")
+        names = ", ".join(n + (":PATH" if ld.needs_path else "") for n, ld in LOADERS.items())
+        raise ValueError(f"--data must be one of {names}, got {spec!r}")
     loader = LOADERS[name]
     if loader.needs_path != bool(path):
-        raise ValueError(f"--data {name} {'needs' if loader.needs_path else 'takes no'} a path ({name}{':PATH' if loader.needs_path else ''})")
+        raise ValueError(f"--data {name} {'needs' if loader.needs_path else 'takes no'} a path"
+                         f" ({name}{':PATH' if loader.needs_path else ''})")
     given = {o: getattr(args, o) for o in DATA_OPTIONS if getattr(args, o, None) is not None}
     unused = [o for o in given if o not in loader.defaults]
     if unused:
-        raise ValueError(f"--data {name} does not use {', '.join('--' + o.replace('_', '-') for o in unused)}")
-    return loader(path or None, **given, seed=args.seed)
+        flags = ", ".join("--all-behaviours" if o == "page_views_only" else "--" + o.replace("_", "-") for o in unused)
+        raise ValueError(f"--data {name} does not use {flags}")
+    seed = args.seed if getattr(args, "data_seed", None) is None else args.data_seed
+    return loader(path or None, **given, seed=seed)
+
+
+def describe(data: Interactions, parts, args) -> str:
+    n_users = int(torch.unique(data.user).numel())
+    lengths = data.history_lengths().float()
+    how = "time-ordered per user" if data.fold is not None else "random by impression"
+    names = ("train", "validation", "test")
+    split = " / ".join(f"{n} {len(p)}" for n, p in zip(names, parts))
+    pos = float(data.label.mean())
+    return (f"data: {data.description}\n"
+            f"  {len(data)} impressions of {n_users} users ({pos:.1%} positive), {data.n_items} items, "
+            f"{data.n_cats} categories; history up to {data.history_len} (mean {lengths.mean():.0f})\n"
+            f"  split ({how}): {split}")
 
 
 def _autocast(args, device):
@@ -51,6 +91,9 @@ def _autocast(args, device):
 
 @torch.no_grad()
 def evaluate(model, data, args, device) -> dict:
+    """AUC, GAUC (and the number of users it averages), logloss and, on
+    synthetic data, NDCG@k of the search against the ground truth."""
+    was_training = model.training
     model.eval()
     logits, labels, users, ndcg_num, ndcg_rows = [], [], [], 0.0, 0
     for batch in batches(data, args.eval_batch_size):
@@ -65,10 +108,11 @@ def evaluate(model, data, args, device) -> dict:
             if n == n:
                 ndcg_num += n * len(idx)
                 ndcg_rows += len(idx)
-    model.train()
+    model.train(was_training)
     logits, labels, users = torch.cat(logits), torch.cat(labels), torch.cat(users)
-    out = {"auc": metrics.auc(labels, logits), "gauc": metrics.gauc(users, labels, logits),
-           "logloss": metrics.logloss(labels, logits)}
+    gauc, gauc_users = metrics.gauc_users(users, labels, logits)
+    out = {"auc": metrics.auc(labels, logits), "gauc": gauc, "gauc_users": gauc_users,
+           "logloss": metrics.logloss(labels, logits), "impressions": len(labels)}
     if ndcg_rows:
         out[f"ndcg@{args.k}"] = ndcg_num / ndcg_rows
     return out
@@ -78,36 +122,209 @@ def build_model(args, data: Interactions):
     cls = MODELS[args.model]
     if args.d_att is not None and not cls.uses_d_att:
         warnings.warn(f"--d-att {args.d_att} is not used by --model {args.model} (its attention width is --d-rep)")
-    d_att = {} if args.d_att is None else {"d_att": args.d_att}
-    return LongSequenceCTR(args.model, data.n_items, data.n_cats, data.history_items.shape[1], **d_att,
-                           d_rep=args.d_rep, k=args.k, search_backend=args.backend)
+    d_att = 16 if args.d_att is None else args.d_att
+    return LongSequenceCTR(args.model, data.n_items, data.n_cats, data.history_len, d_att=d_att,
+                           d_rep=args.d_rep, k=args.k, widths=args.widths, search_backend=args.backend,
+                           embedding_std=args.embedding_std, aux_loss=args.aux_loss)
+
+
+def _fmt(m: dict, k: int) -> str:
+    s = f"AUC {m['auc']:.4f}  GAUC {m['gauc']:.4f} ({m['gauc_users']} users)  logloss {m['logloss']:.4f}"
+    if f"ndcg@{k}" in m:
+        s += f"  NDCG@{k} {m[f'ndcg@{k}']:.4f}"
+    return s
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m dare_kernels.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", choices=MODELS, default="dare")
-    p.add_argument("--data", default="synthetic", help="synthetic | taobao:PATH | tmall:PATH")
-    p.add_argument("--d-att", type=int, help="attention width (default 16; twin: not used, it is --d-rep)")
-    p.add_argument("--d-rep", type=int, default=128)
-    p.add_argument("--k", type=int, default=64, help="behaviours kept by the search stage")
-    p.add_argument("--max-len", type=int, help="history length kept (up to 10000+; default 1000)")
-    p.add_argument("--users", type=int, help="synthetic: number of users (4 impressions each; default 5000)")
-    p.add_argument("--items", type=int, help="synthetic: number of items (default 5000)")
-    p.add_argument("--categories", type=int, help="synthetic: number of categories (default 100)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--eval-batch-size", type=int, default=1024)
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--eval-every", type=int, default=200)
-    p.add_argument("--checkpoint", help="save here (and resume from here with --resume)")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast on GPU")
-    p.add_argument("--backend", help="force the search backend (cpu, cuda, triton, reference)")
-    p.add_argument("--metrics-json", help="write the final metrics here")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
+    p = argparse.ArgumentParser(prog="python -m dare_kernels.train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    models = "; ".join(f"{n}: {MODEL_HELP.get(n, MODELS[n].__doc__.splitlines()[0])}" for n in MODELS)
+    p.add_argument("--model", choices=list(MODELS), default="dare", help=models)
+    g = p.add_argument_group("model")
+    g.add_argument("--d-att", type=int, help="attention width (default 16; not used by twin and twin_proj)")
+    g.add_argument("--d-rep", type=int, default=16, help="representation width")
+    g.add_argument("--widths", choices=["field", "split"], default="field",
+                   help="field: every field (item, category, position) is d wide (the paper's Table 1); "
+                        "split: d is the key's total width (item d/2, category d/4, position d/4)")
+    g.add_argument("--k", type=int, default=64, help="behaviours kept by the search stage")
+    g.add_argument("--aux-loss", action="store_true",
+                   help="add the public code's auxiliary loss (a second head on softmax attention over all "
+                        "behaviours: builds the B x L scores)")
+    g.add_argument("--embedding-std", type=float, default=0.01, help="embedding tables' N(0, std) init")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default="synthetic", help="synthetic | taobao:PATH | tmall:PATH")
+    g.add_argument("--max-len", type=int, help="history length kept (up to 10000+; default 1000)")
+    g.add_argument("--users", type=int, help="synthetic: number of users (default 5000)")
+    g.add_argument("--targets", type=int, help="synthetic: impressions per user (default 4)")
+    g.add_argument("--items", type=int, help="synthetic: number of items (default 5000)")
+    g.add_argument("--categories", type=int, help="synthetic: number of categories (default 100)")
+    g.add_argument("--task", choices=["category", "conflict"],
+                   help="synthetic: category (control: relevance and label both from the target's category) or "
+                        "conflict (relevance from a latent group of categories, label from an item attribute); "
+                        "default category")
+    g.add_argument("--min-behaviours", type=int, help="public: users with fewer page views are dropped (default 210)")
+    g.add_argument("--train-targets", type=int, help="public: training targets per user (default 19)")
+    g.add_argument("--target-stride", type=int, help="public: behaviours between training targets (default 5)")
+    g.add_argument("--negatives", type=int, help="public: negatives per positive (default 2)")
+    g.add_argument("--all-behaviours", dest="page_views_only", action="store_const", const=False,
+                   help="public: keep every behaviour type, not page views only")
+    g.add_argument("--data-seed", type=int, help="seed of the data (generation, split, negatives); default --seed")
+    g = p.add_argument_group("training")
+    g.add_argument("--lr", type=float, default=0.01)
+    g.add_argument("--batch-size", type=int, default=2048)
+    g.add_argument("--epochs", type=float, default=2, help="passes over the training impressions")
+    g.add_argument("--steps", type=int, help="train this many steps instead of --epochs")
+    g.add_argument("--l2", type=float, default=1e-6, help="L2 penalty on the dense weights")
+    g.add_argument("--eval-every", type=int, default=150, help="validate every N steps (and at each epoch's end)")
+    g.add_argument("--patience", type=int,
+                   help="stop after this many validations without a better validation AUC (default: never)")
+    g.add_argument("--eval-batch-size", type=int, default=1024)
+    g.add_argument("--seed", type=int, default=0, help="model seed (initialisation, batch order)")
+    g.add_argument("--seeds", type=int, nargs="+", help="run once per model seed; report mean ± std")
+    g.add_argument("--checkpoint", help="save here (and resume from here with --resume)")
+    g.add_argument("--resume", action="store_true")
+    g = p.add_argument_group("run")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--amp", action="store_true", help="bf16 autocast on GPU")
+    g.add_argument("--backend", help="force the search backend (cpu, cuda, triton, reference)")
+    g.add_argument("--metrics-json", help="write the metrics here (default: a new file under "
+                                          f"{os.path.join(tempfile.gettempdir(), 'dare_kernels')})")
+    g.add_argument("--quiet", action="store_true", help="print nothing but warnings and errors")
     return p.parse_args(argv)
+
+
+def _say(args, rank, *lines):
+    if not args.quiet and rank == 0:
+        for line in lines:
+            print(line, flush=True)
+
+
+def train_one(args, seed: int, world: int, rank: int, device) -> dict:
+    """One training run with model seed `seed`; the result as written to JSON."""
+    data_seed = seed if args.data_seed is None else args.data_seed
+    run_args = copy.copy(args)
+    run_args.seed, run_args.data_seed = seed, data_seed
+    data = load_data(args.data, run_args)
+    train, valid, test = parts = data.split(seed=data_seed)
+    _say(args, rank, describe(data, parts, args))
+    torch.manual_seed(seed)
+    model = build_model(args, data).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    dense = model.dense_parameters()
+    per_epoch = len(train) // (args.batch_size * world)
+    if per_epoch == 0:
+        raise ValueError(f"{len(train)} training impressions do not fill one batch of {args.batch_size}"
+                         f"{f' per process ({world})' if world > 1 else ''}: lower --batch-size")
+    total = args.steps if args.steps is not None else max(1, int(round(args.epochs * per_epoch)))
+    _say(args, rank, f"model: {args.model} (d_att {model.d_att}, d_rep {model.d_rep}, search reads "
+                     f"{model.d_search}-wide rows), {sum(p.numel() for p in model.parameters())} parameters; "
+                     f"{total} steps of {args.batch_size} ({per_epoch} per epoch), model seed {seed}, "
+                     f"data seed {data_seed}")
+    step, history, best, stale = 0, [], {"step": None, "auc": -math.inf, "state": None, "validation": None}, 0
+    if args.resume and args.checkpoint and os.path.exists(args.checkpoint):
+        state = torch.load(args.checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, history, best, stale = state["step"], state["history"], state["best"], state["stale"]
+    start_step = step
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+
+    from tqdm import tqdm
+    progress = tqdm(total=total, initial=step, disable=args.quiet or rank != 0, desc=args.model,
+                    dynamic_ncols=True, file=sys.stdout)
+    running, train_seconds, t0 = None, 0.0, time.time()
+    stop = step >= total
+    while not stop:
+        epoch, skip = divmod(step, per_epoch)
+        epoch_batches = batches(train, args.batch_size, shuffle=True, seed=seed * 100003 + epoch, rank=rank,
+                                world_size=world, drop_last=True)
+        for batch in itertools.islice(epoch_batches, skip, None):
+            t_step = time.time()
+            b = to_device(batch, device)
+            with _autocast(args, device):
+                out = net(b, aux=True) if args.aux_loss else net(b)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(out[0].float(), b["label"])
+            objective = loss
+            if args.aux_loss:
+                objective = objective + torch.nn.functional.binary_cross_entropy_with_logits(out[3].float(), b["label"])
+            if args.l2:
+                objective = objective + args.l2 * sum(p.pow(2).sum() for p in dense)
+            opt.zero_grad(set_to_none=True)
+            objective.backward()
+            opt.step()
+            step += 1
+            train_seconds += time.time() - t_step
+            running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+            progress.update()
+            progress.set_postfix_str(f"train loss {running:.4g}")
+            end_of_epoch = step % per_epoch == 0
+            if step % args.eval_every == 0 or end_of_epoch or step == total:
+                flag = torch.zeros(1)
+                if rank == 0:
+                    m = {"step": step, "epoch": step / per_epoch, "train_loss": running,
+                         **evaluate(model, valid, args, device)}
+                    history.append(m)
+                    better = m["auc"] > best["auc"]
+                    if better:
+                        best = {"step": step, "auc": m["auc"], "validation": m,
+                                "state": copy.deepcopy(model.state_dict())}
+                        stale = 0
+                    else:
+                        stale += 1
+                    mark = "  * best so far" if better else f"  (best: step {best['step']})"
+                    line = f"step {step}/{total} (epoch {step / per_epoch:.2f}) validation: {_fmt(m, args.k)}" \
+                           f"  | train loss {running:.4g}{mark}"
+                    if not args.quiet:
+                        progress.write(line)
+                    if args.patience is not None and stale >= args.patience:
+                        if not args.quiet:
+                            progress.write(f"early stop: {stale} validations without a better AUC")
+                        flag[0] = 1
+                    if args.checkpoint:
+                        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                                    "history": history, "best": best, "stale": stale, "args": vars(args)},
+                                   args.checkpoint)
+                if world > 1:
+                    dist.broadcast(flag, 0)
+                stop = bool(flag[0]) or step >= total
+            if stop:
+                break
+    progress.close()
+    seconds = time.time() - t0
+    if rank != 0:
+        return {}
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    test_metrics = evaluate(model, test, args, device)
+    steps_run = step - start_step
+    _say(args, rank, f"best step {best['step']} of {step} (validation AUC {best['auc']:.4f}); "
+                     f"test at the best step: {_fmt(test_metrics, args.k)}")
+    return {"seed": seed, "data_seed": data_seed, "device": str(device), "seconds": seconds,
+            "train_ms_per_step": 1e3 * train_seconds / max(1, steps_run),
+            "model": {"variant": args.model, "d_att": model.d_att, "d_rep": model.d_rep, "d_search": model.d_search,
+                      "att_widths": list(model.att_widths), "rep_widths": list(model.rep_widths)},
+            "data": {"description": data.description, "impressions": len(data),
+                     "split": {"train": len(train), "validation": len(valid), "test": len(test)},
+                     "history_len": data.history_len, "n_items": data.n_items, "n_cats": data.n_cats},
+            "steps": step, "best_step": best["step"], "best_validation": best["validation"],
+            "validation": history, "test": test_metrics}
+
+
+def summarize(runs: list) -> dict:
+    """mean and std (sample, n - 1) of each test metric and the time per step over runs."""
+    out = {}
+    keys = [k for k, v in runs[0]["test"].items() if isinstance(v, float)]
+    for name, values in [*((k, [r["test"][k] for r in runs]) for k in keys),
+                         ("train_ms_per_step", [r["train_ms_per_step"] for r in runs]),
+                         ("best_step", [r["best_step"] for r in runs])]:
+        out[name] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+    return out
+
+
+def default_metrics_path(model: str) -> str:
+    folder = os.path.join(tempfile.gettempdir(), "dare_kernels")
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, f"train-{model}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json")
 
 
 def main(argv=None) -> dict:
@@ -121,57 +338,25 @@ def main(argv=None) -> dict:
             device = torch.device("cuda", local)
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    torch.manual_seed(args.seed)
-
-    data = load_data(args.data, args)
-    train, valid, test = data.split(seed=args.seed)
-    model = build_model(args, data).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    step = 0
-    if args.resume and args.checkpoint and os.path.exists(args.checkpoint):
-        state = torch.load(args.checkpoint, map_location=device)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step = state["step"]
-    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-
-    from tqdm import tqdm
-    progress = tqdm(total=args.steps, initial=step, disable=args.quiet or rank != 0, desc=args.model)
-    history, epoch, t0 = [], 0, time.time()
-    while step < args.steps:
-        for batch in batches(train, args.batch_size, shuffle=True, seed=args.seed + epoch,
-                             rank=rank, world_size=world, drop_last=True):
-            b = to_device(batch, device)
-            with _autocast(args, device):
-                logit, _, _ = net(b)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logit.float(), b["label"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            progress.update()
-            progress.set_postfix(loss=f"{loss.item():.4f}")
-            if step % args.eval_every == 0 or step == args.steps:
-                if rank == 0:
-                    m = {"step": step, "loss": loss.item(), **evaluate(model, valid, args, device)}
-                    history.append(m)
-                    progress.write(json.dumps(m))
-                    if args.checkpoint:
-                        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                                    "args": vars(args)}, args.checkpoint)
-            if step >= args.steps:
-                break
-        epoch += 1
-    progress.close()
+    seeds = args.seeds or [args.seed]
+    if len(seeds) > 1 and args.checkpoint:
+        raise ValueError("--checkpoint saves one run: not with several --seeds")
+    runs = []
+    for seed in seeds:
+        if len(seeds) > 1:
+            _say(args, rank, f"=== seed {seed} ===")
+        runs.append(train_one(args, seed, world, rank, device))
     result = {}
     if rank == 0:
-        result = {"args": vars(args), "model": {"variant": args.model, "d_att": model.d_att, "d_rep": model.d_rep},
-                  "device": str(device), "seconds": time.time() - t0,
-                  "validation": history, "test": evaluate(model, test, args, device)}
-        print(json.dumps({"test": result["test"]}))
-        if args.metrics_json:
-            with open(args.metrics_json, "w") as f:
-                json.dump(result, f, indent=1)
+        result = {"args": vars(args), **runs[0]} if len(runs) == 1 else {"args": vars(args), "runs": runs}
+        if len(runs) > 1:
+            result["summary"] = summary = summarize(runs)
+            _say(args, rank, f"{len(runs)} seeds {seeds}, test at each run's best step, mean ± std:",
+                 *(f"  {k}: {v['mean']:.4f} ± {v['std']:.4f}" for k, v in summary.items()))
+        path = args.metrics_json or default_metrics_path(args.model)
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1)
+        _say(args, rank, f"metrics: {path}")
     if world > 1:
         dist.destroy_process_group()
     return result

@@ -1,64 +1,238 @@
 """The reference DARE/TWIN models, data and training loop (CPU, small)."""
 import json
 import os
+import subprocess
+import sys
+import tempfile
 
 import numpy as np
 import pytest
 import torch
 
+import dare_kernels
 from dare_kernels import metrics, train
-from dare_kernels.data import SyntheticConfig, batches, generate
+from dare_kernels.data import LOADERS, SyntheticConfig, batches, generate
 from dare_kernels.data import public
-from dare_kernels.models import MODELS, LongSequenceCTR
+from dare_kernels.data.synthetic import write_log
+from dare_kernels.models import MODELS, LongSequenceCTR, SearchCTR
 
 from samples import Sample
 from test_topk_attention import assert_matches_reference
 
 SMALL = ["--users", "800", "--items", "500", "--categories", "20", "--max-len", "150", "--batch-size", "64",
-         "--d-att", "16", "--d-rep", "32", "--k", "16", "--eval-every", "100", "--quiet"]
+         "--d-rep", "16", "--k", "16", "--eval-every", "100", "--quiet"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: one intra-op thread is as fast, and on a shared
+    (oversubscribed) machine OpenMP's spinning threads make them ~10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _small(model):
+    return SMALL + (["--d-att", "8"] if MODELS[model].uses_d_att else [])
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_trains_beyond_chance(model, tmp_path):
     out = tmp_path / "metrics.json"
-    result = train.main(["--model", model, "--steps", "250", "--metrics-json", str(out)] + SMALL)
+    result = train.main(["--model", model, "--steps", "200", "--metrics-json", str(out)] + _small(model))
     assert result["test"]["auc"] > 0.65, result["test"]
     assert result["test"]["ndcg@16"] > 0.3, result["test"]
     saved = json.loads(out.read_text())
-    assert saved["test"] == result["test"] and saved["validation"][-1]["step"] == 250
+    assert saved["test"] == result["test"] and saved["validation"][-1]["step"] == 200
+    assert saved["best_step"] in [h["step"] for h in saved["validation"]]
+    best = max(saved["validation"], key=lambda h: h["auc"])
+    assert saved["best_validation"]["auc"] == best["auc"]
 
 
+def _batch(seed, max_len=300, task="category"):
+    data = generate(SyntheticConfig(users=40, n_items=300, n_categories=10, max_len=max_len, min_len=5, seed=seed,
+                                    task=task))
+    return data, next(batches(data, 64))
+
+
+@pytest.mark.parametrize("widths", ["field", "split"])
 @pytest.mark.parametrize("model", MODELS)
-def test_search_is_the_exact_top_k(model, seed):
-    data = generate(SyntheticConfig(users=50, n_items=300, n_categories=10, max_len=400, min_len=5, seed=seed))
-    m = LongSequenceCTR(model, data.n_items, data.n_cats, 400, d_att=16, d_rep=32, k=24)
-    batch = next(batches(data, 64))
+def test_search_is_the_exact_top_k(model, widths, seed):
+    """The search stage (the op from ids; the projection variants' maps folded
+    into the query) is the top-k of the explicitly looked-up attention keys."""
+    data, batch = _batch(seed)
+    m = LongSequenceCTR(model, data.n_items, data.n_cats, 300, d_att=8, d_rep=16, k=24, widths=widths,
+                        embedding_std=0.3)
     with torch.no_grad():
-        query, keys, lengths, _ = m.search_inputs(batch)  # the keys looked up explicitly
+        query, keys, lengths, _ = m.search_inputs(batch)  # (B, L, d_att) keys, looked up explicitly
         _, scores, idx = m(batch)
-        stage = m.search_stage(batch)  # the op from ids, as the forward runs it
-    assert_matches_reference((scores, idx), Sample(query, keys, 24, lengths))
+        stage = m.search_stage(batch)
+        explicit = dare_kernels.topk_attention(query, keys, 24, lengths=lengths)
+    assert keys.shape[-1] == m.d_att
     assert torch.equal(stage[1], idx) and torch.equal(stage[0], scores)
+    assert_matches_reference(stage, Sample(query, keys, 24, lengths))
+    torch.testing.assert_close(stage[0], explicit[0], atol=1e-5, rtol=1e-5)
+    # Indices agree wherever the scores are not within rounding of a neighbour
+    # (equal keys tie exactly from ids, within rounding from explicit keys).
+    gap = torch.minimum(torch.diff(explicit[0], dim=-1).abs(), torch.diff(stage[0], dim=-1).abs())
+    clear = torch.ones_like(explicit[0], dtype=torch.bool)
+    clear[:, 1:] &= gap > 1e-5
+    clear[:, :-1] &= gap > 1e-5
+    clear[:, -1] = False  # the k-th may tie with the (k+1)-th
+    assert torch.equal(stage[1][clear], explicit[1][clear])
 
 
-def test_checkpoint_round_trip(tmp_path):
+@pytest.mark.parametrize("model", ["dare", "twin_proj", "twin_compress", "twin_4e"])
+def test_search_gradients_match_explicit_keys(model, seed):
+    """Gradients through the ids op (tables, and the projections through the
+    folded query) equal those through topk_attention on explicit keys."""
+    data, batch = _batch(seed)
+    m = LongSequenceCTR(model, data.n_items, data.n_cats, 300, d_att=8, d_rep=16, k=16, embedding_std=0.3)
+    w = torch.randn(len(batch["label"]), 16, generator=torch.Generator().manual_seed(seed))
+
+    def grads(scores):
+        m.zero_grad()
+        (torch.where(torch.isfinite(scores), scores, 0) * w).sum().backward()
+        return {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+    via_ids = grads(m.search_stage(batch)[0])
+    query, keys, lengths, _ = m.search_inputs(batch)
+    via_keys = grads(dare_kernels.topk_attention(query, keys, 16, lengths=lengths)[0])
+    assert via_ids.keys() == via_keys.keys() and len(via_ids) >= 3
+    for name in via_ids:
+        torch.testing.assert_close(via_ids[name], via_keys[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_papers_twin_with_projection():
+    """Per field, square maps without bias for query, key, target and value;
+    score = Σ_f (Q_f e_f(target))·(K_f e_f(behaviour)), scaled."""
+    data, batch = _batch(0, max_len=60)
+    m = LongSequenceCTR("twin_proj", data.n_items, data.n_cats, 60, d_rep=16, k=8, widths="field",
+                        embedding_std=0.3)
+    maps = [m.query_maps, m.key_maps, m.target_maps, m.value_maps]
+    assert all(len(ms) == 3 for ms in maps)
+    assert len({id(x) for ms in maps for x in ms}) == 12
+    assert all(x.weight.shape == (16, 16) and x.bias is None for ms in maps for x in ms)
+    assert m.d_att == m.d_search == 48 and not m.uses_d_att
+    it, ct = batch["history_items"][0, 3], batch["history_cats"][0, 3]
+    pos = dare_kernels.models.position_buckets(60)[3]
+    t_it, t_ct = batch["target_item"][0], batch["target_cat"][0]
+    e, t = m.rep.tables(), m.rep.tables()
+    q = [m.query_maps[0](t[0][t_it]), m.query_maps[1](t[1][t_ct]), m.query_maps[2](t[2][0])]
+    k = [m.key_maps[0](e[0][it]), m.key_maps[1](e[1][ct]), m.key_maps[2](e[2][pos])]
+    want = (q[0] @ k[0] + q[1] @ k[1]) / 32 ** 0.5 + q[2] @ k[2] / 16 ** 0.5
+    query, keys, _, _ = m.search_inputs(batch)
+    torch.testing.assert_close(query[0] @ keys[0, 3], want)
+    torch.testing.assert_close(m.representation(it, ct, pos), torch.cat(
+        [m.value_maps[0](e[0][it]), m.value_maps[1](e[1][ct]), m.value_maps[2](e[2][pos])]))
+    torch.testing.assert_close(m.representation(t_it, t_ct, torch.tensor(0), target=True), torch.cat(
+        [m.target_maps[0](t[0][t_it]), m.target_maps[1](t[1][t_ct]), m.target_maps[2](t[2][0])]))
+
+
+def test_widths_and_target_aware_representation():
+    dare = LongSequenceCTR("dare", 50, 5, 64, d_att=16, d_rep=64, widths="field")
+    assert dare.att_widths == (16, 16, 16) and dare.rep_widths == (64, 64, 64)
+    assert dare.d_att == 48 and dare.d_rep == 192 and dare.d_search == 48
+    assert dare.mlp[0].num_features == 3 * 192  # [target, interest, target ⊙ interest]
+    split = LongSequenceCTR("dare", 50, 5, 64, d_att=16, d_rep=128)  # the total-width view (default)
+    assert split.att_widths == (8, 4, 4) and split.d_att == 16 and split.d_rep == 128
+    own = LongSequenceCTR("twin", 50, 5, 64, d_rep=(24, 8, 4))
+    assert own.d_att == own.d_rep == 36
+    compress = LongSequenceCTR("twin_compress", 50, 5, 64, d_att=4, d_rep=32, widths="field")
+    assert compress.d_att == 12 and compress.d_search == 96
+    with pytest.raises(ValueError, match="multiple of 4"):
+        LongSequenceCTR("dare", 50, 5, 64, d_att=10)
+    std = LongSequenceCTR("dare", 5000, 5, 64, d_rep=16, embedding_std=0.01).rep.item.weight[1:].detach().std()
+    assert 0.009 < float(std) < 0.011
+    dense = {id(p) for p in dare.dense_parameters()}
+    assert id(dare.att.item.weight) not in dense and id(dare.mlp[1].weight) in dense
+    assert id(dare.mlp[1].bias) not in dense
+
+
+def test_aux_loss(tmp_path):
+    data, batch = _batch(0, max_len=60)
+    m = LongSequenceCTR("dare", data.n_items, data.n_cats, 60, d_att=8, d_rep=8, k=8, aux_loss=True)
+    logits, _, _, aux = m(batch, aux=True)
+    assert aux.shape == logits.shape and torch.isfinite(aux).all()
+    with pytest.raises(ValueError, match="without aux_loss"):
+        LongSequenceCTR("dare", 50, 5, 64).aux_logits(batch)
+    result = train.main(["--model", "dare", "--aux-loss", "--steps", "20", "--metrics-json",
+                         str(tmp_path / "m.json")] + _small("dare"))
+    assert result["args"]["aux_loss"] and result["test"]["auc"] == result["test"]["auc"]
+
+
+def test_checkpoint_resume_and_best_step(tmp_path):
     ckpt = str(tmp_path / "model.pt")
-    first = train.main(["--steps", "40", "--eval-every", "20", "--checkpoint", ckpt] + SMALL)
-    state = torch.load(ckpt)
-    assert state["step"] == 40
-    resumed = train.main(["--steps", "60", "--eval-every", "20", "--checkpoint", ckpt, "--resume"] + SMALL)
-    assert [h["step"] for h in resumed["validation"]] == [60]
-    # Loading the checkpoint into a fresh model reproduces its predictions.
-    args = train.parse_args(["--steps", "60"] + SMALL)
+    m = ["--metrics-json", str(tmp_path / "m.json"), "--checkpoint", ckpt, "--eval-every", "20"]
+    first = train.main(_small("dare") + ["--steps", "40"] + m)
+    state = torch.load(ckpt, weights_only=False)
+    assert state["step"] == 40 and [h["step"] for h in first["validation"]] == [20, 40]
+    resumed = train.main(_small("dare") + ["--steps", "60", "--resume"] + m)
+    assert [h["step"] for h in resumed["validation"]] == [20, 40, 60]
+    # The test metrics are those of the best validation step's weights.
+    state = torch.load(ckpt, weights_only=False)
+    assert resumed["best_step"] == state["best"]["step"]
+    args = train.parse_args(["--steps", "60"] + _small("dare"))
     data = train.load_data("synthetic", args)
     fresh = train.build_model(args, data)
-    fresh.load_state_dict(torch.load(ckpt)["model"])
+    fresh.load_state_dict(state["best"]["state"])
     again = train.evaluate(fresh, data.split(seed=0)[2], args, torch.device("cpu"))
     assert again == pytest.approx(resumed["test"], nan_ok=True)
-    assert first["test"] != resumed["test"]
 
 
-def _log(n_users=30, per_user=(5, 40), seed=0):
+def test_early_stopping(tmp_path):
+    # lr 0: the validation AUC never improves after the first validation.
+    r = train.main(_small("dare") + ["--lr", "0", "--steps", "200", "--eval-every", "10", "--patience", "2",
+                                     "--metrics-json", str(tmp_path / "m.json")])
+    assert [h["step"] for h in r["validation"]] == [10, 20, 30] and r["steps"] == 30 and r["best_step"] == 10
+
+
+def test_seeds_data_seed_and_output(tmp_path, capsys):
+    out = tmp_path / "m.json"
+    r = train.main([a for a in SMALL if a != "--quiet"] + ["--seeds", "1", "2", "--data-seed", "5", "--steps", "30",
+                                                          "--eval-every", "15", "--metrics-json", str(out), "--d-att", "8"])
+    printed = capsys.readouterr().out
+    assert "validation: AUC" in printed and "best step" in printed and "split (random by impression)" in printed
+    assert "mean ± std" in printed and "{" not in printed  # JSON goes to the file only
+    assert "loss=0.0000" not in printed
+    saved = json.loads(out.read_text())
+    assert [run["seed"] for run in saved["runs"]] == [1, 2] and {run["data_seed"] for run in saved["runs"]} == {5}
+    a, b = saved["runs"]
+    assert a["data"] == b["data"] and a["test"] != b["test"]  # same data, different initialisation
+    assert saved["summary"]["auc"]["mean"] == pytest.approx((a["test"]["auc"] + b["test"]["auc"]) / 2)
+    # --seed alone also seeds the data (as before); --data-seed separates them.
+    args = train.parse_args(["--seed", "3"] + SMALL)
+    d3 = train.load_data("synthetic", args)
+    args.data_seed = 4
+    assert not torch.equal(d3.label, train.load_data("synthetic", args).label)
+
+
+def test_default_metrics_path_is_outside_the_repo():
+    path = train.default_metrics_path("dare")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(train.__file__)))
+    assert path.startswith(tempfile.gettempdir()) and not path.startswith(repo + os.sep)
+
+
+def test_conflict_task():
+    cfg = SyntheticConfig(users=300, n_items=2000, n_categories=40, groups=8, max_len=200, min_len=50,
+                          task="conflict", seed=1)
+    data = generate(cfg)
+    groups = data.cat_group
+    assert groups[0] == 0 and torch.bincount(groups[1:]).tolist()[1:] == [5] * 8
+    batch = next(batches(data, 128))
+    same_group = groups[batch["history_cats"]] == groups[batch["target_cat"]][:, None]
+    valid = torch.arange(batch["history_cats"].shape[1])[None, :] < batch["lengths"][:, None]
+    assert torch.equal(batch["relevant"], same_group & valid)
+    assert not torch.equal(batch["relevant"], (batch["history_cats"] == batch["target_cat"][:, None]) & valid)
+    assert 0.4 < float(data.label.mean()) < 0.6
+    # The labels follow the generator's probabilities (the Bayes scores beat chance).
+    assert metrics.auc(data.label, data.prob) > 0.75
+    control = generate(SyntheticConfig(users=300, n_items=2000, n_categories=40, max_len=200, min_len=50))
+    assert control.cat_group is None
+
+
+def _log(n_users=30, per_user=(5, 40), seed=0, kinds=("pv",)):
     rng = np.random.default_rng(seed)
     rows = []
     for u in range(n_users):
@@ -66,57 +240,96 @@ def _log(n_users=30, per_user=(5, 40), seed=0):
         t = np.sort(rng.integers(1_500_000_000, 1_500_100_000, n))
         items = rng.integers(1000, 1100, n)
         for ti, it in zip(t, items):
-            rows.append((10 + u * 7, int(it), int(it) % 9 + 500, int(ti)))
+            rows.append((10 + u * 7, int(it), int(it) % 9 + 500, int(ti), str(rng.choice(kinds))))
     return rows
 
 
-def _check_loaded(data, rows, max_len, min_len, offsets):
+def _check_loaded(data, rows, max_len, min_behaviours, train_targets, stride, negatives, kind="pv"):
     by_user = {}
-    for u, it, c, t in rows:
-        by_user.setdefault(u, []).append((t, it, c))
-    long_users = [u for u, seq in by_user.items() if len(seq) >= min_len + max(offsets) + 1]
-    H = len(long_users) * len(offsets)
-    assert data.history_items.shape == (H, max_len) and len(data) == 2 * H
-    assert data.label.sum() == H
-    # Remapped ids are contiguous from 1; padding is 0.
-    items_seen = {it for _, it, _, _ in rows}
-    assert data.n_items == len(items_seen)
-    valid = torch.arange(max_len)[None, :] < data.lengths[:, None]
-    assert (data.history_items[~valid] == 0).all() and (data.history_items[valid] > 0).all()
-    # Histories hold the behaviours just before the target, most recent first.
-    inv = {}
-    for it in sorted(items_seen):
-        inv[len(inv) + 1] = it
-    for h in range(H):
-        u = long_users[h % len(long_users)]
-        o = offsets[h // len(long_users)]
-        seq = [it for _, it, _ in sorted(by_user[u], key=lambda x: x[0])]
-        t = len(seq) - 1 - o
-        want_hist = seq[max(0, t - max_len):t][::-1]
-        got = [inv[int(i)] for i in data.history_items[h, :int(data.lengths[h])]]
-        assert got == want_hist
-        assert inv[int(data.target_item[h])] == seq[t]
-    # Negatives are never in their own history.
-    neg = data.label == 0
-    hist = data.history_items[data.user[neg]]
-    assert not (hist == data.target_item[neg][:, None]).any()
+    for u, it, c, t, b in rows:
+        if b == kind:
+            by_user.setdefault(u, []).append((t, it, c))
+    offsets = [0, 1] + [2 + stride * i for i in range(train_targets)]
+    users = [u for u in sorted(by_user) if len(by_user[u]) >= max(min_behaviours, max(offsets) + 2)]
+    P = len(users) * len(offsets)
+    assert len(data) == P * (1 + negatives) and int(data.label.sum()) == P
+    assert data.history_items.shape == (len(users), max_len + max(offsets))
+    items_seen = sorted({it for seq in by_user.values() for _, it, _ in seq})
+    inv = {i + 1: it for i, it in enumerate(items_seen)}
+    assert data.n_items <= len(items_seen)
+    folds = [2, 1] + [0] * train_targets
+    parts = data.split()
+    assert [len(p) for p in parts] == [len(users) * n * (1 + negatives) for n in (train_targets, 1, 1)]
+    for f, part in enumerate(parts):
+        batch = next(batches(part, 10_000))
+        for n in range(len(part)):
+            u = users[int(batch["user"][n])]
+            seq = [it for _, it, _ in sorted(by_user[u], key=lambda x: x[0])]
+            o = int(part.start[n])
+            assert folds[offsets.index(o)] == f
+            t = len(seq) - 1 - o
+            want = seq[max(0, t - max_len):t][::-1]
+            got = [inv[int(i)] for i in batch["history_items"][n, :int(batch["lengths"][n])]]
+            assert got == want
+            if part.label[n] == 1:
+                assert inv[int(part.target_item[n])] == seq[t]
+            else:  # negatives are never among the user's items
+                assert inv[int(part.target_item[n])] not in seq
 
 
-def test_taobao_loader(tmp_path):
-    rows = _log(seed=1)
+def test_taobao_loader_protocol(tmp_path):
+    rows = _log(seed=1, per_user=(5, 60), kinds=("pv", "pv", "pv", "cart", "buy"))
     path = tmp_path / "UserBehavior.csv"
-    path.write_text("".join(f"{u},{it},{c},pv,{t}\n" for u, it, c, t in rows))
-    data = public.load_taobao(str(path), max_len=12, min_len=8, target_offsets=(0, 2))
-    _check_loaded(data, rows, 12, 8, (0, 2))
+    path.write_text("".join(f"{u},{it},{c},{b},{t}\n" for u, it, c, t, b in rows))
+    data = public.load_taobao(str(path), max_len=12, min_behaviours=15, train_targets=3, target_stride=2,
+                              negatives=2)
+    _check_loaded(data, rows, 12, 15, 3, 2, 2)
+    every = public.load_taobao(str(path), max_len=12, min_behaviours=15, train_targets=3, target_stride=2,
+                               negatives=1, page_views_only=False)
+    assert len(every) > len(data) * 2 // 3  # more users qualify with every behaviour type
 
 
-def test_tmall_loader(tmp_path):
-    rows = _log(seed=2)
+def test_tmall_loader_protocol(tmp_path):
+    rows = _log(seed=2, per_user=(5, 50))
     path = tmp_path / "user_log_format1.csv"
     path.write_text("user_id,item_id,cat_id,seller_id,brand_id,time_stamp,action_type\n"
-                    + "".join(f"{u},{it},{c},3,4,{t},0\n" for u, it, c, t in rows))
-    data = public.load_tmall(str(path), max_len=20, min_len=10)
-    _check_loaded(data, rows, 20, 10, (0,))
+                    + "".join(f"{u},{it},{c},3,4,{t},0\n" for u, it, c, t, b in rows))
+    data = public.load_tmall(str(path), max_len=20, min_behaviours=10, train_targets=2, target_stride=3,
+                             negatives=1)
+    _check_loaded(data, rows, 20, 10, 2, 3, 1)
+
+
+def test_cli_protocol_options_on_a_generated_taobao_log(tmp_path):
+    path = tmp_path / "UserBehavior.csv"
+    write_log(str(path), users=60, n_items=400, n_categories=12, groups=3, min_len=40, max_len=60, seed=0)
+    r = train.main(["--data", f"taobao:{path}", "--max-len", "30", "--min-behaviours", "40", "--train-targets", "4",
+                    "--target-stride", "3", "--negatives", "2", "--batch-size", "64", "--steps", "10",
+                    "--d-att", "8", "--d-rep", "8", "--k", "8", "--quiet", "--metrics-json", str(tmp_path / "m.json")])
+    assert r["data"]["split"] == {"train": 60 * 4 * 3, "validation": 60 * 3, "test": 60 * 3}
+    assert r["test"]["gauc_users"] == 60 and r["test"]["impressions"] == 180  # every test user has both labels
+    with pytest.raises(ValueError, match="does not use --negatives"):
+        train.main(["--negatives", "3", "--quiet"])
+    with pytest.raises(ValueError, match="does not use --all-behaviours"):
+        train.main(["--all-behaviours", "--quiet"])
+
+
+def test_registries(tmp_path):
+    assert set(MODELS) == {"dare", "twin", "twin_proj", "twin_compress", "twin_4e"}
+    for name, cls in MODELS.items():
+        assert issubclass(cls, SearchCTR) and cls.variant == name
+        assert type(LongSequenceCTR(name, 50, 5, 64, d_att=8, d_rep=16, k=4)) is cls
+    with pytest.raises(ValueError, match="variant must be one of"):
+        LongSequenceCTR("din", 50, 5, 64)
+    assert {"synthetic", "taobao", "tmall"} <= set(LOADERS)
+    assert LOADERS["taobao"].needs_path and not LOADERS["synthetic"].needs_path
+    assert LOADERS["taobao"].defaults["min_behaviours"] == 210 and LOADERS["tmall"].defaults["negatives"] == 2
+    with pytest.raises(ValueError, match="does not use --users"):
+        train.main(["--data", "taobao:" + str(tmp_path / "x.csv"), "--users", "10", "--quiet"])
+    with pytest.raises(ValueError, match="needs a path"):
+        train.main(["--data", "taobao", "--quiet"])
+    for model in ("twin", "twin_proj"):
+        with pytest.warns(UserWarning, match=f"--d-att 16 is not used by --model {model}"):
+            train.build_model(train.parse_args(["--model", model, "--d-att", "16"]), _batch(0, 40)[0])
 
 
 def test_auc_and_gauc_match_pairwise_definition(seed):
@@ -133,6 +346,7 @@ def test_auc_and_gauc_match_pairwise_definition(seed):
         want += metrics.auc(labels[m], scores[m]) * int(m.sum())
         w += int(m.sum())
     assert metrics.gauc(users, labels, scores) == pytest.approx(want / w)
+    assert metrics.gauc_users(users, labels, scores)[1] == 5
 
 
 def test_ndcg():
@@ -147,15 +361,15 @@ def test_ndcg():
 
 def test_distributed_data_parallel_on_cpu(tmp_path):
     """torchrun with two processes (gloo): disjoint shards, one set of weights."""
-    import subprocess
-    import sys
     out = tmp_path / "ddp.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "dare_kernels.train", "--device", "cpu", "--steps", "30", "--metrics-json", str(out)] + SMALL
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+           "-m", "dare_kernels.train"] + _small("dare") + ["--device", "cpu", "--steps", "100", "--eval-every", "10",
+                                                          "--patience", "1", "--lr", "0", "--metrics-json", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert result["validation"][-1]["step"] == 30 and result["test"]["auc"] == result["test"]["auc"]
+    # Early stopping reaches every rank (no hang): stopped at step 20 with patience 1.
+    assert result["validation"][-1]["step"] == 20 and result["test"]["auc"] == result["test"]["auc"]
 
 
 def test_model_compiles_with_the_op_in_graph(seed):
@@ -168,27 +382,3 @@ def test_model_compiles_with_the_op_in_graph(seed):
         compiled = torch.compile(m, backend="aot_eager", fullgraph=True)(batch)
     torch.testing.assert_close(compiled[0], eager[0])
     assert torch.equal(compiled[2], eager[2])
-
-
-def test_registries():
-    from dare_kernels.data import LOADERS
-    from dare_kernels.models import SearchCTR
-    assert set(MODELS) >= {"dare", "twin", "twin_proj", "twin_4e"}
-    for name, cls in MODELS.items():
-        assert issubclass(cls, SearchCTR) and cls.variant == name
-        m = LongSequenceCTR(name, 50, 5, 64, d_att=8, d_rep=16, k=4)
-        assert type(m) is cls
-    with pytest.raises(ValueError, match="variant must be one of"):
-        LongSequenceCTR("din", 50, 5, 64)
-    assert {"synthetic", "taobao", "tmall"} <= set(LOADERS)
-    assert LOADERS["taobao"].needs_path and not LOADERS["synthetic"].needs_path
-
-
-def test_cli_rejects_unused_options_and_warns_on_d_att(tmp_path):
-    with pytest.raises(ValueError, match="does not use --users"):
-        train.main(["--data", "taobao:" + str(tmp_path / "x.csv"), "--users", "10", "--quiet"])
-    with pytest.raises(ValueError, match="needs a path"):
-        train.main(["--data", "taobao", "--quiet"])
-    with pytest.warns(UserWarning, match="--d-att 16 is not used by --model twin"):
-        train.build_model(train.parse_args(["--model", "twin", "--d-att", "16"]), generate(
-            SyntheticConfig(users=20, n_items=50, n_categories=5, max_len=40, min_len=5)))

@@ -8,6 +8,7 @@ import dataclasses
 from typing import Callable, Dict, Optional
 
 from .batching import Interactions
+from .public import PROTOCOL
 from .synthetic import SyntheticConfig, generate
 
 
@@ -25,9 +26,10 @@ class Loader:
         return self.load(path, **{**self.defaults, **options})
 
 
-def _synthetic(path, *, users, items, categories, max_len, seed):
-    return generate(SyntheticConfig(users=users, n_items=items, n_categories=categories, max_len=max_len,
-                                    min_len=min(max_len, max(10, max_len // 20)), seed=seed))
+def _synthetic(path, *, users, targets, items, categories, max_len, task, seed):
+    return generate(SyntheticConfig(users=users, targets=targets, n_items=items, n_categories=categories,
+                                    max_len=max_len, min_len=min(max_len, max(10, max_len // 20)), task=task,
+                                    seed=seed))
 
 
 def _public(name):
@@ -37,11 +39,15 @@ def _public(name):
     return load
 
 
+# The public loaders' protocol defaults are the DARE authors' (public.PROTOCOL).
+_PUBLIC = {"max_len": 1000, **PROTOCOL, "seed": 0}
+
 LOADERS: Dict[str, Loader] = {
-    "synthetic": Loader(_synthetic, {"users": 5000, "items": 5000, "categories": 100, "max_len": 1000, "seed": 0},
-                        False, "generated histories with ground-truth relevant behaviours (data/synthetic.py)"),
-    "taobao": Loader(_public("taobao"), {"max_len": 1000, "seed": 0}, True,
+    "synthetic": Loader(_synthetic, {"users": 5000, "targets": 4, "items": 5000, "categories": 100, "max_len": 1000,
+                                     "task": "category", "seed": 0},
+                        False, "generated histories with ground-truth relevant behaviours, two tasks (data/synthetic.py)"),
+    "taobao": Loader(_public("taobao"), dict(_PUBLIC), True,
                      "Taobao UserBehavior.csv (user,item,category,behaviour,time; no header)"),
-    "tmall": Loader(_public("tmall"), {"max_len": 1000, "seed": 0}, True,
+    "tmall": Loader(_public("tmall"), dict(_PUBLIC), True,
                     "Tmall user_log_format1.csv (header; user_id,item_id,cat_id,...,time_stamp,action_type)"),
 }

@@ -1,37 +1,53 @@
 """DARE (Decoupled Attention and Representation Embeddings, ICLR 2025) and its
-TWIN baselines, with the search stage on torch.ops.dare.topk_attention_embedding (the top-k
-computed from the behaviours' ids and the attention tables, never building the
-(B, L, d) keys).
+TWIN baselines, with the search stage on torch.ops.dare.topk_attention_embedding
+(the top-k computed from the behaviours' ids and the attention tables, never
+building the (B, L, d) keys).
 
-A behaviour (and the target) has an item id, a category id and a relative
-position (distance to the target, log-bucketed; the target is position 0). Each
-field has an embedding table; a behaviour's embedding is [item | category |
-position]. The search score of behaviour j is
+A behaviour (and the target) has three fields: an item id, a category id and a
+relative position (distance to the target, log-bucketed; the target is
+position 0). Each field has an embedding table of its own width; a behaviour's
+embedding is [item | category | position]. Widths: `widths="field"` makes every
+field d wide (the paper's Table-1 setting and public code: d = 16 is a 48-wide
+key); `widths="split"` reads d as the key's total width, item d/2, category d/4,
+position d/4; a 3-tuple gives each field's width. The search score of
+behaviour j is
 
     (q_sem · k_sem_j) / sqrt(d_sem) + (q_pos · k_pos_j) / sqrt(d_pos)
 
-computed in one op call by folding both scales into the query. The k best
-behaviours are attended with softmax over their (differentiable) scores; their
-representation embeddings are looked up only for those k. The target-aware
-representation target_rep ⊙ interest ("TR") and target_rep go through
-BatchNorm → 200 → PReLU → 80 → PReLU → 1.
+(sem = [item | category]), one op call with both scales folded into the query.
+The k best behaviours are attended with softmax over their (differentiable)
+scores; their representation embeddings are looked up only for those k. The
+target-aware representation [target, interest, target ⊙ interest] goes through
+BatchNorm → 200 → PReLU → 80 → PReLU → 1. With aux_loss, an auxiliary head
+(BatchNorm → 200 → PReLU → 1, as the public code) predicts the label from the
+same representation built with softmax attention over *all* valid behaviours;
+that builds the B×L scores the op avoids, so it is off by default.
 
 Variants: one small class each, registered by name in MODELS (SearchCTR holds
-what they share: the search stage, attention over the selected behaviours and
-the MLP; a variant says which tables the search reads and how behaviours are
-represented). LongSequenceCTR(variant, ...) builds one by name.
-- "dare": attention and representation have their own tables; d_att (e.g. 16)
-  is independent of d_rep (e.g. 128).
-- "twin": one shared set of tables (attention dimension = d_rep).
-- "twin_proj": one shared set of tables; attention and representation are
-  learned linear projections of it (attention to d_att).
+what they share; a variant says which tables the search reads and how targets
+and behaviours are represented). LongSequenceCTR(variant, ...) builds one.
+- "dare": attention and representation have their own tables (widths d_att
+  and d_rep).
+- "twin": one shared set of tables (attention width = d_rep; d_att unused).
+- "twin_proj": the paper's TWIN with projection: shared tables, and per field
+  four square d -> d linear maps (no bias), one each for the query (target
+  attention), the key (behaviour attention), the target representation and
+  the value (behaviour representation). d_att unused.
+- "twin_compress": a compression variant (not in the paper): shared d_rep
+  tables; query and key share one map of [item | category] and one of the
+  position to the d_att widths (a positive semi-definite score), target and
+  values share one d_rep -> d_rep map.
 - "twin_4e": four sets of tables: attention and representation, each split
-  into target and behaviour tables (attention width d_att).
+  into target and behaviour tables (attention widths d_att).
+
+The projection variants fold the key map into the query,
+(Q q)·(K k) = (Kᵀ Q q)·k, so the op searches the shared tables, exactly and
+differentiably through Q and K.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -39,6 +55,7 @@ from torch import nn
 from .. import ops
 
 MODELS: Dict[str, type] = {}
+Widths = Union[int, Sequence[int]]
 
 
 def register(name: str):
@@ -61,32 +78,46 @@ def num_position_buckets(max_len: int) -> int:
     return 2 + int(2 * math.log2(max(max_len, 1)))
 
 
-def _split(d: int):
-    """[item | category | position] widths of a d-wide embedding."""
+def field_widths(d: Widths, widths: str = "split") -> Tuple[int, int, int]:
+    """(item, category, position) widths: a 3-tuple as given; an int d is every
+    field's width (widths="field") or the key's total width (widths="split":
+    d/2, d/4, d/4)."""
+    if not isinstance(d, int):
+        d = tuple(int(w) for w in d)
+        if len(d) != 3 or min(d) < 1:
+            raise ValueError(f"field widths must be 3 positive ints (item, category, position), got {d}")
+        return d
+    if widths == "field":
+        return d, d, d
+    if widths != "split":
+        raise ValueError(f"widths must be 'field' or 'split', got {widths!r}")
     if d % 4:
-        raise ValueError(f"embedding width must be a multiple of 4, got {d}")
+        raise ValueError(f"with widths='split' the embedding width must be a multiple of 4, got {d}")
     return d // 2, d // 4, d // 4
 
 
 class FieldEmbeddings(nn.Module):
-    def __init__(self, n_items: int, n_cats: int, n_pos: int, d: int):
+    """One role's [item, category, position] tables, N(0, std) initialised
+    (item and category row 0 = padding, zero)."""
+
+    def __init__(self, n_items: int, n_cats: int, n_pos: int, widths: Tuple[int, int, int], std: float):
         super().__init__()
-        di, dc, dp = _split(d)
+        di, dc, dp = widths
         self.item = nn.Embedding(n_items + 1, di, padding_idx=0)
         self.cat = nn.Embedding(n_cats + 1, dc, padding_idx=0)
         self.pos = nn.Embedding(n_pos, dp)
         for table in (self.item, self.cat, self.pos):
-            nn.init.normal_(table.weight, std=0.1)
+            nn.init.normal_(table.weight, std=std)
             if table.padding_idx is not None:
                 with torch.no_grad():
                     table.weight[table.padding_idx].zero_()
-        self.d_sem, self.d_pos = di + dc, dp
+        self.widths = tuple(widths)
 
-    def forward(self, items, cats, pos):
-        """(semantic [item | category], position) parts."""
-        return torch.cat([self.item(items), self.cat(cats)], -1), self.pos(pos)
+    def forward(self, items, cats, pos) -> list:
+        """The three fields' embeddings [item, category, position]."""
+        return [self.item(items), self.cat(cats), self.pos(pos)]
 
-    def tables(self):
+    def tables(self) -> list:
         """The [item, category, position] tables, in the key's field order."""
         return [self.item.weight, self.cat.weight, self.pos.weight]
 
@@ -130,53 +161,81 @@ class TopKTargetAttention(nn.Module):
         return out, scores, idx
 
 
+def _head(d_in: int, hidden=(200, 80)) -> nn.Sequential:
+    layers, d = [nn.BatchNorm1d(d_in)], d_in
+    for h in hidden:
+        layers += [nn.Linear(d, h), nn.PReLU()]
+        d = h
+    return nn.Sequential(*layers, nn.Linear(d, 1))
+
+
 class SearchCTR(nn.Module):
-    """What every variant shares. A variant (a subclass registered in MODELS)
-    defines build() (its own tables, returning the attention width),
-    attention() (the (semantic, position) attention embeddings of ids),
-    search_tables() (the [item, category, position] tables the op reads: the
-    behaviours' keys are their rows) and, where it differs from the shared
-    [item | category | position] representation tables, representation()
-    and fold_query()."""
+    """What every variant shares: the search stage, softmax attention over the
+    k selected behaviours, the target-aware representation and the MLP.
+
+    A variant (a subclass registered in MODELS) defines build() (its own
+    tables and maps; returns the attention field widths), attention() (the
+    per-field attention embeddings of the target or of behaviours) and
+    search_tables() (the [item, category, position] tables the op reads); and,
+    where they differ from the defaults, fold_query() (the query the op scores
+    the search tables' rows with) and representation().
+
+    Options: d_att, d_rep (int or (item, category, position) widths), widths
+    ("split" or "field", how an int is read), k, search_backend, embedding_std
+    (the tables' N(0, std) init; 0.01 as the public code), aux_loss (the
+    auxiliary head over full attention)."""
 
     variant = None
-    uses_d_att = True  # False: the attention width is d_rep, d_att is not used
+    uses_d_att = True  # False: the attention widths are not d_att (twin, twin_proj)
 
-    def __init__(self, n_items: int, n_cats: int, max_len: int, *, d_att: int = 16, d_rep: int = 128,
-                 k: int = 64, search_backend: Optional[str] = None):
+    def __init__(self, n_items: int, n_cats: int, max_len: int, *, d_att: Widths = 16, d_rep: Widths = 128,
+                 k: int = 64, widths: str = "split", search_backend: Optional[str] = None,
+                 embedding_std: float = 0.01, aux_loss: bool = False):
         super().__init__()
-        n_pos = num_position_buckets(max_len)
-        self.rep = FieldEmbeddings(n_items, n_cats, n_pos, d_rep)
-        self.d_att, self.d_rep = self.build(n_items, n_cats, n_pos, d_att, d_rep), d_rep
+        self.n_items, self.n_cats, self.n_pos, self.std = n_items, n_cats, num_position_buckets(max_len), embedding_std
+        rep_widths = field_widths(d_rep, widths)
+        self.rep = self.tables_of(rep_widths)
+        self.att_widths = self.build(field_widths(d_att, widths), rep_widths)
+        self.rep_widths = rep_widths
+        # Total widths: d_att of the score space, d_search of the tables the op reads.
+        self.d_att, self.d_rep = sum(self.att_widths), sum(rep_widths)
+        self.d_search = sum(t.shape[1] for t in self.search_tables())
         self.search = TopKTargetAttention(k, backend=search_backend)
-        self.mlp = nn.Sequential(
-            nn.BatchNorm1d(2 * d_rep), nn.Linear(2 * d_rep, 200), nn.PReLU(),
-            nn.Linear(200, 80), nn.PReLU(), nn.Linear(80, 1))
+        self.mlp = _head(3 * self.d_rep)
+        self.aux_head = _head(3 * self.d_rep, (200,)) if aux_loss else None
+
+    def tables_of(self, widths) -> FieldEmbeddings:
+        return FieldEmbeddings(self.n_items, self.n_cats, self.n_pos, widths, self.std)
 
     # -- what a variant defines ------------------------------------------------
-    def build(self, n_items: int, n_cats: int, n_pos: int, d_att: int, d_rep: int) -> int:
+    def build(self, att_widths, rep_widths):
         raise NotImplementedError
 
-    def attention(self, items, cats, pos, target: bool = False):
+    def attention(self, items, cats, pos, target: bool = False) -> list:
         raise NotImplementedError
 
     def search_tables(self) -> list:
         raise NotImplementedError
 
     def fold_query(self, query):
-        """The query the op scores the search tables' rows with."""
         return query
 
     def representation(self, items, cats, pos, target: bool = False):
         return torch.cat(self.rep(items, cats, pos), -1)
 
     # -- shared ---------------------------------------------------------------
+    def _scales(self, device) -> torch.Tensor:
+        """Per-dimension score scale: 1/sqrt(d_sem) on [item | category],
+        1/sqrt(d_pos) on the position."""
+        di, dc, dp = self.att_widths
+        return torch.cat([torch.full((di + dc,), (di + dc) ** -0.5, device=device),
+                          torch.full((dp,), dp ** -0.5, device=device)])
+
     def _query(self, batch: dict):
-        """The search query (B, d_att), both scales folded in: score_j =
-        q_sem·k_sem_j / sqrt(d_sem) + q_pos·k_pos_j / sqrt(d_pos)."""
+        """The search query (B, d_att) in attention space, the scales folded in."""
         target_pos = torch.zeros_like(batch["target_item"])
-        q_sem, q_pos = self.attention(batch["target_item"], batch["target_cat"], target_pos, target=True)
-        return torch.cat([q_sem / math.sqrt(q_sem.shape[-1]), q_pos / math.sqrt(q_pos.shape[-1])], -1)
+        q = torch.cat(self.attention(batch["target_item"], batch["target_cat"], target_pos, target=True), -1)
+        return q * self._scales(q.device)
 
     def search_ids_inputs(self, batch: dict):
         """(query, tables, ids, lengths) of the search stage as it runs: the
@@ -199,19 +258,28 @@ class SearchCTR(nn.Module):
 
     def search_inputs(self, batch: dict):
         """(query, keys, lengths, pos) with the keys looked up explicitly (B, L,
-        d_att) and pos the (B, L) position buckets: topk_attention(query, keys)
-        is the same search as search_stage (which never builds the keys)."""
+        d_att), in attention space, and pos the (B, L) position buckets:
+        topk_attention(query, keys) is the same search as search_stage (which
+        never builds the keys)."""
         items, cats = batch["history_items"], batch["history_cats"]
         B, L = items.shape
         pos = position_buckets(L, items.device).expand(B, L)
-        k_sem, k_pos = self.attention(items, cats, pos)
-        query, keys = self._query(batch), torch.cat([k_sem, k_pos], -1)
+        query, keys = self._query(batch), torch.cat(self.attention(items, cats, pos), -1)
         if torch.is_autocast_enabled() and keys.is_cuda:
             query, keys = query.to(torch.bfloat16), keys.to(torch.bfloat16)
         return query, keys, batch["lengths"], pos
 
-    def forward(self, batch: dict):
-        """Returns (logits (B,), search scores (B, k), search indices (B, k))."""
+    def _target_rep(self, batch: dict):
+        target_pos = torch.zeros_like(batch["target_item"])
+        return self.representation(batch["target_item"], batch["target_cat"], target_pos, target=True).float()
+
+    @staticmethod
+    def _target_aware(target_rep, interest):
+        return torch.cat([target_rep, interest, target_rep * interest], -1)
+
+    def forward(self, batch: dict, aux: bool = False):
+        """(logits (B,), search scores (B, k), search indices (B, k)), and with
+        aux=True (a model built with aux_loss) the auxiliary head's logits (B,)."""
         query, tables, ids, lengths = self.search_ids_inputs(batch)
         items, cats, pos = ids
 
@@ -219,19 +287,40 @@ class SearchCTR(nn.Module):
             return self.representation(items.gather(1, idx), cats.gather(1, idx), pos[idx])
 
         interest, scores, idx = self.search(query, tables, lengths, selected_values, ids=ids)
-        target_pos = torch.zeros_like(batch["target_item"])
-        target_rep = self.representation(batch["target_item"], batch["target_cat"], target_pos, target=True).float()
-        x = torch.cat([target_rep, target_rep * interest], -1)
-        return self.mlp(x).squeeze(-1), scores, idx
+        target_rep = self._target_rep(batch)
+        logits = self.mlp(self._target_aware(target_rep, interest)).squeeze(-1)
+        if not aux:
+            return logits, scores, idx
+        return logits, scores, idx, self.aux_logits(batch, target_rep)
+
+    def aux_logits(self, batch: dict, target_rep=None):
+        """The auxiliary head on softmax attention over every valid behaviour
+        (dense: B×L scores and all L representations)."""
+        if self.aux_head is None:
+            raise ValueError("this model was built without aux_loss")
+        query, keys, lengths, pos = self.search_inputs(batch)
+        scores = torch.einsum("bd,bld->bl", query.float(), keys.float())
+        valid = torch.arange(keys.shape[1], device=keys.device)[None, :] < lengths[:, None]
+        weights = torch.nan_to_num(torch.softmax(scores.masked_fill(~valid, float("-inf")), -1))
+        values = self.representation(batch["history_items"], batch["history_cats"], pos).float()
+        interest = torch.einsum("bl,bld->bd", weights, values)
+        target_rep = self._target_rep(batch) if target_rep is None else target_rep
+        return self.aux_head(self._target_aware(target_rep, interest)).squeeze(-1)
+
+    def dense_parameters(self):
+        """The weights an L2 penalty applies to (the public code's): every
+        parameter but the embedding tables and the biases."""
+        tables = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        return [p for n, p in self.named_parameters() if id(p) not in tables and not n.endswith("bias")]
 
 
 @register("dare")
 class DARE(SearchCTR):
-    """Attention has its own tables (width d_att), the representation its own (d_rep)."""
+    """Attention has its own tables (widths d_att), the representation its own (d_rep)."""
 
-    def build(self, n_items, n_cats, n_pos, d_att, d_rep):
-        self.att = FieldEmbeddings(n_items, n_cats, n_pos, d_att)
-        return d_att
+    def build(self, att_widths, rep_widths):
+        self.att = self.tables_of(att_widths)
+        return att_widths
 
     def attention(self, items, cats, pos, target=False):
         return self.att(items, cats, pos)
@@ -246,8 +335,8 @@ class TWIN(SearchCTR):
 
     uses_d_att = False
 
-    def build(self, n_items, n_cats, n_pos, d_att, d_rep):
-        return d_rep
+    def build(self, att_widths, rep_widths):
+        return rep_widths
 
     def attention(self, items, cats, pos, target=False):
         return self.rep(items, cats, pos)
@@ -256,28 +345,62 @@ class TWIN(SearchCTR):
         return self.rep.tables()
 
 
+def _square_maps(widths):
+    return nn.ModuleList(nn.Linear(d, d, bias=False) for d in widths)
+
+
 @register("twin_proj")
 class TWINProjection(TWIN):
-    """Shared tables; attention is a learned projection of them to d_att (query
-    and key share it), the representation a d_rep -> d_rep projection."""
+    """The paper's TWIN with projection: shared tables; per field, square maps
+    (no bias) for the query, the key, the target representation and the value."""
+
+    def build(self, att_widths, rep_widths):
+        self.query_maps, self.key_maps = _square_maps(rep_widths), _square_maps(rep_widths)
+        self.target_maps, self.value_maps = _square_maps(rep_widths), _square_maps(rep_widths)
+        return rep_widths
+
+    @staticmethod
+    def _map(maps, fields):
+        return [m(f) for m, f in zip(maps, fields)]
+
+    def attention(self, items, cats, pos, target=False):
+        return self._map(self.query_maps if target else self.key_maps, self.rep(items, cats, pos))
+
+    def fold_query(self, query):
+        # (Q q)·(K k) = (Kᵀ Q q)·k per field: the op searches the shared tables.
+        parts = query.split(list(self.rep_widths), -1)
+        return torch.cat([q @ m.weight for q, m in zip(parts, self.key_maps)], -1)
+
+    def representation(self, items, cats, pos, target=False):
+        return torch.cat(self._map(self.target_maps if target else self.value_maps, self.rep(items, cats, pos)), -1)
+
+
+@register("twin_compress")
+class TWINCompress(TWIN):
+    """A compression variant (not the paper's baseline): shared d_rep tables;
+    query and key share one map of [item | category] to the d_att item and
+    category widths and one of the position; one d_rep -> d_rep map serves
+    the target and the values."""
 
     uses_d_att = True
 
-    def build(self, n_items, n_cats, n_pos, d_att, d_rep):
-        ai, ac, ap = _split(d_att)
-        self.proj_att_sem = nn.Linear(self.rep.d_sem, ai + ac, bias=False)
-        self.proj_att_pos = nn.Linear(self.rep.d_pos, ap, bias=False)
-        self.proj_rep = nn.Linear(d_rep, d_rep, bias=False)
-        return d_att
+    def build(self, att_widths, rep_widths):
+        ri, rc, rp = rep_widths
+        ai, ac, ap = att_widths
+        self.proj_att_sem = nn.Linear(ri + rc, ai + ac, bias=False)
+        self.proj_att_pos = nn.Linear(rp, ap, bias=False)
+        self.proj_rep = nn.Linear(sum(rep_widths), sum(rep_widths), bias=False)
+        return att_widths
 
     def attention(self, items, cats, pos, target=False):
-        sem, p = self.rep(items, cats, pos)
-        return self.proj_att_sem(sem), self.proj_att_pos(p)
+        item, cat, p = self.rep(items, cats, pos)
+        sem = self.proj_att_sem(torch.cat([item, cat], -1))
+        return [*sem.split(list(self.att_widths[:2]), -1), self.proj_att_pos(p)]
 
     def fold_query(self, query):
-        # (P q)·(P k) = (Pᵀ P q)·k: the op searches the shared tables with the
-        # query Pᵀ(P q), exactly and differentiably through P.
-        q_sem, q_pos = query.split([self.proj_att_sem.out_features, self.proj_att_pos.out_features], -1)
+        # (P q)·(P k) = (Pᵀ P q)·k: the op searches the shared tables.
+        ai, ac, ap = self.att_widths
+        q_sem, q_pos = query.split([ai + ac, ap], -1)
         return torch.cat([q_sem @ self.proj_att_sem.weight, q_pos @ self.proj_att_pos.weight], -1)
 
     def representation(self, items, cats, pos, target=False):
@@ -287,13 +410,13 @@ class TWINProjection(TWIN):
 @register("twin_4e")
 class TWIN4E(DARE):
     """Four sets of tables: attention and representation, each with its own
-    target and behaviour tables (attention width d_att)."""
+    target and behaviour tables (attention widths d_att)."""
 
-    def build(self, n_items, n_cats, n_pos, d_att, d_rep):
-        super().build(n_items, n_cats, n_pos, d_att, d_rep)
-        self.att_target = FieldEmbeddings(n_items, n_cats, n_pos, d_att)
-        self.rep_target = FieldEmbeddings(n_items, n_cats, n_pos, d_rep)
-        return d_att
+    def build(self, att_widths, rep_widths):
+        super().build(att_widths, rep_widths)
+        self.att_target = self.tables_of(att_widths)
+        self.rep_target = self.tables_of(rep_widths)
+        return att_widths
 
     def attention(self, items, cats, pos, target=False):
         return (self.att_target if target else self.att)(items, cats, pos)
@@ -303,8 +426,8 @@ class TWIN4E(DARE):
 
 
 def LongSequenceCTR(variant: str, n_items: int, n_cats: int, max_len: int, **options) -> SearchCTR:
-    """The registered variant MODELS[variant] (options: d_att, d_rep, k,
-    search_backend, ...)."""
+    """The registered variant MODELS[variant]; options as SearchCTR's (d_att,
+    d_rep, k, widths, search_backend, embedding_std, aux_loss)."""
     if variant not in MODELS:
         raise ValueError(f"variant must be one of {tuple(MODELS)}, got {variant!r}")
     return MODELS[variant](n_items, n_cats, max_len, **options)
