@@ -1,5 +1,8 @@
 #include "check.h"
 
+#include <charconv>
+#include <cmath>
+#include <limits>
 #include <string>
 
 #include <ATen/ATen.h>
@@ -40,7 +43,21 @@ bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
 }
 
+// Python's repr of a float that is not finite in float32 (inf, nan, |x| > 3.4e38):
+// the shortest round-trip digits, which for these is scientific, as in Python.
+std::string float_repr(double v) {
+  if (std::isnan(v)) return "nan";
+  char buf[64];
+  const auto r = std::to_chars(buf, buf + sizeof(buf), v);
+  return std::string(buf, r.ptr);
+}
+
 }  // namespace
+
+void check_scale(double scale, const char* op) {
+  TORCH_CHECK_VALUE(std::isfinite(scale) && std::abs(scale) <= double(std::numeric_limits<float>::max()),
+                    std::string(op) + ": scale must be finite in float32, got " + float_repr(scale));
+}
 
 Shape check_inputs(const at::Tensor& query, const at::Tensor& keys, int64_t k,
                    const std::optional<at::Tensor>& lengths,
@@ -118,9 +135,11 @@ void check_lengths(const char* op, const std::optional<at::Tensor>& lengths, int
 }  // namespace
 
 Shape check_embedding_inputs(const at::Tensor& query, const at::TensorList& tables, const at::TensorList& ids,
-                             int64_t k, const std::optional<at::Tensor>& lengths, bool check_length_values) {
+                             int64_t k, const std::optional<at::Tensor>& lengths, double scale,
+                             bool check_length_values) {
   const std::string op = "topk_attention_embedding";
   const int64_t F = int64_t(tables.size());
+  check_scale(scale, op.c_str());
   TORCH_CHECK_VALUE(F >= 1 && F <= kMaxFields,
                     op + ": tables must hold 1 to " + num(kMaxFields) + " fields, got " + num(F));
   TORCH_CHECK_VALUE(int64_t(ids.size()) == F,

@@ -6,6 +6,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
 
+#include "fields.h"
+
 namespace dare {
 
 struct Shape {
@@ -20,13 +22,16 @@ Shape check_inputs(const at::Tensor& query, const at::Tensor& keys, int64_t k,
                    const std::optional<at::Tensor>& lengths,
                    bool check_length_values);
 
-constexpr int64_t kMaxFields = 4;
-
 // topk_attention_embedding's check (d = the tables' total width, L from the ids).
 // Id values are not read here: the kernels never read out of bounds (CPU raises
 // ValueError, CUDA scores NaN).
 Shape check_embedding_inputs(const at::Tensor& query, const at::TensorList& tables, const at::TensorList& ids,
-                             int64_t k, const std::optional<at::Tensor>& lengths, bool check_length_values);
+                             int64_t k, const std::optional<at::Tensor>& lengths, double scale,
+                             bool check_length_values);
+
+// Raises ValueError unless float32(scale) is finite (the kernels scale float32
+// scores by it: 1e39 would make every score inf). Called before check_inputs.
+void check_scale(double scale, const char* op = "topk_attention");
 
 // Uninitialised (scores float32, indices int64) of shape (B, k) or (B, T, k).
 std::tuple<at::Tensor, at::Tensor> empty_outputs(const at::Tensor& like, const Shape& s, int64_t k);

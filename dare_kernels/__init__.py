@@ -8,7 +8,9 @@
 from . import _library, reference
 from .ops import (BACKENDS, available_backends, topk_attention, topk_attention_backward,
                   topk_attention_embedding, topk_attention_embedding_backward)
+from .layers import HardSearch, TopKAttentionOutput, TopKMultiHeadAttention, detect_mask_layout, topk_search
 
 __all__ = ["BACKENDS", "available_backends", "reference", "topk_attention",
-           "topk_attention_backward", "topk_attention_embedding", "topk_attention_embedding_backward"]
+           "topk_attention_backward", "topk_attention_embedding", "topk_attention_embedding_backward",
+           "HardSearch", "TopKAttentionOutput", "TopKMultiHeadAttention", "detect_mask_layout", "topk_search"]
 __version__ = "0.1.0"

@@ -5,6 +5,8 @@ raw; python_tests/test_errors.py holds every entry point to the same exception
 types and messages."""
 from __future__ import annotations
 
+import math
+import numbers
 from typing import NamedTuple, Optional
 
 import torch
@@ -24,17 +26,48 @@ def _shape(t: torch.Tensor) -> str:
     return "[" + ", ".join(str(s) for s in t.shape) + "]"
 
 
-def check_inputs(query: torch.Tensor, keys: torch.Tensor, k: int,
-                 lengths: Optional[torch.Tensor] = None, *,
-                 check_length_values: bool = True) -> Shape:
-    """Raises ValueError/TypeError naming the argument and the expected value.
+FLOAT32_MAX = 3.4028234663852886e38
 
-    Length values are read only when check_length_values is set (it costs a
-    host synchronisation on a GPU)."""
+
+def check_args(query, keys, k, lengths=None, scale=1.0) -> None:
+    """The arguments' Python types (TypeError) and scale's value (ValueError),
+    reading no tensor: cheap enough for every call of every backend.
+
+    The raw op cannot repeat these: its schema (int k, Tensor? lengths, float
+    scale) converts a bool or a one-element tensor k to int and a bool or tensor
+    scale to float before the kernel runs, and rejects other types with the
+    dispatcher's RuntimeError. scale is checked again by the C++ kernels
+    (csrc/check.cpp check_scale, same message)."""
     if not isinstance(query, torch.Tensor):
         raise TypeError(f"topk_attention: query must be a Tensor, got {type(query).__name__}")
     if not isinstance(keys, torch.Tensor):
         raise TypeError(f"topk_attention: keys must be a Tensor, got {type(keys).__name__}")
+    if isinstance(k, bool) or not isinstance(k, (int, torch.SymInt)):
+        raise TypeError(f"topk_attention: k must be an int, got {type(k).__name__}")
+    if lengths is not None and not isinstance(lengths, torch.Tensor):
+        raise TypeError(f"topk_attention: lengths must be a Tensor or None, got {type(lengths).__name__}")
+    _check_scale(scale, "topk_attention")
+
+
+def _check_scale(scale, op: str) -> None:
+    if isinstance(scale, (torch.SymFloat, torch.SymInt)):
+        return  # traced: its value is not known here
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"{op}: scale must be a float, got {type(scale).__name__}")
+    # The kernels scale float32 scores by float32(scale): 1e39 would make every score inf.
+    if not (math.isfinite(scale) and abs(scale) <= FLOAT32_MAX):
+        value = "nan" if math.isnan(scale) else repr(float(scale))
+        raise ValueError(f"{op}: scale must be finite in float32, got {value}")
+
+
+def check_inputs(query: torch.Tensor, keys: torch.Tensor, k: int,
+                 lengths: Optional[torch.Tensor] = None, *,
+                 check_length_values: bool = True, scale: float = 1.0) -> Shape:
+    """Raises ValueError/TypeError naming the argument and the expected value.
+
+    Length values are read only when check_length_values is set (it costs a
+    host synchronisation on a GPU)."""
+    check_args(query, keys, k, lengths, scale)
     if keys.dim() != 3:
         raise ValueError(f"topk_attention: keys must have shape (B, L, d), got shape {_shape(keys)}")
     if query.dim() not in (2, 3):
@@ -59,13 +92,9 @@ def check_inputs(query: torch.Tensor, keys: torch.Tensor, k: int,
         raise ValueError(f"topk_attention: keys feature size d must be >= 1, got {d}")
     if L >= 2**31:
         raise ValueError(f"topk_attention: keys length L must be < 2**31, got {L}")
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"topk_attention: k must be an int, got {type(k).__name__}")
     if not 1 <= k <= L:
         raise ValueError(f"topk_attention: k must satisfy 1 <= k <= L={L}, got {k}")
     if lengths is not None:
-        if not isinstance(lengths, torch.Tensor):
-            raise TypeError(f"topk_attention: lengths must be a Tensor or None, got {type(lengths).__name__}")
         if lengths.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"topk_attention: lengths must be int32 or int64, got {lengths.dtype}")
         if lengths.dim() != 1 or lengths.shape[0] != B:
@@ -101,7 +130,7 @@ def _tensor_list(x, name: str, op: str) -> list:
 
 def check_embedding_inputs(query: torch.Tensor, tables, ids, k: int,
                            lengths: Optional[torch.Tensor] = None, *,
-                           check_values: bool = True) -> Shape:
+                           check_values: bool = True, scale: float = 1.0) -> Shape:
     """topk_attention_embedding's check: the keys are [tables[0][ids[0]] | ... ],
     so (B, L) come from the ids and d = sum of the tables' widths. Raises
     ValueError/TypeError naming the argument. Id and length values are read only
@@ -109,6 +138,7 @@ def check_embedding_inputs(query: torch.Tensor, tables, ids, k: int,
     op = "topk_attention_embedding"
     if not isinstance(query, torch.Tensor):
         raise TypeError(f"{op}: query must be a Tensor, got {type(query).__name__}")
+    _check_scale(scale, op)
     tables = _tensor_list(tables, "tables", op)
     ids = _tensor_list(ids, "ids", op)
     F = len(tables)

@@ -97,7 +97,7 @@ def topk_attention_embedding_backward(grad: torch.Tensor, query: torch.Tensor, t
     k = indices.shape[-1]
     idx = indices.reshape(B, T * k)
     g = torch.where(idx >= 0, grad.reshape(B, T * k).float() * scale, 0.0)  # (B, T*k)
-    q = query.reshape(B, T, -1).float()
+    q = query.reshape(B, T, query.shape[-1]).float()
     grad_q, grad_tables, off = [], [], 0
     for table, field_ids in zip(tables, ids):
         n, d = table.shape
@@ -117,7 +117,7 @@ def topk_attention_embedding_backward(grad: torch.Tensor, query: torch.Tensor, t
 
 
 def _fake_embedding(query, tables, ids, k, lengths=None, scale=1.0):
-    s = check_embedding_inputs(query, tables, ids, k, lengths, check_values=False)
+    s = check_embedding_inputs(query, tables, ids, k, lengths, check_values=False, scale=scale)
     return _empty_outputs(query, output_shape(s, k))
 
 
@@ -136,7 +136,20 @@ def _backward_embedding(ctx, grad_scores, _grad_indices):
     need_tables = any(need_tables) if isinstance(need_tables, (list, tuple)) else bool(need_tables)
     gq, gt = topk_attention_embedding_backward(grad_scores, query, tables, ids, indices, ctx.scale,
                                                ctx.needs_input_grad[0], need_tables)
-    return gq, gt if gt is not None else [None] * F, [None] * F, None, None, None
+    return _fit_inputs(ctx, (gq, gt if gt is not None else [None] * F, [None] * F, None, None, None))
+
+
+def _fit_inputs(ctx, grads: tuple) -> tuple:
+    """One gradient per argument the op was called with: the dispatcher drops
+    trailing arguments equal to their defaults (lengths=None, scale=1.0), and
+    torch 2.11's Tensor[] autograd wrapper (the GPU machine's) checks the
+    returned structure against the arguments it saw; 2.14 accepts either count.
+    ctx.needs_input_grad has that structure (lists for the Tensor[] arguments)."""
+    seen = ctx.needs_input_grad
+    if not any(isinstance(x, (list, tuple)) for x in seen):
+        return grads
+    n = len(seen)
+    return tuple(grads[:n]) + (None,) * (n - len(grads))
 
 
 # ---------------------------------------------------------------------------

@@ -206,19 +206,31 @@ def run(args) -> dict:
     if progress is not None:
         progress.close()
     _ratios(rows)
-    model_rows = [] if args.no_model else model_search(device, args)
-    return {"env": env, "copy_GBps": bw / 1e9, "rows": rows, "model_rows": model_rows,
+    ids_rows = []
+    if not args.no_ids:
+        from . import bench_ids
+        ids_shapes = bench_ids.default_ids_shapes(device, (args.B or [None])[0], args.L, args.k)
+        _say(args, f"search from ids: {len(ids_shapes)} shapes x {len(bench_ids.implementations(device))} "
+                   "implementations (the first torch.compile call compiles)")
+        ids_rows = bench_ids.run_rows(ids_shapes, device, time_call, bw, args.reps)
+    model_rows = [] if args.no_model else model_rows_for(device, args)
+    return {"env": env, "copy_GBps": bw / 1e9, "rows": rows, "ids_rows": ids_rows, "model_rows": model_rows,
             "command": " ".join(["python -m dare_kernels.bench"] + sys.argv[1:])}
 
 
 MODEL_CONFIGS = [("twin", 128), ("dare", 32), ("dare", 16)]
 
 
-def model_search(device: torch.device, args) -> list:
-    """The search stage of the reference models (attention-embedding lookup of
-    every behaviour + the op) at d_att = 16 and 32 (DARE) vs TWIN's shared
-    128-dim embedding, in the model's own dtype path (float32 tables; bf16 keys
-    under autocast on GPU)."""
+def _say(args, msg: str):
+    if not args.quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def model_rows_for(device: torch.device, args) -> list:
+    """The reference models' search stage (attention lookups of every behaviour +
+    top-k, as their forward runs it) and training step (forward + backward +
+    Adam), DARE at d_att = 16 and 32 against TWIN's shared 128-wide tables, bf16
+    autocast on GPU. 1M items, 10k categories."""
     from .models import LongSequenceCTR
     gpu = device.type == "cuda"
     B = (args.B or [1024 if gpu else 64])[0]
@@ -228,22 +240,45 @@ def model_search(device: torch.device, args) -> list:
              "history_cats": torch.randint(1, n_cats + 1, (B, L), device=device, generator=g),
              "lengths": torch.full((B,), L, device=device),
              "target_item": torch.randint(1, n_items + 1, (B,), device=device, generator=g),
-             "target_cat": torch.randint(1, n_cats + 1, (B,), device=device, generator=g)}
+             "target_cat": torch.randint(1, n_cats + 1, (B,), device=device, generator=g),
+             "label": torch.randint(0, 2, (B,), device=device, generator=g).float()}
     rows = []
+    reps = max(5, args.reps // (2 if gpu else 10))
     for variant, d_att in MODEL_CONFIGS:
-        model = LongSequenceCTR(variant, n_items, n_cats, L, d_att=d_att, d_rep=128, k=args.k).to(device).eval()
+        _say(args, f"model {variant} d_att={d_att}: search stage and training step")
+        model = LongSequenceCTR(variant, n_items, n_cats, L, d_att=d_att, d_rep=128, k=args.k).to(device)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=gpu)
 
         def search():
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=gpu):
-                query, keys, lengths, _ = model.search_inputs(batch)
-                return ops.topk_attention(query, keys, args.k, lengths=lengths)
+            with torch.no_grad(), autocast:
+                return model.search_stage(batch)
 
-        t = time_call(lambda: search(), [()], device, reps=max(5, args.reps // (2 if gpu else 5)))
-        rows.append({"model": variant, "d_att": model.d_att, "B": B, "L": L, "k": args.k, "ms": t * 1e3})
-        del model
-    base = rows[0]["ms"]
+        model.eval()
+        t_search = time_call(lambda: search(), [()], device, reps=reps)
+        model.train()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        def step():
+            with autocast:
+                logits = model(batch)[0]
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["label"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        if gpu:
+            torch.cuda.reset_peak_memory_stats(device)
+        t_step = time_call(lambda: step(), [()], device, reps=max(3, reps // 2))
+        mem = torch.cuda.max_memory_allocated(device) / 2**30 if gpu else None
+        for stage, t in (("search", t_search), ("train step", t_step)):
+            rows.append({"stage": stage, "model": variant, "d_att": model.d_att, "B": B, "L": L, "k": args.k,
+                         "ms": t * 1e3, **({"peak_GiB": mem} if stage == "train step" and mem else {})})
+        del model, opt
+        if gpu:
+            torch.cuda.empty_cache()
     for r in rows:
-        r["x_vs_twin128"] = base / r["ms"]
+        base = next(x for x in rows if x["stage"] == r["stage"] and x["model"] == "twin")
+        r["x_vs_twin128"] = base["ms"] / r["ms"]
     return rows
 
 
@@ -277,11 +312,21 @@ def format_table(result: dict) -> str:
            "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += ["| " + " | ".join(v.ljust(w) for v, w in zip(l, widths)) + " |" for l in lines]
     text = head + "\n".join(out)
+    if result.get("ids_rows"):
+        text += ("\n\nSearch from ids (one field, int64 ids): % floor = int64 ids + one 32-byte sector per row at "
+                 "copy bandwidth / time; x = other's ms / this ms\n")
+        text += "| impl | B | L | d | k | table rows | ms | % floor | x vs emb+bmm+topk | x vs compiled | x of gather |\n"
+        text += "|---|---|---|---|---|---|---|---|---|---|---|\n"
+        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+        text += "\n".join(f"| {r['impl']} | {r['B']} | {r['L']} | {r['d']} | {r['k']} | {r['rows']} | {r['ms']:.3f} | "
+                           f"{r['pct_floor']:.0f}% | {fmt(r['x_vs_emb_bmm_topk'])} | {fmt(r['x_vs_compiled'])} | "
+                           f"{fmt(r['x_of_gather'])} |" for r in result["ids_rows"])
     if result.get("model_rows"):
-        text += "\n\nModel search stage (attention-embedding lookup of all L behaviours + top-k):\n"
-        text += "| model | d_att | B | L | k | ms | x vs TWIN d=128 |\n|---|---|---|---|---|---|---|\n"
-        text += "\n".join(f"| {r['model']} | {r['d_att']} | {r['B']} | {r['L']} | {r['k']} | {r['ms']:.3f} | "
-                           f"{r['x_vs_twin128']:.2f} |" for r in result["model_rows"])
+        text += "\n\nReference models (search stage: attention lookups + top-k, as forward runs it; train step: "
+        text += "forward + backward + Adam):\n"
+        text += "| stage | model | d_att | B | L | k | ms | x vs TWIN d=128 |\n|---|---|---|---|---|---|---|---|\n"
+        text += "\n".join(f"| {r['stage']} | {r['model']} | {r['d_att']} | {r['B']} | {r['L']} | {r['k']} | "
+                           f"{r['ms']:.3f} | {r['x_vs_twin128']:.2f} |" for r in result["model_rows"])
     return text
 
 
@@ -322,7 +367,8 @@ def parse_args(argv=None):
     p.add_argument("--reps", type=int, default=50)
     p.add_argument("--json", help="write the results here")
     p.add_argument("--plot", help="write a PNG plot here (needs matplotlib)")
-    p.add_argument("--no-model", action="store_true", help="skip the model search-stage table")
+    p.add_argument("--no-model", action="store_true", help="skip the reference models' rows")
+    p.add_argument("--no-ids", action="store_true", help="skip the search-from-ids rows")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
 

@@ -8,7 +8,7 @@ import torch
 
 from . import _contract, _library, backends
 from . import triton_backend as _triton
-from ._check import check_embedding_inputs, check_inputs
+from ._check import _check_scale, check_args, check_embedding_inputs, check_inputs
 from ._contract import topk_attention_backward, topk_attention_embedding_backward  # noqa: F401
 
 BACKENDS = backends.NAMES
@@ -39,8 +39,7 @@ def topk_attention(query: torch.Tensor, keys: torch.Tensor, k: int, *,
     ties by lower index, NaN first, -inf/-1 where a row has fewer than k valid
     positions. `scores` is differentiable w.r.t. query and keys. `backend`:
     None/"auto" (fastest available), or one of BACKENDS."""
-    if not isinstance(keys, torch.Tensor) or not isinstance(query, torch.Tensor):
-        check_inputs(query, keys, k, lengths)  # raises the TypeError
+    check_args(query, keys, k, lengths, scale)  # types and scale, for every backend (the raw op cannot)
     return backends.call("topk_attention", backend, keys.device, (query, keys, k, lengths, scale))
 
 
@@ -58,9 +57,10 @@ def topk_attention_embedding(query: torch.Tensor, tables: Sequence[torch.Tensor]
     An id out of [0, N_f) raises ValueError on CPU and scores NaN on CUDA (never
     read). `scores` is differentiable w.r.t. query and tables (dense table
     gradients, as nn.Embedding's, touching only the selected rows)."""
-    if not isinstance(query, torch.Tensor) or not isinstance(tables, (list, tuple)) or not tables \
-            or not isinstance(tables[0], torch.Tensor):
-        check_embedding_inputs(query, tables, ids, k, lengths)  # raises the TypeError
+    if type(k) is not int or not isinstance(query, torch.Tensor) or not isinstance(tables, (list, tuple)) \
+            or not isinstance(ids, (list, tuple)) or not all(isinstance(t, torch.Tensor) for t in (*tables, *ids)):
+        check_embedding_inputs(query, tables, ids, k, lengths, scale=scale)  # raises the TypeError
+    _check_scale(scale, "topk_attention_embedding")
     args = (query, list(tables), list(ids), k, lengths, scale)
     return backends.call("topk_attention_embedding", backend, query.device, args)
 

@@ -186,6 +186,71 @@ def _targets_mma_d128(g, dtype, device):
                   128)
 
 
+def _boundaries(n):
+    """Positions where a kernel's blocks of keys meet, for a row of n keys: the
+    last 8, the starts of the partial blocks of 8, 32 and 256 at the row's end,
+    every multiple of 256, and the borders of the row split into 2..24 spans."""
+    pos = set(range(n - 8, n))
+    for m in (8, 32, 256):
+        pos |= {n - n % m - 1, n - n % m}
+    pos |= {j + e for j in range(256, n, 256) for e in (-1, 0)}
+    for s in range(2, 25):
+        span = -(-n // s)
+        pos |= {j * span + e for j in range(1, s) for e in (-1, 0)}
+    return pos
+
+
+def _duplicated_keys(g, B, L, d, lengths=None, sources=8):
+    """Random keys where a few vectors repeat, bit for bit, at many positions of
+    each row: an eighth of the positions at random plus every block boundary of
+    the row and of its length (_boundaries). The repeated vectors are 4x longer
+    than the others, so copies fill the top k and its cut falls among them."""
+    keys = torch.randn(B, L, d, generator=g)
+    for b in range(B):
+        n = L if lengths is None else int(lengths[b])
+        pos = set(torch.randperm(L, generator=g)[: L // 8].tolist()) | _boundaries(L) | _boundaries(n)
+        pos = torch.tensor(sorted(p for p in pos if 0 <= p < L))
+        src = 4 * torch.randn(sources, d, generator=g)
+        keys[b, pos] = src[torch.randint(sources, (len(pos),), generator=g)]
+    return keys
+
+
+def _duplicates(g, dtype, device):
+    # Identical keys must tie (bit for bit) wherever they sit: L % 8, L % 32 and
+    # L % 256 nonzero, lengths that end mid-block.
+    B, L, d = 3, 601, 16
+    lengths = [L, 333, 44]
+    keys = _duplicated_keys(g, B, L, d, lengths)
+    return Sample(_randn(g, B, d, dtype=dtype, device=device), keys.to(dtype).to(device), 40,
+                  lengths=_lengths(lengths, device))
+
+
+def _duplicates_odd_d(g, dtype, device):
+    # d = 13: the vector paths' tail dims; d = 13 also takes the CUDA generic path.
+    B, L, d = 2, 299, 13
+    keys = _duplicated_keys(g, B, L, d)
+    return Sample(_randn(g, B, d, dtype=dtype, device=device), keys.to(dtype).to(device), 30, scale=0.3)
+
+
+def _duplicates_targets(g, dtype, device):
+    # T = 9, d = 32: the CUDA many-targets (MMA) kernel for 16-bit keys when forced.
+    B, T, L, d = 2, 9, 213, 32
+    lengths = [L, 150]
+    keys = _duplicated_keys(g, B, L, d, lengths)
+    return Sample(_randn(g, B, T, d, dtype=dtype, device=device), keys.to(dtype).to(device), 24,
+                  lengths=_lengths(lengths, device))
+
+
+def _duplicates_long(g, dtype, device):
+    # Rows long enough that the GPU kernels split them at this batch size: copies
+    # on both sides of every span border; d = 64 (CUDA: the long-key path).
+    B, L, d = 2, 5037, 64
+    lengths = [L, 4003]
+    keys = _duplicated_keys(g, B, L, d, lengths)
+    return Sample(_randn(g, B, d, dtype=dtype, device=device), keys.to(dtype).to(device), 128,
+                  lengths=_lengths(lengths, device))
+
+
 # name -> (builder, large): large samples are skipped under the Triton interpreter.
 SAMPLES: dict[str, tuple[Callable, bool]] = {
     "basic": (_basic, False),
@@ -212,9 +277,151 @@ SAMPLES: dict[str, tuple[Callable, bool]] = {
     "targets_mma_exact": (_targets_mma_exact, False),
     "targets_mma_wide": (_targets_mma_wide, True),
     "targets_mma_d128": (_targets_mma_d128, True),
+    "duplicates": (_duplicates, False),
+    "duplicates_odd_d": (_duplicates_odd_d, False),
+    "duplicates_targets": (_duplicates_targets, False),
+    "duplicates_long": (_duplicates_long, True),
 }
 
 
 def sample_input(name: str, dtype: torch.dtype, device, seed: int) -> Sample:
     g = torch.Generator().manual_seed(seed)
     return SAMPLES[name][0](g, dtype, torch.device(device))
+
+
+# ---------------------------------------------------------------------------
+# topk_attention_embedding joins the same matrix: every sample's keys become
+# embedding tables and ids (the keys' rows, permuted among extra rows, split
+# into fields), so the op must return what topk_attention returns on the
+# looked-up keys, checked by the same float64 oracle. A few samples only the
+# embedding op has (shared position ids, duplicate ids, out-of-range padding).
+
+@dataclasses.dataclass
+class EmbeddingSample:
+    query: torch.Tensor
+    tables: list
+    ids: list
+    k: int
+    lengths: Optional[torch.Tensor] = None
+    scale: float = 1.0
+    exact: bool = False
+
+    def args(self):
+        return (self.query, self.tables, self.ids, self.k, self.lengths, self.scale)
+
+    def keys(self) -> torch.Tensor:
+        """The looked-up (B, L, d) keys; padding positions read row 0."""
+        B = self.query.shape[0]
+        ids = []
+        for t, i in zip(self.tables, self.ids):
+            i = i.expand(B, i.shape[-1]) if i.dim() == 1 else i
+            ids.append(torch.where((i >= 0) & (i < t.shape[0]), i, 0))
+        return torch.cat([t[i] for t, i in zip(self.tables, ids)], -1)
+
+    def as_sample(self) -> Sample:
+        """The same search as topk_attention's inputs, for the oracle."""
+        return Sample(self.query, self.keys(), self.k, self.lengths, self.scale, self.exact)
+
+
+def _widths(d: int) -> list:
+    if d >= 4:
+        return [d // 2, d // 4, d - d // 2 - d // 4]
+    return [1, d - 1] if d > 1 else [1]
+
+
+def _as_embedding(s: Sample, g) -> EmbeddingSample:
+    B, L, d = s.keys.shape
+    device = s.keys.device
+    tables, ids, c0 = [], [], 0
+    for f, w in enumerate(_widths(d)):
+        rows = s.keys[..., c0:c0 + w].reshape(B * L, w)
+        extra = int(torch.randint(1, 9, (1,), generator=g))
+        n = B * L + extra
+        perm = torch.randperm(n, generator=g)
+        table = torch.empty(n, w, dtype=s.keys.dtype)
+        table[perm[B * L:]] = _randn(g, extra, w, dtype=s.keys.dtype, device="cpu")
+        table[perm[:B * L]] = rows.cpu()
+        i = perm[:B * L].view(B, L)
+        if f == 1:
+            i = i.to(torch.int32)
+        if f == 0 and L > 1:
+            i = i.t().contiguous().t()  # (B, L) with stride 1 over B: strided id loads
+        tables.append(table.to(device))
+        ids.append(i.to(device))
+        c0 += w
+    return EmbeddingSample(s.query, tables, ids, s.k, s.lengths, s.scale, s.exact)
+
+
+def _emb_shared_positions(g, dtype, device):
+    # Item ids per row, category ids a stride-0 expand of one (L,) tensor, position
+    # ids (L,) shared by every row (as a model's position buckets).
+    B, L = 5, 301
+    items = _randn(g, 500, 8, dtype=dtype, device=device)
+    cats = _randn(g, 11, 8, dtype=dtype, device=device)
+    pos = _randn(g, 19, 16, dtype=dtype, device=device)
+    item_ids = torch.randint(0, 500, (B, L), generator=g).to(device)
+    cat_ids = torch.randint(0, 11, (L,), generator=g).to(device).expand(B, L)
+    pos_ids = torch.randint(0, 19, (L,), generator=g, dtype=torch.int32).to(device)
+    return EmbeddingSample(_randn(g, B, 32, dtype=dtype, device=device), [items, cats, pos],
+                           [item_ids, cat_ids, pos_ids], 33, lengths=_lengths([L, 0, 150, 7, 300], device))
+
+
+def _emb_duplicates(g, dtype, device):
+    # A 13-row table over a 700-long history: every key repeats ~50 times, so
+    # equal scores (bit for bit) must come out by ascending position.
+    B, L = 3, 700
+    table = _randn(g, 13, 24, dtype=dtype, device=device)
+    ids = torch.randint(0, 13, (B, L), generator=g).to(device)
+    return EmbeddingSample(_randn(g, B, 2, 24, dtype=dtype, device=device), [table], [ids], 60,
+                           lengths=_lengths([L, 333, 699], device))
+
+
+def _emb_padding_ids(g, dtype, device):
+    # Ids past a row's length are out of range (and negative): never read.
+    B, L = 3, 90
+    t0 = _randn(g, 40, 4, dtype=dtype, device=device)
+    t1 = _randn(g, 7, 4, dtype=dtype, device=device)
+    i0 = torch.randint(0, 40, (B, L), generator=g)
+    i1 = torch.randint(0, 7, (B, L), generator=g)
+    lengths = [90, 31, 2]
+    for b, n in enumerate(lengths):
+        i0[b, n:] = 10**6
+        i1[b, n:] = -5
+    return EmbeddingSample(_randn(g, B, 8, dtype=dtype, device=device), [t0, t1], [i0.to(device), i1.to(device)],
+                           9, lengths=_lengths(lengths, device))
+
+
+def _emb_wide_fields(g, dtype, device):
+    # Three 128-wide fields: 384-wide keys (more than the CUDA fused path's 32 vectors).
+    B, L = 2, 120
+    tables = [_randn(g, 60, 128, dtype=dtype, device=device) for _ in range(3)]
+    ids = [torch.randint(0, 60, (B, L), generator=g).to(device) for _ in range(3)]
+    return EmbeddingSample(_randn(g, B, 384, dtype=dtype, device=device), tables, ids, 16)
+
+
+def _emb_long_split(g, dtype, device):
+    # One 16-wide field, long rows and few of them: GPU kernels split the rows.
+    B, L = 2, 9001
+    table = _randn(g, 4000, 16, dtype=dtype, device=device)
+    ids = torch.randint(0, 4000, (B, L), generator=g).to(device)
+    return EmbeddingSample(_randn(g, B, 16, dtype=dtype, device=device), [table], [ids], 128,
+                           lengths=_lengths([L, 5000], device))
+
+
+# name -> (builder, large): the embedding-only samples.
+EMBEDDING_ONLY: dict[str, tuple[Callable, bool]] = {
+    "emb_shared_positions": (_emb_shared_positions, False),
+    "emb_duplicates": (_emb_duplicates, False),
+    "emb_padding_ids": (_emb_padding_ids, False),
+    "emb_wide_fields": (_emb_wide_fields, True),
+    "emb_long_split": (_emb_long_split, True),
+}
+EMBEDDING_SAMPLES: dict[str, bool] = {**{n: large for n, (_, large) in SAMPLES.items()},
+                                      **{n: large for n, (_, large) in EMBEDDING_ONLY.items()}}
+
+
+def embedding_input(name: str, dtype: torch.dtype, device, seed: int) -> EmbeddingSample:
+    g = torch.Generator().manual_seed(seed)
+    if name in EMBEDDING_ONLY:
+        return EMBEDDING_ONLY[name][0](g, dtype, torch.device(device))
+    return _as_embedding(SAMPLES[name][0](g, dtype, torch.device(device)), g)

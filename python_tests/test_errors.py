@@ -8,7 +8,7 @@ import torch
 import dare_kernels
 from dare_kernels.ops import backend_status
 
-from conftest import DEVICES, compiled_unavailable
+from conftest import DEVICES, compiled_unavailable, skip_unless_compiled
 
 B, L, d = 4, 10, 5
 
@@ -51,6 +51,9 @@ def _cases(device):
         "lengths_2d": ((q, K, 3, lens(1, 2, 3, 4)[:, None]), ValueError, r"lengths must have shape \(B,\)=\(4,\), got shape \[4, 1\]"),
         "lengths_long": ((q, K, 3, lens(1, 2, 3, 4, 5)), ValueError, r"lengths must have shape \(B,\)=\(4,\), got shape \[5\]"),
     }
+    for name, v, shown in (("scale_inf", float("inf"), "inf"), ("scale_nan", float("nan"), "nan"),
+                           ("scale_1e39", 1e39, "1e+39"), ("scale_neg_4e38", -4e38, "-4e+38")):
+        cases[name] = ((q, K, 3, None, v), ValueError, r"scale must be finite in float32, got " + re.escape(shown))
     if device == "cpu":
         cases["lengths_negative"] = ((q, K, 3, lens(1, -1, 3, 4)), ValueError,
                                      r"lengths values must be in \[0, L=10\], got min -1, max 4")
@@ -74,6 +77,52 @@ def test_bad_input(device, entry, case):
     args, exc, pattern = _cases(device)[case]
     with pytest.raises(exc, match="topk_attention: " + pattern):
         _call(entry, *args)
+
+
+def _type_cases(device):
+    """Arguments of the wrong Python type. The Python API raises TypeError for each,
+    on every backend; the raw op cannot (test_raw_op_converts_arguments)."""
+    q, K = _ok(device)
+    lens = torch.tensor([1, 2, 3, 4], device=device)
+    return {
+        "k_bool": ((q, K, True), r"k must be an int, got bool"),
+        "k_float": ((q, K, 3.0), r"k must be an int, got float"),
+        "k_float_tensor": ((q, K, torch.tensor(3.7)), r"k must be an int, got Tensor"),
+        "k_int_tensor": ((q, K, torch.tensor(3)), r"k must be an int, got Tensor"),
+        "k_none": ((q, K, None), r"k must be an int, got NoneType"),
+        "lengths_list": ((q, K, 3, [1, 2, 3, 4]), r"lengths must be a Tensor or None, got list"),
+        "lengths_int": ((q, K, 3, 4), r"lengths must be a Tensor or None, got int"),
+        "scale_tensor": ((q, K, 3, lens, torch.tensor(0.5)), r"scale must be a float, got Tensor"),
+        "scale_bool": ((q, K, 3, None, True), r"scale must be a float, got bool"),
+        "scale_none": ((q, K, 3, None, None), r"scale must be a float, got NoneType"),
+        "scale_str": ((q, K, 3, None, "0.5"), r"scale must be a float, got str"),
+    }
+
+
+@pytest.mark.parametrize("device,entry,case", [(dev, e, c) for dev in DEVICES for e in _entry_points(dev)
+                                               if e != "raw" for c in _type_cases(dev)])
+def test_bad_argument_type(device, entry, case):
+    args, pattern = _type_cases(device)[case]
+    with pytest.raises(TypeError, match="topk_attention: " + pattern):
+        _call(entry, *args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_raw_op_converts_arguments(device):
+    """What the raw op's schema (int k, Tensor? lengths, float scale) does to
+    Python arguments before any kernel code runs, so the kernels cannot reject
+    them (documented in README): a bool or one-element tensor k becomes an int
+    (truncated), a bool or tensor scale a float; None, float k and list lengths
+    raise the dispatcher's RuntimeError, not TypeError."""
+    skip_unless_compiled(device)
+    q, K = _ok(device)
+    op = torch.ops.dare.topk_attention
+    assert op(q, K, True)[1].shape == (B, 1)
+    assert op(q, K, torch.tensor(3.7))[1].shape == (B, 3)
+    assert torch.equal(op(q, K, 3, None, True)[0], op(q, K, 3, None, 1.0)[0])
+    for args in ((q, K, None), (q, K, 3.0), (q, K, 3, [1, 2, 3, 4])):
+        with pytest.raises(RuntimeError, match=r"dare::topk_attention\(\) Expected a value of type"):
+            op(*args)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -11,9 +11,12 @@ def test_usage_example_runs():
     text = open(README).read()
     section = text[text.index("## Usage inside a model"):]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    code = code.replace("n_items, B, L = 100_000, 32, 10_000", "n_items, B, L = 1000, 4, 500")
+    assert "B, L = 32, 10_000" in code
+    code = code.replace("B, L = 32, 10_000", "B, L = 4, 500")
     scope = {}
     exec(compile(code, "README.md", "exec"), scope)
-    out, att = scope["out"], scope["att_table"]
+    out, layer = scope["out"], scope["layer"]
     assert out.shape == (4, 128) and torch.isfinite(out).all()
-    assert att.weight.grad is not None and att.weight.grad.abs().sum() > 0
+    for table in layer.att:
+        assert table.weight.grad is not None and table.weight.grad.abs().sum() > 0
+    assert layer.rep.weight.grad.abs().sum() > 0

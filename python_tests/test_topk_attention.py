@@ -100,8 +100,44 @@ def assert_matches_reference(out, s: Sample):
         (nan_rank[prev] == nan_rank[nxt]) & ((key[prev] > key[nxt]) | ((key[prev] == key[nxt]) & (idx[prev] < idx[nxt]))))
     assert torch.all(order_ok[both]), "not sorted by (score desc, index asc)"
 
+    assert_duplicates_in_order(idx, s)
+
     if s.exact:
         assert torch.equal(idx, ref_i), "indices differ from the reference on exact inputs; " + first_bad_row(idx != ref_i)
+
+
+def assert_duplicates_in_order(idx, s: Sample):
+    """A key's score is a function of the query and that key alone, so bit-identical
+    keys tie: among a row's returned indices, copies of one key vector come in
+    ascending position, and a selected copy's earlier copies (within the length)
+    are selected too. idx: (B, T, k) on the CPU."""
+    B, L, d = s.keys.shape
+    bits = {2: torch.int16, 4: torch.int32}[s.keys.element_size()]
+    keys = s.keys.detach().cpu().contiguous().view(bits)
+    lens = [L] * B if s.lengths is None else s.lengths.cpu().clamp(0, L).tolist()
+    for b in range(B):
+        n = int(lens[b])
+        if n == 0:
+            continue
+        # Which vector each position holds, and how many earlier positions hold it.
+        _, vec = torch.unique(keys[b, :n], dim=0, return_inverse=True)
+        if int(vec.max()) == n - 1 and len(vec.unique()) == n:
+            continue  # no two positions alike
+        order = torch.sort(vec * n + torch.arange(n)).indices  # by vector, then position
+        first = torch.ones(n, dtype=torch.bool)
+        first[1:] = vec[order[1:]] != vec[order[:-1]]
+        run = torch.arange(n) - torch.cummax(torch.where(first, torch.arange(n), 0), 0).values
+        occurrence = torch.empty(n, dtype=torch.long)
+        occurrence[order] = run
+        for t in range(idx.shape[1]):
+            sel = idx[b, t][idx[b, t] >= 0]
+            v = vec[sel]
+            # Copies returned before this one, of the same vector: its occurrence number.
+            before = (v[:, None] == v[None, :]).tril(-1).sum(1)
+            bad = occurrence[sel] != before
+            assert not bool(bad.any()), (
+                f"row b={b} t={t}: copies of one key out of position order (or an earlier copy left out) at "
+                f"returned slots {bad.nonzero().flatten().tolist()[:8]}; idx {sel.tolist()}")
 
 
 @pytest.mark.parametrize("name", list(SAMPLES))
@@ -200,6 +236,51 @@ def test_low_precision_gradients_round_once(backend, device, dtype, name, seed):
     assert gq16.dtype == dtype and gk16.dtype == dtype
     assert torch.equal(gq16, gq32.to(dtype))
     assert torch.equal(gk16, gk32.to(dtype))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_broadcast_keys_read_in_place(backend, seed):
+    """expand()ed keys (stride 0 over B or L) give the result of their contiguous
+    copy; the CPU kernel reads them through their strides, without the copy."""
+    _skip_unless_available(backend, "cpu", torch.float32)
+    g = torch.Generator().manual_seed(seed)
+    keys = torch.randn(1, 300, 16, generator=g)
+    q = torch.randn(4, 3, 16, generator=g)
+    lengths = torch.tensor([300, 17, 256, 0])
+    for K in (keys.expand(4, -1, -1), keys[:, :1].expand(4, 300, 16)):
+        got = dare_kernels.topk_attention(q, K, 20, lengths=lengths, backend=backend)
+        want = dare_kernels.topk_attention(q, K.contiguous(), 20, lengths=lengths, backend=backend)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    if backend == "cpu":
+        # A copy of these keys would take 2 * 2**30 * 64 * 4 bytes = 512 GiB.
+        huge = torch.randn(1, 1, 64, generator=g).expand(2, 2**30, 64)
+        scores, idx = dare_kernels.topk_attention(torch.randn(2, 64, generator=g), huge, 3,
+                                                  lengths=torch.tensor([5, 2]), backend="cpu")
+        assert idx.tolist() == [[0, 1, 2], [0, 1, -1]]
+        assert scores[0, 0] == scores[0, 2] and scores[1, 0] == scores[1, 1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cpu_target_groups_are_invisible(dtype, seed):
+    """The CPU kernel scores a chunk of keys for several targets of a row at once
+    (how many depends on the thread count): every target's result is its own
+    single-target call's, bit for bit."""
+    skip_unless_compiled("cpu")
+    g = torch.Generator().manual_seed(seed)
+    B, T, L, d, k = 2, 7, 1003, 37, 50
+    q = torch.randn(B, T, d, generator=g).to(dtype)
+    K = torch.randn(B, L, d, generator=g).to(dtype)
+    lengths = torch.tensor([L, 389])
+    alone = [torch.ops.dare.topk_attention(q[:, t], K, k, lengths) for t in range(T)]
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3, 5):
+            torch.set_num_threads(n)
+            scores, idx = torch.ops.dare.topk_attention(q, K, k, lengths)
+            for t in range(T):
+                assert torch.equal(scores[:, t], alone[t][0]) and torch.equal(idx[:, t], alone[t][1]), (n, t)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_backward_touches_only_selected_keys(seed):

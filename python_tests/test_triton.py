@@ -16,7 +16,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(backend_status("triton", DEVICE) is not None,
                                 reason=f"Triton backend: {backend_status('triton', DEVICE)}")
 NAMES = ["basic", "targets", "lengths", "lengths_targets_int32", "ties", "all_equal", "nan_inf",
-         "monotone", "neg_scale", "k_eq_L", "d1", "odd_d"]
+         "monotone", "neg_scale", "k_eq_L", "d1", "odd_d", "duplicates", "duplicates_odd_d"]
 
 
 def _search():

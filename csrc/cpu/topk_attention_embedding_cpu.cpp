@@ -167,7 +167,7 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_embedding_cpu(const at::Tensor
                                                                 at::TensorList ids, int64_t k,
                                                                 const std::optional<at::Tensor>& lengths,
                                                                 double scale) {
-  const Shape s = check_embedding_inputs(query, tables, ids, k, lengths, /*check_length_values=*/true);
+  const Shape s = check_embedding_inputs(query, tables, ids, k, lengths, scale, /*check_length_values=*/true);
   auto [scores, indices] = empty_outputs(query, s, k);
   if (s.B * s.T == 0) return {scores, indices};
 

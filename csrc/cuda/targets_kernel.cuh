@@ -28,8 +28,9 @@
 #include <cuda_fp16.h>
 
 #include "../order.h"
-#include "topk_kernel.cuh"
+#include "select.cuh"
 #include "topk_kernel.h"
+#include "vec.cuh"
 
 namespace dare {
 namespace {

@@ -9,6 +9,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include "../fields.h"
+
 namespace dare {
 
 constexpr int kThreads = 256;   // per CTA
@@ -51,5 +53,33 @@ constexpr int targets_tile(int64_t d) { return 8 * 16 * (d <= 32 ? 4 : int(128 /
 // the launch. T is __half or __nv_bfloat16.
 template <typename T>
 void launch_targets(const Params& p, int64_t B, size_t smem, cudaStream_t stream);
+
+// topk_attention_embedding (embedding_kernel.cuh): key j of row b is the
+// concatenation of F fields' table rows, gathered by id. A key is `units`
+// vectors of UB bytes (16, 8 or 4: what every field's row size and table
+// alignment allow); G lanes (a power of two, 2..32, G >= units) score one key.
+constexpr int kMaxUnits = 32;  // units per key of the fused path; wider keys take the looked-up path
+
+struct EmbedField {
+  const void* table;           // (n, row) contiguous rows
+  const void* ids;             // int32 or int64; (b, j) at b * stride_b + j * stride_l
+  int64_t n, stride_b, stride_l;
+  int units, start;            // UB-byte vectors per row; first vector of the field in the key
+  bool ids64;
+};
+
+struct EmbedParams {
+  Params base;  // base.query: (B*T, d) contiguous; base.keys unused
+  EmbedField fields[kMaxFields];
+  int F, units, group;
+};
+
+// Bytes of the embedding kernel's dynamic shared memory: the candidate list and scratch.
+inline size_t embedding_smem(const Params& p) { return size_t(p.cap + p.kpow2) * sizeof(uint64_t); }
+
+// Launches the embedding kernel for tables of type T with UB-byte vectors over
+// rows * p.base.splits CTAs and checks the launch.
+template <typename T>
+void launch_embedding(const EmbedParams& p, int unit_bytes, int64_t rows, size_t smem, cudaStream_t stream);
 
 }  // namespace dare

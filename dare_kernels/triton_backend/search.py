@@ -168,7 +168,7 @@ def eager(query, keys, k, lengths=None, scale=1.0):
 
 def _topk_attention(query, keys, k, lengths=None, scale=1.0, *, split=None, fused_max_k=FUSED_MAX_K,
                     cfg: Optional[Config] = None, wrap=wrap_triton):
-    s = check_inputs(query, keys, k, lengths, check_length_values=keys.device.type == "cpu")
+    s = check_inputs(query, keys, k, lengths, check_length_values=keys.device.type == "cpu", scale=scale)
     shape = output_shape(s, k)
     R = s.B * s.T
     device = keys.device
@@ -177,7 +177,8 @@ def _topk_attention(query, keys, k, lengths=None, scale=1.0, *, split=None, fuse
     if R == 0:
         return out_s, out_i
     q = query.reshape(R, s.d).contiguous()
-    keys = keys.contiguous()
+    # The kernels take the keys' batch and position strides (0 for expand()ed keys): no copy.
+    keys = keys if keys.stride(2) == 1 else keys.contiguous()
     if lengths is not None:
         lengths = lengths.contiguous()
     p = plan(R, s.L, s.d, k, device, split, cfg)
@@ -228,7 +229,7 @@ def eager_embedding(query, tables, ids, k, lengths=None, scale=1.0):
 def _topk_attention_embedding(query, tables, ids, k, lengths=None, scale=1.0, *, split=None,
                               cfg: Optional[Config] = None, wrap=wrap_triton):
     cpu = query.device.type == "cpu"
-    s = check_embedding_inputs(query, tables, ids, k, lengths, check_values=cpu)
+    s = check_embedding_inputs(query, tables, ids, k, lengths, check_values=cpu, scale=scale)
     shape = output_shape(s, k)
     R = s.B * s.T
     device = query.device

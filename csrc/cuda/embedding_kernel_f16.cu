@@ -1,0 +1,6 @@
+// The fused embedding top-k kernel for __half tables (embedding_kernel.cuh).
+#include "embedding_kernel.cuh"
+
+namespace dare {
+template void launch_embedding<__half>(const EmbedParams&, int, int64_t, size_t, cudaStream_t);
+}  // namespace dare

@@ -1,0 +1,311 @@
+"""dare_kernels.layers: the drop-in layers equal the hand-written bmm + mask + topk +
+gather + softmax blocks they replace (outputs, scores, indices, gradients), under
+right-padded, left-padded and arbitrary masks, with keys or tables + ids."""
+import re
+import warnings
+
+import pytest
+import torch
+
+import dare_kernels
+from dare_kernels import layers
+from dare_kernels.layers import HardSearch, TopKMultiHeadAttention, detect_mask_layout, topk_search
+
+# The once-per-process notice for arbitrary masks (checked in test_hard_search_matches_block).
+pytestmark = pytest.mark.filterwarnings("ignore:topk_search. the mask is neither")
+
+GAP = 0.05  # distinct-score spacing of the separated inputs (float32 rounding is ~1e-6)
+
+
+def _docstring_code():
+    return re.search(r"```python\n(.*?)```", layers.__doc__, re.S).group(1)
+
+
+def sim_block(query, keys, values, mask, k, scale=None, temperature=1.0):
+    """The usual SIM / target-attention block (query (B, d) or (B, T, d))."""
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    q = query if query.dim() == 3 else query[:, None]
+    scores = torch.einsum("btd,bld->btl", q, keys) * scale
+    scores = scores.masked_fill(~mask[:, None], float("-inf"))
+    top, idx = scores.topk(k, dim=-1)
+    B, T, _ = idx.shape
+    picked = values.gather(1, idx.reshape(B, T * k, 1).expand(-1, -1, values.shape[-1])).view(B, T, k, -1)
+    out = (torch.softmax(top / temperature, -1)[..., None] * picked).sum(2)
+    if query.dim() == 2:
+        out, top, idx = out[:, 0], top[:, 0], idx[:, 0]
+    return out, top, idx
+
+
+def twin_block(mh, query, keys, values, mask):
+    """The usual multi-head block with mh's parameters: every key and value is
+    projected per head, then score, mask, top-k, gather, softmax, concat, project."""
+    H, k = mh.num_heads, mh.k
+    qh = mh.q_proj(query).view(query.shape[0], H, mh.d_head)
+    kh = keys[:, None].expand(-1, H, -1, -1) if mh.key_weight is None else \
+        torch.einsum("bld,hed->bhle", keys, mh.key_weight)
+    s = torch.einsum("bhe,bhle->bhl", qh, kh) * mh.search.scale
+    top, idx = s.masked_fill(~mask[:, None], float("-inf")).topk(k, -1)
+    vh = values[:, None].expand(-1, H, -1, -1)
+    if mh.value_weight is not None:
+        vh = torch.einsum("blv,hve->bhle", values, mh.value_weight)
+        if mh.value_bias is not None:
+            vh = vh + mh.value_bias[:, None]
+    picked = vh.gather(2, idx[..., None].expand(-1, -1, -1, vh.shape[-1]))
+    o = (torch.softmax(top, -1)[..., None] * picked).sum(2)
+    return mh.out_proj(o.reshape(o.shape[0], -1)), top, idx
+
+
+def make_mask(g, B, L, layout, min_valid=1):
+    n = torch.randint(min_valid, L + 1, (B,), generator=g)
+    n[0] = L  # a full row: right- and left-padded at once
+    pos = torch.arange(L)
+    if layout == "right":
+        return pos < n[:, None]
+    if layout == "left":
+        return pos >= (L - n)[:, None]
+    mask = torch.rand(B, L, generator=g) < 0.6
+    mask[:, 1] = False
+    mask[:, 2] = True  # not a prefix nor a suffix in any row
+    return mask
+
+
+def separated(Q, n, g):
+    """n rows x (d,) with Q @ x_j = distinct multiples of GAP, for every row of Q (R <= d):
+    rankings without near-ties, so float32 rounding cannot reorder them."""
+    Q = Q.detach().double()
+    R, d = Q.shape
+    targets = torch.stack([torch.randperm(n, generator=g) for _ in range(R)]).double() * GAP  # (R, n)
+    r = torch.randn(n, d, generator=g, dtype=torch.float64)
+    x = r + (torch.linalg.pinv(Q) @ (targets - Q @ r.T)).T
+    return x.float()
+
+
+def separated_keys(queries, L, g, scale):
+    """(B, L, d) keys whose scores against queries (B, T, d) are GAP apart in each (b, t)."""
+    return torch.stack([separated(q * scale, L, g) for q in queries])
+
+
+def assert_same_top(got, want, mask):
+    """Same selection where the block selected valid positions; the layer pads the rest."""
+    (out, scores, idx), (wout, wscores, widx) = got, want
+    finite = torch.isfinite(wscores)
+    assert torch.equal(idx[finite], widx[finite])
+    torch.testing.assert_close(scores[finite], wscores[finite])
+    assert torch.all(idx[~finite] == -1) and torch.all(scores[~finite] == float("-inf"))
+    sel = idx.clamp(min=0).reshape(idx.shape[0], -1)
+    assert torch.all(mask.gather(1, sel)[idx.reshape(idx.shape[0], -1) >= 0])
+    torch.testing.assert_close(out, wout)
+
+
+def test_docstring_example_runs():
+    exec(compile(_docstring_code(), "dare_kernels/layers.py", "exec"), {})
+
+
+@pytest.fixture
+def g(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(autouse=True)
+def fresh_warning_state(monkeypatch):
+    monkeypatch.setattr(layers, "_warned_any_mask", False)
+
+
+def test_detect_mask_layout(g):
+    for layout in ("right", "left", "any"):
+        assert detect_mask_layout(make_mask(g, 6, 40, layout, min_valid=0)) == layout
+    assert detect_mask_layout(torch.ones(3, 5, dtype=torch.bool)) == "right"
+    assert detect_mask_layout(torch.zeros(3, 5, dtype=torch.bool)) == "right"
+    assert detect_mask_layout(torch.tensor([[0, 3, 5]])) == "left"  # nonzero = valid, as id > 0
+
+
+@pytest.mark.parametrize("layout", ["right", "left", "any"])
+@pytest.mark.parametrize("declared", [False, True])
+def test_hard_search_matches_block(g, layout, declared):
+    B, L, d, dv, k = 5, 300, 16, 24, 20
+    query = torch.randn(B, d, generator=g, requires_grad=True)
+    keys = separated_keys(query[:, None], L, g, d ** -0.5).requires_grad_()
+    values = torch.randn(B, L, dv, generator=g, requires_grad=True)
+    mask = make_mask(g, B, L, layout)
+    mask[1, :] = False
+    mask[1, {"right": 0, "left": L - 1, "any": 7}[layout]] = True  # fewer than k valid: the block selects masked positions with -inf, weight 0
+    search = HardSearch(k, mask_layout=layout if declared else "auto")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = search(query, keys, values, mask=mask)
+        search(query, keys, values, mask=mask)
+    msgs = [str(w.message) for w in caught if "neither right- nor left-padded" in str(w.message)]
+    assert len(msgs) == (1 if layout == "any" and not declared else 0)
+    want = sim_block(query, keys, values, mask, k)
+    assert_same_top(got, want, mask)
+    assert got.scores.dtype == torch.float32 and got.indices.dtype == torch.int64
+    w = torch.randn(dv, generator=g)
+    assert_same_grads((got.output * w).sum(), (want[0] * w).sum(), (query, keys, values))
+
+
+def assert_same_grads(loss, want_loss, inputs):
+    got = torch.autograd.grad(loss, inputs)
+    want = torch.autograd.grad(want_loss, inputs)
+    for a, b in zip(got, want):
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(a, b)
+
+
+def test_lengths_equal_right_mask(g):
+    B, L, d, k = 4, 100, 8, 10
+    query, keys, values = torch.randn(B, d, generator=g), torch.randn(B, L, d, generator=g), torch.randn(B, L, 3)
+    lengths = torch.randint(0, L + 1, (B,), generator=g)
+    mask = torch.arange(L) < lengths[:, None]
+    a, b = HardSearch(k)(query, keys, values, lengths=lengths), HardSearch(k)(query, keys, values, mask=mask)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    with pytest.raises(ValueError, match="mask or lengths"):
+        HardSearch(k)(query, keys, values, mask=mask, lengths=lengths)
+
+
+def masked_oracle(query, keys, k, mask, scale):
+    """The contract under a mask, row by row in float64: valid positions only,
+    descending, ties by lower position, NaN first, -inf / -1 padding."""
+    q = query if query.dim() == 3 else query[:, None]
+    B, T, _ = q.shape
+    full = torch.einsum("btd,bld->btl", q.double(), keys.double()) * scale + 0.0
+    scores = torch.full((B, T, k), float("-inf"), dtype=torch.float64)
+    idx = torch.full((B, T, k), -1, dtype=torch.int64)
+    for b in range(B):
+        pos = mask[b].nonzero()[:, 0]
+        for t in range(T):
+            s, o = torch.sort(full[b, t, pos], descending=True, stable=True)
+            n = min(k, len(pos))
+            scores[b, t, :n], idx[b, t, :n] = s[:n], pos[o[:n]]
+    return (scores, idx) if query.dim() == 3 else (scores[:, 0], idx[:, 0])
+
+
+@pytest.mark.parametrize("layout", ["right", "left", "any"])
+@pytest.mark.parametrize("targets", [0, 3])
+def test_topk_search_exact_with_ties_and_nan(g, layout, targets):
+    """Small-integer inputs (exact in float32, many ties) and NaN keys at masked and
+    valid positions: indices equal the oracle's exactly; masked keys are never selected."""
+    B, L, d, k = 6, 50, 4, 12
+    qshape = (B, targets, d) if targets else (B, d)
+    query = torch.randint(-2, 3, qshape, generator=g).float()
+    keys = torch.randint(-2, 3, (B, L, d), generator=g).float()
+    mask = make_mask(g, B, L, layout, min_valid=0)
+    keys[~mask] = float("nan")  # a masked key would rank first if it were scored
+    keys[2, 20] = float("nan")  # a valid NaN ranks first if valid
+    scores, idx = topk_search(query, keys, k, mask=mask, mask_layout=layout, scale=0.5)
+    want_s, want_i = masked_oracle(query, keys, k, mask, 0.5)
+    assert torch.equal(idx, want_i)
+    torch.testing.assert_close(scores, want_s.float(), equal_nan=True)
+    # tables + ids: the same keys as one table, ids a permutation per row
+    perm = torch.stack([torch.randperm(L, generator=g) for _ in range(B)])
+    table = keys.gather(1, perm[..., None].expand(-1, -1, d)).reshape(B * L, d)
+    inv = perm.argsort(1) + torch.arange(B)[:, None] * L  # ids[b, j] is keys[b, j]'s row of table
+    scores2, idx2 = topk_search(query, None, k, tables=[table[:, :1], table[:, 1:]], ids=[inv, inv.int()],
+                                mask=mask, mask_layout=layout, scale=0.5)
+    assert torch.equal(idx2, want_i)
+    torch.testing.assert_close(scores2, want_s.float(), equal_nan=True)
+
+
+def test_empty_rows_k_above_L_and_temperature(g):
+    B, L, d, k = 3, 6, 4, 8
+    query, keys = torch.randn(B, d, generator=g, requires_grad=True), torch.randn(B, L, d, generator=g)
+    values = torch.randn(B, L, 5, generator=g, requires_grad=True)
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [0] * 6, [1, 0, 1, 0, 1, 1]], dtype=torch.bool)
+    out = HardSearch(k, temperature=2.0, scale=1.0)(query, keys, values, mask=mask)
+    assert out.scores.shape == (B, k) and torch.all(out.indices[:, 4:] == -1)
+    assert torch.all(out.indices[1] == -1) and torch.all(out.output[1] == 0)
+    want = torch.einsum("bld,bd->bl", keys, query.detach()).masked_fill(~mask, float("-inf"))
+    w = torch.softmax(want[[0, 2]] / 2.0, -1)
+    torch.testing.assert_close(out.output[[0, 2]], torch.einsum("bl,blv->bv", w, values.detach()[[0, 2]]))
+    out.output.sum().backward()
+    assert torch.isfinite(query.grad).all() and torch.isfinite(values.grad).all()
+    assert torch.all(query.grad[1] == 0) and torch.all(values.grad[~mask] == 0)
+
+
+@pytest.mark.parametrize("layout", ["right", "left", "any"])
+def test_multi_target_and_values_callable(g, layout):
+    B, T, L, d, k = 4, 3, 120, 8, 10
+    query = torch.randn(B, T, d, generator=g, requires_grad=True)
+    keys = separated_keys(query, L, g, 1.0).requires_grad_()
+    table = torch.randn(1000, 6, generator=g, requires_grad=True)
+    history = torch.randint(0, 1000, (B, L), generator=g)
+    mask = make_mask(g, B, L, layout)
+    search = HardSearch(k, scale=1.0, mask_layout=layout)
+    got = search(query, keys, lambda idx: table[history.gather(1, idx)], mask=mask)
+    want = sim_block(query, keys, table[history], mask, k, scale=1.0)
+    assert got.output.shape == (B, T, 6)
+    assert_same_top(got, want, mask)
+    assert_same_grads(got.output.sum(), want[0].sum(), (query, keys, table))
+
+
+@pytest.mark.parametrize("layout", ["right", "left", "any"])
+def test_tables_ids(g, layout):
+    """Keys [item_table[history] | pos_table[j]] (one (B, L) field, one shared (L,) field)
+    never built; values None = the looked-up rows. Same as the block on built keys."""
+    B, L, d0, d1, k, n_items = 4, 80, 8, 8, 10, 500
+    query = torch.randn(B, d0 + d1, generator=g, requires_grad=True)
+    q0 = query.detach()[:, :d0].double()
+    # Items contribute nothing to the scores (rows orthogonal to every query) so item
+    # ids may repeat; positions are separated: rankings without near-ties.
+    r = torch.randn(n_items, d0, generator=g, dtype=torch.float64)
+    items = (r - (torch.linalg.pinv(q0) @ (q0 @ r.T)).T).float().requires_grad_()
+    pos_table = separated(query.detach()[:, d0:] * (d0 + d1) ** -0.5, L, g).requires_grad_()
+    history = torch.randint(0, n_items, (B, L), generator=g)
+    positions = torch.arange(L)
+    mask = make_mask(g, B, L, layout)
+    history[~mask] = -7  # padding ids are out of range: never read
+    got = HardSearch(k)(query, tables=[items, pos_table], ids=[history, positions], mask=mask)
+    keys = torch.cat([items[history.clamp(min=0)], pos_table[positions].expand(B, -1, -1)], -1)
+    want = sim_block(query, keys, keys, mask, k)
+    assert_same_top(got, want, mask)
+    assert_same_grads(got.output.sum(), want[0].sum(), (query, items, pos_table))
+
+
+@pytest.mark.parametrize("layout", ["right", "left", "any"])
+@pytest.mark.parametrize("key_proj,value_proj", [(True, True), (False, True), (True, False)])
+def test_multi_head_matches_block(g, layout, key_proj, value_proj):
+    B, L, d, dq, dv, H, k = 4, 150, 16, 12, 20, 4, 12
+    torch.manual_seed(int(torch.randint(2**31, (1,), generator=g)))
+    mh = TopKMultiHeadAttention(k, dq, d, H, d_head=8 if key_proj else d, d_value=dv, d_out=10,
+                                key_proj=key_proj, value_proj=value_proj)
+    query = torch.randn(B, dq, generator=g, requires_grad=True)
+    keys = separated_keys(mh.head_queries(query), L, g, mh.search.scale).requires_grad_()
+    values = torch.randn(B, L, dv, generator=g, requires_grad=True)
+    mask = make_mask(g, B, L, layout)
+    got = mh(query, keys, values, mask=mask)
+    want = twin_block(mh, query, keys, values, mask)
+    assert got.output.shape == (B, 10) and got.scores.shape == (B, H, k)
+    assert_same_top(got, want, mask)
+    params = [p for p in mh.parameters()]
+    assert_same_grads(got.output.square().sum(), want[0].square().sum(), (query, keys, values, *params))
+
+
+def test_multi_head_tables_values_none(g):
+    """Tables + ids, values None (the looked-up rows), heads folded into the query."""
+    B, L, d, H, k = 3, 60, 16, 2, 8
+    mh = TopKMultiHeadAttention(k, 6, d, H, d_head=4)
+    table = torch.randn(B * L, d, generator=g, requires_grad=True)
+    ids = torch.stack([torch.randperm(B * L, generator=g)[:L] for _ in range(B)])
+    query = torch.randn(B, 6, generator=g)
+    lengths = torch.tensor([L, 5, 40])
+    got = mh(query, tables=[table], ids=[ids], lengths=lengths)
+    mask = torch.arange(L) < lengths[:, None]
+    keys = table[ids]
+    want = twin_block(mh, query, keys, keys, mask)
+    finite = torch.isfinite(want[1])
+    torch.testing.assert_close(got.scores[finite], want[1][finite])
+    torch.testing.assert_close(got.output, want[0])
+    got.output.sum().backward()
+    assert table.grad.abs().sum() > 0 and mh.key_weight.grad.abs().sum() > 0
+
+
+def test_bfloat16_and_exports(g):
+    B, L, d, k = 2, 40, 8, 5
+    query, keys = torch.randn(B, d, dtype=torch.bfloat16), torch.randn(B, L, d, dtype=torch.bfloat16)
+    mask = make_mask(g, B, L, "left")
+    out = HardSearch(k)(query, keys, mask=mask)
+    assert out.output.dtype == torch.bfloat16 and out.scores.dtype == torch.float32
+    mh = TopKMultiHeadAttention(k, d, d, 2)
+    assert mh(query.float(), keys.float(), mask=mask).output.shape == (B, 2 * d)
+    for name in ("HardSearch", "TopKMultiHeadAttention", "TopKAttentionOutput", "topk_search", "detect_mask_layout"):
+        assert name in dare_kernels.__all__ and getattr(dare_kernels, name) is getattr(layers, name)

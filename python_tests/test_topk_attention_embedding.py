@@ -1,0 +1,193 @@
+"""topk_attention_embedding: every backend, on every device, over the whole
+sample matrix (each sample's keys as tables + ids) and the embedding-only
+samples, against the float64 reference on the looked-up keys; plus the raw op,
+opcheck, torch.compile, gradients (duplicate ids accumulate) and bad ids."""
+import os
+
+import pytest
+import torch
+
+import dare_kernels
+from dare_kernels import reference
+from dare_kernels.ops import backend_status
+
+from conftest import DEVICES, skip_unless_compiled
+from samples import EMBEDDING_SAMPLES, embedding_input
+from test_topk_attention import DTYPES, assert_matches_reference
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _skip_unless_available(backend, device, dtype, name=None):
+    why = backend_status(backend, device)
+    if why is not None:
+        pytest.skip(why)
+    if backend == "triton" and device == "cpu":
+        if dtype == torch.bfloat16:
+            pytest.skip("the Triton interpreter has no bfloat16")
+        if name is not None and EMBEDDING_SAMPLES[name]:
+            pytest.skip("too large for the Triton interpreter")
+
+
+@pytest.mark.parametrize("name", list(EMBEDDING_SAMPLES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", dare_kernels.BACKENDS)
+def test_matches_reference(backend, device, dtype, name, seed):
+    _skip_unless_available(backend, device, dtype, name)
+    e = embedding_input(name, dtype, device, seed)
+    out = dare_kernels.topk_attention_embedding(e.query, e.tables, e.ids, e.k, lengths=e.lengths, scale=e.scale,
+                                                backend=backend)
+    assert_matches_reference(out, e.as_sample())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", dare_kernels.BACKENDS)
+def test_duplicates_tie_bit_for_bit(backend, device, seed):
+    """Equal ids give equal scores, bit for bit, wherever they sit in the row
+    (tails, tiles, split spans): the earlier position ranks first."""
+    _skip_unless_available(backend, device, torch.float32)
+    e = embedding_input("emb_duplicates", torch.float32, device, seed)
+    scores, idx = dare_kernels.topk_attention_embedding(e.query, e.tables, e.ids, e.k, lengths=e.lengths,
+                                                        backend=backend)
+    ids = e.ids[0].cpu()
+    scores, idx = scores.cpu(), idx.cpu()
+    for b in range(idx.shape[0]):
+        for t in range(idx.shape[1]):
+            seen = {}
+            for s, j in zip(scores[b, t].tolist(), idx[b, t].tolist()):
+                if j < 0:
+                    continue
+                i = int(ids[b, j])
+                if i in seen:
+                    assert seen[i][0] == s, "one id scored two ways"
+                    assert seen[i][1] < j
+                seen.setdefault(i, (s, j))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_raw_op_matches_api(device, seed):
+    skip_unless_compiled(device)
+    e = embedding_input("emb_shared_positions", torch.float32, device, seed)
+    raw = torch.ops.dare.topk_attention_embedding(*e.args())
+    api = dare_kernels.topk_attention_embedding(e.query, e.tables, e.ids, e.k, lengths=e.lengths, scale=e.scale)
+    assert torch.equal(raw[0], api[0]) and torch.equal(raw[1], api[1])
+
+
+@pytest.mark.parametrize("name", ["basic", "targets", "lengths", "empty_batch", "emb_shared_positions"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device, name, seed):
+    skip_unless_compiled(device)
+    e = embedding_input(name, torch.float32, device, seed)
+    e.query.requires_grad_(e.query.numel() > 0)
+    for t in e.tables:
+        t.requires_grad_()
+    torch.library.opcheck(torch.ops.dare.topk_attention_embedding, e.args())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_fullgraph(device, seed):
+    skip_unless_compiled(device)
+    e = embedding_input("emb_shared_positions", torch.float32, device, seed)
+
+    def search(q, tables, ids, lengths):
+        scores, idx = dare_kernels.topk_attention_embedding(q * 2, tables, ids, e.k, lengths=lengths, scale=0.5)
+        return torch.softmax(scores, -1), idx
+
+    eager = search(e.query, e.tables, e.ids, e.lengths)
+    compiled = torch.compile(search, backend="aot_eager", fullgraph=True)(e.query, e.tables, e.ids, e.lengths)
+    torch.testing.assert_close(compiled[0], eager[0], equal_nan=True)
+    assert torch.equal(compiled[1], eager[1])
+
+
+@pytest.mark.parametrize("name", ["basic", "targets", "lengths", "emb_shared_positions", "emb_duplicates"])
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", dare_kernels.BACKENDS)
+def test_gradients_match_reference(backend, device, name, seed):
+    """Query and table gradients equal the float64 reference's through an
+    explicit lookup; duplicate ids among the selected accumulate."""
+    _skip_unless_available(backend, device, torch.float32, name)
+    e = embedding_input(name, torch.float32, device, seed)
+    q = e.query.clone().requires_grad_()
+    tables = [t.clone().requires_grad_() for t in e.tables]
+    scores, idx = dare_kernels.topk_attention_embedding(q, tables, e.ids, e.k, lengths=e.lengths, scale=e.scale,
+                                                        backend=backend)
+    assert not idx.requires_grad
+    g = torch.randn(scores.shape, dtype=torch.float32, device=device)
+    grads = torch.autograd.grad(scores, (q, *tables), g)
+
+    q_ref = e.query.clone().requires_grad_()
+    t_ref = [t.clone().requires_grad_() for t in e.tables]
+    ref_s, ref_i = reference.topk_attention_embedding(q_ref, t_ref, e.ids, e.k, e.lengths, e.scale,
+                                                      acc_dtype=torch.float64)
+    assert torch.equal(idx, ref_i), "selection differs from the float64 reference"
+    ref_grads = torch.autograd.grad(ref_s, (q_ref, *t_ref), torch.where(ref_i >= 0, g.double(), 0.0),
+                                    allow_unused=True)
+    for got, want in zip(grads, ref_grads):
+        want = torch.zeros_like(got) if want is None else want.to(got.dtype)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_backward_touches_only_selected_rows(seed):
+    e = embedding_input("emb_shared_positions", torch.float32, "cpu", seed)
+    tables = [t.clone().requires_grad_() for t in e.tables]
+    scores, idx = dare_kernels.topk_attention_embedding(e.query, tables, e.ids, e.k, lengths=e.lengths)
+    grads = torch.autograd.grad(scores[torch.isfinite(scores)].sum(), tables)
+    B = idx.shape[0]
+    for t, i, gt in zip(tables, e.ids, grads):
+        rows = set(i.expand(B, i.shape[-1]).gather(1, idx.clamp(min=0))[idx >= 0].tolist())
+        untouched = torch.ones(t.shape[0], dtype=torch.bool)
+        untouched[list(rows)] = False
+        assert torch.all(gt[untouched] == 0)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference", "triton"])
+def test_out_of_range_ids_raise_on_cpu(backend, seed):
+    _skip_unless_available(backend, "cpu", torch.float32)
+    e = embedding_input("emb_shared_positions", torch.float32, "cpu", seed)
+    ids = [i.clone() for i in e.ids]
+    ids[2][5] = 19  # table 2 has 19 rows; position 5 is inside every nonempty row's length
+    with pytest.raises(ValueError, match=r"ids\[2\] values must be in \[0, 19\).*got 19"):
+        dare_kernels.topk_attention_embedding(e.query, e.tables, ids, e.k, lengths=e.lengths, backend=backend)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("backend", ["cuda", "triton", "reference"])
+def test_out_of_range_ids_score_nan_on_gpu(backend, seed):
+    """On CUDA an out-of-range id is never read and its behaviour scores NaN
+    (which ranks first: the error shows in the output, with no host sync)."""
+    _skip_unless_available(backend, "cuda", torch.float32)
+    e = embedding_input("emb_shared_positions", torch.float32, "cuda", seed)
+    ids = [i.clone() for i in e.ids]
+    ids[0][3, 4] = -7
+    ids[0][4, 6] = 10**9
+    scores, idx = dare_kernels.topk_attention_embedding(e.query, e.tables, ids, e.k, lengths=e.lengths,
+                                                        backend=backend)
+    assert torch.isnan(scores[3, 0]) and int(idx[3, 0]) == 4
+    assert torch.isnan(scores[4, 0]) and int(idx[4, 0]) == 6
+    assert not torch.isnan(scores[0]).any()
+
+
+@pytest.mark.parametrize("bad, exc, match", [
+    (lambda e: dict(tables=e.tables[0]), TypeError, "tables must be a list of Tensors"),
+    (lambda e: dict(ids=e.ids[:2]), ValueError, r"ids must hold one Tensor per table \(3\), got 2"),
+    (lambda e: dict(tables=[e.tables[0].double(), *e.tables[1:]]), TypeError, r"tables\[0\] dtype must equal"),
+    (lambda e: dict(ids=[e.ids[0].float(), *e.ids[1:]]), TypeError, r"ids\[0\] must be int32 or int64"),
+    (lambda e: dict(ids=[e.ids[0], e.ids[1][:, :5], e.ids[2]]), ValueError,
+     r"ids\[1\] length must equal ids\[0\] length L=301, got 5"),
+    (lambda e: dict(ids=[e.ids[0][:2], *e.ids[1:]]), ValueError, r"ids\[0\] must have shape \(B, L\) with B=5"),
+    (lambda e: dict(query=e.query[:, :31]), ValueError, r"total width d=32, got 31"),
+    (lambda e: dict(k=0), ValueError, r"k must satisfy 1 <= k <= L=301, got 0"),
+    (lambda e: dict(k=2.0), TypeError, "k must be an int"),
+    (lambda e: dict(tables=[*e.tables, e.tables[0], e.tables[0]], ids=[*e.ids, e.ids[0], e.ids[0]]),
+     ValueError, "tables must hold 1 to 4 fields, got 5"),
+])
+@pytest.mark.parametrize("backend", dare_kernels.BACKENDS)
+def test_bad_input(backend, bad, exc, match, seed):
+    _skip_unless_available(backend, "cpu", torch.float32)
+    e = embedding_input("emb_shared_positions", torch.float32, "cpu", seed)
+    kw = dict(query=e.query, tables=e.tables, ids=e.ids, k=e.k)
+    kw.update(bad(e))
+    with pytest.raises(exc, match=match):
+        dare_kernels.topk_attention_embedding(kw["query"], kw["tables"], kw["ids"], kw["k"], lengths=e.lengths,
+                                              backend=backend)
