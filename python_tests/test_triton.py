@@ -9,8 +9,8 @@ import torch
 
 from dare_kernels.ops import backend_status
 
+from oracle import assert_matches_reference
 from samples import Sample, sample_input
-from test_topk_attention import assert_matches_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(backend_status("triton", DEVICE) is not None,
