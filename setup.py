@@ -3,9 +3,12 @@ of torch meets a CUDA toolkit, the CUDA kernel (no GPU needed to compile).
 
 Environment:
   DARE_BUILD_CUDA=1 / 0   force the CUDA sources on / off (default: auto-detect)
-  TORCH_CUDA_ARCH_LIST    CUDA targets (default "8.0;9.0")
+  TORCH_CUDA_ARCH_LIST    CUDA targets (default: csrc/build.json's cuda_arch, "8.0;9.0")
   CUDA_HOME               CUDA toolkit (default: torch's guess, else /usr/local/cuda)
   MAX_JOBS                parallel compile jobs
+
+Sources, flags, C++ standard and default arch come from csrc/build.json, which
+CMakeLists.txt reads too.
 """
 import glob
 import json
@@ -30,10 +33,22 @@ def _find_cuda_home():
     return next((c for c in candidates if ok(c)), None)
 
 
+ROOT = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(ROOT, "csrc", "build.json")) as f:
+    BUILD = json.load(f)
+
+
+def build_sources(with_cuda: bool) -> list:
+    """csrc/build.json's source globs (CMake reads the same lists), relative to the root."""
+    def expand(globs):
+        return sorted({os.path.relpath(path, ROOT) for g in globs for path in glob.glob(os.path.join(ROOT, g))})
+    return expand(BUILD["cpu_sources"]) + (expand(BUILD["cuda_sources"]) if with_cuda else [])
+
+
 cuda_home = _find_cuda_home()
 if cuda_home:
     os.environ["CUDA_HOME"] = cuda_home  # must precede the cpp_extension import
-os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+os.environ.setdefault("TORCH_CUDA_ARCH_LIST", BUILD["cuda_arch"])
 
 import torch  # noqa: E402
 from torch.utils.cpp_extension import (  # noqa: E402
@@ -43,7 +58,6 @@ from torch.utils.cpp_extension import (  # noqa: E402
     CUDAExtension,
 )
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
 flag = os.environ.get("DARE_BUILD_CUDA", "").strip()
 if flag in ("0", "1"):
     with_cuda = flag == "1"
@@ -54,22 +68,23 @@ if flag in ("0", "1"):
 else:
     with_cuda = torch.version.cuda is not None and CUDA_HOME is not None
 
-sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+# csrc/cuda (with CUDA): the kernels (*.cu, one per key dtype: they compile in parallel)
+# and the host side (*.cpp).
+sources = build_sources(with_cuda)
 # -fopenmp: at::parallel_for is a header template that runs serially without it.
-cxx_flags = ["-O3", "-fopenmp", "-fdiagnostics-color=always"]
-nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
+# An explicit -std= keeps torch's cpp_extension from choosing its own.
+std = f"-std=c++{BUILD['cxx_standard']}"
+cxx_flags = BUILD["cxx_flags"] + [std]
+nvcc_flags = BUILD["nvcc_flags"] + [std]
 if with_cuda:
-    # csrc/cuda: the kernels (*.cu, one per key dtype: they compile in parallel) and the host side (*.cpp).
-    sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) + glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
-    cxx_flags.append("-DDARE_WITH_CUDA")
     # cusparse.h etc. ship inside the nvidia wheels, not always in the toolkit.
     include_dirs = sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu*", "include")))
     ext = CUDAExtension("dare_kernels._C", sources, include_dirs=include_dirs,
                         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
-                        extra_link_args=["-fopenmp"])
+                        extra_link_args=BUILD["link_flags"])
 else:
     ext = CppExtension("dare_kernels._C", sources, extra_compile_args={"cxx": cxx_flags},
-                      extra_link_args=["-fopenmp"])
+                      extra_link_args=BUILD["link_flags"])
 
 
 class Build(BuildExtension):

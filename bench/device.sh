@@ -47,7 +47,7 @@ fi
 if [ "$MODE" = full ]; then
   for tool in ${SANITIZE_TOOLS:-memcheck racecheck initcheck}; do
     for b in ${SANITIZE_BACKENDS:-cuda}; do
-      compute-sanitizer --tool $tool --error-exitcode 9 python3 python_tests/sanitize_cuda.py $b > "$OUT/sanitize.tmp" 2>&1
+      compute-sanitizer --tool $tool --error-exitcode 9 python3 bench/sanitize_cuda.py $b > "$OUT/sanitize.tmp" 2>&1
       summary "compute-sanitizer $tool $b rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitize.tmp" | tail -1)"
       cat "$OUT/sanitize.tmp" >> "$OUT/sanitize.log"; rm -f "$OUT/sanitize.tmp"
     done

@@ -1,11 +1,14 @@
 """The one sample-inputs matrix: every backend is checked on all of it against
-the float64 reference (python_tests/test_topk_attention.py)."""
+the float64 reference (python_tests/test_topk_attention.py, through
+python_tests/oracle.py)."""
 from __future__ import annotations
 
 import dataclasses
 from typing import Callable, Optional
 
 import torch
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
 @dataclasses.dataclass

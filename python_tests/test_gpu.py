@@ -12,7 +12,7 @@ import dare_kernels
 from dare_kernels import reference
 from dare_kernels.ops import backend_status
 
-from test_topk_attention import assert_matches_reference
+from oracle import assert_matches_reference
 from samples import Sample
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

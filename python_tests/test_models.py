@@ -16,8 +16,8 @@ from dare_kernels.data import public
 from dare_kernels.data.synthetic import write_log
 from dare_kernels.models import MODELS, LongSequenceCTR, SearchCTR
 
+from oracle import assert_matches_reference
 from samples import Sample
-from test_topk_attention import assert_matches_reference
 
 SMALL = ["--users", "800", "--items", "500", "--categories", "20", "--max-len", "150", "--batch-size", "64",
          "--d-rep", "16", "--k", "16", "--eval-every", "100", "--quiet"]

@@ -12,8 +12,8 @@ from dare_kernels import reference
 from dare_kernels.ops import backend_status
 
 from conftest import DEVICES, skip_unless_compiled
-from samples import EMBEDDING_SAMPLES, embedding_input
-from test_topk_attention import DTYPES, assert_matches_reference
+from oracle import assert_matches_reference
+from samples import DTYPES, EMBEDDING_SAMPLES, embedding_input
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 

@@ -9,8 +9,8 @@ import torch
 
 from dare_kernels.ops import backend_status
 
+from oracle import assert_matches_reference
 from samples import Sample, sample_input
-from test_topk_attention import assert_matches_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(backend_status("triton", DEVICE) is not None,
@@ -47,7 +47,7 @@ def test_plan_splits_small_batches():
     assert search.plan(8, 10000, 32, 128, dev).split > 1
     assert search.plan(4096, 10000, 32, 128, dev).split == 1
     p = search.plan(2, 10000, 32, 1024, dev)
-    assert p.split <= search.MAX_SPLIT and p.split * p.CG <= p.G <= search.MAX_GROUPS
+    assert p.split <= search.MAX_SPLIT and p.split * p.group_maxima <= p.row_maxima_pow2 <= search.MAX_GROUPS
     assert search.plan(1, 5, 32, 4, dev, split=64).split == 5  # never more programs than keys
 
 

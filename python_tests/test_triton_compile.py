@@ -44,4 +44,4 @@ def test_kernels_compile_for_gpu(arch, dtype, d, k, scale):
         assert ck.asm["cubin"]
     keys = {"q_ptr": f"*{dtype}", "k_ptr": f"*{dtype}", "len_ptr": "*i64", "keys_ptr": "*i64", "T": "i32",
             "L": "i32", "D": "i32", "scale": scale, "stride_kb": "i32", "stride_kl": "i32"}
-    assert _compile_for(kernels._keys_kernel, keys, dict(DB=p.DB, C=64, HAS_LEN=False), arch, 4).asm["cubin"]
+    assert _compile_for(kernels._keys_kernel, keys, dict(DB=p.width_pow2, C=64, HAS_LEN=False), arch, 4).asm["cubin"]

@@ -49,26 +49,32 @@ DEFAULT_CONFIG = INTERPRET_CONFIG if INTERPRET else CONFIGS[0]
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    D: int
-    DB: int
-    K_PAD: int
-    P_CAP: int
-    M_S: int
-    C2: int  # order keys per step of the select pass
-    W: int  # candidate slots of each of its C2 lanes
-    CG: int  # group maxima each program of a split row publishes (<= every config's chunk)
-    G: int  # power of two >= split * CG
+    width: int  # d, the key width
+    width_pow2: int  # power of two >= d: the whole key in one tile
+    best_slots: int  # power of two >= k (>= 16): the best list
+    pending_cap: int  # pending keys one fold takes (the list folds when it passes half)
+    sort_size: int  # best_slots + pending_cap: the one sort of a fold
+    select_step: int  # order keys per step of the select pass
+    lane_slots: int  # candidate slots of each of its select_step lanes
+    group_maxima: int  # group maxima each program of a split row publishes (<= every config's chunk)
+    row_maxima_pow2: int  # power of two >= split * group_maxima
     split: int  # programs per row
     span: int  # keys per program
-    scratch: int  # int64 slots of a row's select: best k, pending list, then C2 lanes of W slots
+    scratch: int  # int64 slots of a row's select: best list, pending list, then select_step lanes of lane_slots
 
     def chunk(self, cfg: Config) -> int:
-        return max(16, cfg.tile // self.DB)
+        return max(16, cfg.tile // self.width_pow2)
+
+    def selection(self) -> dict:
+        """The select stage's compile-time parameters, under the kernels' constexpr names
+        (kernels.py keeps them short): the one place that maps the two."""
+        return dict(K_PAD=self.best_slots, P_CAP=self.pending_cap, M_S=self.sort_size, C2=self.select_step,
+                    W=self.lane_slots, CG=self.group_maxima, G=self.row_maxima_pow2)
 
     def fixed(self) -> dict:
-        """Compile-time parameters that no config changes."""
-        return dict(DB=self.DB, K_PAD=self.K_PAD, P_CAP=self.P_CAP, M_S=self.M_S, C2=self.C2, W=self.W, CG=self.CG,
-                    G=self.G)
+        """Compile-time parameters of _search_kernel that no config changes (kernel names;
+        DB: the key width's tile)."""
+        return dict(DB=self.width_pow2, **self.selection())
 
 
 @functools.lru_cache(maxsize=None)
@@ -86,12 +92,12 @@ def plan(R: int, L: int, D: int, k: int, device: torch.device, split: Optional[i
 
 
 def _plan(R, L, D, k, device, split, cfg) -> Plan:
-    DB = _pow2(D)  # the whole key in one tile: d <= 256
-    K_PAD = max(16, _pow2(k))
-    M_S = max(512, 2 * K_PAD) if not INTERPRET else max(64, 2 * K_PAD)
-    P_CAP = M_S - K_PAD
+    width_pow2 = _pow2(D)  # the whole key in one tile: d <= 256
+    best_slots = max(16, _pow2(k))
+    sort_size = max(512, 2 * best_slots) if not INTERPRET else max(64, 2 * best_slots)
+    pending_cap = sort_size - best_slots
     configs = ((INTERPRET_CONFIG,) if INTERPRET else CONFIGS) + ((cfg,) if cfg else ())
-    chunks = [max(16, c.tile // DB) for c in configs]
+    chunks = [max(16, c.tile // width_pow2) for c in configs]
     if split is None:
         # Rows alone should give every SM two programs; else split rows, a chunk or more each.
         programs = 2 * (8 if INTERPRET else _sm_count(device.index or 0))
@@ -99,17 +105,20 @@ def _plan(R, L, D, k, device, split, cfg) -> Plan:
     split = max(1, min(split, L, MAX_SPLIT))
     span = -(-L // split)
     split = -(-L // span)
-    CG = min(128, min(chunks), 1 << (MAX_GROUPS // split).bit_length() - 1)
+    group_maxima = min(128, min(chunks), 1 << (MAX_GROUPS // split).bit_length() - 1)
     # A split row's selection is its latency (B = 8, d = 32, H200: 2048 saved ~1.5 us); an
     # unsplit row's overlaps other rows' streams, and 2048 costs registers (125 -> 167).
-    C2 = 64 if INTERPRET else 2048 if split > 1 else 1024
+    select_step = 64 if INTERPRET else 2048 if split > 1 else 1024
     # Random rows put ~0.15 keys in a lane; 4 slots overflow in ~0.1% of rows (then the
     # filter pass runs). Under the interpreter 2, so that the small tests take both paths.
-    W = 2 if INTERPRET else 4
-    # The gathered slots (at most P_CAP, at most C2 * W) must fit the pending list.
-    assert min(P_CAP, C2 * W) <= P_CAP // 2 + C2, (P_CAP, C2, W)
-    return Plan(D, DB, K_PAD, P_CAP, M_S, C2, W, CG, _pow2(split * CG), split, span,
-                K_PAD + P_CAP // 2 + C2 + C2 * W)
+    lane_slots = 2 if INTERPRET else 4
+    # The gathered slots (at most pending_cap, at most select_step * lane_slots) must fit the pending list.
+    assert min(pending_cap, select_step * lane_slots) <= pending_cap // 2 + select_step, \
+        (pending_cap, select_step, lane_slots)
+    return Plan(width=D, width_pow2=width_pow2, best_slots=best_slots, pending_cap=pending_cap, sort_size=sort_size,
+                select_step=select_step, lane_slots=lane_slots, group_maxima=group_maxima,
+                row_maxima_pow2=_pow2(split * group_maxima), split=split, span=span,
+                scratch=best_slots + pending_cap // 2 + select_step + select_step * lane_slots)
 
 
 _plan_cached = functools.lru_cache(maxsize=4096)(_plan)
@@ -139,7 +148,7 @@ def _launch_search(wrap, p: Plan, q, keys, lengths, out_s, out_i, okeys, gmax, t
                    cfg: Optional[Config]):
     has_len = lengths is not None
     args = (q, keys, lengths if has_len else q, out_s, out_i, okeys, gmax, tickets, scratch,
-            T, L, p.D, k, p.span, p.scratch, scale, keys.stride(0), keys.stride(1))
+            T, L, p.width, k, p.span, p.scratch, scale, keys.stride(0), keys.stride(1))
     grid = (q.shape[0], p.split)
     flags = dict(HAS_LEN=has_len, SPLIT=p.split > 1)
     if cfg is None and AUTOTUNE and not INTERPRET and q.shape[0] * L >= AUTOTUNE_MIN_KEYS:
@@ -190,7 +199,7 @@ def _topk_attention(query, keys, k, lengths=None, scale=1.0, *, split=None, fuse
         C = p.chunk(cfg)
         wrap(kernels._keys_kernel)[(R, triton.cdiv(s.L, C))](
             q, keys, lengths if lengths is not None else q, packed, s.T, s.L, s.d, scale, keys.stride(0),
-            keys.stride(1), DB=p.DB, C=C, HAS_LEN=lengths is not None, **cfg.options())
+            keys.stride(1), DB=p.width_pow2, C=C, HAS_LEN=lengths is not None, **cfg.options())
         top = torch.topk(packed, k, dim=1).values
         score, idx = _unpack(top)
         return score.reshape(shape), idx.reshape(shape)
@@ -199,7 +208,7 @@ def _topk_attention(query, keys, k, lengths=None, scale=1.0, *, split=None, fuse
     scratch = torch.empty(R * p.scratch, dtype=torch.int64, device=device)
     split_rows = p.split > 1
     # A split row's tickets start at 0 and its last program resets them.
-    gmax = torch.empty(R * p.split * p.CG if split_rows else 1, dtype=torch.int32, device=device)
+    gmax = torch.empty(R * p.split * p.group_maxima if split_rows else 1, dtype=torch.int32, device=device)
     tickets = torch.zeros(R if split_rows else 1, dtype=torch.int32, device=device)
     _launch_search(wrap, p, q, keys, lengths, out_s, out_i, okeys, gmax, tickets, scratch, s.T, s.L, k, scale, cfg)
     return out_s, out_i
@@ -255,15 +264,14 @@ def _topk_attention_embedding(query, tables, ids, k, lengths=None, scale=1.0, *,
     p = plan(R, s.L, s.d, k, device, split, cfg)
     okeys = torch.empty(R * s.L, dtype=torch.int32, device=device)
     scratch = torch.empty(R * p.scratch, dtype=torch.int64, device=device)
-    gmax = torch.empty(R * p.split * p.CG if p.split > 1 else 1, dtype=torch.int32, device=device)
+    gmax = torch.empty(R * p.split * p.group_maxima if p.split > 1 else 1, dtype=torch.int32, device=device)
     tickets = torch.zeros(R if p.split > 1 else 1, dtype=torch.int32, device=device)
     DBs = [_pow2(tables[f].shape[1]) if f < F else 1 for f in range(4)]
     wrap(kernels._search_ids_kernel)[(R, p.split)](
         q, lengths if lengths is not None else q, out_s, out_i, okeys, gmax, tickets, scratch,
         *(x for pair in fields for x in pair), *meta, s.T, s.L, s.d, k, p.span, p.scratch, float(scale),
-        F=F, DB0=DBs[0], DB1=DBs[1], DB2=DBs[2], DB3=DBs[3], C=p.chunk(cfg), C2=p.C2, W=p.W, CG=p.CG, G=p.G,
-        K_PAD=p.K_PAD, P_CAP=p.P_CAP, M_S=p.M_S, HAS_LEN=lengths is not None, SPLIT=p.split > 1,
-        **cfg.options())
+        F=F, DB0=DBs[0], DB1=DBs[1], DB2=DBs[2], DB3=DBs[3], C=p.chunk(cfg), **p.selection(),
+        HAS_LEN=lengths is not None, SPLIT=p.split > 1, **cfg.options())
     return out_s, out_i
 
 
