@@ -32,7 +32,7 @@ BASELINE = "bmm+topk"
 SORT_KEYS = ("stage", "B", "T", "L", "d", "d_att", "k")
 SECTION_TITLES = {
     "rows": "Search stage (score every behaviour, keep the top k)",
-    "model_rows": "Reference models' search stage (attention-embedding lookup of every behaviour + the op)",
+    "model_rows": "Reference models (search stage: topk_attention_embedding over their attention tables, as forward runs it; train step: forward + backward + Adam)",
     "ids_rows": "The op from behaviour ids (table lookup + score + top-k)",
 }
 HEADERS = {"GBps": "GB/s", "pct_copy_bw": "% copy BW", "x_vs_d128": "x vs d=128",
@@ -300,7 +300,7 @@ def render_run(result: dict, path: str) -> str:
             continue
         title = SECTION_TITLES.get(name, f"`{name}`")
         if name == "model_rows" and any("stage" in r for r in section):
-            title = "Reference models (the embedding lookup of every behaviour + the op, per stage)"
+            title = "Reference models (search stage: topk_attention_embedding over their attention tables, as forward runs it; train step: forward + backward + Adam)"
         pivot = search_table(section) if name == "rows" else None
         if pivot:
             caption, text, ratios = pivot
