@@ -28,8 +28,8 @@ def available_backends(device=None) -> list:
     return [b for b in BACKENDS if backends.status(b, device) is None]
 
 
-def topk_attention(query: torch.Tensor, keys: torch.Tensor, k: int, *,
-                   lengths: Optional[torch.Tensor] = None, scale: float = 1.0,
+def topk_attention(query: torch.Tensor, keys: torch.Tensor, k: int,
+                   lengths: Optional[torch.Tensor] = None, scale: float = 1.0, *,
                    backend: Optional[str] = None):
     """Scores every key against the query and returns the exact top-k.
 
@@ -44,8 +44,8 @@ def topk_attention(query: torch.Tensor, keys: torch.Tensor, k: int, *,
 
 
 def topk_attention_embedding(query: torch.Tensor, tables: Sequence[torch.Tensor],
-                             ids: Sequence[torch.Tensor], k: int, *,
-                             lengths: Optional[torch.Tensor] = None, scale: float = 1.0,
+                             ids: Sequence[torch.Tensor], k: int,
+                             lengths: Optional[torch.Tensor] = None, scale: float = 1.0, *,
                              backend: Optional[str] = None):
     """topk_attention(query, keys, k) where behaviour j's key is the concatenation
     of F fields' embedding rows, [tables[0][ids[0][b, j]] | ... | tables[F-1][ids[F-1][b, j]]],

@@ -191,3 +191,14 @@ def test_bad_input(backend, bad, exc, match, seed):
     with pytest.raises(exc, match=match):
         dare_kernels.topk_attention_embedding(kw["query"], kw["tables"], kw["ids"], kw["k"], lengths=e.lengths,
                                               backend=backend)
+
+
+def test_api_takes_the_raw_ops_positional_arguments(seed):
+    """lengths and scale may be passed positionally, as to the raw ops."""
+    e = embedding_input("emb_shared_positions", torch.float32, "cpu", seed)
+    a = dare_kernels.topk_attention_embedding(e.query, e.tables, e.ids, e.k, e.lengths, 0.5)
+    b = dare_kernels.topk_attention_embedding(e.query, e.tables, e.ids, e.k, lengths=e.lengths, scale=0.5)
+    keys = e.keys()
+    c = dare_kernels.topk_attention(e.query, keys, e.k, e.lengths, 0.5)
+    assert torch.equal(a[1], b[1]) and torch.equal(a[0], b[0])
+    assert torch.equal(a[1], c[1])
