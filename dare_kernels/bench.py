@@ -4,7 +4,8 @@ Measures this device's copy bandwidth, then times the search stage (score every
 behaviour, keep the top k) for each available backend and attention width d
 against what users write today, `torch.topk(torch.bmm(K, q[..., None])[..., 0], k)`,
 and prints one table: median time, effective GB/s of reading the keys once, % of
-the copy bandwidth, speed-up of d over d=128, and speed-up over bmm+topk.
+the copy bandwidth, speed-up of d over d=128, speed-up over bmm+topk at the same d,
+and speed-up over bmm+topk at d=128 (what users run today), each explained under the table.
 bench/ (pytest-benchmark) reuses the inputs, baseline and timers defined here."""
 from __future__ import annotations
 
@@ -183,8 +184,13 @@ def run(args) -> dict:
         device = torch.device("cuda", torch.cuda.current_device())
     backends = args.backends or backends_for(device)
     env = environment(device)
+    _say(args, "measuring copy bandwidth (one large memory copy, a few seconds)...")
     bw = copy_bandwidth(device)
     shapes = default_shapes(device, args)
+    compiled = [b for b in backends if b in ("triton",)]
+    _say(args, f"search stage: {len(shapes)} shapes x {len(backends)} backends ({', '.join(backends)})"
+               + (f"; the first {'/'.join(compiled)} call per shape compiles (can take tens of seconds)"
+                  if compiled else ""))
     rows = []
     try:
         from tqdm import tqdm
@@ -213,6 +219,9 @@ def run(args) -> dict:
         _say(args, f"search from ids: {len(ids_shapes)} shapes x {len(bench_ids.implementations(device))} "
                    "implementations (the first torch.compile call compiles)")
         ids_rows = bench_ids.run_rows(ids_shapes, device, time_call, bw, args.reps)
+    if not args.no_model:
+        _say(args, f"reference models: {len(MODEL_CONFIGS)} configs (TWIN d=128, DARE d=32/16; 1M-item tables), "
+                   "search stage + training step each (building the models takes a while)")
     model_rows = [] if args.no_model else model_rows_for(device, args)
     return {"env": env, "copy_GBps": bw / 1e9, "rows": rows, "ids_rows": ids_rows, "model_rows": model_rows,
             "command": " ".join(["python -m dare_kernels.bench"] + sys.argv[1:])}
@@ -293,6 +302,28 @@ def _ratios(rows):
         r["x_vs_bmm_topk"] = base["ms"] / r["ms"] if base else None
 
 
+def _x_vs_bmm128(rows: list) -> dict:
+    """id(row) -> bmm+topk's ms at d=128 (same B, L, k, T, dtype) / this row's ms: what a user running
+    bmm+topk at d=128 today gains by moving to this row's backend at this row's d."""
+    def key(r):
+        return tuple(r.get(f) for f in ("B", "L", "k", "T", "dtype"))
+    base = {key(r): r["ms"] for r in rows if r["backend"] == BASELINE and r["d"] == 128}
+    return {id(r): (base[key(r)] / r["ms"] if key(r) in base and r["ms"] else None) for r in rows}
+
+
+def headline(result: dict) -> Optional[str]:
+    """One sentence: the fastest fused backend at the narrowest d against bmm+topk at d=128."""
+    rows = [r for r in result["rows"] if r["backend"] not in (BASELINE, "reference")]
+    x = _x_vs_bmm128(result["rows"])
+    best = [r for r in rows if x[id(r)] is not None]
+    if not best:
+        return None
+    d = min(r["d"] for r in best)
+    r = max((r for r in best if r["d"] == d), key=lambda r: x[id(r)])
+    return (f"=> moving from bmm+topk at d=128 to the {LEGEND.get(r['backend'], r['backend'])} at d={d}: "
+            f"{x[id(r)]:.2f}x faster ({r['ms']:.3f} ms vs {x[id(r)] * r['ms']:.3f} ms, B={r['B']}, L={r['L']})")
+
+
 def format_table(result: dict) -> str:
     env = result["env"]
     head = (f"device: {env['device']} | torch {env['torch']}"
@@ -300,18 +331,23 @@ def format_table(result: dict) -> str:
             + (f" | triton {env['triton']}" if env.get("triton") else "")
             + (f" | threads {env['threads']}" if env.get("threads") else "")
             + f"\ncopy bandwidth (read + write): {result['copy_GBps']:.1f} GB/s\n")
-    cols = ["backend", "B", "T", "L", "d", "k", "dtype", "ms", "GB/s", "% copy BW", "x vs d=128", "x vs bmm+topk"]
+    cols = ["backend", "B", "T", "L", "d", "k", "dtype", "ms", "GB/s", "% copy BW", "x vs d=128", "x vs bmm+topk",
+            "x vs bmm+topk d=128"]
     lines = []
+    x128 = _x_vs_bmm128(result["rows"])
     for r in result["rows"]:
         fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
         lines.append([r["backend"], str(r["B"]), str(r["T"] or 1), str(r["L"]), str(r["d"]), str(r["k"]), r["dtype"],
                       f"{r['ms']:.3f}", f"{r['GBps']:.1f}", f"{r['pct_copy_bw']:.0f}%",
-                      fmt(r["x_vs_d128"], ".2f"), fmt(r["x_vs_bmm_topk"], ".2f")])
+                      fmt(r.get("x_vs_d128"), ".2f"), fmt(r.get("x_vs_bmm_topk"), ".2f"), fmt(x128[id(r)], ".2f")])
     widths = [max(len(c), *(len(l[i]) for l in lines)) for i, c in enumerate(cols)]
     out = ["| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)) + " |",
            "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += ["| " + " | ".join(v.ljust(w) for v, w in zip(l, widths)) + " |" for l in lines]
-    text = head + "\n".join(out)
+    text = head + "\n".join(out) + "\n" + OP_NOTES
+    line = headline(result)
+    if line:
+        text += "\n" + line
     if result.get("ids_rows"):
         text += ("\n\nSearch from ids (one field, int64 ids): % floor = int64 ids + one 32-byte sector per row at "
                  "copy bandwidth / time; x = other's ms / this ms\n")
@@ -321,37 +357,123 @@ def format_table(result: dict) -> str:
         text += "\n".join(f"| {r['impl']} | {r['B']} | {r['L']} | {r['d']} | {r['k']} | {r['rows']} | {r['ms']:.3f} | "
                            f"{r['pct_floor']:.0f}% | {fmt(r['x_vs_emb_bmm_topk'])} | {fmt(r['x_vs_compiled'])} | "
                            f"{fmt(r['x_of_gather'])} |" for r in result["ids_rows"])
+        text += "\n" + IDS_NOTE
     if result.get("model_rows"):
         text += "\n\nReference models (search stage: attention lookups + top-k, as forward runs it; train step: "
         text += "forward + backward + Adam):\n"
         text += "| stage | model | d_att | B | L | k | ms | x vs TWIN d=128 |\n|---|---|---|---|---|---|---|---|\n"
         text += "\n".join(f"| {r['stage']} | {r['model']} | {r['d_att']} | {r['B']} | {r['L']} | {r['k']} | "
                            f"{r['ms']:.3f} | {r['x_vs_twin128']:.2f} |" for r in result["model_rows"])
+        text += "\n" + MODEL_NOTE
     return text
 
 
+OP_NOTES = """  ms: median time of one search call (B queries, each scoring L keys of width d, keeping the top k).
+  GB/s, % copy BW: the keys' bytes (B*L*d*itemsize) read once / ms, and that as a share of the copy bandwidth above.
+  x vs d=128: the same backend at d=128 / this row (what narrowing d alone buys; higher = faster).
+  x vs bmm+topk: bmm+topk at the same d / this row (the kernel alone, same d).
+  x vs bmm+topk d=128: bmm+topk at d=128 (what users run today) / this row: the gain of moving to this backend at this d."""
+IDS_NOTE = ("  Search from ids: the keys are gathered from an embedding table by id inside the search; "
+            "x vs ... = that implementation's ms / this row's ms, x of gather = gather+dot without top-k / this row.")
+MODEL_NOTE = ("  Models: ms per batch of the whole search stage or training step; x vs TWIN d=128 = TWIN's ms at the "
+              "same stage / this row's (higher = faster).")
+
+LEGEND = {BASELINE: "bmm + torch.topk (today)", "cuda": "fused CUDA kernel", "triton": "fused Triton kernel",
+          "cpu": "fused CPU kernel", "reference": "reference (PyTorch)"}
+
+
+def _bar_labels(ax, bars, values):
+    for b, v in zip(bars, values):
+        ax.annotate(f"{v:.0f}" if v >= 100 else f"{v:.3g}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom",
+                    fontsize=7, xytext=(0, 1), textcoords="offset points")
+
+
 def plot(result: dict, path: str):
+    """Left: op time vs d per backend, with the read-keys-once floor. Right: the reference
+    models' search stage and train step (if present) and the search-from-ids rows at 1M
+    table rows (if present)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    from matplotlib.ticker import FuncFormatter, NullLocator
     rows = result["rows"]
+    models = result.get("model_rows") or []
+    ids = [r for r in (result.get("ids_rows") or []) if r.get("rows") == 1_000_000 and r["d"] in (16, 128)]
+    right = bool(models) + bool(ids)
+    fig = plt.figure(figsize=(7 + 6.5 * bool(right), 5.2 if right < 2 else 8))
+    grid = fig.add_gridspec(max(1, right), 3 if right else 1, width_ratios=[1.25, 0.6, 0.6] if right else [1])
+    ax = fig.add_subplot(grid[:, 0])
+    Bs = sorted({r["B"] for r in rows})
     for backend in dict.fromkeys(r["backend"] for r in rows):
-        for B in sorted({r["B"] for r in rows}):
+        for B in Bs:
             pts = sorted((r["d"], r["ms"]) for r in rows if r["backend"] == backend and r["B"] == B)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{backend} (B={B})")
-    for B in sorted({r["B"] for r in rows}):
+            name = LEGEND.get(backend, backend) + (f" (B={B})" if len(Bs) > 1 else "")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
+                    ls=":" if backend == BASELINE else "-", label=name)
+    for B in Bs:
         pts = sorted({(r["d"], r["ms"] * r["pct_copy_bw"] / 100) for r in rows if r["B"] == B})
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "k--", lw=1,
-                label=f"read keys once at copy bandwidth (B={B})")
+                label="read keys once at copy bandwidth" + (f" (B={B})" if len(Bs) > 1 else ""))
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("attention dim d")
-    ax.set_ylabel("median ms per search")
-    ax.set_title(f"search stage, {result['env']['device']}")
-    ax.legend(fontsize=7)
+    ax.set_xticks([16, 32, 64, 128])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlim(13, 155)
+    ax.set_ylim(bottom=0)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.grid(alpha=0.3)
+    ax.set_xlabel("attention width d")
+    ax.set_ylabel("ms per search call (median)")
+    r0 = rows[0] if rows else {}
+    T = f", T={r0['T']}" if r0.get("T") else ""
+    shape = f"B={'/'.join(map(str, Bs))}{T}, L={r0.get('L')}, k={r0.get('k')}, {r0.get('dtype')}"
+    device = result["env"]["device"]
+    line = headline(result)
+    line = "\n" + line[3:].split(" (")[0] if line else ""
+    ax.set_title(f"search stage (score L keys, keep top k), {device[:50]}\n{shape}{line}", fontsize=9)
+    ax.legend(fontsize=8)
+    row = 0
+    if models:
+        configs = list(dict.fromkeys((r["model"], r["d_att"]) for r in models))
+        labels = [f"{m.upper()}\nd={d}" for m, d in configs]
+        colors = ["tab:gray" if m == "twin" else "tab:green" for m, _ in configs]
+        for j, stage in enumerate(dict.fromkeys(r["stage"] for r in models)):
+            if j > 1:
+                break
+            sub = fig.add_subplot(grid[row, 1 + j])
+            ms = [next((r["ms"] for r in models if r["stage"] == stage and (r["model"], r["d_att"]) == c), 0)
+                  for c in configs]
+            bars = sub.bar(range(len(configs)), ms, color=colors)
+            _bar_labels(sub, bars, ms)
+            sub.set_xticks(range(len(configs)))
+            sub.set_xticklabels(labels, fontsize=8)
+            sub.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            sub.set_ylabel("ms per batch")
+            sub.set_title(f"reference model: {'search stage' if stage == 'search' else stage}\n"
+                          f"B={models[0]['B']}, L={models[0]['L']}, k={models[0]['k']}", fontsize=9)
+            sub.margins(y=0.15)
+        row += 1
+    if ids:
+        sub = fig.add_subplot(grid[row, 1:])
+        impls = list(dict.fromkeys(r["impl"] for r in ids))
+        ds = sorted({r["d"] for r in ids})
+        width = 0.8 / len(impls)
+        for i, impl in enumerate(impls):
+            ms = [next((r["ms"] for r in ids if r["impl"] == impl and r["d"] == d), 0) for d in ds]
+            bars = sub.bar([x + (i - (len(impls) - 1) / 2) * width for x in range(len(ds))], ms, width,
+                           label=LEGEND.get(impl, impl).replace("bmm + torch.topk (today)", "bmm+topk"))
+            _bar_labels(sub, bars, ms)
+        sub.set_xticks(range(len(ds)))
+        sub.set_xticklabels([f"d={d}" for d in ds])
+        sub.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        sub.set_ylabel("ms per search call")
+        sub.set_title(f"search from ids (keys gathered from a 1M-row table), B={ids[0]['B']}, L={ids[0]['L']}, "
+                      f"k={ids[0]['k']}", fontsize=9)
+        sub.legend(fontsize=7, ncol=3, loc="upper center")
+        sub.set_ylim(0, sub.get_ylim()[1] * 1.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def parse_args(argv=None):
@@ -383,8 +505,10 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
+        _say(args, f"JSON written to {args.json}")
     if args.plot:
         plot(result, args.plot)
+        _say(args, f"plot written to {args.plot}")
 
 
 if __name__ == "__main__":
