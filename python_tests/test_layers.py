@@ -144,11 +144,13 @@ def test_hard_search_matches_block(g, layout, declared):
 
 
 def assert_same_grads(loss, want_loss, inputs):
+    # float32 sums in another order (index_add over the selected rows against
+    # gather's backward): equal up to accumulation rounding, not bit for bit.
     got = torch.autograd.grad(loss, inputs)
     want = torch.autograd.grad(want_loss, inputs)
     for a, b in zip(got, want):
         assert a.abs().sum() > 0
-        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_lengths_equal_right_mask(g):

@@ -42,6 +42,3 @@ def test_kernels_compile_for_gpu(arch, dtype, d, k, scale):
         ck = _compile_for(kernels._search_kernel, base, dict(**p.fixed(), C=p.chunk(search.CONFIGS[0]),
                           HAS_LEN=True, SPLIT=split), arch, search.CONFIGS[0].num_warps)
         assert ck.asm["cubin"]
-    keys = {"q_ptr": f"*{dtype}", "k_ptr": f"*{dtype}", "len_ptr": "*i64", "keys_ptr": "*i64", "T": "i32",
-            "L": "i32", "D": "i32", "scale": scale, "stride_kb": "i32", "stride_kl": "i32"}
-    assert _compile_for(kernels._keys_kernel, keys, dict(DB=p.width_pow2, C=64, HAS_LEN=False), arch, 4).asm["cubin"]

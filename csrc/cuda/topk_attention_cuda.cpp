@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <string>
 
 #include <ATen/ATen.h>
@@ -55,36 +56,23 @@ int targets_group(const Shape& s, int64_t k, const at::Tensor& K, bool vectorise
   return 0;
 }
 
-// Exact for any k: float32 scores, positions past the length masked, one
-// descending sort of int64 keys that encode (score order, -position).
+// Exact for any k: the reference's computation (dare_kernels/reference.py) on
+// the GPU, the one large-k path of both GPU backends. float32 scores (-0 -> +0:
+// both zeros tie), padding masked to -inf, a stable descending sort (NaN first,
+// equal scores by position; padding after every valid -inf, being further
+// right), then the padded slots of short rows set to (-inf, -1).
 std::tuple<at::Tensor, at::Tensor> large_k(const at::Tensor& Q, const at::Tensor& K, int64_t k,
                                            const at::Tensor& len, double scale, const Shape& s) {
-  at::Tensor scores = at::bmm(Q.view({s.B, s.T, s.d}).to(at::kFloat), K.to(at::kFloat).transpose(1, 2));
-  scores = scores * scale + 0.0;  // -0 -> +0: both zeros tie
-  at::Tensor u = scores.view(at::kInt).to(at::kLong) & 0xFFFFFFFFLL;
-  const at::Tensor nan = scores.isnan();
-  u = at::where(u == 0x80000000LL, at::zeros_like(u), u);
-  at::Tensor key = at::where((u & 0x80000000LL).ne(0), u ^ 0xFFFFFFFFLL, u | 0x80000000LL);
-  key = at::where(nan, at::full_like(key, 0xFFFFFFFFLL), key);
-  at::Tensor pos = at::arange(s.L, K.options().dtype(at::kLong));
-  at::Tensor packed = at::bitwise_left_shift(key, 32) | (0xFFFFFFFFLL - pos);  // as uint64; shift to signed order:
-  packed = packed ^ (int64_t(1) << 63);
+  const at::Tensor scores = at::bmm(Q.view({s.B, s.T, s.d}).to(at::kFloat), K.to(at::kFloat).transpose(1, 2)) * scale + 0.0;
+  at::Tensor valid = at::ones({s.B, 1, s.L}, K.options().dtype(at::kBool));
   if (len.defined()) {
-    const at::Tensor valid = pos.view({1, 1, s.L}) < len.clamp(0, s.L).view({s.B, 1, 1});
-    packed = at::where(valid, packed, at::full_like(packed, std::numeric_limits<int64_t>::min()));
+    valid = at::arange(s.L, K.options().dtype(at::kLong)).view({1, 1, s.L}) < len.clamp(0, s.L).view({s.B, 1, 1});
   }
-  at::Tensor top = std::get<0>(at::sort(packed, /*stable=*/false, /*dim=*/-1, /*descending=*/true))
-                       .narrow(-1, 0, k);
-  const at::Tensor pad = top.eq(std::numeric_limits<int64_t>::min());
-  top = top ^ (int64_t(1) << 63);
-  at::Tensor idx = 0xFFFFFFFFLL - (top & 0xFFFFFFFFLL);
-  at::Tensor hi = at::bitwise_right_shift(top, 32) & 0xFFFFFFFFLL;
-  at::Tensor bits = at::where((hi & 0x80000000LL).ne(0), hi & 0x7FFFFFFFLL, hi ^ 0xFFFFFFFFLL);
-  bits = at::where(bits >= 0x80000000LL, bits - 0x100000000LL, bits);  // as int32 bit pattern
-  at::Tensor out = bits.to(at::kInt).view(at::kFloat);
-  out = at::where(pad, at::full_like(out, -std::numeric_limits<float>::infinity()), out);
-  idx = at::where(pad, at::full_like(idx, -1), idx);
-  return {out, idx};
+  const at::Tensor masked = scores.masked_fill(valid.logical_not(), -std::numeric_limits<float>::infinity());
+  const at::Tensor order = std::get<1>(at::sort(masked, /*stable=*/true, /*dim=*/-1, /*descending=*/true)).narrow(-1, 0, k);
+  const at::Tensor ok = valid.expand({s.B, s.T, s.L}).gather(-1, order);
+  return {scores.gather(-1, order).masked_fill(ok.logical_not(), -std::numeric_limits<float>::infinity()),
+          order.masked_fill(ok.logical_not(), -1)};
 }
 
 std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, const at::Tensor& keys,

@@ -46,11 +46,6 @@ def pack_okey(okey, pos):
 
 
 @triton.jit
-def pack(score, pos):
-    return pack_okey(order_key(score), pos)
-
-
-@triton.jit
 def unpack(key):
     okey = (key >> 32).to(tl.int32)
     pos = ((okey.to(tl.int64) + 1) << 32) - 1 - key
@@ -265,20 +260,6 @@ def _search_kernel(q_ptr, k_ptr, len_ptr, out_s_ptr, out_i_ptr, okey_ptr, gmax_p
         kv = kv_next
     _finish(okey_row, gmax, n, k, scratch_ptr, scratch_stride, out_s_ptr, out_i_ptr, gmax_ptr, ticket_ptr, r, s, C,
             C2, W, CG, G, K_PAD, P_CAP, M_S, SPLIT)
-
-
-@triton.jit
-def _keys_kernel(q_ptr, k_ptr, len_ptr, keys_ptr, T, L, D, scale, stride_kb, stride_kl,
-                 DB: tl.constexpr, C: tl.constexpr, HAS_LEN: tl.constexpr):
-    """Packed keys of every position (large k: the selection then runs in torch.topk)."""
-    r = tl.program_id(0)
-    c0 = tl.program_id(1) * C
-    b = r // T
-    pos = c0 + tl.arange(0, C)
-    valid = pos < _row_length(len_ptr, b, L, HAS_LEN)
-    kv = _load_keys(k_ptr + b.to(tl.int64) * stride_kb, pos, valid, D, stride_kl, DB)
-    key = pack(_scores(kv, _load_query(q_ptr, r, D, DB), scale), pos)
-    tl.store(keys_ptr + r.to(tl.int64) * L + pos, tl.where(valid, key, NEG), mask=pos < L)
 
 
 @triton.jit

@@ -193,16 +193,8 @@ def _topk_attention(query, keys, k, lengths=None, scale=1.0, *, split=None, fuse
     p = plan(R, s.L, s.d, k, device, split, cfg)
     scale = float(scale)
     if k > fused_max_k:
-        cfg = cfg or DEFAULT_CONFIG
-        # Exact for any k: packed keys are distinct, so torch.topk's order is the contract's.
-        packed = torch.empty(R, s.L, dtype=torch.int64, device=device)
-        C = p.chunk(cfg)
-        wrap(kernels._keys_kernel)[(R, triton.cdiv(s.L, C))](
-            q, keys, lengths if lengths is not None else q, packed, s.T, s.L, s.d, scale, keys.stride(0),
-            keys.stride(1), DB=p.width_pow2, C=C, HAS_LEN=lengths is not None, **cfg.options())
-        top = torch.topk(packed, k, dim=1).values
-        score, idx = _unpack(top)
-        return score.reshape(shape), idx.reshape(shape)
+        # Exact for any k: the reference's stable sort, on this device (the one large-k path).
+        return reference.topk_attention(query, keys, k, lengths, scale, check_length_values=False)
     # Separate buffers, not views of one: traced launches must not see aliased mutated arguments.
     okeys = torch.empty(R * s.L, dtype=torch.int32, device=device)
     scratch = torch.empty(R * p.scratch, dtype=torch.int64, device=device)
@@ -212,16 +204,6 @@ def _topk_attention(query, keys, k, lengths=None, scale=1.0, *, split=None, fuse
     tickets = torch.zeros(R if split_rows else 1, dtype=torch.int32, device=device)
     _launch_search(wrap, p, q, keys, lengths, out_s, out_i, okeys, gmax, tickets, scratch, s.T, s.L, k, scale, cfg)
     return out_s, out_i
-
-
-def _unpack(key: torch.Tensor):
-    """Host-side twin of kernels.unpack, for the large-k path."""
-    okey = key >> 32
-    pos = ((okey + 1) << 32) - 1 - key
-    bits = torch.where(okey >= 0, okey, okey ^ 0x7FFFFFFF).to(torch.int32)
-    pad = key == torch.iinfo(torch.int64).min
-    score = torch.where(pad, float("-inf"), bits.view(torch.float32))
-    return score, torch.where(pad, -1, pos)
 
 
 @triton_op("dare::topk_attention_embedding_triton", mutates_args=())
