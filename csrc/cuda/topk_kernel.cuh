@@ -16,7 +16,7 @@
 // leaves its partial top-k list, and the row's last CTA to finish (an atomic
 // ticket) streams the other lists through the same filter, seeded with its own.
 //
-// k above kMaxK takes an exact ATen path (float32 scores, one int64 sort).
+// k above kMaxK takes the reference computation on the GPU (float32 scores, a stable sort).
 //
 // This header holds the kernel and its launcher template; topk_kernel_*.cu
 // instantiate it for one key dtype each.
