@@ -50,8 +50,8 @@ def check_args(query, keys, k, lengths=None, scale=1.0) -> None:
 
 
 def _check_scale(scale, op: str) -> None:
-    if isinstance(scale, (torch.SymFloat, torch.SymInt)):
-        return  # traced: its value is not known here
+    if isinstance(scale, (torch.SymFloat, torch.SymInt)) or torch.compiler.is_compiling():
+        return  # traced: its value is not known here (the compiled kernels check it when they run)
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"{op}: scale must be a float, got {type(scale).__name__}")
     # The kernels scale float32 scores by float32(scale): 1e39 would make every score inf.
@@ -179,7 +179,7 @@ def check_embedding_inputs(query: torch.Tensor, tables, ids, k: int,
         raise ValueError(f"{op}: query feature size must equal the tables' total width d={d}, got {query.shape[-1]}")
     if L >= 2**31:
         raise ValueError(f"{op}: ids length L must be < 2**31, got {L}")
-    if isinstance(k, bool) or not isinstance(k, int):
+    if isinstance(k, bool) or not isinstance(k, (int, torch.SymInt)):
         raise TypeError(f"{op}: k must be an int, got {type(k).__name__}")
     if not 1 <= k <= L:
         raise ValueError(f"{op}: k must satisfy 1 <= k <= L={L}, got {k}")

@@ -57,8 +57,10 @@ def topk_attention_embedding(query: torch.Tensor, tables: Sequence[torch.Tensor]
     An id out of [0, N_f) raises ValueError on CPU and scores NaN on CUDA (never
     read). `scores` is differentiable w.r.t. query and tables (dense table
     gradients, as nn.Embedding's, touching only the selected rows)."""
-    if type(k) is not int or not isinstance(query, torch.Tensor) or not isinstance(tables, (list, tuple)) \
-            or not isinstance(ids, (list, tuple)) or not all(isinstance(t, torch.Tensor) for t in (*tables, *ids)):
+    if (type(k) is not int and not isinstance(k, torch.SymInt)) or not isinstance(query, torch.Tensor) \
+            or (lengths is not None and not isinstance(lengths, torch.Tensor)) \
+            or not isinstance(tables, (list, tuple)) or not isinstance(ids, (list, tuple)) \
+            or not all(isinstance(t, torch.Tensor) for t in (*tables, *ids)):
         check_embedding_inputs(query, tables, ids, k, lengths, scale=scale)  # raises the TypeError
     _check_scale(scale, "topk_attention_embedding")
     args = (query, list(tables), list(ids), k, lengths, scale)

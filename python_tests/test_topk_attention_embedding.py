@@ -179,6 +179,8 @@ def test_out_of_range_ids_score_nan_on_gpu(backend, seed):
     (lambda e: dict(query=e.query[:, :31]), ValueError, r"total width d=32, got 31"),
     (lambda e: dict(k=0), ValueError, r"k must satisfy 1 <= k <= L=301, got 0"),
     (lambda e: dict(k=2.0), TypeError, "k must be an int"),
+    (lambda e: dict(k=True), TypeError, "k must be an int"),
+    (lambda e: dict(lengths=[1, 2, 3, 4, 5]), TypeError, "lengths must be a Tensor or None"),
     (lambda e: dict(tables=[*e.tables, e.tables[0], e.tables[0]], ids=[*e.ids, e.ids[0], e.ids[0]]),
      ValueError, "tables must hold 1 to 4 fields, got 5"),
 ])
@@ -186,10 +188,10 @@ def test_out_of_range_ids_score_nan_on_gpu(backend, seed):
 def test_bad_input(backend, bad, exc, match, seed):
     _skip_unless_available(backend, "cpu", torch.float32)
     e = embedding_input("emb_shared_positions", torch.float32, "cpu", seed)
-    kw = dict(query=e.query, tables=e.tables, ids=e.ids, k=e.k)
+    kw = dict(query=e.query, tables=e.tables, ids=e.ids, k=e.k, lengths=e.lengths)
     kw.update(bad(e))
     with pytest.raises(exc, match=match):
-        dare_kernels.topk_attention_embedding(kw["query"], kw["tables"], kw["ids"], kw["k"], lengths=e.lengths,
+        dare_kernels.topk_attention_embedding(kw["query"], kw["tables"], kw["ids"], kw["k"], lengths=kw["lengths"],
                                               backend=backend)
 
 
@@ -202,3 +204,21 @@ def test_api_takes_the_raw_ops_positional_arguments(seed):
     c = dare_kernels.topk_attention(e.query, keys, e.k, e.lengths, 0.5)
     assert torch.equal(a[1], b[1]) and torch.equal(a[0], b[0])
     assert torch.equal(a[1], c[1])
+
+
+def test_api_compiles_with_dynamic_shapes(seed):
+    """The Python entry points of both ops trace whole (fullgraph) with symbolic k and shapes."""
+    skip_unless_compiled("cpu")
+    e = embedding_input("emb_shared_positions", torch.float32, "cpu", seed)
+    keys = e.keys()
+
+    def search(q, k):
+        a = dare_kernels.topk_attention_embedding(q, e.tables, e.ids, k, lengths=e.lengths)
+        b = dare_kernels.topk_attention(q, keys, k, lengths=e.lengths)
+        return a, b
+
+    compiled = torch.compile(search, backend="aot_eager", fullgraph=True, dynamic=True)
+    for k in (5, 9):
+        (sa, ia), (sb, ib) = compiled(e.query, k)
+        want = search(e.query, k)
+        assert torch.equal(ia, want[0][1]) and torch.equal(ib, want[1][1]) and torch.equal(ia, ib)
