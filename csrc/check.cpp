@@ -59,6 +59,30 @@ void check_scale(double scale, const char* op) {
                     std::string(op) + ": scale must be finite in float32, got " + float_repr(scale));
 }
 
+namespace {
+
+// The lengths check of both ops (`device_of`: the argument that sets the device).
+void check_lengths(const char* op, const std::optional<at::Tensor>& lengths, int64_t B, int64_t L,
+                   const at::Device& device, const char* device_of, bool check_values) {
+  if (!lengths.has_value()) return;
+  const std::string o = op;
+  const at::Tensor& len = *lengths;
+  TORCH_CHECK_TYPE(len.scalar_type() == at::kInt || len.scalar_type() == at::kLong,
+                   o + ": lengths must be int32 or int64, got " + dtype_name(len.scalar_type()));
+  TORCH_CHECK_VALUE(len.dim() == 1 && len.size(0) == B,
+                    o + ": lengths must have shape (B,)=(" + num(B) + ",), got shape " + shape_str(len));
+  TORCH_CHECK_VALUE(len.device() == device, o + ": lengths must be on the " + device_of + " device " + device.str() +
+                                                ", got " + len.device().str());
+  if (check_values && B > 0) {
+    const int64_t lo = len.min().item<int64_t>();
+    const int64_t hi = len.max().item<int64_t>();
+    TORCH_CHECK_VALUE(lo >= 0 && hi <= L, o + ": lengths values must be in [0, L=" + num(L) + "], got min " +
+                                              num(lo) + ", max " + num(hi));
+  }
+}
+
+}  // namespace
+
 Shape check_inputs(const at::Tensor& query, const at::Tensor& keys, int64_t k,
                    const std::optional<at::Tensor>& lengths,
                    bool check_length_values) {
@@ -88,51 +112,11 @@ Shape check_inputs(const at::Tensor& query, const at::Tensor& keys, int64_t k,
                     "topk_attention: keys length L must be < 2**31, got " + num(L));
   TORCH_CHECK_VALUE(k >= 1 && k <= L,
                     "topk_attention: k must satisfy 1 <= k <= L=" + num(L) + ", got " + num(k));
-  if (lengths.has_value()) {
-    const at::Tensor& len = *lengths;
-    TORCH_CHECK_TYPE(len.scalar_type() == at::kInt || len.scalar_type() == at::kLong,
-                     "topk_attention: lengths must be int32 or int64, got " +
-                         dtype_name(len.scalar_type()));
-    TORCH_CHECK_VALUE(len.dim() == 1 && len.size(0) == B,
-                      "topk_attention: lengths must have shape (B,)=(" + num(B) + ",), got shape " +
-                          shape_str(len));
-    TORCH_CHECK_VALUE(len.device() == keys.device(),
-                      "topk_attention: lengths must be on the keys device " + keys.device().str() +
-                          ", got " + len.device().str());
-    if (check_length_values && B > 0) {
-      const int64_t lo = len.min().item<int64_t>();
-      const int64_t hi = len.max().item<int64_t>();
-      TORCH_CHECK_VALUE(lo >= 0 && hi <= L,
-                        "topk_attention: lengths values must be in [0, L=" + num(L) + "], got min " +
-                            num(lo) + ", max " + num(hi));
-    }
-  }
+  check_lengths("topk_attention", lengths, B, L, keys.device(), "keys", check_length_values);
   const bool multi = query.dim() == 3;
   return Shape{B, multi ? query.size(1) : 1, L, d, multi};
 }
 
-namespace {
-
-void check_lengths(const char* op, const std::optional<at::Tensor>& lengths, int64_t B, int64_t L,
-                   const at::Device& device, const char* device_of, bool check_values) {
-  if (!lengths.has_value()) return;
-  const std::string o = op;
-  const at::Tensor& len = *lengths;
-  TORCH_CHECK_TYPE(len.scalar_type() == at::kInt || len.scalar_type() == at::kLong,
-                   o + ": lengths must be int32 or int64, got " + dtype_name(len.scalar_type()));
-  TORCH_CHECK_VALUE(len.dim() == 1 && len.size(0) == B,
-                    o + ": lengths must have shape (B,)=(" + num(B) + ",), got shape " + shape_str(len));
-  TORCH_CHECK_VALUE(len.device() == device, o + ": lengths must be on the " + device_of + " device " + device.str() +
-                                                ", got " + len.device().str());
-  if (check_values && B > 0) {
-    const int64_t lo = len.min().item<int64_t>();
-    const int64_t hi = len.max().item<int64_t>();
-    TORCH_CHECK_VALUE(lo >= 0 && hi <= L, o + ": lengths values must be in [0, L=" + num(L) + "], got min " +
-                                              num(lo) + ", max " + num(hi));
-  }
-}
-
-}  // namespace
 
 Shape check_embedding_inputs(const at::Tensor& query, const at::TensorList& tables, const at::TensorList& ids,
                              int64_t k, const std::optional<at::Tensor>& lengths, double scale,

@@ -94,20 +94,7 @@ def check_inputs(query: torch.Tensor, keys: torch.Tensor, k: int,
         raise ValueError(f"topk_attention: keys length L must be < 2**31, got {L}")
     if not 1 <= k <= L:
         raise ValueError(f"topk_attention: k must satisfy 1 <= k <= L={L}, got {k}")
-    if lengths is not None:
-        if lengths.dtype not in (torch.int32, torch.int64):
-            raise TypeError(f"topk_attention: lengths must be int32 or int64, got {lengths.dtype}")
-        if lengths.dim() != 1 or lengths.shape[0] != B:
-            raise ValueError(
-                f"topk_attention: lengths must have shape (B,)=({B},), got shape {_shape(lengths)}")
-        if lengths.device != keys.device:
-            raise ValueError(
-                f"topk_attention: lengths must be on the keys device {keys.device}, got {lengths.device}")
-        if check_length_values and B > 0:
-            lo, hi = int(lengths.min()), int(lengths.max())
-            if lo < 0 or hi > L:
-                raise ValueError(
-                    f"topk_attention: lengths values must be in [0, L={L}], got min {lo}, max {hi}")
+    check_lengths("topk_attention", lengths, B, L, keys.device, "keys", check_length_values)
     multi = query.dim() == 3
     return Shape(B, query.shape[1] if multi else 1, L, d, multi)
 
@@ -126,6 +113,24 @@ def _tensor_list(x, name: str, op: str) -> list:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name}[{i}] must be a Tensor, got {type(t).__name__}")
     return list(x)
+
+
+def check_lengths(op: str, lengths: Optional[torch.Tensor], B: int, L: int, device, device_of: str,
+                  check_values: bool) -> None:
+    """The lengths check of both ops (`device_of`: the argument that sets the device).
+    Values are read only when check_values is set (a host synchronisation on a GPU)."""
+    if lengths is None:
+        return
+    if lengths.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"{op}: lengths must be int32 or int64, got {lengths.dtype}")
+    if lengths.dim() != 1 or lengths.shape[0] != B:
+        raise ValueError(f"{op}: lengths must have shape (B,)=({B},), got shape {_shape(lengths)}")
+    if lengths.device != device:
+        raise ValueError(f"{op}: lengths must be on the {device_of} device {device}, got {lengths.device}")
+    if check_values and B > 0:
+        lo, hi = int(lengths.min()), int(lengths.max())
+        if lo < 0 or hi > L:
+            raise ValueError(f"{op}: lengths values must be in [0, L={L}], got min {lo}, max {hi}")
 
 
 def check_embedding_inputs(query: torch.Tensor, tables, ids, k: int,
@@ -183,19 +188,9 @@ def check_embedding_inputs(query: torch.Tensor, tables, ids, k: int,
         raise TypeError(f"{op}: k must be an int, got {type(k).__name__}")
     if not 1 <= k <= L:
         raise ValueError(f"{op}: k must satisfy 1 <= k <= L={L}, got {k}")
-    if lengths is not None:
-        if not isinstance(lengths, torch.Tensor):
-            raise TypeError(f"{op}: lengths must be a Tensor or None, got {type(lengths).__name__}")
-        if lengths.dtype not in (torch.int32, torch.int64):
-            raise TypeError(f"{op}: lengths must be int32 or int64, got {lengths.dtype}")
-        if lengths.dim() != 1 or lengths.shape[0] != B:
-            raise ValueError(f"{op}: lengths must have shape (B,)=({B},), got shape {_shape(lengths)}")
-        if lengths.device != query.device:
-            raise ValueError(f"{op}: lengths must be on the query device {query.device}, got {lengths.device}")
-        if check_values and B > 0:
-            lo, hi = int(lengths.min()), int(lengths.max())
-            if lo < 0 or hi > L:
-                raise ValueError(f"{op}: lengths values must be in [0, L={L}], got min {lo}, max {hi}")
+    if lengths is not None and not isinstance(lengths, torch.Tensor):
+        raise TypeError(f"{op}: lengths must be a Tensor or None, got {type(lengths).__name__}")
+    check_lengths(op, lengths, B, L, query.device, "query", check_values)
     if check_values and B > 0 and L > 0:
         check_id_values(tables, ids, B, L, lengths)
     multi = query.dim() == 3
