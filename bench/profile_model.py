@@ -3,27 +3,18 @@
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from dare_kernels.bench import MODEL_CATS, MODEL_ITEMS, model_batch, train_step
 from dare_kernels.models import LongSequenceCTR
 
 dev = torch.device("cuda")
-B, L, n_items, n_cats, k = 1024, 10000, 1_000_000, 10_000, 128
-g = torch.Generator(device=dev).manual_seed(0)
-batch = {"history_items": torch.randint(1, n_items + 1, (B, L), device=dev, generator=g),
-         "history_cats": torch.randint(1, n_cats + 1, (B, L), device=dev, generator=g),
-         "lengths": torch.full((B,), L, device=dev),
-         "target_item": torch.randint(1, n_items + 1, (B,), device=dev, generator=g),
-         "target_cat": torch.randint(1, n_cats + 1, (B,), device=dev, generator=g),
-         "label": torch.randint(0, 2, (B,), device=dev, generator=g).float()}
+B, L, k = 1024, 10000, 128
+batch = model_batch(dev, B, L, MODEL_ITEMS, MODEL_CATS)
 for variant, d_att in (("dare", 16), ("twin", 128)):
-    model = LongSequenceCTR(variant, n_items, n_cats, L, d_att=d_att, d_rep=128, k=k).to(dev)
+    model = LongSequenceCTR(variant, MODEL_ITEMS, MODEL_CATS, L, d_att=d_att, d_rep=128, k=k).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch)[0].float(), batch["label"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(model, opt, batch, dev)
 
     def search():
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):

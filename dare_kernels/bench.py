@@ -235,6 +235,30 @@ def _say(args, msg: str):
         print(msg, file=sys.stderr, flush=True)
 
 
+MODEL_ITEMS, MODEL_CATS = 1_000_000, 10_000
+
+
+def model_batch(device: torch.device, B: int, L: int, n_items: int, n_cats: int) -> dict:
+    """A fixed random batch of full-length histories for the reference models."""
+    g = torch.Generator(device=device).manual_seed(0)
+    return {"history_items": torch.randint(1, n_items + 1, (B, L), device=device, generator=g),
+            "history_cats": torch.randint(1, n_cats + 1, (B, L), device=device, generator=g),
+            "lengths": torch.full((B,), L, device=device),
+            "target_item": torch.randint(1, n_items + 1, (B,), device=device, generator=g),
+            "target_cat": torch.randint(1, n_cats + 1, (B,), device=device, generator=g),
+            "label": torch.randint(0, 2, (B,), device=device, generator=g).float()}
+
+
+def train_step(model, opt, batch: dict, device: torch.device):
+    """Forward + backward + optimiser step, bf16 autocast on GPU."""
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        logits = model(batch)[0]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["label"])
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def model_rows_for(device: torch.device, args) -> list:
     """The reference models' search stage (attention lookups of every behaviour +
     top-k, as their forward runs it) and training step (forward + backward +
@@ -243,14 +267,8 @@ def model_rows_for(device: torch.device, args) -> list:
     from .models import LongSequenceCTR
     gpu = device.type == "cuda"
     B = (args.B or [1024 if gpu else 64])[0]
-    L, n_items, n_cats = args.L, 1_000_000, 10_000
-    g = torch.Generator(device=device).manual_seed(0)
-    batch = {"history_items": torch.randint(1, n_items + 1, (B, L), device=device, generator=g),
-             "history_cats": torch.randint(1, n_cats + 1, (B, L), device=device, generator=g),
-             "lengths": torch.full((B,), L, device=device),
-             "target_item": torch.randint(1, n_items + 1, (B,), device=device, generator=g),
-             "target_cat": torch.randint(1, n_cats + 1, (B,), device=device, generator=g),
-             "label": torch.randint(0, 2, (B,), device=device, generator=g).float()}
+    L, n_items, n_cats = args.L, MODEL_ITEMS, MODEL_CATS
+    batch = model_batch(device, B, L, n_items, n_cats)
     rows = []
     reps = max(5, args.reps // (2 if gpu else 10))
     for variant, d_att in MODEL_CONFIGS:
@@ -267,17 +285,9 @@ def model_rows_for(device: torch.device, args) -> list:
         model.train()
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
-        def step():
-            with autocast:
-                logits = model(batch)[0]
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["label"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
         if gpu:
             torch.cuda.reset_peak_memory_stats(device)
-        t_step = time_call(lambda: step(), [()], device, reps=max(3, reps // 2))
+        t_step = time_call(lambda: train_step(model, opt, batch, device), [()], device, reps=max(3, reps // 2))
         mem = torch.cuda.max_memory_allocated(device) / 2**30 if gpu else None
         for stage, t in (("search", t_search), ("train step", t_step)):
             rows.append({"stage": stage, "model": variant, "d_att": model.d_att, "B": B, "L": L, "k": args.k,

@@ -27,6 +27,20 @@ def skip_unless_compiled(device):
         pytest.skip(why)
 
 
+def skip_unless_available(backend, device, dtype, large=False):
+    """Skips unless `backend` runs on `device`; the Triton interpreter (CPU tensors)
+    has no bfloat16 and is too slow for the large samples."""
+    from dare_kernels.ops import backend_status
+    why = backend_status(backend, device)
+    if why is not None:
+        pytest.skip(why)
+    if backend == "triton" and device == "cpu":
+        if dtype == torch.bfloat16:
+            pytest.skip("the Triton interpreter has no bfloat16")
+        if large:
+            pytest.skip("too large for the Triton interpreter")
+
+
 def pytest_report_header(config):
     return f"dare_kernels test seed: DARE_TEST_SEED={SEED}"
 

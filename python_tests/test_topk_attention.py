@@ -7,32 +7,17 @@ import torch
 
 import dare_kernels
 from dare_kernels import reference
-from dare_kernels.ops import backend_status
 
-from conftest import DEVICES, skip_unless_compiled
+from conftest import DEVICES, skip_unless_available, skip_unless_compiled
 from oracle import assert_matches_reference
 from samples import DTYPES, SAMPLES, sample_input
-
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _skip_unless_available(backend, device, dtype, name=None):
-    why = backend_status(backend, device)
-    if why is not None:
-        pytest.skip(why)
-    if backend == "triton" and device == "cpu":
-        if dtype == torch.bfloat16:
-            pytest.skip("the Triton interpreter has no bfloat16")
-        if name is not None and SAMPLES[name][1]:
-            pytest.skip("too large for the Triton interpreter")
-
 
 @pytest.mark.parametrize("name", list(SAMPLES))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", dare_kernels.BACKENDS)
 def test_matches_reference(backend, device, dtype, name, seed):
-    _skip_unless_available(backend, device, dtype, name)
+    skip_unless_available(backend, device, dtype, SAMPLES[name][1])
     s = sample_input(name, dtype, device, seed)
     out = dare_kernels.topk_attention(s.query, s.keys, s.k, lengths=s.lengths, scale=s.scale, backend=backend)
     assert_matches_reference(out, s)
@@ -82,7 +67,7 @@ def test_torch_compile_fullgraph(device, seed):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", dare_kernels.BACKENDS)
 def test_gradients_match_reference(backend, device, name, seed):
-    _skip_unless_available(backend, device, torch.float32, name)
+    skip_unless_available(backend, device, torch.float32, SAMPLES[name][1])
     s = sample_input(name, torch.float32, device, seed)
     q = s.query.clone().requires_grad_()
     K = s.keys.clone().requires_grad_()
@@ -110,7 +95,7 @@ def test_low_precision_gradients_round_once(backend, device, dtype, name, seed):
     """16-bit inputs: the gradients equal those of float32 copies of the same
     values, rounded once to the input dtype (no accumulation in 16 bits, none
     rounded twice), with one target per row and with several."""
-    _skip_unless_available(backend, device, dtype, name)
+    skip_unless_available(backend, device, dtype, SAMPLES[name][1])
     s = sample_input(name, dtype, device, seed)
     g = torch.randn((*s.query.shape[:-1], s.k), generator=torch.Generator().manual_seed(seed)).to(device)
     grads = []
@@ -129,7 +114,7 @@ def test_low_precision_gradients_round_once(backend, device, dtype, name, seed):
 def test_broadcast_keys_read_in_place(backend, seed):
     """expand()ed keys (stride 0 over B or L) give the result of their contiguous
     copy; the CPU kernel reads them through their strides, without the copy."""
-    _skip_unless_available(backend, "cpu", torch.float32)
+    skip_unless_available(backend, "cpu", torch.float32)
     g = torch.Generator().manual_seed(seed)
     keys = torch.randn(1, 300, 16, generator=g)
     q = torch.randn(4, 3, 16, generator=g)

@@ -2,39 +2,23 @@
 sample matrix (each sample's keys as tables + ids) and the embedding-only
 samples, against the float64 reference on the looked-up keys; plus the raw op,
 opcheck, torch.compile, gradients (duplicate ids accumulate) and bad ids."""
-import os
 
 import pytest
 import torch
 
 import dare_kernels
 from dare_kernels import reference
-from dare_kernels.ops import backend_status
 
-from conftest import DEVICES, skip_unless_compiled
+from conftest import DEVICES, skip_unless_available, skip_unless_compiled
 from oracle import assert_matches_reference
 from samples import DTYPES, EMBEDDING_SAMPLES, embedding_input
-
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _skip_unless_available(backend, device, dtype, name=None):
-    why = backend_status(backend, device)
-    if why is not None:
-        pytest.skip(why)
-    if backend == "triton" and device == "cpu":
-        if dtype == torch.bfloat16:
-            pytest.skip("the Triton interpreter has no bfloat16")
-        if name is not None and EMBEDDING_SAMPLES[name]:
-            pytest.skip("too large for the Triton interpreter")
-
 
 @pytest.mark.parametrize("name", list(EMBEDDING_SAMPLES))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", dare_kernels.BACKENDS)
 def test_matches_reference(backend, device, dtype, name, seed):
-    _skip_unless_available(backend, device, dtype, name)
+    skip_unless_available(backend, device, dtype, EMBEDDING_SAMPLES[name])
     e = embedding_input(name, dtype, device, seed)
     out = dare_kernels.topk_attention_embedding(e.query, e.tables, e.ids, e.k, lengths=e.lengths, scale=e.scale,
                                                 backend=backend)
@@ -46,7 +30,7 @@ def test_matches_reference(backend, device, dtype, name, seed):
 def test_duplicates_tie_bit_for_bit(backend, device, seed):
     """Equal ids give equal scores, bit for bit, wherever they sit in the row
     (tails, tiles, split spans): the earlier position ranks first."""
-    _skip_unless_available(backend, device, torch.float32)
+    skip_unless_available(backend, device, torch.float32)
     e = embedding_input("emb_duplicates", torch.float32, device, seed)
     scores, idx = dare_kernels.topk_attention_embedding(e.query, e.tables, e.ids, e.k, lengths=e.lengths,
                                                         backend=backend)
@@ -106,7 +90,7 @@ def test_torch_compile_fullgraph(device, seed):
 def test_gradients_match_reference(backend, device, name, seed):
     """Query and table gradients equal the float64 reference's through an
     explicit lookup; duplicate ids among the selected accumulate."""
-    _skip_unless_available(backend, device, torch.float32, name)
+    skip_unless_available(backend, device, torch.float32, EMBEDDING_SAMPLES[name])
     e = embedding_input(name, torch.float32, device, seed)
     q = e.query.clone().requires_grad_()
     tables = [t.clone().requires_grad_() for t in e.tables]
@@ -143,7 +127,7 @@ def test_backward_touches_only_selected_rows(seed):
 
 @pytest.mark.parametrize("backend", ["cpu", "reference", "triton"])
 def test_out_of_range_ids_raise_on_cpu(backend, seed):
-    _skip_unless_available(backend, "cpu", torch.float32)
+    skip_unless_available(backend, "cpu", torch.float32)
     e = embedding_input("emb_shared_positions", torch.float32, "cpu", seed)
     ids = [i.clone() for i in e.ids]
     ids[2][5] = 19  # table 2 has 19 rows; position 5 is inside every nonempty row's length
@@ -156,7 +140,7 @@ def test_out_of_range_ids_raise_on_cpu(backend, seed):
 def test_out_of_range_ids_score_nan_on_gpu(backend, seed):
     """On CUDA an out-of-range id is never read and its behaviour scores NaN
     (which ranks first: the error shows in the output, with no host sync)."""
-    _skip_unless_available(backend, "cuda", torch.float32)
+    skip_unless_available(backend, "cuda", torch.float32)
     e = embedding_input("emb_shared_positions", torch.float32, "cuda", seed)
     ids = [i.clone() for i in e.ids]
     ids[0][3, 4] = -7
@@ -186,7 +170,7 @@ def test_out_of_range_ids_score_nan_on_gpu(backend, seed):
 ])
 @pytest.mark.parametrize("backend", dare_kernels.BACKENDS)
 def test_bad_input(backend, bad, exc, match, seed):
-    _skip_unless_available(backend, "cpu", torch.float32)
+    skip_unless_available(backend, "cpu", torch.float32)
     e = embedding_input("emb_shared_positions", torch.float32, "cpu", seed)
     kw = dict(query=e.query, tables=e.tables, ids=e.ids, k=e.k, lengths=e.lengths)
     kw.update(bad(e))

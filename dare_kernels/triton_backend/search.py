@@ -175,14 +175,19 @@ def eager(query, keys, k, lengths=None, scale=1.0):
     return _topk_attention(query, keys, k, lengths, scale, wrap=_raw)
 
 
+def _outputs(shape, device):
+    """Uninitialised float32 scores and int64 indices, the kernels' outputs."""
+    return (torch.empty(shape, dtype=torch.float32, device=device),
+            torch.empty(shape, dtype=torch.int64, device=device))
+
+
 def _topk_attention(query, keys, k, lengths=None, scale=1.0, *, split=None, fused_max_k=FUSED_MAX_K,
                     cfg: Optional[Config] = None, wrap=wrap_triton):
     s = check_inputs(query, keys, k, lengths, check_length_values=keys.device.type == "cpu", scale=scale)
     shape = output_shape(s, k)
     R = s.B * s.T
     device = keys.device
-    out_s = torch.empty(shape, dtype=torch.float32, device=device)
-    out_i = torch.empty(shape, dtype=torch.int64, device=device)
+    out_s, out_i = _outputs(shape, device)
     if R == 0:
         return out_s, out_i
     q = query.reshape(R, s.d).contiguous()
@@ -224,8 +229,7 @@ def _topk_attention_embedding(query, tables, ids, k, lengths=None, scale=1.0, *,
     shape = output_shape(s, k)
     R = s.B * s.T
     device = query.device
-    out_s = torch.empty(shape, dtype=torch.float32, device=device)
-    out_i = torch.empty(shape, dtype=torch.int64, device=device)
+    out_s, out_i = _outputs(shape, device)
     if R == 0:
         return out_s, out_i
     if k > FUSED_MAX_K:
