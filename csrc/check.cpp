@@ -81,13 +81,79 @@ void check_lengths(const char* op, const std::optional<at::Tensor>& lengths, int
   }
 }
 
+std::string values_str(const at::Tensor& o) {
+  const at::Tensor v = o.to(at::kLong).cpu().contiguous();
+  const int64_t n = v.numel();
+  const int64_t* p = v.const_data_ptr<int64_t>();
+  std::string s = "[";
+  for (int64_t i = 0; i < n; ++i) {
+    if (n > 8 && i == 4) {
+      s += ", ...";
+      i = n - 3;
+    }
+    s += (i ? ", " : "") + num(p[i]);
+  }
+  return s + "]";
+}
+
+// Which positions take part (twin of _check.check_layout): lengths and/or mask
+// (B, L) bool, or jagged rows (offsets (B+1,) alone; L is then N).
+void check_layout(const char* op, const Opt& lengths, const Opt& mask, const Opt& offsets, int64_t B, int64_t L,
+                  const at::Device& device, const char* device_of, bool check_values) {
+  const std::string o = op;
+  if (offsets.has_value()) {
+    TORCH_CHECK_VALUE(!lengths.has_value(),
+                      o + ": lengths must be None with offsets (row b's length is offsets[b+1] - offsets[b])");
+    TORCH_CHECK_VALUE(!mask.has_value(),
+                      o + ": mask must be None with offsets (jagged rows hold only the positions that take part)");
+    const at::Tensor& off = *offsets;
+    TORCH_CHECK_TYPE(off.scalar_type() == at::kInt || off.scalar_type() == at::kLong,
+                     o + ": offsets must be int32 or int64, got " + dtype_name(off.scalar_type()));
+    TORCH_CHECK_VALUE(off.dim() == 1 && off.size(0) == B + 1, o + ": offsets must have shape (B+1,)=(" + num(B + 1) +
+                                                                  ",), got shape " + shape_str(off));
+    TORCH_CHECK_VALUE(off.device() == device, o + ": offsets must be on the " + device_of + " device " +
+                                                  device.str() + ", got " + off.device().str());
+    if (check_values) {
+      const at::Tensor v = off.to(at::kLong);
+      const bool ok = v[0].item<int64_t>() >= 0 && v[B].item<int64_t>() <= L &&
+                      (B == 0 || (v.slice(0, 1).ge(v.slice(0, 0, B))).all().item<bool>());
+      TORCH_CHECK_VALUE(ok, o + ": offsets must be nondecreasing from offsets[0] >= 0 to offsets[B] <= N=" + num(L) +
+                                ", got " + values_str(off));
+    }
+    return;
+  }
+  check_lengths(op, lengths, B, L, device, device_of, check_values);
+  if (mask.has_value()) {
+    const at::Tensor& m = *mask;
+    TORCH_CHECK_TYPE(m.scalar_type() == at::kBool, o + ": mask must be torch.bool, got " + dtype_name(m.scalar_type()));
+    TORCH_CHECK_VALUE(m.dim() == 2 && m.size(0) == B && m.size(1) == L, o + ": mask must have shape (B, L)=(" +
+                                                                            num(B) + ", " + num(L) + "), got shape " +
+                                                                            shape_str(m));
+    TORCH_CHECK_VALUE(m.device() == device, o + ": mask must be on the " + device_of + " device " + device.str() +
+                                                ", got " + m.device().str());
+  }
+}
+
+void check_k(const std::string& op, int64_t k, int64_t L, bool jagged) {
+  if (jagged) {
+    TORCH_CHECK_VALUE(k >= 1 && k < (int64_t(1) << 31), op + ": k must satisfy 1 <= k < 2**31, got " + num(k));
+  } else {
+    TORCH_CHECK_VALUE(k >= 1 && k <= L, op + ": k must satisfy 1 <= k <= L=" + num(L) + ", got " + num(k));
+  }
+}
+
 }  // namespace
 
-Shape check_inputs(const at::Tensor& query, const at::Tensor& keys, int64_t k,
-                   const std::optional<at::Tensor>& lengths,
-                   bool check_length_values) {
-  TORCH_CHECK_VALUE(keys.dim() == 3,
-                    "topk_attention: keys must have shape (B, L, d), got shape " + shape_str(keys));
+Shape check_inputs(const at::Tensor& query, const at::Tensor& keys, int64_t k, const Opt& lengths,
+                   const Opt& mask, const Opt& offsets, bool check_length_values) {
+  const bool jagged = offsets.has_value();
+  if (jagged) {
+    TORCH_CHECK_VALUE(keys.dim() == 2,
+                      "topk_attention: with offsets, keys must have shape (N, d), got shape " + shape_str(keys));
+  } else {
+    TORCH_CHECK_VALUE(keys.dim() == 3,
+                      "topk_attention: keys must have shape (B, L, d), got shape " + shape_str(keys));
+  }
   TORCH_CHECK_VALUE(query.dim() == 2 || query.dim() == 3,
                     "topk_attention: query must have shape (B, d) or (B, T, d), got shape " +
                         shape_str(query));
@@ -100,26 +166,27 @@ Shape check_inputs(const at::Tensor& query, const at::Tensor& keys, int64_t k,
   TORCH_CHECK_VALUE(query.device() == keys.device(),
                     "topk_attention: query must be on the keys device " + keys.device().str() +
                         ", got " + query.device().str());
-  const int64_t B = keys.size(0), L = keys.size(1), d = keys.size(2);
-  TORCH_CHECK_VALUE(query.size(0) == B,
-                    "topk_attention: query batch size must equal keys batch size B=" + num(B) +
-                        ", got " + num(query.size(0)));
+  const int64_t B = jagged ? query.size(0) : keys.size(0), L = keys.size(-2), d = keys.size(-1);
+  if (!jagged) {
+    TORCH_CHECK_VALUE(query.size(0) == B,
+                      "topk_attention: query batch size must equal keys batch size B=" + num(B) +
+                          ", got " + num(query.size(0)));
+  }
   TORCH_CHECK_VALUE(query.size(-1) == d,
                     "topk_attention: query feature size must equal keys feature size d=" + num(d) +
                         ", got " + num(query.size(-1)));
   TORCH_CHECK_VALUE(d >= 1, "topk_attention: keys feature size d must be >= 1, got " + num(d));
-  TORCH_CHECK_VALUE(L < (int64_t(1) << 31),
-                    "topk_attention: keys length L must be < 2**31, got " + num(L));
-  TORCH_CHECK_VALUE(k >= 1 && k <= L,
-                    "topk_attention: k must satisfy 1 <= k <= L=" + num(L) + ", got " + num(k));
-  check_lengths("topk_attention", lengths, B, L, keys.device(), "keys", check_length_values);
+  TORCH_CHECK_VALUE(L < (int64_t(1) << 31), std::string("topk_attention: keys ") +
+                                                (jagged ? "rows N" : "length L") + " must be < 2**31, got " + num(L));
+  check_k("topk_attention", k, L, jagged);
+  check_layout("topk_attention", lengths, mask, offsets, B, L, keys.device(), "keys", check_length_values);
   const bool multi = query.dim() == 3;
-  return Shape{B, multi ? query.size(1) : 1, L, d, multi};
+  return Shape{B, multi ? query.size(1) : 1, L, d, multi, jagged};
 }
 
 
 Shape check_embedding_inputs(const at::Tensor& query, const at::TensorList& tables, const at::TensorList& ids,
-                             int64_t k, const std::optional<at::Tensor>& lengths, double scale,
+                             int64_t k, const Opt& lengths, double scale, const Opt& mask, const Opt& offsets,
                              bool check_length_values) {
   const std::string op = "topk_attention_embedding";
   const int64_t F = int64_t(tables.size());
@@ -133,6 +200,7 @@ Shape check_embedding_inputs(const at::Tensor& query, const at::TensorList& tabl
   TORCH_CHECK_TYPE(is_supported_float(query.scalar_type()),
                    op + ": query must be float32, float16 or bfloat16, got " + dtype_name(query.scalar_type()));
   const int64_t B = query.size(0);
+  const bool jagged = offsets.has_value();
   int64_t L = -1, d = 0;
   for (int64_t f = 0; f < F; ++f) {
     const at::Tensor& t = tables[f];
@@ -150,24 +218,27 @@ Shape check_embedding_inputs(const at::Tensor& query, const at::TensorList& tabl
                      op + ": " + idf + " must be int32 or int64, got " + dtype_name(i.scalar_type()));
     TORCH_CHECK_VALUE(i.device() == query.device(), op + ": " + idf + " must be on the query device " +
                                                         query.device().str() + ", got " + i.device().str());
+    TORCH_CHECK_VALUE(!jagged || i.dim() == 1, op + ": with offsets, " + idf +
+                                                   " must have shape (N,) (jagged values), got shape " + shape_str(i));
     TORCH_CHECK_VALUE((i.dim() == 2 && i.size(0) == B) || i.dim() == 1,
                       op + ": " + idf + " must have shape (B, L) with B=" + num(B) + " or (L,), got shape " +
                           shape_str(i));
     if (L < 0) {
       L = i.size(-1);
     } else {
-      TORCH_CHECK_VALUE(i.size(-1) == L, op + ": " + idf + " length must equal ids[0] length L=" + num(L) +
-                                             ", got " + num(i.size(-1)));
+      TORCH_CHECK_VALUE(i.size(-1) == L, op + ": " + idf + " length must equal ids[0] length " +
+                                             (jagged ? "N=" : "L=") + num(L) + ", got " + num(i.size(-1)));
     }
     d += t.size(1);
   }
   TORCH_CHECK_VALUE(query.size(-1) == d, op + ": query feature size must equal the tables' total width d=" + num(d) +
                                              ", got " + num(query.size(-1)));
-  TORCH_CHECK_VALUE(L < (int64_t(1) << 31), op + ": ids length L must be < 2**31, got " + num(L));
-  TORCH_CHECK_VALUE(k >= 1 && k <= L, op + ": k must satisfy 1 <= k <= L=" + num(L) + ", got " + num(k));
-  check_lengths(op.c_str(), lengths, B, L, query.device(), "query", check_length_values);
+  TORCH_CHECK_VALUE(L < (int64_t(1) << 31),
+                    op + ": ids length " + (jagged ? "N" : "L") + " must be < 2**31, got " + num(L));
+  check_k(op, k, L, jagged);
+  check_layout(op.c_str(), lengths, mask, offsets, B, L, query.device(), "query", check_length_values);
   const bool multi = query.dim() == 3;
-  return Shape{B, multi ? query.size(1) : 1, L, d, multi};
+  return Shape{B, multi ? query.size(1) : 1, L, d, multi, jagged};
 }
 
 std::tuple<at::Tensor, at::Tensor> empty_outputs(const at::Tensor& like, const Shape& s, int64_t k) {

@@ -11,22 +11,26 @@
 namespace dare {
 
 struct Shape {
-  int64_t B, T, L, d;
-  bool multi_target;  // query was (B, T, d)
+  int64_t B, T, L, d;  // jagged: L is N, the number of keys (ids) of all rows
+  bool multi_target;   // query was (B, T, d)
+  bool jagged;         // offsets given: row b is values [offsets[b], offsets[b+1])
 };
 
+using Opt = std::optional<at::Tensor>;
+
 // Raises (TORCH_CHECK_VALUE/TYPE) before any kernel runs. Values of `lengths`
-// are only inspected when check_length_values is set: on CUDA that would force
-// a host synchronisation, so the CUDA kernel clamps them to [0, L] instead.
-Shape check_inputs(const at::Tensor& query, const at::Tensor& keys, int64_t k,
-                   const std::optional<at::Tensor>& lengths,
-                   bool check_length_values);
+// and `offsets` are only inspected when check_length_values is set: on CUDA that
+// would force a host synchronisation, so the CUDA kernels clamp them instead
+// (lengths to [0, L]; a jagged row to start = clamp(offsets[b], 0, N),
+// end = clamp(offsets[b+1], start, N)).
+Shape check_inputs(const at::Tensor& query, const at::Tensor& keys, int64_t k, const Opt& lengths,
+                   const Opt& mask, const Opt& offsets, bool check_length_values);
 
 // topk_attention_embedding's check (d = the tables' total width, L from the ids).
 // Id values are not read here: the kernels never read out of bounds (CPU raises
 // ValueError, CUDA scores NaN).
 Shape check_embedding_inputs(const at::Tensor& query, const at::TensorList& tables, const at::TensorList& ids,
-                             int64_t k, const std::optional<at::Tensor>& lengths, double scale,
+                             int64_t k, const Opt& lengths, double scale, const Opt& mask, const Opt& offsets,
                              bool check_length_values);
 
 // Raises ValueError unless float32(scale) is finite (the kernels scale float32

@@ -29,7 +29,7 @@ def _shape(t: torch.Tensor) -> str:
 FLOAT32_MAX = 3.4028234663852886e38
 
 
-def check_args(query, keys, k, lengths=None, scale=1.0) -> None:
+def check_args(query, keys, k, lengths=None, scale=1.0, mask=None, offsets=None) -> None:
     """The arguments' Python types (TypeError) and scale's value (ValueError),
     reading no tensor: cheap enough for every call of every backend.
 
@@ -44,9 +44,14 @@ def check_args(query, keys, k, lengths=None, scale=1.0) -> None:
         raise TypeError(f"topk_attention: keys must be a Tensor, got {type(keys).__name__}")
     if isinstance(k, bool) or not isinstance(k, (int, torch.SymInt)):
         raise TypeError(f"topk_attention: k must be an int, got {type(k).__name__}")
-    if lengths is not None and not isinstance(lengths, torch.Tensor):
-        raise TypeError(f"topk_attention: lengths must be a Tensor or None, got {type(lengths).__name__}")
+    _check_optional_tensors("topk_attention", lengths=lengths, mask=mask, offsets=offsets)
     _check_scale(scale, "topk_attention")
+
+
+def _check_optional_tensors(op: str, **named) -> None:
+    for name, t in named.items():
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a Tensor or None, got {type(t).__name__}")
 
 
 def _check_scale(scale, op: str) -> None:
@@ -62,13 +67,18 @@ def _check_scale(scale, op: str) -> None:
 
 def check_inputs(query: torch.Tensor, keys: torch.Tensor, k: int,
                  lengths: Optional[torch.Tensor] = None, *,
-                 check_length_values: bool = True, scale: float = 1.0) -> Shape:
+                 check_length_values: bool = True, scale: float = 1.0,
+                 mask: Optional[torch.Tensor] = None, offsets: Optional[torch.Tensor] = None) -> Shape:
     """Raises ValueError/TypeError naming the argument and the expected value.
 
-    Length values are read only when check_length_values is set (it costs a
-    host synchronisation on a GPU)."""
-    check_args(query, keys, k, lengths, scale)
-    if keys.dim() != 3:
+    With offsets, keys are jagged: (N, d), row b = keys[offsets[b]:offsets[b+1]],
+    and Shape.L is N. Length and offset values are read only when
+    check_length_values is set (it costs a host synchronisation on a GPU)."""
+    check_args(query, keys, k, lengths, scale, mask, offsets)
+    jagged = offsets is not None
+    if jagged and keys.dim() != 2:
+        raise ValueError(f"topk_attention: with offsets, keys must have shape (N, d), got shape {_shape(keys)}")
+    if not jagged and keys.dim() != 3:
         raise ValueError(f"topk_attention: keys must have shape (B, L, d), got shape {_shape(keys)}")
     if query.dim() not in (2, 3):
         raise ValueError(
@@ -81,22 +91,35 @@ def check_inputs(query: torch.Tensor, keys: torch.Tensor, k: int,
     if query.device != keys.device:
         raise ValueError(
             f"topk_attention: query must be on the keys device {keys.device}, got {query.device}")
-    B, L, d = keys.shape
-    if query.shape[0] != B:
-        raise ValueError(
-            f"topk_attention: query batch size must equal keys batch size B={B}, got {query.shape[0]}")
+    if jagged:
+        B, (L, d) = query.shape[0], keys.shape
+    else:
+        B, L, d = keys.shape
+        if query.shape[0] != B:
+            raise ValueError(
+                f"topk_attention: query batch size must equal keys batch size B={B}, got {query.shape[0]}")
     if query.shape[-1] != d:
         raise ValueError(
             f"topk_attention: query feature size must equal keys feature size d={d}, got {query.shape[-1]}")
     if d < 1:
         raise ValueError(f"topk_attention: keys feature size d must be >= 1, got {d}")
     if L >= 2**31:
-        raise ValueError(f"topk_attention: keys length L must be < 2**31, got {L}")
-    if not 1 <= k <= L:
-        raise ValueError(f"topk_attention: k must satisfy 1 <= k <= L={L}, got {k}")
-    check_lengths("topk_attention", lengths, B, L, keys.device, "keys", check_length_values)
+        what = "rows N" if jagged else "length L"
+        raise ValueError(f"topk_attention: keys {what} must be < 2**31, got {L}")
+    check_k("topk_attention", k, L, jagged)
+    check_layout("topk_attention", lengths, mask, offsets, B, L, keys.device, "keys", check_length_values)
     multi = query.dim() == 3
     return Shape(B, query.shape[1] if multi else 1, L, d, multi)
+
+
+def check_k(op: str, k: int, L: int, jagged: bool) -> None:
+    """Padded rows: 1 <= k <= L (as torch.topk). Jagged rows have no common L:
+    any k >= 1 (rows shorter than k are padded), below 2**31."""
+    if jagged:
+        if not 1 <= k < 2**31:
+            raise ValueError(f"{op}: k must satisfy 1 <= k < 2**31, got {k}")
+    elif not 1 <= k <= L:
+        raise ValueError(f"{op}: k must satisfy 1 <= k <= L={L}, got {k}")
 
 
 def output_shape(s: Shape, k: int) -> tuple:
@@ -133,13 +156,53 @@ def check_lengths(op: str, lengths: Optional[torch.Tensor], B: int, L: int, devi
             raise ValueError(f"{op}: lengths values must be in [0, L={L}], got min {lo}, max {hi}")
 
 
+def check_layout(op: str, lengths, mask, offsets, B: int, L: int, device, device_of: str,
+                 check_values: bool) -> None:
+    """Which positions take part, in one of the layouts users' histories come in:
+    right padding (lengths), any mask (B, L) bool (left padding included; with
+    lengths too, both must hold), or jagged rows (offsets (B+1,), alone; L is then
+    the number of keys N). Offset values are read only when check_values is set."""
+    if offsets is not None:
+        if lengths is not None:
+            raise ValueError(f"{op}: lengths must be None with offsets (row b's length is offsets[b+1] - offsets[b])")
+        if mask is not None:
+            raise ValueError(f"{op}: mask must be None with offsets (jagged rows hold only the positions that take part)")
+        if offsets.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"{op}: offsets must be int32 or int64, got {offsets.dtype}")
+        if offsets.dim() != 1 or offsets.shape[0] != B + 1:
+            raise ValueError(f"{op}: offsets must have shape (B+1,)=({B + 1},), got shape {_shape(offsets)}")
+        if offsets.device != device:
+            raise ValueError(f"{op}: offsets must be on the {device_of} device {device}, got {offsets.device}")
+        if check_values:
+            o = offsets.long().cpu()
+            if int(o[0]) < 0 or int(o[-1]) > L or bool((o[1:] < o[:-1]).any()):
+                raise ValueError(f"{op}: offsets must be nondecreasing from offsets[0] >= 0 to offsets[B] <= N={L}, "
+                                 f"got {_values(o)}")
+        return
+    check_lengths(op, lengths, B, L, device, device_of, check_values)
+    if mask is not None:
+        if mask.dtype != torch.bool:
+            raise TypeError(f"{op}: mask must be torch.bool, got {mask.dtype}")
+        if mask.dim() != 2 or tuple(mask.shape) != (B, L):
+            raise ValueError(f"{op}: mask must have shape (B, L)=({B}, {L}), got shape {_shape(mask)}")
+        if mask.device != device:
+            raise ValueError(f"{op}: mask must be on the {device_of} device {device}, got {mask.device}")
+
+
+def _values(t: torch.Tensor) -> str:
+    v = t.tolist()
+    return str(v) if len(v) <= 8 else "[" + ", ".join(map(str, v[:4])) + ", ..., " + ", ".join(map(str, v[-3:])) + "]"
+
+
 def check_embedding_inputs(query: torch.Tensor, tables, ids, k: int,
                            lengths: Optional[torch.Tensor] = None, *,
-                           check_values: bool = True, scale: float = 1.0) -> Shape:
+                           check_values: bool = True, scale: float = 1.0,
+                           mask: Optional[torch.Tensor] = None, offsets: Optional[torch.Tensor] = None) -> Shape:
     """topk_attention_embedding's check: the keys are [tables[0][ids[0]] | ... ],
-    so (B, L) come from the ids and d = sum of the tables' widths. Raises
-    ValueError/TypeError naming the argument. Id and length values are read only
-    when check_values is set (a host synchronisation on a GPU)."""
+    so (B, L) come from the ids and d = sum of the tables' widths; with offsets
+    every ids[f] holds jagged values (N,) and L is N. Raises ValueError/TypeError
+    naming the argument. Id, length and offset values are read only when
+    check_values is set (a host synchronisation on a GPU)."""
     op = "topk_attention_embedding"
     if not isinstance(query, torch.Tensor):
         raise TypeError(f"{op}: query must be a Tensor, got {type(query).__name__}")
@@ -155,6 +218,8 @@ def check_embedding_inputs(query: torch.Tensor, tables, ids, k: int,
         raise ValueError(f"{op}: query must have shape (B, d) or (B, T, d), got shape {_shape(query)}")
     if query.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{op}: query must be float32, float16 or bfloat16, got {query.dtype}")
+    _check_optional_tensors(op, lengths=lengths, mask=mask, offsets=offsets)
+    jagged = offsets is not None
     B = query.shape[0]
     L = None
     for f in range(F):
@@ -171,40 +236,54 @@ def check_embedding_inputs(query: torch.Tensor, tables, ids, k: int,
             raise TypeError(f"{op}: ids[{f}] must be int32 or int64, got {i.dtype}")
         if i.device != query.device:
             raise ValueError(f"{op}: ids[{f}] must be on the query device {query.device}, got {i.device}")
-        if i.dim() == 2 and i.shape[0] != B:
-            raise ValueError(f"{op}: ids[{f}] must have shape (B, L) with B={B} or (L,), got shape {_shape(i)}")
-        if i.dim() not in (1, 2):
+        if jagged and i.dim() != 1:
+            raise ValueError(f"{op}: with offsets, ids[{f}] must have shape (N,) (jagged values), "
+                             f"got shape {_shape(i)}")
+        if i.dim() not in (1, 2) or (i.dim() == 2 and i.shape[0] != B):
             raise ValueError(f"{op}: ids[{f}] must have shape (B, L) with B={B} or (L,), got shape {_shape(i)}")
         if L is None:
             L = i.shape[-1]
         elif i.shape[-1] != L:
-            raise ValueError(f"{op}: ids[{f}] length must equal ids[0] length L={L}, got {i.shape[-1]}")
+            what = "N" if jagged else "L"
+            raise ValueError(f"{op}: ids[{f}] length must equal ids[0] length {what}={L}, got {i.shape[-1]}")
     d = sum(t.shape[1] for t in tables)
     if query.shape[-1] != d:
         raise ValueError(f"{op}: query feature size must equal the tables' total width d={d}, got {query.shape[-1]}")
     if L >= 2**31:
-        raise ValueError(f"{op}: ids length L must be < 2**31, got {L}")
+        raise ValueError(f"{op}: ids length {'N' if jagged else 'L'} must be < 2**31, got {L}")
     if isinstance(k, bool) or not isinstance(k, (int, torch.SymInt)):
         raise TypeError(f"{op}: k must be an int, got {type(k).__name__}")
-    if not 1 <= k <= L:
-        raise ValueError(f"{op}: k must satisfy 1 <= k <= L={L}, got {k}")
-    if lengths is not None and not isinstance(lengths, torch.Tensor):
-        raise TypeError(f"{op}: lengths must be a Tensor or None, got {type(lengths).__name__}")
-    check_lengths(op, lengths, B, L, query.device, "query", check_values)
+    check_k(op, k, L, jagged)
+    check_layout(op, lengths, mask, offsets, B, L, query.device, "query", check_values)
     if check_values and B > 0 and L > 0:
-        check_id_values(tables, ids, B, L, lengths)
+        check_id_values(tables, ids, B, L, valid_positions(B, L, lengths, mask, offsets, query.device))
     multi = query.dim() == 3
     return Shape(B, query.shape[1] if multi else 1, L, d, multi)
 
 
-def check_id_values(tables, ids, B: int, L: int, lengths: Optional[torch.Tensor]) -> None:
-    """ValueError naming the field and the value of an id out of [0, N) at a
-    position that takes part (j < lengths[b]); padding positions are never read."""
+def valid_positions(B: int, L: int, lengths=None, mask=None, offsets=None, device=None) -> Optional[torch.Tensor]:
+    """Which positions take part: (B, L) bool for padded rows (None: all), or, with
+    offsets, (N,) bool over the jagged values (those inside some row)."""
+    if offsets is not None:
+        o = offsets.long()
+        counts = torch.zeros(L + 1, dtype=torch.long, device=o.device)
+        counts.index_add_(0, o[:-1].clamp(0, L), torch.ones_like(o[:-1]))
+        counts.index_add_(0, o[1:].clamp(0, L), -torch.ones_like(o[1:]))
+        return counts.cumsum(0)[:L] > 0
     valid = None
     if lengths is not None:
         valid = torch.arange(L, device=lengths.device)[None, :] < lengths.clamp(0, L)[:, None]
+    if mask is not None:
+        valid = mask if valid is None else valid & mask
+    return valid
+
+
+def check_id_values(tables, ids, B: int, L: int, valid: Optional[torch.Tensor]) -> None:
+    """ValueError naming the field and the value of an id out of [0, N) at a
+    position that takes part (`valid`, from valid_positions); others are never read."""
     for f, (t, i) in enumerate(zip(tables, ids)):
-        i = i.expand(B, L) if i.dim() == 1 else i
+        if valid is None or valid.dim() == 2:
+            i = i.expand(B, L) if i.dim() == 1 else i
         bad = (i < 0) | (i >= t.shape[0])
         if valid is not None:
             bad &= valid

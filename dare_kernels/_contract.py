@@ -19,53 +19,71 @@ def _empty_outputs(query, shape):
 # ---------------------------------------------------------------------------
 # topk_attention(query, keys, k, lengths, scale)
 
+def row_starts(offsets: torch.Tensor, N: int) -> torch.Tensor:
+    """Where each jagged row starts among the N values, clamped as the kernels clamp."""
+    return offsets[:-1].long().clamp(0, N)
+
+
 def topk_attention_backward(grad: torch.Tensor, query: torch.Tensor, keys: torch.Tensor,
                             indices: torch.Tensor, scale: float,
-                            need_query: bool = True, need_keys: bool = True):
+                            need_query: bool = True, need_keys: bool = True, offsets=None):
     """Gradients of the selected scores. Touches only the B·T·k selected keys:
-    no B×L intermediate (grad_keys is dense because keys are)."""
-    B, L, d = keys.shape
+    no B×L intermediate (grad_keys is dense because keys are). With offsets,
+    keys are jagged (N, d) and indices count from each row's start."""
+    B = query.shape[0]
+    d = keys.shape[-1]
     T = query.shape[1] if query.dim() == 3 else 1
     k = indices.shape[-1]
     idx = indices.reshape(B, T * k)
     valid = idx >= 0
     g = torch.where(valid, grad.reshape(B, T * k).float() * scale, 0.0)
-    gather_idx = idx.clamp(min=0)[..., None].expand(B, T * k, d)
+    if offsets is not None:
+        rows = torch.where(valid, row_starts(offsets, keys.shape[0])[:, None] + idx, 0)  # into the N values
     grad_query = grad_keys = None
     if need_query:
-        sel = torch.where(valid[..., None], keys.gather(1, gather_idx).float(), 0.0)
+        if offsets is not None:
+            sel = keys[rows.reshape(-1)].reshape(B, T * k, d).float()
+        else:
+            sel = keys.gather(1, idx.clamp(min=0)[..., None].expand(B, T * k, d)).float()
+        sel = torch.where(valid[..., None], sel, 0.0)
         grad_query = torch.einsum("btk,btkd->btd", g.view(B, T, k), sel.view(B, T, k, d))
         grad_query = grad_query.reshape(query.shape).to(query.dtype)
     if need_keys:
         src = g.view(B, T, k, 1) * query.reshape(B, T, 1, d).float()
         src = torch.where(valid[..., None], src.reshape(B, T * k, d), 0.0)
+        if offsets is not None:
+            # Rows may overlap (offsets are the caller's): float32 sums, rounded once.
+            acc = torch.zeros(keys.shape, dtype=torch.float32, device=keys.device)
+            return grad_query, acc.index_add_(0, rows.reshape(-1), src.reshape(-1, d)).to(keys.dtype)
         # With one target a row selects each position at most once: nothing
         # accumulates (padding adds zeros), so the dense B×L×d gradient is built
         # in the keys' dtype, rounded once, as float32 accumulation would give,
         # at a fraction of the memory traffic for 16-bit keys. Several targets
         # may select one key: those sums stay in float32.
         acc = keys.dtype if T == 1 else torch.float32
-        grad_keys = torch.zeros(B, L, d, dtype=acc, device=keys.device)
+        grad_keys = torch.zeros(keys.shape, dtype=acc, device=keys.device)
+        gather_idx = idx.clamp(min=0)[..., None].expand(B, T * k, d)
         grad_keys = grad_keys.scatter_add_(1, gather_idx, src.to(acc)).to(keys.dtype)
     return grad_query, grad_keys
 
 
-def _fake(query, keys, k, lengths=None, scale=1.0):
-    s = check_inputs(query, keys, k, lengths, check_length_values=False)
+def _fake(query, keys, k, lengths=None, scale=1.0, mask=None, offsets=None):
+    s = check_inputs(query, keys, k, lengths, check_length_values=False, mask=mask, offsets=offsets)
     return _empty_outputs(query, output_shape(s, k))
 
 
 def _setup_context(ctx, inputs, output):
-    query, keys, _k, _lengths, scale = inputs
-    ctx.save_for_backward(query, keys, output[1])
+    query, keys, _k, _lengths, scale, *layout = inputs
+    offsets = layout[1] if len(layout) > 1 else None
+    ctx.save_for_backward(query, keys, output[1], offsets)
     ctx.scale = scale
 
 
 def _backward(ctx, grad_scores, _grad_indices):
-    query, keys, indices = ctx.saved_tensors
+    query, keys, indices, offsets = ctx.saved_tensors
     gq, gk = topk_attention_backward(grad_scores, query, keys, indices, ctx.scale,
-                                     ctx.needs_input_grad[0], ctx.needs_input_grad[1])
-    return gq, gk, None, None, None
+                                     ctx.needs_input_grad[0], ctx.needs_input_grad[1], offsets)
+    return (gq, gk) + (None,) * (len(ctx.needs_input_grad) - 2)
 
 
 # ---------------------------------------------------------------------------
@@ -76,18 +94,24 @@ def behaviour_ids(ids: torch.Tensor, B: int) -> torch.Tensor:
     return ids.expand(B, ids.shape[-1]) if ids.dim() == 1 else ids
 
 
-def selected_rows(ids: torch.Tensor, idx: torch.Tensor, n_rows: int):
+def selected_rows(ids: torch.Tensor, idx: torch.Tensor, n_rows: int, offsets=None):
     """(rows, ok): the table rows of the selected positions idx (B, n) (-1: padding)
-    and which of them are real and in range (others read as row 0, contribute nothing)."""
+    and which of them are real and in range (others read as row 0, contribute nothing).
+    With offsets, ids are jagged values (N,) and idx counts from each row's start."""
     B = idx.shape[0]
-    rows = behaviour_ids(ids, B).gather(1, idx.clamp(min=0)).long()
+    if offsets is not None:
+        N = ids.shape[0]
+        at = (row_starts(offsets, N)[:, None] + idx.clamp(min=0)).clamp(max=max(N - 1, 0))
+        rows = ids[at].long() if N > 0 else torch.zeros_like(idx)
+    else:
+        rows = behaviour_ids(ids, B).gather(1, idx.clamp(min=0)).long()
     ok = (idx >= 0) & (rows >= 0) & (rows < n_rows)
     return torch.where(ok, rows, 0), ok
 
 
 def topk_attention_embedding_backward(grad: torch.Tensor, query: torch.Tensor, tables, ids,
                                       indices: torch.Tensor, scale: float,
-                                      need_query: bool = True, need_tables: bool = True):
+                                      need_query: bool = True, need_tables: bool = True, offsets=None):
     """Gradients of the selected scores w.r.t. the query and the tables. Only the
     B·T·k selected behaviours are touched (no B×L tensor): a table's gradient is
     dense, like nn.Embedding's, with the selected rows' contributions added by
@@ -101,7 +125,7 @@ def topk_attention_embedding_backward(grad: torch.Tensor, query: torch.Tensor, t
     grad_q, grad_tables, off = [], [], 0
     for table, field_ids in zip(tables, ids):
         n, d = table.shape
-        rows, ok = selected_rows(field_ids, idx, n)
+        rows, ok = selected_rows(field_ids, idx, n, offsets)
         gf = torch.where(ok, g, 0.0)
         if need_query:
             sel = table[rows].float()  # (B, T*k, d)
@@ -116,27 +140,29 @@ def topk_attention_embedding_backward(grad: torch.Tensor, query: torch.Tensor, t
     return grad_query, (grad_tables if need_tables else None)
 
 
-def _fake_embedding(query, tables, ids, k, lengths=None, scale=1.0):
-    s = check_embedding_inputs(query, tables, ids, k, lengths, check_values=False, scale=scale)
+def _fake_embedding(query, tables, ids, k, lengths=None, scale=1.0, mask=None, offsets=None):
+    s = check_embedding_inputs(query, tables, ids, k, lengths, check_values=False, scale=scale,
+                               mask=mask, offsets=offsets)
     return _empty_outputs(query, output_shape(s, k))
 
 
 def _setup_context_embedding(ctx, inputs, output):
-    query, tables, ids, _k, _lengths, scale = inputs
+    query, tables, ids, _k, _lengths, scale, *layout = inputs
+    offsets = layout[1] if len(layout) > 1 else None
     ctx.n_fields = len(tables)
-    ctx.save_for_backward(query, output[1], *tables, *ids)
+    ctx.save_for_backward(query, output[1], offsets, *tables, *ids)
     ctx.scale = scale
 
 
 def _backward_embedding(ctx, grad_scores, _grad_indices):
-    query, indices, *rest = ctx.saved_tensors
+    query, indices, offsets, *rest = ctx.saved_tensors
     F = ctx.n_fields
     tables, ids = rest[:F], rest[F:]
     need_tables = ctx.needs_input_grad[1]
     need_tables = any(need_tables) if isinstance(need_tables, (list, tuple)) else bool(need_tables)
     gq, gt = topk_attention_embedding_backward(grad_scores, query, tables, ids, indices, ctx.scale,
-                                               ctx.needs_input_grad[0], need_tables)
-    return _fit_inputs(ctx, (gq, gt if gt is not None else [None] * F, [None] * F, None, None, None))
+                                               ctx.needs_input_grad[0], need_tables, offsets)
+    return _fit_inputs(ctx, (gq, gt if gt is not None else [None] * F, [None] * F, None, None, None, None, None))
 
 
 def _fit_inputs(ctx, grads: tuple) -> tuple:

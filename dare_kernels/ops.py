@@ -29,23 +29,28 @@ def available_backends(device=None) -> list:
 
 
 def topk_attention(query: torch.Tensor, keys: torch.Tensor, k: int,
-                   lengths: Optional[torch.Tensor] = None, scale: float = 1.0, *,
+                   lengths: Optional[torch.Tensor] = None, scale: float = 1.0,
+                   mask: Optional[torch.Tensor] = None, offsets: Optional[torch.Tensor] = None, *,
                    backend: Optional[str] = None):
     """Scores every key against the query and returns the exact top-k.
 
-    query (B, d) or (B, T, d), keys (B, L, d), same float dtype and device;
-    lengths (B,) int or None; scale multiplies every score. Returns float32
-    scores and int64 indices of shape (B, k) or (B, T, k), sorted descending,
-    ties by lower index, NaN first, -inf/-1 where a row has fewer than k valid
-    positions. `scores` is differentiable w.r.t. query and keys. `backend`:
-    None/"auto" (fastest available), or one of BACKENDS."""
-    check_args(query, keys, k, lengths, scale)  # types and scale, for every backend (the raw op cannot)
-    return backends.call("topk_attention", backend, keys.device, (query, keys, k, lengths, scale))
+    query (B, d) or (B, T, d), keys (B, L, d), same float dtype and device.
+    Which positions take part, in the caller's layout: lengths (B,) int (right
+    padding), and/or mask (B, L) bool (left padding, any pattern); or jagged rows:
+    keys (N, d) with offsets (B+1,) int, row b = keys[offsets[b]:offsets[b+1]]
+    (indices then count from the row's start). scale multiplies every score.
+    Returns float32 scores and int64 indices of shape (B, k) or (B, T, k), sorted
+    descending, ties by lower index, NaN first, -inf/-1 where a row has fewer than
+    k valid positions. `scores` is differentiable w.r.t. query and keys.
+    `backend`: None/"auto" (fastest available), or one of BACKENDS."""
+    check_args(query, keys, k, lengths, scale, mask, offsets)  # types and scale, every backend (the raw op cannot)
+    return backends.call("topk_attention", backend, keys.device, (query, keys, k, lengths, scale, mask, offsets))
 
 
 def topk_attention_embedding(query: torch.Tensor, tables: Sequence[torch.Tensor],
                              ids: Sequence[torch.Tensor], k: int,
-                             lengths: Optional[torch.Tensor] = None, scale: float = 1.0, *,
+                             lengths: Optional[torch.Tensor] = None, scale: float = 1.0,
+                             mask: Optional[torch.Tensor] = None, offsets: Optional[torch.Tensor] = None, *,
                              backend: Optional[str] = None):
     """topk_attention(query, keys, k) where behaviour j's key is the concatenation
     of F fields' embedding rows, [tables[0][ids[0][b, j]] | ... | tables[F-1][ids[F-1][b, j]]],
@@ -53,17 +58,20 @@ def topk_attention_embedding(query: torch.Tensor, tables: Sequence[torch.Tensor]
 
     tables: F <= 4 tensors (N_f, d_f) of the query's dtype; ids: F int32/int64
     tensors (B, L), or (L,) for ids shared by every row (e.g. position buckets);
-    query (B, sum d_f) or (B, T, sum d_f). Positions j >= lengths[b] are never read.
+    query (B, sum d_f) or (B, T, sum d_f). Positions that take no part (j >=
+    lengths[b], mask[b, j] False) are never read. Jagged histories: offsets (B+1,)
+    and every ids[f] of shape (N,), row b = ids[f][offsets[b]:offsets[b+1]].
     An id out of [0, N_f) raises ValueError on CPU and scores NaN on CUDA (never
     read). `scores` is differentiable w.r.t. query and tables (dense table
     gradients, as nn.Embedding's, touching only the selected rows)."""
     if (type(k) is not int and not isinstance(k, torch.SymInt)) or not isinstance(query, torch.Tensor) \
-            or (lengths is not None and not isinstance(lengths, torch.Tensor)) \
+            or any(t is not None and not isinstance(t, torch.Tensor) for t in (lengths, mask, offsets)) \
             or not isinstance(tables, (list, tuple)) or not isinstance(ids, (list, tuple)) \
             or not all(isinstance(t, torch.Tensor) for t in (*tables, *ids)):
-        check_embedding_inputs(query, tables, ids, k, lengths, scale=scale)  # raises the TypeError
+        check_embedding_inputs(query, tables, ids, k, lengths, scale=scale, mask=mask,
+                               offsets=offsets)  # raises the TypeError
     _check_scale(scale, "topk_attention_embedding")
-    args = (query, list(tables), list(ids), k, lengths, scale)
+    args = (query, list(tables), list(ids), k, lengths, scale, mask, offsets)
     return backends.call("topk_attention_embedding", backend, query.device, args)
 
 

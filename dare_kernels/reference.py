@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from ._check import check_embedding_inputs, check_inputs
+from ._check import check_embedding_inputs, check_inputs, valid_positions
 
 
 def _scores(q: torch.Tensor, keys: torch.Tensor, scale: float, acc_dtype: torch.dtype) -> torch.Tensor:
@@ -38,26 +38,46 @@ class _Values(torch.autograd.Function):
         return None, grad
 
 
+def padded_rows(offsets: torch.Tensor, N: int, k: int):
+    """Jagged rows as padded ones: (index (B, Lp) into the N values, lengths (B,)),
+    Lp = max(longest row, k). Reads the offsets on the host. Offsets out of order
+    or range are clamped as the CUDA kernels clamp them: start = clamp(offsets[b],
+    0, N), end = clamp(offsets[b+1], start, N)."""
+    o = offsets.long()
+    start = o[:-1].clamp(0, N)
+    end = torch.maximum(o[1:].clamp(0, N), start)
+    lengths = end - start
+    Lp = max(int(lengths.max()) if lengths.numel() else 0, k)
+    index = (start[:, None] + torch.arange(Lp, device=o.device)[None, :]).clamp(max=max(N - 1, 0))
+    return index, lengths
+
+
 def topk_attention(query: torch.Tensor, keys: torch.Tensor, k: int,
-                   lengths: Optional[torch.Tensor] = None, scale: float = 1.0, *,
+                   lengths: Optional[torch.Tensor] = None, scale: float = 1.0,
+                   mask: Optional[torch.Tensor] = None, offsets: Optional[torch.Tensor] = None, *,
                    acc_dtype: torch.dtype = torch.float32,
                    check_length_values: Optional[bool] = None):
     """Differentiable w.r.t. query and keys, through the selected keys only."""
     if check_length_values is None:
         check_length_values = keys.device.type == "cpu"
-    s = check_inputs(query, keys, k, lengths, check_length_values=check_length_values, scale=scale)
+    s = check_inputs(query, keys, k, lengths, check_length_values=check_length_values, scale=scale,
+                     mask=mask, offsets=offsets)
+    if offsets is not None:
+        index, lengths = padded_rows(offsets, s.L, k)
+        padded = keys[index] if s.L > 0 else keys.new_zeros(s.B, index.shape[1], s.d)
+        return topk_attention(query, padded, k, lengths, scale, acc_dtype=acc_dtype, check_length_values=False)
     q = query.reshape(s.B, s.T, s.d)
     with torch.no_grad():
         scores = _scores(q, keys, scale, acc_dtype)
-    pos = torch.arange(s.L, device=keys.device)
-    if lengths is not None:
-        valid = pos[None, :] < lengths.clamp(0, s.L)[:, None].to(pos.dtype)  # (B, L)
-    else:
+    valid = valid_positions(s.B, s.L, lengths, mask)
+    if valid is None:
         valid = torch.ones(s.B, s.L, dtype=torch.bool, device=keys.device)
-    masked = scores.masked_fill(~valid[:, None, :], float("-inf"))
     # Stable descending sort: equal scores keep ascending position, NaN first;
-    # padded positions sort after valid -inf scores since they lie further right.
-    order = torch.sort(masked, dim=-1, descending=True, stable=True).indices[..., :k]
+    # positions that take no part sort after every real score (-inf included).
+    rank = torch.where(valid[:, None, :], 0, 1).expand(s.B, s.T, s.L)
+    order = torch.sort(scores.masked_fill(~valid[:, None, :], float("-inf")), dim=-1, descending=True,
+                       stable=True).indices
+    order = order.gather(-1, torch.sort(rank.gather(-1, order), dim=-1, stable=True).indices)[..., :k]
     top = scores.gather(-1, order)
     if torch.is_grad_enabled() and (query.requires_grad or keys.requires_grad):
         # Gathered in acc_dtype: a key that several targets select sums its gradients in
@@ -80,23 +100,30 @@ def lookup(tables, ids, B: int) -> torch.Tensor:
 
 
 def topk_attention_embedding(query: torch.Tensor, tables, ids, k: int,
-                             lengths: Optional[torch.Tensor] = None, scale: float = 1.0, *,
+                             lengths: Optional[torch.Tensor] = None, scale: float = 1.0,
+                             mask: Optional[torch.Tensor] = None, offsets: Optional[torch.Tensor] = None, *,
                              acc_dtype: torch.dtype = torch.float32,
                              check_values: Optional[bool] = None):
-    """topk_attention over the looked-up keys. Positions past a row's length are
-    never looked up (their ids may be anything). Differentiable w.r.t. query and
-    tables when acc_dtype is float32."""
+    """topk_attention over the looked-up keys. Positions that take no part (past
+    a row's length, masked out) are never looked up (their ids may be anything).
+    Differentiable w.r.t. query and tables when acc_dtype is float32."""
     if check_values is None:
         check_values = query.device.type == "cpu"
-    s = check_embedding_inputs(query, tables, ids, k, lengths, check_values=check_values, scale=scale)
+    s = check_embedding_inputs(query, tables, ids, k, lengths, check_values=check_values, scale=scale,
+                               mask=mask, offsets=offsets)
+    if offsets is not None:
+        index, lengths = padded_rows(offsets, s.L, k)
+        ids = [i[index] if s.L > 0 else index for i in ids]  # padding positions read value 0 (never used)
+        return topk_attention_embedding(query, tables, ids, k, lengths, scale, acc_dtype=acc_dtype,
+                                        check_values=False)
     if s.B == 0:
-        return topk_attention(query, query.new_empty(0, s.L, s.d), k, lengths, scale, acc_dtype=acc_dtype)
+        return topk_attention(query, query.new_empty(0, s.L, s.d), k, lengths, scale, mask, acc_dtype=acc_dtype)
+    valid = valid_positions(s.B, s.L, lengths, mask)
     safe = list(ids)
-    if lengths is not None or not check_values:
-        # Padding positions (and, on GPU, out-of-range ids, which score NaN) read row 0.
-        valid = torch.ones(s.B, s.L, dtype=torch.bool, device=query.device)
-        if lengths is not None:
-            valid = torch.arange(s.L, device=query.device)[None, :] < lengths.clamp(0, s.L)[:, None]
+    if valid is not None or not check_values:
+        # Positions that take no part (and, on GPU, out-of-range ids, which score NaN) read row 0.
+        if valid is None:
+            valid = torch.ones(s.B, s.L, dtype=torch.bool, device=query.device)
         safe, bad = [], torch.zeros(s.B, s.L, dtype=torch.bool, device=query.device)
         for t, i in zip(tables, ids):
             i = i.expand(s.B, s.L) if i.dim() == 1 else i
@@ -104,6 +131,6 @@ def topk_attention_embedding(query: torch.Tensor, tables, ids, k: int,
             bad |= oob & valid
             safe.append(torch.where(valid & ~oob, i, 0))
     keys = lookup(tables, safe, s.B)
-    if lengths is not None or not check_values:
+    if valid is not None:
         keys = keys.masked_fill(bad[..., None], float("nan"))
-    return topk_attention(query, keys, k, lengths, scale, acc_dtype=acc_dtype, check_length_values=False)
+    return topk_attention(query, keys, k, lengths, scale, mask, acc_dtype=acc_dtype, check_length_values=False)

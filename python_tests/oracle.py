@@ -17,13 +17,16 @@ def assert_matches_reference(out, s: Sample):
     position and NaN first, padding is exact, and where the inputs make float32
     exact, the indices equal the reference's."""
     scores, idx = out
+    device = s.keys.device
+    s = s.padded()  # jagged rows: the same search on padded keys (indices count from the row's start)
+    valid = s.valid()
     # The oracle runs on the CPU: no GPU library sits between the test and float64.
-    cpu_lengths = None if s.lengths is None else s.lengths.cpu()
-    ref_s, ref_i = reference.topk_attention(s.query.cpu(), s.keys.cpu(), s.k, cpu_lengths, s.scale,
+    cpu = [None if t is None else t.cpu() for t in (s.lengths, s.mask)]
+    ref_s, ref_i = reference.topk_attention(s.query.cpu(), s.keys.cpu(), s.k, cpu[0], s.scale, cpu[1],
                                             acc_dtype=torch.float64)
     assert scores.dtype == torch.float32 and idx.dtype == torch.int64
     assert scores.shape == ref_s.shape and idx.shape == ref_i.shape
-    assert scores.device == s.keys.device and idx.device == s.keys.device
+    assert scores.device == device and idx.device == device
     B, L, d = s.keys.shape
     if B == 0:
         return
@@ -49,9 +52,8 @@ def assert_matches_reference(out, s: Sample):
     tol = torch.nan_to_num(2 * (d + 2) * EPS32 * bound, nan=0.0, posinf=0.0) + 1e-30
     ok = ~pad
     assert idx[ok].min() >= 0 and idx[ok].max() < L
-    if s.lengths is not None:
-        lens = s.lengths.cpu().reshape(B, 1, 1).expand_as(idx)
-        assert torch.all(idx[ok] < lens[ok]), "an index past the row's length"
+    taken = valid[:, None, :].expand(B, T, L).gather(-1, safe)
+    assert torch.all(taken[ok]), "an index of a position that takes no part (past the length, masked out)"
     sorted_idx = torch.where(ok, idx, torch.arange(L, L + s.k).expand_as(idx)).sort(-1).values
     assert torch.all(sorted_idx[..., 1:] != sorted_idx[..., :-1]), "an index appears twice"
 
@@ -82,27 +84,30 @@ def assert_matches_reference(out, s: Sample):
         (nan_rank[prev] == nan_rank[nxt]) & ((key[prev] > key[nxt]) | ((key[prev] == key[nxt]) & (idx[prev] < idx[nxt]))))
     assert torch.all(order_ok[both]), "not sorted by (score desc, index asc)"
 
-    assert_duplicates_in_order(idx, s)
+    assert_duplicates_in_order(idx, s, valid)
 
     if s.exact:
         assert torch.equal(idx, ref_i), "indices differ from the reference on exact inputs; " + first_bad_row(idx != ref_i)
 
 
-def assert_duplicates_in_order(idx, s: Sample):
+def assert_duplicates_in_order(idx, s: Sample, valid: torch.Tensor):
     """A key's score is a function of the query and that key alone, so bit-identical
     keys tie: among a row's returned indices, copies of one key vector come in
-    ascending position, and a selected copy's earlier copies (within the length)
-    are selected too. idx: (B, T, k) on the CPU."""
+    ascending position, and a selected copy's earlier copies (among the positions
+    that take part, `valid` (B, L)) are selected too. idx: (B, T, k) on the CPU;
+    s in padded form."""
     B, L, d = s.keys.shape
     bits = {2: torch.int16, 4: torch.int32}[s.keys.element_size()]
     keys = s.keys.detach().cpu().contiguous().view(bits)
-    lens = [L] * B if s.lengths is None else s.lengths.cpu().clamp(0, L).tolist()
     for b in range(B):
-        n = int(lens[b])
+        pos = valid[b].nonzero().flatten()  # the row's positions that take part
+        n = len(pos)
         if n == 0:
             continue
+        rank_of = torch.full((L,), -1, dtype=torch.long)
+        rank_of[pos] = torch.arange(n)
         # Which vector each position holds, and how many earlier positions hold it.
-        _, vec = torch.unique(keys[b, :n], dim=0, return_inverse=True)
+        _, vec = torch.unique(keys[b, pos], dim=0, return_inverse=True)
         if int(vec.max()) == n - 1 and len(vec.unique()) == n:
             continue  # no two positions alike
         order = torch.sort(vec * n + torch.arange(n)).indices  # by vector, then position
@@ -112,7 +117,7 @@ def assert_duplicates_in_order(idx, s: Sample):
         occurrence = torch.empty(n, dtype=torch.long)
         occurrence[order] = run
         for t in range(idx.shape[1]):
-            sel = idx[b, t][idx[b, t] >= 0]
+            sel = rank_of[idx[b, t][idx[b, t] >= 0]]
             v = vec[sel]
             # Copies returned before this one, of the same vector: its occurrence number.
             before = (v[:, None] == v[None, :]).tril(-1).sum(1)

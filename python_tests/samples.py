@@ -8,6 +8,8 @@ from typing import Callable, Optional
 
 import torch
 
+from dare_kernels import reference
+
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
@@ -21,9 +23,33 @@ class Sample:
     # Inputs whose products and sums are exact in float32: the returned
     # indices must equal the reference's exactly, ties included.
     exact: bool = False
+    mask: Optional[torch.Tensor] = None
+    offsets: Optional[torch.Tensor] = None  # keys (N, d): jagged rows
 
     def args(self):
-        return (self.query, self.keys, self.k, self.lengths, self.scale)
+        return (self.query, self.keys, self.k, self.lengths, self.scale, self.mask, self.offsets)
+
+    def kwargs(self) -> dict:
+        return dict(lengths=self.lengths, scale=self.scale, mask=self.mask, offsets=self.offsets)
+
+    def padded(self) -> "Sample":
+        """The same search with (B, L, d) keys (jagged rows padded, with lengths), for the oracle."""
+        if self.offsets is None:
+            return self
+        index, lengths = reference.padded_rows(self.offsets, self.keys.shape[0], self.k)
+        keys = self.keys[index] if self.keys.shape[0] else self.keys.new_zeros(*index.shape, self.keys.shape[1])
+        return Sample(self.query, keys, self.k, lengths, self.scale, self.exact)
+
+    def valid(self) -> torch.Tensor:
+        """(B, L) bool on the CPU: the positions that take part (padded form)."""
+        s = self.padded()
+        B, L, _ = s.keys.shape
+        valid = torch.ones(B, L, dtype=torch.bool)
+        if s.lengths is not None:
+            valid &= torch.arange(L)[None, :] < s.lengths.cpu().clamp(0, L)[:, None]
+        if s.mask is not None:
+            valid &= s.mask.cpu()
+        return valid
 
 
 def _randn(g, *shape, dtype, device):
@@ -287,9 +313,63 @@ SAMPLES: dict[str, tuple[Callable, bool]] = {
 }
 
 
-def sample_input(name: str, dtype: torch.dtype, device, seed: int) -> Sample:
+# The layouts users' histories come in; every sample runs in each. "padded":
+# right padding with lengths, as built; "mask": a strided (B, L) bool mask over
+# a random 3/4 of the positions, with the lengths too, and NaN keys where it is
+# False; "left": the rows moved to the end, a mask of the left padding, NaN keys
+# in the padding; "jagged": keys (N, d) and offsets (B+1,), no padding at all.
+LAYOUTS = ("padded", "mask", "left", "jagged")
+
+
+def _row_lengths(lengths, B: int, L: int) -> list:
+    return [L] * B if lengths is None else lengths.cpu().clamp(0, L).tolist()
+
+
+def _mask_layout(g, B: int, L: int, lengths, device, layout: str) -> torch.Tensor:
+    n = _row_lengths(lengths, B, L)
+    if layout == "left":
+        return (torch.arange(L)[None, :] >= L - torch.tensor(n, dtype=torch.long)[:, None]).to(device)
+    keep = torch.rand(L, B, generator=g) < 0.75
+    return keep.to(device).t()  # (B, L) with stride 1 over B: strided mask loads
+
+
+def _left(x: torch.Tensor, lengths, fill) -> torch.Tensor:
+    """Row b's first n_b positions moved to its end; the rest `fill`."""
+    B, L = x.shape[:2]
+    out = torch.full_like(x, fill)
+    for b, n in enumerate(_row_lengths(lengths, B, L)):
+        out[b, L - n:] = x[b, :n]
+    return out
+
+
+def _jagged(x: torch.Tensor, lengths, g):
+    """(values, offsets): the first n_b positions of each row, concatenated."""
+    B, L = x.shape[:2]
+    n = _row_lengths(lengths, B, L)
+    values = torch.cat([x[b, :n[b]] for b in range(B)]) if B else x.reshape(0, *x.shape[2:])
+    offsets = torch.tensor([0] + n, dtype=torch.long).cumsum(0)
+    if int(torch.randint(2, (1,), generator=g)):
+        offsets = offsets.to(torch.int32)
+    return values, offsets.to(x.device)
+
+
+def with_layout(s: Sample, layout: str, g) -> Sample:
+    if layout == "padded":
+        return s
+    B, L, _ = s.keys.shape
+    if layout == "jagged":
+        keys, offsets = _jagged(s.keys, s.lengths, g)
+        return Sample(s.query, keys, s.k, None, s.scale, s.exact, offsets=offsets)
+    mask = _mask_layout(g, B, L, s.lengths, s.keys.device, layout)
+    if layout == "left":
+        return Sample(s.query, _left(s.keys, s.lengths, float("nan")), s.k, None, s.scale, s.exact, mask=mask)
+    keys = s.keys.masked_fill(~mask[..., None], float("nan"))
+    return Sample(s.query, keys, s.k, s.lengths, s.scale, s.exact, mask=mask)
+
+
+def sample_input(name: str, dtype: torch.dtype, device, seed: int, layout: str = "padded") -> Sample:
     g = torch.Generator().manual_seed(seed)
-    return SAMPLES[name][0](g, dtype, torch.device(device))
+    return with_layout(SAMPLES[name][0](g, dtype, torch.device(device)), layout, g)
 
 
 # ---------------------------------------------------------------------------
@@ -308,22 +388,27 @@ class EmbeddingSample:
     lengths: Optional[torch.Tensor] = None
     scale: float = 1.0
     exact: bool = False
+    mask: Optional[torch.Tensor] = None
+    offsets: Optional[torch.Tensor] = None  # ids (N,): jagged rows
 
     def args(self):
-        return (self.query, self.tables, self.ids, self.k, self.lengths, self.scale)
+        return (self.query, self.tables, self.ids, self.k, self.lengths, self.scale, self.mask, self.offsets)
+
+    def kwargs(self) -> dict:
+        return dict(lengths=self.lengths, scale=self.scale, mask=self.mask, offsets=self.offsets)
 
     def keys(self) -> torch.Tensor:
-        """The looked-up (B, L, d) keys; padding positions read row 0."""
+        """The looked-up (B, L, d) keys ((N, d) when jagged); padding positions read row 0."""
         B = self.query.shape[0]
         ids = []
         for t, i in zip(self.tables, self.ids):
-            i = i.expand(B, i.shape[-1]) if i.dim() == 1 else i
+            i = i.expand(B, i.shape[-1]) if i.dim() == 1 and self.offsets is None else i
             ids.append(torch.where((i >= 0) & (i < t.shape[0]), i, 0))
         return torch.cat([t[i] for t, i in zip(self.tables, ids)], -1)
 
     def as_sample(self) -> Sample:
         """The same search as topk_attention's inputs, for the oracle."""
-        return Sample(self.query, self.keys(), self.k, self.lengths, self.scale, self.exact)
+        return Sample(self.query, self.keys(), self.k, self.lengths, self.scale, self.exact, self.mask, self.offsets)
 
 
 def _widths(d: int) -> list:
@@ -423,8 +508,31 @@ EMBEDDING_SAMPLES: dict[str, bool] = {**{n: large for n, (_, large) in SAMPLES.i
                                       **{n: large for n, (_, large) in EMBEDDING_ONLY.items()}}
 
 
-def embedding_input(name: str, dtype: torch.dtype, device, seed: int) -> EmbeddingSample:
+def embedding_input(name: str, dtype: torch.dtype, device, seed: int, layout: str = "padded") -> EmbeddingSample:
     g = torch.Generator().manual_seed(seed)
     if name in EMBEDDING_ONLY:
-        return EMBEDDING_ONLY[name][0](g, dtype, torch.device(device))
-    return _as_embedding(SAMPLES[name][0](g, dtype, torch.device(device)), g)
+        e = EMBEDDING_ONLY[name][0](g, dtype, torch.device(device))
+    else:
+        e = _as_embedding(SAMPLES[name][0](g, dtype, torch.device(device)), g)
+    return embedding_layout(e, layout, g)
+
+
+def embedding_layout(e: EmbeddingSample, layout: str, g) -> EmbeddingSample:
+    """As with_layout, on the ids; positions that take no part hold out-of-range
+    ids (never read)."""
+    if layout == "padded":
+        return e
+    B = e.query.shape[0]
+    ids = [i.expand(B, i.shape[-1]) if i.dim() == 1 else i for i in e.ids]
+    L = ids[0].shape[1]
+    if layout == "jagged":
+        pairs = [_jagged(i, e.lengths, g) for i in ids]
+        return EmbeddingSample(e.query, e.tables, [v for v, _ in pairs], e.k, None, e.scale, e.exact,
+                               offsets=pairs[0][1])
+    mask = _mask_layout(g, B, L, e.lengths, e.query.device, layout)
+    bad = [10**6, -5, 2**31 - 1, -1]
+    if layout == "left":
+        ids = [_left(i, e.lengths, bad[f]) for f, i in enumerate(ids)]
+        return EmbeddingSample(e.query, e.tables, ids, e.k, None, e.scale, e.exact, mask=mask)
+    ids = [i.masked_fill(~mask, bad[f]) for f, i in enumerate(ids)]
+    return EmbeddingSample(e.query, e.tables, ids, e.k, e.lengths, e.scale, e.exact, mask=mask)

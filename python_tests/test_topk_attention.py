@@ -10,16 +10,18 @@ from dare_kernels import reference
 
 from conftest import DEVICES, skip_unless_available, skip_unless_compiled
 from oracle import assert_matches_reference
-from samples import DTYPES, SAMPLES, sample_input
+from samples import DTYPES, LAYOUTS, SAMPLES, sample_input
 
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("name", list(SAMPLES))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", dare_kernels.BACKENDS)
-def test_matches_reference(backend, device, dtype, name, seed):
-    skip_unless_available(backend, device, dtype, SAMPLES[name][1])
-    s = sample_input(name, dtype, device, seed)
-    out = dare_kernels.topk_attention(s.query, s.keys, s.k, lengths=s.lengths, scale=s.scale, backend=backend)
+def test_matches_reference(backend, device, dtype, name, layout, seed):
+    skip_unless_available(backend, device, dtype, SAMPLES[name][1], layout)
+    s = sample_input(name, dtype, device, seed, layout)
+    out = dare_kernels.topk_attention(s.query, s.keys, s.k, **s.kwargs(), backend=backend)
     assert_matches_reference(out, s)
 
 

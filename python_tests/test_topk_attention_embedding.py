@@ -11,17 +11,18 @@ from dare_kernels import reference
 
 from conftest import DEVICES, skip_unless_available, skip_unless_compiled
 from oracle import assert_matches_reference
-from samples import DTYPES, EMBEDDING_SAMPLES, embedding_input
+from samples import DTYPES, EMBEDDING_SAMPLES, LAYOUTS, embedding_input
 
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("name", list(EMBEDDING_SAMPLES))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", dare_kernels.BACKENDS)
-def test_matches_reference(backend, device, dtype, name, seed):
-    skip_unless_available(backend, device, dtype, EMBEDDING_SAMPLES[name])
-    e = embedding_input(name, dtype, device, seed)
-    out = dare_kernels.topk_attention_embedding(e.query, e.tables, e.ids, e.k, lengths=e.lengths, scale=e.scale,
-                                                backend=backend)
+def test_matches_reference(backend, device, dtype, name, layout, seed):
+    skip_unless_available(backend, device, dtype, EMBEDDING_SAMPLES[name], layout)
+    e = embedding_input(name, dtype, device, seed, layout)
+    out = dare_kernels.topk_attention_embedding(e.query, e.tables, e.ids, e.k, **e.kwargs(), backend=backend)
     assert_matches_reference(out, e.as_sample())
 
 

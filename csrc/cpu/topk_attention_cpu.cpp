@@ -220,10 +220,11 @@ ScanFn pick_scan() {
 
 std::tuple<at::Tensor, at::Tensor> topk_attention_cpu(const at::Tensor& query,
                                                       const at::Tensor& keys, int64_t k,
-                                                      const std::optional<at::Tensor>& lengths,
-                                                      double scale) {
+                                                      const Opt& lengths, double scale, const Opt& mask,
+                                                      const Opt& offsets) {
   check_scale(scale);
-  const Shape s = check_inputs(query, keys, k, lengths, /*check_length_values=*/true);
+  const Shape s = check_inputs(query, keys, k, lengths, mask, offsets, /*check_length_values=*/true);
+  TORCH_CHECK(!mask.has_value() && !offsets.has_value(), "topk_attention: CPU mask/offsets: not yet");
   auto [scores, indices] = empty_outputs(keys, s, k);
   const int64_t rows = s.B * s.T;
   if (rows == 0) return {scores, indices};

@@ -165,9 +165,11 @@ ScanFn pick_scan() {
 
 std::tuple<at::Tensor, at::Tensor> topk_attention_embedding_cpu(const at::Tensor& query, at::TensorList tables,
                                                                 at::TensorList ids, int64_t k,
-                                                                const std::optional<at::Tensor>& lengths,
-                                                                double scale) {
-  const Shape s = check_embedding_inputs(query, tables, ids, k, lengths, scale, /*check_length_values=*/true);
+                                                                const Opt& lengths, double scale, const Opt& mask,
+                                                                const Opt& offsets) {
+  const Shape s = check_embedding_inputs(query, tables, ids, k, lengths, scale, mask, offsets,
+                                         /*check_length_values=*/true);
+  TORCH_CHECK(!mask.has_value() && !offsets.has_value(), "topk_attention_embedding: CPU mask/offsets: not yet");
   auto [scores, indices] = empty_outputs(query, s, k);
   if (s.B * s.T == 0) return {scores, indices};
 

@@ -76,12 +76,13 @@ std::tuple<at::Tensor, at::Tensor> large_k(const at::Tensor& Q, const at::Tensor
 }
 
 std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, const at::Tensor& keys,
-                                                       int64_t k, const std::optional<at::Tensor>& lengths,
-                                                       double scale) {
+                                                       int64_t k, const Opt& lengths, double scale, const Opt& mask,
+                                                       const Opt& offsets) {
   check_scale(scale);
-  // Length values are not read on the host (no sync, graph-capturable): the
-  // kernel clamps them to [0, L].
-  const Shape s = check_inputs(query, keys, k, lengths, /*check_length_values=*/false);
+  // Length and offset values are not read on the host (no sync, graph-capturable):
+  // the kernels clamp them.
+  const Shape s = check_inputs(query, keys, k, lengths, mask, offsets, /*check_length_values=*/false);
+  TORCH_CHECK(!mask.has_value() && !offsets.has_value(), "topk_attention: CUDA mask/offsets: not yet");
   const c10::cuda::CUDAGuard guard(keys.device());
   auto [scores, indices] = empty_outputs(keys, s, k);
   const int64_t rows = s.B * s.T;

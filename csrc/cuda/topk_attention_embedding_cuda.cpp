@@ -39,15 +39,16 @@ std::tuple<at::Tensor, at::Tensor> looked_up(const at::Tensor& query, at::Tensor
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("dare::topk_attention", "")
                              .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, int64_t,
-                                                                       const std::optional<at::Tensor>&, double)>();
-  return op.call(query, at::cat(parts, -1), k, lengths, scale);
+                                                                       const Opt&, double, const Opt&, const Opt&)>();
+  return op.call(query, at::cat(parts, -1), k, lengths, scale, std::nullopt, std::nullopt);
 }
 
 std::tuple<at::Tensor, at::Tensor> topk_attention_embedding_cuda(const at::Tensor& query, at::TensorList tables,
-                                                                 at::TensorList ids, int64_t k,
-                                                                 const std::optional<at::Tensor>& lengths,
-                                                                 double scale) {
-  const Shape s = check_embedding_inputs(query, tables, ids, k, lengths, scale, /*check_length_values=*/false);
+                                                                 at::TensorList ids, int64_t k, const Opt& lengths,
+                                                                 double scale, const Opt& mask, const Opt& offsets) {
+  const Shape s = check_embedding_inputs(query, tables, ids, k, lengths, scale, mask, offsets,
+                                         /*check_length_values=*/false);
+  TORCH_CHECK(!mask.has_value() && !offsets.has_value(), "topk_attention_embedding: CUDA mask/offsets: not yet");
   const c10::cuda::CUDAGuard guard(query.device());
   const int64_t rows = s.B * s.T;
   if (rows == 0) return empty_outputs(query, s, k);

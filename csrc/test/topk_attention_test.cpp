@@ -14,7 +14,8 @@
 namespace {
 
 using Out = std::tuple<at::Tensor, at::Tensor>;
-using Sig = Out(const at::Tensor&, const at::Tensor&, int64_t, const std::optional<at::Tensor>&, double);
+using Opt = std::optional<at::Tensor>;
+using Sig = Out(const at::Tensor&, const at::Tensor&, int64_t, const Opt&, double, const Opt&, const Opt&);
 
 int failures = 0;
 
@@ -68,7 +69,7 @@ void check_exact(at::ScalarType dtype, int64_t B, int64_t T, int64_t L, int64_t 
   std::vector<int64_t> len(B);
   for (int64_t b = 0; b < B; ++b) len[b] = (b % 3 == 1) ? (L * b) / (B + 1) : L;
   at::Tensor lengths = at::tensor(len, at::kLong);
-  auto [s, i] = op().call(q, K, k, lengths, 0.5);
+  auto [s, i] = op().call(q, K, k, lengths, 0.5, std::nullopt, std::nullopt);
   std::vector<double> rs;
   std::vector<int64_t> ri;
   reference(q, K, k, len, 0.5, rs, ri);
@@ -104,19 +105,19 @@ int main() {
     check_exact(dtype, 4, 2, 2000, 33, 128, true);
   }
   const at::Tensor q = at::randn({2, 8}), K = at::randn({2, 50, 8});
-  check_throws("k = 0", [&] { op().call(q, K, 0, std::nullopt, 1.0); });
-  check_throws("k > L", [&] { op().call(q, K, 51, std::nullopt, 1.0); });
-  check_throws("d mismatch", [&] { op().call(at::randn({2, 7}), K, 3, std::nullopt, 1.0); });
-  check_throws("lengths > L", [&] { op().call(q, K, 3, at::tensor({1, 51}), 1.0); });
-  check_throws("float64", [&] { op().call(q.to(at::kDouble), K.to(at::kDouble), 3, std::nullopt, 1.0); });
+  check_throws("k = 0", [&] { op().call(q, K, 0, std::nullopt, 1.0, std::nullopt, std::nullopt); });
+  check_throws("k > L", [&] { op().call(q, K, 51, std::nullopt, 1.0, std::nullopt, std::nullopt); });
+  check_throws("d mismatch", [&] { op().call(at::randn({2, 7}), K, 3, std::nullopt, 1.0, std::nullopt, std::nullopt); });
+  check_throws("lengths > L", [&] { op().call(q, K, 3, at::tensor({1, 51}), 1.0, std::nullopt, std::nullopt); });
+  check_throws("float64", [&] { op().call(q.to(at::kDouble), K.to(at::kDouble), 3, std::nullopt, 1.0, std::nullopt, std::nullopt); });
 
   // One timing line (not a pass/fail criterion): bench/ holds the benchmarks.
   const at::Tensor qb = at::randn({64, 16}), Kb = at::randn({64, 10000, 16});
-  op().call(qb, Kb, 128, std::nullopt, 1.0);
+  op().call(qb, Kb, 128, std::nullopt, 1.0, std::nullopt, std::nullopt);
   std::vector<double> ms;
   for (int r = 0; r < 20; ++r) {
     auto t0 = std::chrono::steady_clock::now();
-    op().call(qb, Kb, 128, std::nullopt, 1.0);
+    op().call(qb, Kb, 128, std::nullopt, 1.0, std::nullopt, std::nullopt);
     ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
   std::sort(ms.begin(), ms.end());

@@ -160,19 +160,20 @@ def _launch_search(wrap, p: Plan, q, keys, lengths, out_s, out_i, okeys, gmax, t
 
 @triton_op("dare::topk_attention_triton", mutates_args=())
 def topk_attention(query: torch.Tensor, keys: torch.Tensor, k: int, lengths: Optional[torch.Tensor] = None,
-                   scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    return _topk_attention(query, keys, k, lengths, scale)
+                   scale: float = 1.0, mask: Optional[torch.Tensor] = None,
+                   offsets: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    return _topk_attention(query, keys, k, lengths, scale, mask, offsets)
 
 
 def _raw(kernel):
     return kernel
 
 
-def eager(query, keys, k, lengths=None, scale=1.0):
+def eager(query, keys, k, lengths=None, scale=1.0, mask=None, offsets=None):
     """The op's computation without the dispatcher (on the H200 machine the dispatcher
     path measured 115-232 us of host time per call, this one 78-100 us): for plain tensors
     when nothing traces and no gradient is needed."""
-    return _topk_attention(query, keys, k, lengths, scale, wrap=_raw)
+    return _topk_attention(query, keys, k, lengths, scale, mask, offsets, wrap=_raw)
 
 
 def _outputs(shape, device):
@@ -181,9 +182,12 @@ def _outputs(shape, device):
             torch.empty(shape, dtype=torch.int64, device=device))
 
 
-def _topk_attention(query, keys, k, lengths=None, scale=1.0, *, split=None, fused_max_k=FUSED_MAX_K,
-                    cfg: Optional[Config] = None, wrap=wrap_triton):
-    s = check_inputs(query, keys, k, lengths, check_length_values=keys.device.type == "cpu", scale=scale)
+def _topk_attention(query, keys, k, lengths=None, scale=1.0, mask=None, offsets=None, *, split=None,
+                    fused_max_k=FUSED_MAX_K, cfg: Optional[Config] = None, wrap=wrap_triton):
+    s = check_inputs(query, keys, k, lengths, check_length_values=keys.device.type == "cpu", scale=scale,
+                     mask=mask, offsets=offsets)
+    if mask is not None or offsets is not None:
+        raise NotImplementedError("topk_attention: Triton mask/offsets: not yet")
     shape = output_shape(s, k)
     R = s.B * s.T
     device = keys.device
@@ -213,19 +217,23 @@ def _topk_attention(query, keys, k, lengths=None, scale=1.0, *, split=None, fuse
 
 @triton_op("dare::topk_attention_embedding_triton", mutates_args=())
 def topk_attention_embedding(query: torch.Tensor, tables: list[torch.Tensor], ids: list[torch.Tensor], k: int,
-                             lengths: Optional[torch.Tensor] = None,
-                             scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    return _topk_attention_embedding(query, tables, ids, k, lengths, scale)
+                             lengths: Optional[torch.Tensor] = None, scale: float = 1.0,
+                             mask: Optional[torch.Tensor] = None,
+                             offsets: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    return _topk_attention_embedding(query, tables, ids, k, lengths, scale, mask, offsets)
 
 
-def eager_embedding(query, tables, ids, k, lengths=None, scale=1.0):
-    return _topk_attention_embedding(query, tables, ids, k, lengths, scale, wrap=_raw)
+def eager_embedding(query, tables, ids, k, lengths=None, scale=1.0, mask=None, offsets=None):
+    return _topk_attention_embedding(query, tables, ids, k, lengths, scale, mask, offsets, wrap=_raw)
 
 
-def _topk_attention_embedding(query, tables, ids, k, lengths=None, scale=1.0, *, split=None,
-                              cfg: Optional[Config] = None, wrap=wrap_triton):
+def _topk_attention_embedding(query, tables, ids, k, lengths=None, scale=1.0, mask=None, offsets=None, *,
+                              split=None, cfg: Optional[Config] = None, wrap=wrap_triton):
     cpu = query.device.type == "cpu"
-    s = check_embedding_inputs(query, tables, ids, k, lengths, check_values=cpu, scale=scale)
+    s = check_embedding_inputs(query, tables, ids, k, lengths, check_values=cpu, scale=scale, mask=mask,
+                               offsets=offsets)
+    if mask is not None or offsets is not None:
+        raise NotImplementedError("topk_attention_embedding: Triton mask/offsets: not yet")
     shape = output_shape(s, k)
     R = s.B * s.T
     device = query.device
