@@ -42,4 +42,21 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16):
         lengths = torch.randint(0, L + 1, (B,), device="cuda") if with_len else None
         s, i = dare_kernels.topk_attention(q, K, k, lengths=lengths, backend=backend)
         torch.cuda.synchronize()
+        # The other layouts: a strided mask over the same keys, and the rows as jagged
+        # values (offsets planned by the mean row: long rows loop over spans).
+        mask = (torch.rand(L, B, device="cuda") < 0.7).t()
+        dare_kernels.topk_attention(q, K, k, lengths=lengths, mask=mask, backend=backend)
+        n = lengths if lengths is not None else torch.full((B,), L, device="cuda")
+        n[0] = L  # one row far longer than the mean
+        offsets = torch.nn.functional.pad(n.cumsum(0), (1, 0))
+        valid = torch.arange(L, device="cuda")[None, :] < n[:, None]
+        dare_kernels.topk_attention(q, K[valid], k, offsets=offsets, backend=backend)
+        torch.cuda.synchronize()
+    ids = torch.randint(0, 1000, (B, L), device="cuda")
+    table = torch.randn(1000, 16, device="cuda").to(dtype)
+    q = torch.randn(B, 16, device="cuda").to(dtype)
+    ids[~mask] = -7  # never read
+    dare_kernels.topk_attention_embedding(q, [table], [ids], min(k, 1024), mask=mask, backend=backend)
+    dare_kernels.topk_attention_embedding(q, [table], [ids[valid]], min(k, 1024), offsets=offsets, backend=backend)
+    torch.cuda.synchronize()
 print("sanitize subset done:", backend)

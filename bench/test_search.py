@@ -6,6 +6,7 @@ import itertools
 import pytest
 import torch
 
+import dare_kernels
 from dare_kernels.bench import BASELINE, Shape, backends_for, implementation, make_inputs
 
 from conftest import DEVICE
@@ -85,3 +86,56 @@ def test_search_backward(bench, backend, shape):
     bench.extra_info.update(backend=backend, shape=shape.label(), **fields(shape))
     step()  # warm-up outside the measurement
     bench(step)
+
+
+# The layouts users' histories come in, each read by the kernels as it is, against
+# what a user of that layout runs today. Rows of random length in [L/2, L].
+LAYOUT_SHAPE = Shape(1024, L, 16, 128) if GPU else Shape(64, L, 16, 128, dtype="float32")
+LAYOUTS = ["lengths", "left mask", "jagged"]
+
+
+def layout_inputs(shape, layout):
+    q, K = inputs_for(shape)[0]
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(shape.L // 2, shape.L + 1, (shape.B,), generator=g).to(DEVICE)
+    pos = torch.arange(shape.L, device=DEVICE)
+    if layout == "lengths":
+        return q, K, dict(lengths=lengths)
+    if layout == "left mask":  # the rows end at L, as FuxiCTR pads them
+        return q, K, dict(mask=pos[None, :] >= shape.L - lengths[:, None])
+    valid = pos[None, :] < lengths[:, None]
+    offsets = torch.nn.functional.pad(lengths.cumsum(0), (1, 0))
+    return q, K[valid], dict(offsets=offsets)  # (N, d) values, TorchRec/FBGEMM style
+
+
+def layout_baseline(q, keys, k, lengths=None, mask=None, offsets=None):
+    """bmm + mask + topk; jagged values are padded first (by index_put, the
+    positions precomputed: the cheapest padding a user can write)."""
+    if offsets is not None:
+        B, n = offsets.numel() - 1, offsets.diff()
+        L = int(n.max())
+        rows = torch.repeat_interleave(torch.arange(B, device=keys.device), n)
+        cols = torch.arange(keys.shape[0], device=keys.device) - offsets[:-1].repeat_interleave(n)
+        padded = keys.new_zeros(B, L, keys.shape[1])
+        padded[rows, cols] = keys
+        keys, lengths = padded, n
+    scores = torch.bmm(keys, q[..., None])[..., 0]
+    pos = torch.arange(keys.shape[1], device=keys.device)
+    drop = ~mask if mask is not None else pos[None, :] >= lengths[:, None]
+    return torch.topk(scores.float().masked_fill(drop, float("-inf")), k, dim=-1)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_search_layouts(bench, backend, layout):
+    shape = LAYOUT_SHAPE
+    q, keys, kw = layout_inputs(shape, layout)
+    if backend == BASELINE:
+        fn = lambda: layout_baseline(q, keys, shape.k, **kw)  # noqa: E731
+    else:
+        fn = lambda: dare_kernels.topk_attention(q, keys, shape.k, **kw, backend=backend)  # noqa: E731
+    bench.group = f"layout {layout} {shape.label()}"
+    bench.extra_info.update(backend=backend, shape=f"{layout}, {shape.label()}", layout=layout,
+                            **fields(shape))
+    fn()
+    bench(fn)

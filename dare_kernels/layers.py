@@ -9,26 +9,19 @@ written, and values are gathered (and projected) for the k selected behaviours o
 - ``TopKMultiHeadAttention``: H heads, each with its own top-k; per-head key maps
   are folded into the query, so the op runs once on the raw keys with T = H queries.
 
-Masks (``mask`` (B, L), True or nonzero = valid; give ``mask`` or ``lengths``, not both):
+Histories come in the caller's layout, read by the kernels as they are:
 
-- right-padded (each row's valid positions are a prefix): becomes ``lengths`` =
-  ``mask.sum(1)``, the op's native form;
-- left-padded (a suffix, e.g. FuxiCTR's ``mask = history > 0`` with padding in
-  front): the op runs on the same memory through its embedding form, the keys
-  viewed as one (B·L, d) table and row b's ids starting at its first valid
-  position (an int32 (B, L) index, no copy of the keys); tables + ids inputs have
-  their ids shifted the same way;
-- anything else: the valid positions of each row are compacted in order (a
-  cumsum + scatter over the (B, L) mask, then the same embedding form), with a
-  warning the first time ``mask_layout="auto"`` meets such a mask.
+- ``mask`` (B, L), True or nonzero = valid, any pattern: right- or left-padded
+  (e.g. FuxiCTR's ``mask = history > 0`` with the padding in front) or holes;
+  ``mask_layout="right"`` declares a right-padded mask, turned into lengths so
+  the kernels stop at each row's end instead of reading the padding;
+- ``lengths`` (B,): right padding;
+- ``offsets`` (B+1,): jagged rows (TorchRec / FBGEMM style): keys (N, d), or
+  tables + ids (N,), and values (N, d_v); indices count from the row's start.
 
-All three are exact: masked positions are never scored or selected, the ranking
-is the op's (descending, ties by lower original position, NaN first) and indices
-are original positions, -1 (score -inf) where a row has fewer than k valid ones.
-``mask_layout="auto"`` finds the layout with two (B, L) passes and one host
-synchronisation; "right", "left" or "any" skip that (a mask given as "right" is
-read as lengths = its count of valid positions, "left" likewise from the end).
-Rows with no valid position output zeros.
+Masked positions are never scored or selected, the ranking is the op's
+(descending, ties by lower position, NaN first), -1 (score -inf) where a row has
+fewer than k valid positions. Rows with no valid position output zeros.
 
 Replacing a hand-written block (this example runs in python_tests/test_layers.py;
 ``python bench/layers_time.py`` times such pairs):
@@ -63,7 +56,6 @@ torch.testing.assert_close(out, sim_block(query, keys, values, mask, k))
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
@@ -75,8 +67,6 @@ __all__ = ["HardSearch", "TopKAttentionOutput", "TopKMultiHeadAttention", "detec
 
 MASK_LAYOUTS = ("auto", "right", "left", "any")
 Values = Union[torch.Tensor, Callable[[torch.Tensor], torch.Tensor], None]
-
-_warned_any_mask = False
 
 
 class TopKAttentionOutput(NamedTuple):
@@ -102,24 +92,6 @@ def _bool_mask(mask: torch.Tensor) -> torch.Tensor:
     return mask if mask.dtype == torch.bool else mask != 0
 
 
-def _positions(mask: torch.Tensor, layout: str):
-    """(lengths, positions): positions[b, j] is the original position of row b's
-    j-th valid key (j < lengths[b]; in range, unused, beyond), None for "right"."""
-    B, L = mask.shape
-    lengths = mask.sum(1)
-    if layout == "right":
-        return lengths, None
-    idtype = torch.int32 if B * L < 2**31 else torch.int64
-    if layout == "left":
-        start = (L - lengths).to(idtype)
-        pos = torch.arange(L, dtype=idtype, device=mask.device)
-        return lengths, torch.minimum(start[:, None] + pos, pos.new_tensor(L - 1))
-    dest = torch.where(mask, mask.cumsum(1, dtype=torch.int64) - 1, L)
-    pos = torch.zeros(B, L + 1, dtype=idtype, device=mask.device)
-    pos.scatter_(1, dest, torch.arange(L, dtype=idtype, device=mask.device).expand(B, L))
-    return lengths, pos[:, :L].contiguous()
-
-
 def _pad_k(scores, indices, k):
     extra = k - scores.shape[-1]
     if extra <= 0:
@@ -132,12 +104,15 @@ def topk_search(query: torch.Tensor, keys: Optional[torch.Tensor], k: int, *,
                 tables: Optional[Sequence[torch.Tensor]] = None,
                 ids: Optional[Sequence[torch.Tensor]] = None,
                 mask: Optional[torch.Tensor] = None, lengths: Optional[torch.Tensor] = None,
+                offsets: Optional[torch.Tensor] = None,
                 mask_layout: str = "auto", scale: float = 1.0, backend: Optional[str] = None):
     """``topk_attention`` (keys (B, L, d)) or ``topk_attention_embedding`` (keys=None,
-    tables + ids) with a (B, L) validity mask instead of lengths if wanted; see the
-    module docstring for the mask layouts. k > L is allowed (the extra slots are
-    padding). Returns (scores, indices) as the op's, indices in original positions;
-    scores are differentiable w.r.t. query and keys / tables."""
+    tables + ids) with the history in the caller's layout: a (B, L) validity mask
+    (any pattern, nonzero = valid), lengths, or jagged rows (offsets (B+1,), keys
+    (N, d) or ids (N,)); see the module docstring. k larger than the rows is
+    allowed (the extra slots are padding). Returns (scores, indices) as the op's:
+    positions in the row (jagged: from the row's start); scores are
+    differentiable w.r.t. query and keys / tables."""
     if mask_layout not in MASK_LAYOUTS:
         raise ValueError(f"mask_layout must be one of {MASK_LAYOUTS}, got {mask_layout!r}")
     if (keys is None) == (tables is None):
@@ -146,52 +121,46 @@ def topk_search(query: torch.Tensor, keys: Optional[torch.Tensor], k: int, *,
         raise ValueError("tables need ids")
     if mask is not None and lengths is not None:
         raise ValueError("give mask or lengths, not both")
-    B = query.shape[0]
-    L = keys.shape[1] if keys is not None else ids[0].shape[-1]
-    kk = min(k, L)
-    if kk < 1:  # L == 0: nothing to select
-        shape = (*query.shape[:-1], k)
-        return (query.new_full(shape, float("-inf"), dtype=torch.float32),
-                torch.full(shape, -1, dtype=torch.int64, device=query.device))
-    positions = None
-    if mask is not None:
-        mask = _bool_mask(mask)
-        if mask.shape != (B, L):
-            raise ValueError(f"mask must have shape (B, L)=({B}, {L}), got {tuple(mask.shape)}")
-        layout = mask_layout
-        if layout == "auto":
-            layout = detect_mask_layout(mask)
-            global _warned_any_mask
-            if layout == "any" and not _warned_any_mask:
-                _warned_any_mask = True
-                warnings.warn("topk_search: the mask is neither right- nor left-padded; each row's valid "
-                              "positions are compacted (exact, one extra (B, L) pass). Pass "
-                              "mask_layout='any' to skip the check and this warning.", stacklevel=2)
-        lengths, positions = _positions(mask, layout)
-    if positions is None:
-        if keys is not None:
-            scores, idx = ops.topk_attention(query, keys, kk, lengths=lengths, scale=scale, backend=backend)
-        else:
-            scores, idx = ops.topk_attention_embedding(query, tables, ids, kk, lengths=lengths,
-                                                       scale=scale, backend=backend)
-        return _pad_k(scores, idx, k)
-    if keys is not None:
-        # The keys as one (B·L, d) table (a view when contiguous); row b reads rows b·L + positions[b].
-        d = keys.shape[-1]
-        base = torch.arange(0, B * L, L, dtype=positions.dtype, device=positions.device)
-        tables, ids = [keys.reshape(B * L, d)], [positions + base[:, None]]
+    if offsets is not None:
+        kw = dict(offsets=offsets)
+        if mask is not None or lengths is not None:
+            raise ValueError("jagged rows (offsets) take no mask or lengths")
     else:
-        ids = [(i.expand(B, L) if i.dim() == 1 else i).gather(1, positions.long()) for i in ids]
-    scores, idx = ops.topk_attention_embedding(query, list(tables), ids, kk, lengths=lengths,
-                                               scale=scale, backend=backend)
-    flat = idx.reshape(B, -1)
-    orig = positions.gather(1, flat.clamp(min=0)).long()
-    idx = torch.where(flat >= 0, orig, -1).view(idx.shape)
-    return _pad_k(scores, idx, k)
+        B = query.shape[0]
+        L = keys.shape[1] if keys is not None else ids[0].shape[-1]
+        if L < 1:  # nothing to select
+            shape = (*query.shape[:-1], k)
+            return (query.new_full(shape, float("-inf"), dtype=torch.float32),
+                    torch.full(shape, -1, dtype=torch.int64, device=query.device))
+        if mask is not None:
+            mask = _bool_mask(mask)
+            if mask.shape != (B, L):
+                raise ValueError(f"mask must have shape (B, L)=({B}, {L}), got {tuple(mask.shape)}")
+            if mask_layout == "right":  # the kernels stop at the length: the padding is never read
+                lengths, mask = mask.sum(1), None
+        kw = dict(lengths=lengths, mask=mask)
+        k, extra = min(k, L), k
+    if keys is not None:
+        scores, idx = ops.topk_attention(query, keys, k, scale=scale, backend=backend, **kw)
+    else:
+        scores, idx = ops.topk_attention_embedding(query, list(tables), list(ids), k, scale=scale,
+                                                   backend=backend, **kw)
+    return _pad_k(scores, idx, extra) if offsets is None else (scores, idx)
 
 
-def _select_values(values: Values, idx: torch.Tensor, keys, tables, ids) -> torch.Tensor:
-    """The (B, n, d_v) values at idx (B, n) (original positions, padding clamped to 0)."""
+def _select_values(values: Values, idx: torch.Tensor, keys, tables, ids, offsets=None) -> torch.Tensor:
+    """The (B, n, d_v) values at idx (B, n) (positions, padding clamped to 0;
+    jagged values (N, d_v) are read at offsets[b] + idx)."""
+    if callable(values) and not isinstance(values, torch.Tensor):
+        return values(idx)
+    if offsets is not None:
+        rows = idx + offsets[:-1, None].long()
+        if values is None:
+            if keys is not None:
+                return keys[rows.clamp(max=max(keys.shape[0] - 1, 0))]
+            n = ids[0].shape[0]
+            return torch.cat([t[i[rows.clamp(max=max(n - 1, 0))].long()] for t, i in zip(tables, ids)], -1)
+        return values[rows.clamp(max=max(values.shape[0] - 1, 0))]
     if values is None:
         if keys is not None:
             values = keys
@@ -199,8 +168,6 @@ def _select_values(values: Values, idx: torch.Tensor, keys, tables, ids) -> torc
             B = idx.shape[0]
             return torch.cat([t[(i.expand(B, i.shape[-1]) if i.dim() == 1 else i).gather(1, idx).long()]
                               for t, i in zip(tables, ids)], -1)
-    if callable(values) and not isinstance(values, torch.Tensor):
-        return values(idx)
     return values.gather(1, idx[..., None].expand(-1, -1, values.shape[-1]))
 
 
@@ -218,7 +185,7 @@ class HardSearch(nn.Module):
     """SIM-style hard search + target attention: the k keys scoring highest
     against the query, softmax over their k scores, weighted sum of their values.
 
-    forward(query, keys=None, values=None, *, mask=None, lengths=None, tables=None, ids=None)
+    forward(query, keys=None, values=None, *, mask=None, lengths=None, offsets=None, tables=None, ids=None)
 
     - query (B, d), or (B, T, d) for T targets searching one sequence each;
     - keys (B, L, d), or keys=None with tables + ids (the op's embedding form:
@@ -226,7 +193,8 @@ class HardSearch(nn.Module):
     - values (B, L, d_v); a callable mapping the selected positions (B, n)
       (n = T·k; padding slots read position 0, then weigh 0) to (B, n, d_v); or
       None: the keys themselves (with tables + ids: the looked-up rows);
-    - mask (B, L) True = valid (any layout, see the module docstring) or lengths (B,).
+    - mask (B, L) True = valid (any layout, see the module docstring) or lengths (B,);
+      or jagged rows: offsets (B+1,) with keys (N, d) / ids (N,) and values (N, d_v).
 
     Returns TopKAttentionOutput(output (B, d_v) or (B, T, d_v) in the values'
     dtype, scores float32 (B[, T], k) = scale · query·key, indices int64).
@@ -249,13 +217,13 @@ class HardSearch(nn.Module):
     def extra_repr(self) -> str:
         return f"k={self.k}, scale={self.scale}, temperature={self.temperature}, mask_layout={self.mask_layout!r}"
 
-    def forward(self, query, keys=None, values: Values = None, *, mask=None, lengths=None,
+    def forward(self, query, keys=None, values: Values = None, *, mask=None, lengths=None, offsets=None,
                 tables=None, ids=None) -> TopKAttentionOutput:
         scale = self.scale if self.scale is not None else query.shape[-1] ** -0.5
         scores, idx = topk_search(query, keys, self.k, tables=tables, ids=ids, mask=mask, lengths=lengths,
-                                  mask_layout=self.mask_layout, scale=scale, backend=self.backend)
+                                  offsets=offsets, mask_layout=self.mask_layout, scale=scale, backend=self.backend)
         B = query.shape[0]
-        picked = _select_values(values, idx.reshape(B, -1).clamp(min=0), keys, tables, ids)
+        picked = _select_values(values, idx.reshape(B, -1).clamp(min=0), keys, tables, ids, offsets)
         picked = picked.reshape(*idx.shape, picked.shape[-1])
         w = _attention_weights(scores, idx, self.temperature)
         out = torch.einsum("...k,...kv->...v", w, picked.float()).to(picked.dtype)
@@ -281,7 +249,7 @@ class TopKMultiHeadAttention(nn.Module):
     keys (d_head must equal d_key). value_proj=False: heads attend the raw values.
 
     forward(query (B, d_query), keys=None, values=None, *, mask=None, lengths=None,
-    tables=None, ids=None): keys / tables + ids / values / mask / lengths as in
+    offsets=None, tables=None, ids=None): keys / tables + ids / values / layouts as in
     HardSearch; a values callable gets (B, H·k) positions. Returns
     TopKAttentionOutput(output (B, d_out), scores (B, H, k), indices (B, H, k)).
 
@@ -325,15 +293,15 @@ class TopKMultiHeadAttention(nn.Module):
             q = torch.einsum("bhe,hed->bhd", q, self.key_weight)
         return q
 
-    def forward(self, query, keys=None, values: Values = None, *, mask=None, lengths=None,
+    def forward(self, query, keys=None, values: Values = None, *, mask=None, lengths=None, offsets=None,
                 tables=None, ids=None) -> TopKAttentionOutput:
         dtype = keys.dtype if keys is not None else tables[0].dtype
         q = self.head_queries(query).to(dtype)
         s = self.search
         scores, idx = topk_search(q, keys, s.k, tables=tables, ids=ids, mask=mask, lengths=lengths,
-                                  mask_layout=s.mask_layout, scale=s.scale, backend=s.backend)
+                                  offsets=offsets, mask_layout=s.mask_layout, scale=s.scale, backend=s.backend)
         B, H, k = idx.shape
-        picked = _select_values(values, idx.reshape(B, H * k).clamp(min=0), keys, tables, ids)
+        picked = _select_values(values, idx.reshape(B, H * k).clamp(min=0), keys, tables, ids, offsets)
         picked = picked.reshape(B, H, k, picked.shape[-1])
         if self.value_weight is not None:
             picked = torch.einsum("bhkv,hve->bhke", picked.to(self.value_weight.dtype), self.value_weight)

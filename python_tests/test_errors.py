@@ -20,10 +20,11 @@ def _entry_points(device):
     return points
 
 
-def _call(entry, query, keys, k, lengths=None, scale=1.0):
+def _call(entry, query, keys, k, lengths=None, scale=1.0, mask=None, offsets=None):
     if entry == "raw":
-        return torch.ops.dare.topk_attention(query, keys, k, lengths, scale)
-    return dare_kernels.topk_attention(query, keys, k, lengths=lengths, scale=scale, backend=entry[4:])
+        return torch.ops.dare.topk_attention(query, keys, k, lengths, scale, mask, offsets)
+    return dare_kernels.topk_attention(query, keys, k, lengths=lengths, scale=scale, mask=mask, offsets=offsets,
+                                       backend=entry[4:])
 
 
 def _ok(device, dtype=torch.float32):
@@ -51,6 +52,29 @@ def _cases(device):
         "lengths_2d": ((q, K, 3, lens(1, 2, 3, 4)[:, None]), ValueError, r"lengths must have shape \(B,\)=\(4,\), got shape \[4, 1\]"),
         "lengths_long": ((q, K, 3, lens(1, 2, 3, 4, 5)), ValueError, r"lengths must have shape \(B,\)=\(4,\), got shape \[5\]"),
     }
+    m = torch.ones(B, L, dtype=torch.bool, device=device)
+    off = lens(0, 3, 3, 7, 10)
+    cases.update({
+        "mask_int": ((q, K, 3, None, 1.0, m.int()), TypeError, r"mask must be torch.bool, got torch.int32"),
+        "mask_shape": ((q, K, 3, None, 1.0, m[:, :4]), ValueError,
+                       r"mask must have shape \(B, L\)=\(4, 10\), got shape \[4, 4\]"),
+        "offsets_keys_3d": ((q, K, 3, None, 1.0, None, off), ValueError,
+                            r"with offsets, keys must have shape \(N, d\), got shape \[4, 10, 5\]"),
+        "offsets_float": ((q, K[0], 3, None, 1.0, None, off.float()), TypeError,
+                          r"offsets must be int32 or int64, got torch.float32"),
+        "offsets_shape": ((q, K[0], 3, None, 1.0, None, off[:4]), ValueError,
+                          r"offsets must have shape \(B\+1,\)=\(5,\), got shape \[4\]"),
+        "offsets_with_lengths": ((q, K[0], 3, lens(1, 2, 3, 4), 1.0, None, off), ValueError,
+                                 r"lengths must be None with offsets"),
+        "offsets_with_mask": ((q, K[0], 3, None, 1.0, m, off), ValueError, r"mask must be None with offsets"),
+        "offsets_k_zero": ((q, K[0], 0, None, 1.0, None, off), ValueError, r"k must satisfy 1 <= k < 2\*\*31, got 0"),
+    })
+    if device == "cpu":
+        cases["offsets_decreasing"] = ((q, K[0], 3, None, 1.0, None, lens(0, 3, 2, 7, 10)), ValueError,
+                                       r"offsets must be nondecreasing from offsets\[0\] >= 0 to offsets\[B\] <= "
+                                       r"N=10, got \[0, 3, 2, 7, 10\]")
+        cases["offsets_past_N"] = ((q, K[0], 3, None, 1.0, None, lens(0, 3, 3, 7, 11)), ValueError,
+                                   r"offsets must be nondecreasing .* <= N=10, got \[0, 3, 3, 7, 11\]")
     for name, v, shown in (("scale_inf", float("inf"), "inf"), ("scale_nan", float("nan"), "nan"),
                            ("scale_1e39", 1e39, "1e+39"), ("scale_neg_4e38", -4e38, "-4e+38")):
         cases[name] = ((q, K, 3, None, v), ValueError, r"scale must be finite in float32, got " + re.escape(shown))
@@ -65,6 +89,10 @@ def _cases(device):
                                  rf"query must be on the keys device {re.escape(str(K.device))}, got {other}")
         cases["lengths_device"] = ((q, K, 3, lens(1, 2, 3, 4).to(other)), ValueError,
                                    rf"lengths must be on the keys device {re.escape(str(K.device))}, got {other}")
+        cases["mask_device"] = ((q, K, 3, None, 1.0, m.to(other)), ValueError,
+                                rf"mask must be on the keys device {re.escape(str(K.device))}, got {other}")
+        cases["offsets_device"] = ((q, K[0], 3, None, 1.0, None, off.to(other)), ValueError,
+                                   rf"offsets must be on the keys device {re.escape(str(K.device))}, got {other}")
     return cases
 
 

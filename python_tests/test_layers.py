@@ -12,7 +12,6 @@ from dare_kernels import layers
 from dare_kernels.layers import HardSearch, TopKMultiHeadAttention, detect_mask_layout, topk_search
 
 # The once-per-process notice for arbitrary masks (checked in test_hard_search_matches_block).
-pytestmark = pytest.mark.filterwarnings("ignore:topk_search. the mask is neither")
 
 GAP = 0.05  # distinct-score spacing of the separated inputs (float32 rounding is ~1e-6)
 
@@ -106,11 +105,6 @@ def g(seed):
     return torch.Generator().manual_seed(seed)
 
 
-@pytest.fixture(autouse=True)
-def fresh_warning_state(monkeypatch):
-    monkeypatch.setattr(layers, "_warned_any_mask", False)
-
-
 def test_detect_mask_layout(g):
     for layout in ("right", "left", "any"):
         assert detect_mask_layout(make_mask(g, 6, 40, layout, min_valid=0)) == layout
@@ -130,12 +124,9 @@ def test_hard_search_matches_block(g, layout, declared):
     mask[1, :] = False
     mask[1, {"right": 0, "left": L - 1, "any": 7}[layout]] = True  # fewer than k valid: the block selects masked positions with -inf, weight 0
     search = HardSearch(k, mask_layout=layout if declared else "auto")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every layout is read as it is: nothing to warn about
         got = search(query, keys, values, mask=mask)
-        search(query, keys, values, mask=mask)
-    msgs = [str(w.message) for w in caught if "neither right- nor left-padded" in str(w.message)]
-    assert len(msgs) == (1 if layout == "any" and not declared else 0)
     want = sim_block(query, keys, values, mask, k)
     assert_same_top(got, want, mask)
     assert got.scores.dtype == torch.float32 and got.indices.dtype == torch.int64
@@ -311,3 +302,32 @@ def test_bfloat16_and_exports(g):
     assert mh(query.float(), keys.float(), mask=mask).output.shape == (B, 2 * d)
     for name in ("HardSearch", "TopKMultiHeadAttention", "TopKAttentionOutput", "topk_search", "detect_mask_layout"):
         assert name in dare_kernels.__all__ and getattr(dare_kernels, name) is getattr(layers, name)
+
+
+@pytest.mark.parametrize("targets", [0, 3])
+def test_jagged_rows_equal_padded(g, targets):
+    """offsets (B+1,) with keys (N, d) and values (N, d_v), as TorchRec passes
+    histories: the same output as the padded rows with lengths; gradients too."""
+    B, L, d, dv, k = 4, 90, 8, 5, 12
+    lengths = torch.tensor([90, 0, 7, 40])
+    qshape = (B, targets, d) if targets else (B, d)
+    query = torch.randn(qshape, generator=g, requires_grad=True)
+    keys = torch.randn(B, L, d, generator=g)
+    values = torch.randn(B, L, dv, generator=g)
+    valid = torch.arange(L)[None, :] < lengths[:, None]
+    jk, jv = keys[valid].requires_grad_(), values[valid].requires_grad_()
+    offsets = torch.nn.functional.pad(lengths.cumsum(0), (1, 0))
+    search = HardSearch(k, scale=1.0)
+    got = search(query, jk, jv, offsets=offsets)
+    pk, pv = keys.clone().requires_grad_(), values.clone().requires_grad_()
+    want = search(query, pk, pv, lengths=lengths)
+    assert torch.equal(got.indices, want.indices)
+    torch.testing.assert_close(got.output, want.output)
+    gq, gk, gv = torch.autograd.grad(got.output.sum(), (query, jk, jv))
+    wq, wk, wv = torch.autograd.grad(want.output.sum(), (query, pk, pv))
+    torch.testing.assert_close(gq, wq)
+    torch.testing.assert_close(gk, wk[valid])
+    torch.testing.assert_close(gv, wv[valid])
+    heads = TopKMultiHeadAttention(k, d, d, 2)
+    torch.testing.assert_close(heads(query[:, 0] if targets else query, jk, jv, offsets=offsets).output,
+                               heads(query[:, 0] if targets else query, pk, pv, lengths=lengths).output)

@@ -113,9 +113,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) embedding_kernel(EmbedPa
   const int64_t row = blockIdx.x / p.splits;
   const int c = blockIdx.x % p.splits;
   const int64_t b = row / p.T;
-  const int64_t start = int64_t(c) * p.span;
   const int64_t len = row_length(p, b);
-  const int n = int(len > start ? (len - start < p.span ? len - start : p.span) : 0);
   if (threadIdx.x == 0) {
     st.count = 0;
     st.bound = 0;
@@ -131,7 +129,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) embedding_kernel(EmbedPa
   // This lane's vector of every key: its field's table, id stream and query part.
   const bool has = gl < ep.units;
   const Unit* table = nullptr;
-  const char* ids = nullptr;
+  const char* row_ids = nullptr;
   int64_t n_rows = 0, sl = 0;
   int units = 0, off = 0;
   bool ids64 = false;
@@ -141,7 +139,9 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) embedding_kernel(EmbedPa
     if (f < ep.F && has && gl >= fd.start && gl < fd.start + fd.units) {
       table = static_cast<const Unit*>(fd.table);
       ids64 = fd.ids64;
-      ids = static_cast<const char*>(fd.ids) + (b * fd.stride_b + start * fd.stride_l) * (ids64 ? 8 : 4);
+      // Jagged ids: row b's values start at position row_start of the (N,) stream.
+      const int64_t first = p.offsets ? row_start(p, b) * fd.stride_l : b * fd.stride_b;
+      row_ids = static_cast<const char*>(fd.ids) + first * (ids64 ? 8 : 4);
       n_rows = fd.n;
       sl = fd.stride_l;
       units = fd.units;
@@ -153,55 +153,72 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) embedding_kernel(EmbedPa
 #pragma unroll
   for (int e = 0; e < EPU; ++e) qr[e] = has ? to_float(q[e]) : 0.f;
 
-  // ids: -1 no key (past the span, or a padding lane), -2 out of range.
-  auto load_ids = [&](int j0, int64_t (&dst)[U]) {
+  // Spans c, c + splits, ...: padded rows take one (span * splits >= L); jagged
+  // rows, planned by their mean length, take as many as they are long.
+  for (int64_t start = int64_t(c) * p.span; start < len; start += int64_t(p.splits) * p.span) {
+    const int n = int(len - start < p.span ? len - start : p.span);
+    const char* ids = row_ids + start * sl * (ids64 ? 8 : 4);
+    const bool* mk = row_mask(p, b, start);
+    // ids: -1 no key (past the span, masked out, or a padding lane: never read), -2 out of range.
+    auto load_ids = [&](int j0, int64_t (&dst)[U]) {
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int j = j0 + u * per_round + key0;
-      int64_t id = -1;
-      if (has && j < n) {
-        id = ids64 ? int64_t(__ldg(reinterpret_cast<const long long*>(ids) + j * sl))
-                   : int64_t(__ldg(reinterpret_cast<const int*>(ids) + j * sl));
-        id = (id < 0 || id >= n_rows) ? -2 : id;
+      for (int u = 0; u < U; ++u) {
+        const int j = j0 + u * per_round + key0;
+        int64_t id = -1;
+        if (has && j < n && kept(mk, p.mask_sl, j)) {
+          id = ids64 ? int64_t(__ldg(reinterpret_cast<const long long*>(ids) + j * sl))
+                     : int64_t(__ldg(reinterpret_cast<const int*>(ids) + j * sl));
+          id = (id < 0 || id >= n_rows) ? -2 : id;
+        }
+        dst[u] = id;
       }
-      dst[u] = id;
-    }
-  };
-  auto load_rows = [&](const int64_t (&id)[U], Unit (&dst)[U]) {
+    };
+    auto load_rows = [&](const int64_t (&id)[U], Unit (&dst)[U]) {
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      dst[u] = id[u] >= 0 ? __ldg(table + id[u] * units + off)
-                          : fill_unit<Unit>(id[u] == -2 ? nan_word<T>() : 0u);
-    }
-  };
+      for (int u = 0; u < U; ++u) {
+        dst[u] = id[u] >= 0 ? __ldg(table + id[u] * units + off)
+                            : fill_unit<Unit>(id[u] == -2 ? nan_word<T>() : 0u);
+      }
+    };
 
-  int64_t ids_next[U];
-  Unit cur[U], nxt[U];
-  load_ids(0, ids_next);
-  load_rows(ids_next, cur);
-  load_ids(tile, ids_next);
-  for (int j0 = 0; j0 < n; j0 += tile) {
-    if (j0 + tile < n) load_rows(ids_next, nxt);           // tile t + 1
-    if (j0 + 2 * tile < n) load_ids(j0 + 2 * tile, ids_next);  // tile t + 2
-    const float bound = bound_score(st);
-    uint32_t end = 0;
+    // A key takes part iff its group's first lane holds an id (>= 0, or -2: NaN).
+    int64_t ids_next[U];
+    Unit cur[U], nxt[U];
+    bool live[U], live_next[U];
+    auto load_rows_live = [&](Unit (&dst)[U], bool (&alive)[U]) {
+      load_rows(ids_next, dst);
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      uint32_t w[W];
-      words(cur[u], w);
-      float f[EPU];
-      unit_to_float<T, W>(w, f);
-      float acc = 0.f;
+      for (int u = 0; u < U; ++u) alive[u] = ids_next[u] != -1;
+    };
+    load_ids(0, ids_next);
+    load_rows_live(cur, live);
+    load_ids(tile, ids_next);
+    for (int j0 = 0; j0 < n; j0 += tile) {
+      if (j0 + tile < n) load_rows_live(nxt, live_next);     // tile t + 1
+      if (j0 + 2 * tile < n) load_ids(j0 + 2 * tile, ids_next);  // tile t + 2
+      const float bound = bound_score(st);
+      uint32_t end = 0;
 #pragma unroll
-      for (int e = 0; e < EPU; ++e) acc = fmaf(qr[e], f[e], acc);
-      for (int m = 16; m >= 1; m /= 2)
-        if (m < G) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, m);
-      const int j = j0 + u * per_round + key0;
-      offer(gl == 0 && j < n, acc * p.scale, uint32_t(start + j), bound, buf, st, &end);
+      for (int u = 0; u < U; ++u) {
+        uint32_t w[W];
+        words(cur[u], w);
+        float f[EPU];
+        unit_to_float<T, W>(w, f);
+        float acc = 0.f;
+#pragma unroll
+        for (int e = 0; e < EPU; ++e) acc = fmaf(qr[e], f[e], acc);
+        for (int m = 16; m >= 1; m /= 2)
+          if (m < G) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, m);
+        const int j = j0 + u * per_round + key0;
+        offer(gl == 0 && live[u], acc * p.scale, uint32_t(start + j), bound, buf, st, &end);
+      }
+      end_tile(p, end, tile, buf, cand, st, sh);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        cur[u] = nxt[u];
+        live[u] = live_next[u];
+      }
     }
-    end_tile(p, end, tile, buf, cand, st, sh);
-#pragma unroll
-    for (int u = 0; u < U; ++u) cur[u] = nxt[u];
   }
   finish_row(p, row, c, buf, cand, st, sh);
 }

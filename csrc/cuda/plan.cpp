@@ -38,7 +38,25 @@ int sm_count(int device) {
 }
 
 
-at::Tensor plan_spans(Params& p, int64_t rows, int64_t key_bytes, const at::Tensor& like) {
+at::Tensor set_layout(Params& p, const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& offsets) {
+  at::Tensor off;
+  if (offsets.has_value()) {
+    off = offsets->to(at::kLong).contiguous();
+    p.offsets = off.const_data_ptr<int64_t>();
+  }
+  if (mask.has_value()) {
+    p.mask = mask->const_data_ptr<bool>();
+    p.mask_sb = mask->stride(0);
+    p.mask_sl = mask->stride(1);
+  }
+  return off;
+}
+
+int64_t plan_length(const Params& p, int64_t B) {
+  return p.offsets ? std::max<int64_t>(1, (p.L + B - 1) / std::max<int64_t>(B, 1)) : p.L;
+}
+
+at::Tensor plan_spans(Params& p, int64_t rows, int64_t len, int64_t key_bytes, const at::Tensor& like) {
   const int64_t k = p.k, kpow2 = p.kpow2;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   // Spans: one CTA per row when there are enough rows to fill the GPU, else
@@ -49,10 +67,10 @@ at::Tensor plan_spans(Params& p, int64_t rows, int64_t key_bytes, const at::Tens
   int64_t splits = 1;
   if (rows < slots / 2) {
     const int64_t least = std::max<int64_t>(min_span(key_bytes), k);
-    splits = std::max<int64_t>(1, std::min({(slots + rows - 1) / rows, p.L / least, kMaxSplits}));
+    splits = std::max<int64_t>(1, std::min({(slots + rows - 1) / rows, len / least, kMaxSplits}));
   }
-  const int64_t span = (p.L + splits - 1) / splits;
-  splits = (p.L + span - 1) / span;
+  const int64_t span = std::max<int64_t>(1, (len + splits - 1) / splits);
+  splits = std::max<int64_t>(1, (len + span - 1) / span);
   // Room for the k kept keys plus kpow2 + 768 new ones between folds (a tile
   // is <= 512 keys). Smaller lists fold sooner and cheaper; H200, B = 1024,
   // k = 128, bf16, ms at d = 16 / 32 / 128: 768 slots 0.101 / 0.162 / 0.587,

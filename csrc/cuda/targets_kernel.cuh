@@ -121,15 +121,19 @@ __global__ void __launch_bounds__(kThreads, 2) targets_kernel(Params p) {
   static_assert(TILE == targets_tile(D), "the host sizes the lists by targets_tile");
   struct Tile {
     uint32_t w[U][2][NW];  // block u, key g (0) and g + 8 (1)
+    uint32_t keep;         // bit 2u + h: that key takes part (the mask)
   };
-  const T* keys = static_cast<const T*>(p.keys) + b * p.L * D;
+  const T* keys = static_cast<const T*>(p.keys) + row_start(p, b) * D;
+  const bool* mask = row_mask(p, b, 0);
   auto load = [&](Tile& s, int j0) {
+    s.keep = 0;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int j = j0 + (warp * U + u) * 16 + 8 * h + g;
         load_key<D>(keys + int64_t(j) * D, j < n, c, s.w[u][h]);
+        s.keep |= uint32_t(j < n && kept(mask, p.mask_sl, j)) << (2 * u + h);
       }
     }
   };
@@ -161,7 +165,8 @@ __global__ void __launch_bounds__(kThreads, 2) targets_kernel(Params p) {
       for (int r = 0; r < 4; ++r) {
         sc[r] = acc[r] * p.scale;
         const bool b_side = r & 1;
-        take[r] = j + 8 * (r >> 1) < n && (b_side ? has_b : has_a) && !(sc[r] < (b_side ? bound_b : bound_a));
+        take[r] = (cur.keep >> (2 * u + (r >> 1)) & 1) && (b_side ? has_b : has_a) &&
+                  !(sc[r] < (b_side ? bound_b : bound_a));
         m[r] = __ballot_sync(0xFFFFFFFFu, take[r]);  // NaN passes
       }
       if ((m[0] | m[1] | m[2] | m[3]) == 0) continue;

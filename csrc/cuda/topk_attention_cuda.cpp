@@ -60,16 +60,33 @@ int targets_group(const Shape& s, int64_t k, const at::Tensor& K, bool vectorise
 // the GPU, the one large-k path of both GPU backends. float32 scores (-0 -> +0:
 // both zeros tie), padding masked to -inf, a stable descending sort (NaN first,
 // equal scores by position; padding after every valid -inf, being further
-// right), then the padded slots of short rows set to (-inf, -1).
-std::tuple<at::Tensor, at::Tensor> large_k(const at::Tensor& Q, const at::Tensor& K, int64_t k,
-                                           const at::Tensor& len, double scale, const Shape& s) {
+// right; masked-out positions sorted after every valid one), then the padded
+// slots of short rows set to (-inf, -1). Jagged rows are padded first: the one
+// path that reads the offsets on the host.
+std::tuple<at::Tensor, at::Tensor> large_k(const at::Tensor& Q, at::Tensor K, int64_t k, at::Tensor len,
+                                           double scale, Shape s, const Opt& mask, const at::Tensor& offsets) {
+  if (offsets.defined()) {
+    const at::Tensor start = offsets.narrow(0, 0, s.B).clamp(0, s.L);
+    len = at::maximum(offsets.narrow(0, 1, s.B).clamp(0, s.L), start) - start;
+    const int64_t Lp = std::max<int64_t>(s.B ? len.max().item<int64_t>() : 0, k);
+    const at::Tensor index = (start.view({s.B, 1}) + at::arange(Lp, start.options()).view({1, Lp}))
+                                 .clamp(0, std::max<int64_t>(s.L - 1, 0));
+    K = s.L ? K.index_select(0, index.view(-1)).view({s.B, Lp, s.d}) : at::zeros({s.B, Lp, s.d}, K.options());
+    s.L = Lp;
+  }
   const at::Tensor scores = at::bmm(Q.view({s.B, s.T, s.d}).to(at::kFloat), K.to(at::kFloat).transpose(1, 2)) * scale + 0.0;
   at::Tensor valid = at::ones({s.B, 1, s.L}, K.options().dtype(at::kBool));
   if (len.defined()) {
     valid = at::arange(s.L, K.options().dtype(at::kLong)).view({1, 1, s.L}) < len.clamp(0, s.L).view({s.B, 1, 1});
   }
+  if (mask.has_value()) valid = valid & mask->unsqueeze(1);
   const at::Tensor masked = scores.masked_fill(valid.logical_not(), -std::numeric_limits<float>::infinity());
-  const at::Tensor order = std::get<1>(at::sort(masked, /*stable=*/true, /*dim=*/-1, /*descending=*/true)).narrow(-1, 0, k);
+  at::Tensor order = std::get<1>(at::sort(masked, /*stable=*/true, /*dim=*/-1, /*descending=*/true));
+  if (mask.has_value()) {  // valid positions first, each side in the order above
+    const at::Tensor rank = valid.logical_not().to(at::kInt).expand({s.B, s.T, s.L}).gather(-1, order);
+    order = order.gather(-1, std::get<1>(at::sort(rank, /*stable=*/true, /*dim=*/-1, /*descending=*/false)));
+  }
+  order = order.narrow(-1, 0, k);
   const at::Tensor ok = valid.expand({s.B, s.T, s.L}).gather(-1, order);
   return {scores.gather(-1, order).masked_fill(ok.logical_not(), -std::numeric_limits<float>::infinity()),
           order.masked_fill(ok.logical_not(), -1)};
@@ -82,7 +99,6 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
   // Length and offset values are not read on the host (no sync, graph-capturable):
   // the kernels clamp them.
   const Shape s = check_inputs(query, keys, k, lengths, mask, offsets, /*check_length_values=*/false);
-  TORCH_CHECK(!mask.has_value() && !offsets.has_value(), "topk_attention: CUDA mask/offsets: not yet");
   const c10::cuda::CUDAGuard guard(keys.device());
   auto [scores, indices] = empty_outputs(keys, s, k);
   const int64_t rows = s.B * s.T;
@@ -93,8 +109,13 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
   at::Tensor len;
   if (lengths.has_value()) len = lengths->to(at::kLong).contiguous();
 
+  Params p{K.const_data_ptr(), Q.const_data_ptr(), len.defined() ? len.const_data_ptr<int64_t>() : nullptr,
+           scores.mutable_data_ptr<float>(), indices.mutable_data_ptr<int64_t>(), nullptr, nullptr,
+           s.T, s.L, s.d, int(k), 0, 1, 1, 0, static_cast<float>(scale)};
+  const at::Tensor off = set_layout(p, mask, offsets);
+
   if (k > kMaxK) {
-    auto [sc, ix] = large_k(Q, K, k, len, scale, s);
+    auto [sc, ix] = large_k(Q, K, k, len, scale, s, mask, off);
     scores.copy_(sc.view(scores.sizes()));
     indices.copy_(ix.view(indices.sizes()));
     return {scores, indices};
@@ -105,9 +126,7 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
   const int64_t vec_bytes = 16;
   const bool vectorised = reinterpret_cast<uintptr_t>(K.const_data_ptr()) % vec_bytes == 0 &&
                           (s.d * int64_t(K.element_size())) % vec_bytes == 0;
-  Params p{K.const_data_ptr(), Q.const_data_ptr(), len.defined() ? len.const_data_ptr<int64_t>() : nullptr,
-           scores.mutable_data_ptr<float>(), indices.mutable_data_ptr<int64_t>(), nullptr, nullptr,
-           s.T, s.L, s.d, int(k), 0, 1, kpow2, 0, static_cast<float>(scale)};
+  p.kpow2 = kpow2;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (const int group = targets_group(s, k, K, vectorised)) {
     // List slots: the streaming kernel's 2 * kpow2 + 768 (at least the k kept keys plus a
@@ -122,7 +141,7 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
     return {scores, indices};
   }
 
-  at::Tensor workspace = plan_spans(p, rows, K.element_size() * s.d, keys);
+  at::Tensor workspace = plan_spans(p, rows, plan_length(p, s.B), K.element_size() * s.d, keys);
   const size_t smem = size_t(p.cap + kpow2) * sizeof(uint64_t);
   switch (K.scalar_type()) {
     case at::kFloat: launch_topk<float>(p, rows, smem, vectorised, stream); break;

@@ -24,23 +24,26 @@ namespace dare {
 namespace {
 
 // Exact for any shape: the keys looked up (an out-of-range id's row reads as
-// NaN, as in the kernel), then topk_attention.
+// NaN, as in the kernel: at a position that takes no part it is never selected),
+// then topk_attention, in the same layout.
 std::tuple<at::Tensor, at::Tensor> looked_up(const at::Tensor& query, at::TensorList tables, at::TensorList ids,
-                                             int64_t k, const std::optional<at::Tensor>& lengths, double scale,
-                                             const Shape& s) {
+                                             int64_t k, const Opt& lengths, double scale, const Opt& mask,
+                                             const Opt& offsets, const Shape& s) {
   std::vector<at::Tensor> parts;
   for (size_t f = 0; f < tables.size(); ++f) {
-    const at::Tensor i = ids[f].expand({s.B, s.L}).to(at::kLong);
+    const at::Tensor i = (s.jagged ? ids[f] : ids[f].expand({s.B, s.L})).to(at::kLong);
     const at::Tensor ok = (i >= 0) & (i < tables[f].size(0));
     const at::Tensor rows = tables[f].index_select(0, at::where(ok, i, at::zeros_like(i)).reshape(-1));
-    parts.push_back(at::where(ok.unsqueeze(-1), rows.view({s.B, s.L, tables[f].size(1)}),
+    std::vector<int64_t> shape(i.sizes().begin(), i.sizes().end());
+    shape.push_back(tables[f].size(1));
+    parts.push_back(at::where(ok.unsqueeze(-1), rows.view(shape),
                               at::full({}, std::numeric_limits<float>::quiet_NaN(), rows.options())));
   }
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("dare::topk_attention", "")
                              .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, int64_t,
                                                                        const Opt&, double, const Opt&, const Opt&)>();
-  return op.call(query, at::cat(parts, -1), k, lengths, scale, std::nullopt, std::nullopt);
+  return op.call(query, at::cat(parts, -1), k, lengths, scale, mask, offsets);
 }
 
 std::tuple<at::Tensor, at::Tensor> topk_attention_embedding_cuda(const at::Tensor& query, at::TensorList tables,
@@ -48,7 +51,6 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_embedding_cuda(const at::Tenso
                                                                  double scale, const Opt& mask, const Opt& offsets) {
   const Shape s = check_embedding_inputs(query, tables, ids, k, lengths, scale, mask, offsets,
                                          /*check_length_values=*/false);
-  TORCH_CHECK(!mask.has_value() && !offsets.has_value(), "topk_attention_embedding: CUDA mask/offsets: not yet");
   const c10::cuda::CUDAGuard guard(query.device());
   const int64_t rows = s.B * s.T;
   if (rows == 0) return empty_outputs(query, s, k);
@@ -67,7 +69,8 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_embedding_cuda(const at::Tenso
   int units = 0;
   if (unit >= 4)
     for (const at::Tensor& t : tabs) units += int(t.size(1) * t.element_size() / unit);
-  if (unit < 4 || units > kMaxUnits || k > kMaxK) return looked_up(query, tables, ids, k, lengths, scale, s);
+  if (unit < 4 || units > kMaxUnits || k > kMaxK)
+    return looked_up(query, tables, ids, k, lengths, scale, mask, offsets, s);
 
   auto [scores, indices] = empty_outputs(query, s, k);
   const at::Tensor Q = query.reshape({rows, s.d}).contiguous();
@@ -79,6 +82,7 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_embedding_cuda(const at::Tenso
   ep.base = Params{nullptr, Q.const_data_ptr(), len.defined() ? len.const_data_ptr<int64_t>() : nullptr,
                    scores.mutable_data_ptr<float>(), indices.mutable_data_ptr<int64_t>(), nullptr, nullptr,
                    s.T, s.L, s.d, int(k), 0, 1, kpow2, 0, static_cast<float>(scale)};
+  const at::Tensor off = set_layout(ep.base, mask, offsets);
   int start = 0;
   for (int64_t f = 0; f < F; ++f) {
     EmbedField& fd = ep.fields[f];
@@ -98,7 +102,7 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_embedding_cuda(const at::Tenso
   ep.group = 2;
   while (ep.group < units) ep.group *= 2;
 
-  const at::Tensor workspace = plan_spans(ep.base, rows, int64_t(units) * unit, query);
+  const at::Tensor workspace = plan_spans(ep.base, rows, plan_length(ep.base, s.B), int64_t(units) * unit, query);
   const size_t smem = embedding_smem(ep.base);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   switch (query.scalar_type()) {

@@ -40,11 +40,26 @@ namespace {
 // ---------------------------------------------------------------------------
 // Streaming the keys of one span: scores, then offer.
 
-// A tile's worth of 16-byte vectors in one thread's registers.
+// A tile's worth of 16-byte vectors in one thread's registers, and which of
+// the keys it offers take part (bit a: round a's key; all set without a mask).
 template <int A, int B>
 struct Regs {
   uint4 v[A][B];
+  uint32_t keep;
 };
+
+// Clears bit a of r.keep where round a's key j(a) < n is masked out; the mask
+// bytes load with the tile's keys.
+template <int A, typename R, typename KeyOf>
+__device__ __forceinline__ void load_keep(R& r, const bool* m, int64_t sl, int n, KeyOf j_of) {
+  r.keep = ~0u;
+  if (m == nullptr) return;
+#pragma unroll
+  for (int a = 0; a < A; ++a) {
+    const int j = j_of(a);
+    if (j < n && !kept(m, sl, j)) r.keep &= ~(1u << a);
+  }
+}
 
 // The tile loop of the vectorised paths: the next tile's loads (load(regs,
 // j0, full): full = the whole tile exists, so no per-key checks) are issued
@@ -76,8 +91,8 @@ __device__ __forceinline__ void stream_tiles(const Params& p, int n, Load load, 
 // dot product plus a compare.
 template <typename T, int D>
 __device__ __forceinline__ void stream_span_short(const Params& p, const T* __restrict__ keys,
-                                                  const T* __restrict__ q, int n, uint32_t pos0, uint64_t* buf,
-                                                  uint64_t* cand, Stream& st, SelectShared& sh) {
+                                                  const T* __restrict__ q, int n, uint32_t pos0, const bool* m,
+                                                  uint64_t* buf, uint64_t* cand, Stream& st, SelectShared& sh) {
   constexpr int VN = Vec<T>::N;
   constexpr int G = D / VN;                  // vectors per key = lanes per group
   constexpr int U = G == 4 ? 1 : (G == 2 ? 2 : 4);  // rounds of 32 keys per warp per tile
@@ -102,6 +117,7 @@ __device__ __forceinline__ void stream_span_short(const Params& p, const T* __re
         r.v[u][v] = full || j < n ? __ldg(tile + (u * WARPS * 32 + v * 32 / G) * G) : make_uint4(0, 0, 0, 0);
       }
     }
+    load_keep<U>(r, m, p.mask_sl, n, [&](int u) { return j0 + u * WARPS * 32 + w * 32 + c * (32 / G) + l / G; });
   };
   auto offer_tile = [&](const R& r, int j0, float bound, uint32_t* end) {
 #pragma unroll
@@ -129,7 +145,7 @@ __device__ __forceinline__ void stream_span_short(const Params& p, const T* __re
         }
       }
       const int j = j0 + u * WARPS * 32 + w * 32 + c * (32 / G) + l / G;
-      offer(j < n, part[0] * p.scale, pos0 + uint32_t(j), bound, buf, st, end);
+      offer(j < n && (r.keep >> u & 1), part[0] * p.scale, pos0 + uint32_t(j), bound, buf, st, end);
     }
   };
   stream_tiles<TILE, R>(p, n, load, offer_tile, buf, cand, st, sh);
@@ -140,8 +156,8 @@ __device__ __forceinline__ void stream_span_short(const Params& p, const T* __re
 // reduction inside the group; the group's first lane offers the key.
 template <typename T, int D>
 __device__ __forceinline__ void stream_span_long(const Params& p, const T* __restrict__ keys,
-                                                 const T* __restrict__ q, int n, uint32_t pos0, uint64_t* buf,
-                                                 uint64_t* cand, Stream& st, SelectShared& sh) {
+                                                 const T* __restrict__ q, int n, uint32_t pos0, const bool* m,
+                                                 uint64_t* buf, uint64_t* cand, Stream& st, SelectShared& sh) {
   constexpr int VN = Vec<T>::N;
   constexpr int NVEC = D / VN;                   // 16-byte vectors per key
   constexpr int G = NVEC < 32 ? NVEC : 32;       // threads per key
@@ -168,6 +184,7 @@ __device__ __forceinline__ void stream_span_long(const Params& p, const T* __res
       for (int v = 0; v < NV; ++v)
         r.v[u][v] = full || j < n ? __ldg(tile + u * PER_PASS * NVEC + v * G) : make_uint4(0, 0, 0, 0);
     }
+    load_keep<U>(r, m, p.mask_sl, n, [&](int u) { return j0 + u * PER_PASS + slot; });
   };
   auto offer_tile = [&](const R& r, int j0, float bound, uint32_t* end) {
 #pragma unroll
@@ -183,7 +200,7 @@ __device__ __forceinline__ void stream_span_long(const Params& p, const T* __res
 #pragma unroll
       for (int off = G / 2; off > 0; off /= 2) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, off, G);
       const int j = j0 + u * PER_PASS + slot;
-      offer(lane == 0 && j < n, acc * p.scale, pos0 + uint32_t(j), bound, buf, st, end);
+      offer(lane == 0 && j < n && (r.keep >> u & 1), acc * p.scale, pos0 + uint32_t(j), bound, buf, st, end);
     }
   };
   stream_tiles<TILE, R>(p, n, load, offer_tile, buf, cand, st, sh);
@@ -192,7 +209,8 @@ __device__ __forceinline__ void stream_span_long(const Params& p, const T* __res
 // Any d, any alignment: one thread per key, scalar loads.
 template <typename T>
 __device__ void stream_span_generic(const Params& p, const T* __restrict__ keys, const T* __restrict__ q, int n,
-                                    uint32_t pos0, uint64_t* buf, uint64_t* cand, Stream& st, SelectShared& sh) {
+                                    uint32_t pos0, const bool* m, uint64_t* buf, uint64_t* cand, Stream& st,
+                                    SelectShared& sh) {
   for (int j0 = 0; j0 < n; j0 += kThreads) {
     const int j = j0 + threadIdx.x;
     float acc = 0.f;
@@ -201,7 +219,7 @@ __device__ void stream_span_generic(const Params& p, const T* __restrict__ keys,
       for (int64_t c = 0; c < p.d; ++c) acc = fmaf(to_float(q[c]), to_float(x[c]), acc);
     }
     uint32_t end = 0;
-    offer(j < n, acc * p.scale, pos0 + uint32_t(j), bound_score(st), buf, st, &end);
+    offer(j < n && kept(m, p.mask_sl, j), acc * p.scale, pos0 + uint32_t(j), bound_score(st), buf, st, &end);
     end_tile(p, end, kThreads, buf, cand, st, sh);
   }
 }
@@ -224,24 +242,29 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) topk_kernel(Params p) {
   const int64_t row = blockIdx.x / p.splits;
   const int c = blockIdx.x % p.splits;
   const int64_t b = row / p.T;
-  const int64_t start = int64_t(c) * p.span;
   const int64_t len = row_length(p, b);
-  const int n = int(len > start ? (len - start < p.span ? len - start : p.span) : 0);
   if (threadIdx.x == 0) {
     st.count = 0;
     st.bound = 0;
   }
   __syncthreads();
 
-  const T* keys = static_cast<const T*>(p.keys) + (b * p.L + start) * p.d;
+  const T* row_keys = static_cast<const T*>(p.keys) + row_start(p, b) * p.d;
   const T* q = static_cast<const T*>(p.query) + row * p.d;
-  const uint32_t pos0 = uint32_t(start);
-  if constexpr (D == 0) {
-    stream_span_generic<T>(p, keys, q, n, pos0, buf, cand, st, sh);
-  } else if constexpr (D / Vec<T>::N <= 4) {
-    stream_span_short<T, D>(p, keys, q, n, pos0, buf, cand, st, sh);
-  } else {
-    stream_span_long<T, D>(p, keys, q, n, pos0, buf, cand, st, sh);
+  // Spans c, c + splits, ...: padded rows take one (span * splits >= L); jagged
+  // rows, planned by their mean length, take as many as they are long.
+  for (int64_t start = int64_t(c) * p.span; start < len; start += int64_t(p.splits) * p.span) {
+    const int n = int(len - start < p.span ? len - start : p.span);
+    const T* keys = row_keys + start * p.d;
+    const bool* m = row_mask(p, b, start);
+    const uint32_t pos0 = uint32_t(start);
+    if constexpr (D == 0) {
+      stream_span_generic<T>(p, keys, q, n, pos0, m, buf, cand, st, sh);
+    } else if constexpr (D / Vec<T>::N <= 4) {
+      stream_span_short<T, D>(p, keys, q, n, pos0, m, buf, cand, st, sh);
+    } else {
+      stream_span_long<T, D>(p, keys, q, n, pos0, m, buf, cand, st, sh);
+    }
   }
   finish_row(p, row, c, buf, cand, st, sh);
 }

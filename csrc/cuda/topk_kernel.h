@@ -18,7 +18,7 @@ constexpr int kCtasPerSm = 4;   // the kernel's launch bounds: CTAs resident per
 constexpr int kMaxK = 1024;     // larger k takes the ATen path
 
 struct Params {
-  const void* keys;        // (B, L, d) contiguous
+  const void* keys;        // (B, L, d) contiguous; jagged: (N, d), L = N
   const void* query;       // (B*T, d) contiguous
   const int64_t* lengths;  // (B,) int64 or nullptr; clamped to [0, L]
   float* scores;           // (B*T, k)
@@ -29,6 +29,9 @@ struct Params {
   int k, span, splits, kpow2, cap;  // cap: candidate-list slots
   float scale;
   int group = 1;  // targets per CTA (the many-targets kernel)
+  const int64_t* offsets = nullptr;  // (B+1,) or nullptr: jagged rows, clamped to [0, N]
+  const bool* mask = nullptr;        // (b, j) at b * mask_sb + j * mask_sl, or nullptr
+  int64_t mask_sb = 0, mask_sl = 0;
 };
 
 // Launches the kernel for keys of type T (float, __half or __nv_bfloat16) over

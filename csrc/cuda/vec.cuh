@@ -61,10 +61,33 @@ __device__ __forceinline__ float to_float(__half x) {
   return __half2float(x);
 }
 
+// Row b's first key (jagged: clamp(offsets[b], 0, N)).
+__device__ __forceinline__ int64_t row_start(const Params& p, int64_t b) {
+  if (p.offsets == nullptr) return b * p.L;
+  const int64_t s = p.offsets[b];
+  return s < 0 ? 0 : (s > p.L ? p.L : s);
+}
+
+// Row b's keys, as the reference clamps them: lengths to [0, L]; jagged rows end
+// at clamp(offsets[b + 1], start, N).
 __device__ __forceinline__ int64_t row_length(const Params& p, int64_t b) {
+  if (p.offsets != nullptr) {
+    const int64_t s = row_start(p, b), e = p.offsets[b + 1];
+    return (e < s ? s : (e > p.L ? p.L : e)) - s;
+  }
   if (p.lengths == nullptr) return p.L;
   const int64_t len = p.lengths[b];
   return len < 0 ? 0 : (len > p.L ? p.L : len);
+}
+
+// Row b's mask from position `start` (nullptr: every position within the length takes part).
+__device__ __forceinline__ const bool* row_mask(const Params& p, int64_t b, int64_t start) {
+  return p.mask == nullptr ? nullptr : p.mask + b * p.mask_sb + start * p.mask_sl;
+}
+
+// Whether position j (< n) of a span whose mask is m takes part.
+__device__ __forceinline__ bool kept(const bool* m, int64_t sl, int j) {
+  return m == nullptr || __ldg(reinterpret_cast<const unsigned char*>(m) + int64_t(j) * sl) != 0;
 }
 
 }  // namespace
