@@ -97,7 +97,7 @@ __device__ __forceinline__ void unit_to_float(const uint32_t* w, float* f) {
 // bf16, 1M rows, d = 16 / 32 / 128: 0.191 / 0.337 / 1.101 ms; 4 keys at 2 CTAs
 // per SM 0.287 / 0.515 / 1.752 ms; cp.async staging of 4 tiles at 2 CTAs per SM
 // 0.321 / 0.563 / 1.909 ms).
-template <typename T, int UB>
+template <typename T, int UB, bool MASKED>
 __global__ void __launch_bounds__(kThreads, kCtasPerSm) embedding_kernel(EmbedParams ep) {
   using Unit = typename UnitOf<UB>::type;
   constexpr int W = UnitOf<UB>::W;                  // 32-bit words per vector
@@ -153,84 +153,83 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) embedding_kernel(EmbedPa
 #pragma unroll
   for (int e = 0; e < EPU; ++e) qr[e] = has ? to_float(q[e]) : 0.f;
 
-  // Spans c, c + splits, ...: padded rows take one (span * splits >= L); jagged
-  // rows, planned by their mean length, take as many as they are long.
-  for (int64_t start = int64_t(c) * p.span; start < len; start += int64_t(p.splits) * p.span) {
-    const int n = int(len - start < p.span ? len - start : p.span);
-    const char* ids = row_ids + start * sl * (ids64 ? 8 : 4);
-    const bool* mk = row_mask(p, b, start);
-    // ids: -1 no key (past the span, masked out, or a padding lane: never read), -2 out of range.
-    auto load_ids = [&](int j0, int64_t (&dst)[U]) {
+  // Span c of the row's splits equal spans: a jagged row, whose length the host
+  // never read, is cut by its own length.
+  const int64_t span = (len + p.splits - 1) / p.splits;
+  const int64_t start = int64_t(c) * span;
+  const int n = int(len > start ? (len - start < span ? len - start : span) : 0);
+  const char* ids = row_ids + start * sl * (ids64 ? 8 : 4);
+  // A compile-time switch, as in topk_kernel: the unmasked kernel keeps its registers.
+  const bool* mk = MASKED ? row_mask(p, b, start) : nullptr;
+  // ids: -1 no key (past the span, masked out, or a padding lane: never read), -2 out of range.
+  auto load_ids = [&](int j0, int64_t (&dst)[U]) {
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int j = j0 + u * per_round + key0;
-        int64_t id = -1;
-        if (has && j < n && kept(mk, p.mask_sl, j)) {
-          id = ids64 ? int64_t(__ldg(reinterpret_cast<const long long*>(ids) + j * sl))
-                     : int64_t(__ldg(reinterpret_cast<const int*>(ids) + j * sl));
-          id = (id < 0 || id >= n_rows) ? -2 : id;
-        }
-        dst[u] = id;
+    for (int u = 0; u < U; ++u) {
+      const int j = j0 + u * per_round + key0;
+      int64_t id = -1;
+      if (has && j < n && kept(mk, p.mask_sl, j)) {
+        id = ids64 ? int64_t(__ldg(reinterpret_cast<const long long*>(ids) + j * sl))
+                   : int64_t(__ldg(reinterpret_cast<const int*>(ids) + j * sl));
+        id = (id < 0 || id >= n_rows) ? -2 : id;
       }
-    };
-    auto load_rows = [&](const int64_t (&id)[U], Unit (&dst)[U]) {
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        dst[u] = id[u] >= 0 ? __ldg(table + id[u] * units + off)
-                            : fill_unit<Unit>(id[u] == -2 ? nan_word<T>() : 0u);
-      }
-    };
-
-    // A key takes part iff its group's first lane holds an id (>= 0, or -2: NaN).
-    int64_t ids_next[U];
-    Unit cur[U], nxt[U];
-    bool live[U], live_next[U];
-    auto load_rows_live = [&](Unit (&dst)[U], bool (&alive)[U]) {
-      load_rows(ids_next, dst);
-#pragma unroll
-      for (int u = 0; u < U; ++u) alive[u] = ids_next[u] != -1;
-    };
-    load_ids(0, ids_next);
-    load_rows_live(cur, live);
-    load_ids(tile, ids_next);
-    for (int j0 = 0; j0 < n; j0 += tile) {
-      if (j0 + tile < n) load_rows_live(nxt, live_next);     // tile t + 1
-      if (j0 + 2 * tile < n) load_ids(j0 + 2 * tile, ids_next);  // tile t + 2
-      const float bound = bound_score(st);
-      uint32_t end = 0;
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        uint32_t w[W];
-        words(cur[u], w);
-        float f[EPU];
-        unit_to_float<T, W>(w, f);
-        float acc = 0.f;
-#pragma unroll
-        for (int e = 0; e < EPU; ++e) acc = fmaf(qr[e], f[e], acc);
-        for (int m = 16; m >= 1; m /= 2)
-          if (m < G) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, m);
-        const int j = j0 + u * per_round + key0;
-        offer(gl == 0 && live[u], acc * p.scale, uint32_t(start + j), bound, buf, st, &end);
-      }
-      end_tile(p, end, tile, buf, cand, st, sh);
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        cur[u] = nxt[u];
-        live[u] = live_next[u];
-      }
+      dst[u] = id;
     }
+  };
+  auto load_rows = [&](const int64_t (&id)[U], Unit (&dst)[U]) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      dst[u] = id[u] >= 0 ? __ldg(table + id[u] * units + off)
+                          : fill_unit<Unit>(id[u] == -2 ? nan_word<T>() : 0u);
+    }
+  };
+
+  int64_t ids_next[U];
+  Unit cur[U], nxt[U];
+  load_ids(0, ids_next);
+  load_rows(ids_next, cur);
+  load_ids(tile, ids_next);
+  for (int j0 = 0; j0 < n; j0 += tile) {
+    if (j0 + tile < n) load_rows(ids_next, nxt);           // tile t + 1
+    if (j0 + 2 * tile < n) load_ids(j0 + 2 * tile, ids_next);  // tile t + 2
+    const float bound = bound_score(st);
+    uint32_t end = 0;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      uint32_t w[W];
+      words(cur[u], w);
+      float f[EPU];
+      unit_to_float<T, W>(w, f);
+      float acc = 0.f;
+#pragma unroll
+      for (int e = 0; e < EPU; ++e) acc = fmaf(qr[e], f[e], acc);
+      for (int m = 16; m >= 1; m /= 2)
+        if (m < G) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, m);
+      const int j = j0 + u * per_round + key0;
+      // The mask byte again (an L1 hit: load_ids read it two tiles ago), not a flag
+      // carried in registers through the pipeline.
+      offer(gl == 0 && j < n && kept(mk, p.mask_sl, j), acc * p.scale, uint32_t(start + j), bound, buf, st, &end);
+    }
+    end_tile(p, end, tile, buf, cand, st, sh);
+#pragma unroll
+    for (int u = 0; u < U; ++u) cur[u] = nxt[u];
   }
   finish_row(p, row, c, buf, cand, st, sh);
 }
 
 }  // namespace
 
+template <typename T, int UB>
+void launch_ub(const EmbedParams& p, dim3 grid, size_t smem, cudaStream_t stream) {
+  if (p.base.mask != nullptr) launch_with_smem(embedding_kernel<T, UB, true>, grid, smem, stream, p);
+  else launch_with_smem(embedding_kernel<T, UB, false>, grid, smem, stream, p);
+}
+
 template <typename T>
 void launch_embedding(const EmbedParams& p, int unit_bytes, int64_t rows, size_t smem, cudaStream_t stream) {
   const dim3 grid(unsigned(rows * p.base.splits));
-  if (unit_bytes == 16) launch_with_smem(embedding_kernel<T, 16>, grid, smem, stream, p);
-  else if (unit_bytes == 8) launch_with_smem(embedding_kernel<T, 8>, grid, smem, stream, p);
-  else launch_with_smem(embedding_kernel<T, 4>, grid, smem, stream, p);
+  if (unit_bytes == 16) launch_ub<T, 16>(p, grid, smem, stream);
+  else if (unit_bytes == 8) launch_ub<T, 8>(p, grid, smem, stream);
+  else launch_ub<T, 4>(p, grid, smem, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

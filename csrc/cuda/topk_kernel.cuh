@@ -49,11 +49,12 @@ struct Regs {
 };
 
 // Clears bit a of r.keep where round a's key j(a) < n is masked out; the mask
-// bytes load with the tile's keys.
-template <int A, typename R, typename KeyOf>
+// bytes load with the tile's keys. A compile-time switch: the unmasked kernel
+// keeps its 64 registers (a run-time one spilled 16-60 bytes a thread).
+template <int A, bool MASKED, typename R, typename KeyOf>
 __device__ __forceinline__ void load_keep(R& r, const bool* m, int64_t sl, int n, KeyOf j_of) {
   r.keep = ~0u;
-  if (m == nullptr) return;
+  if constexpr (!MASKED) return;
 #pragma unroll
   for (int a = 0; a < A; ++a) {
     const int j = j_of(a);
@@ -89,7 +90,7 @@ __device__ __forceinline__ void stream_tiles(const Params& p, int n, Load load, 
 // reduce-scatter (G - 1 shuffles) leaves each lane the whole score of one key.
 // Every lane then offers a key: no idle lanes, and the per-key cost is the
 // dot product plus a compare.
-template <typename T, int D>
+template <typename T, int D, bool MASKED>
 __device__ __forceinline__ void stream_span_short(const Params& p, const T* __restrict__ keys,
                                                   const T* __restrict__ q, int n, uint32_t pos0, const bool* m,
                                                   uint64_t* buf, uint64_t* cand, Stream& st, SelectShared& sh) {
@@ -117,7 +118,8 @@ __device__ __forceinline__ void stream_span_short(const Params& p, const T* __re
         r.v[u][v] = full || j < n ? __ldg(tile + (u * WARPS * 32 + v * 32 / G) * G) : make_uint4(0, 0, 0, 0);
       }
     }
-    load_keep<U>(r, m, p.mask_sl, n, [&](int u) { return j0 + u * WARPS * 32 + w * 32 + c * (32 / G) + l / G; });
+    load_keep<U, MASKED>(r, m, p.mask_sl, n,
+                         [&](int u) { return j0 + u * WARPS * 32 + w * 32 + c * (32 / G) + l / G; });
   };
   auto offer_tile = [&](const R& r, int j0, float bound, uint32_t* end) {
 #pragma unroll
@@ -145,7 +147,7 @@ __device__ __forceinline__ void stream_span_short(const Params& p, const T* __re
         }
       }
       const int j = j0 + u * WARPS * 32 + w * 32 + c * (32 / G) + l / G;
-      offer(j < n && (r.keep >> u & 1), part[0] * p.scale, pos0 + uint32_t(j), bound, buf, st, end);
+      offer(j < n && (!MASKED || (r.keep >> u & 1)), part[0] * p.scale, pos0 + uint32_t(j), bound, buf, st, end);
     }
   };
   stream_tiles<TILE, R>(p, n, load, offer_tile, buf, cand, st, sh);
@@ -154,7 +156,7 @@ __device__ __forceinline__ void stream_span_short(const Params& p, const T* __re
 // Long keys (NVEC >= 8): G threads share a key (one 16-byte vector each per
 // load, consecutive lanes on consecutive vectors: coalesced), then a shuffle
 // reduction inside the group; the group's first lane offers the key.
-template <typename T, int D>
+template <typename T, int D, bool MASKED>
 __device__ __forceinline__ void stream_span_long(const Params& p, const T* __restrict__ keys,
                                                  const T* __restrict__ q, int n, uint32_t pos0, const bool* m,
                                                  uint64_t* buf, uint64_t* cand, Stream& st, SelectShared& sh) {
@@ -184,7 +186,7 @@ __device__ __forceinline__ void stream_span_long(const Params& p, const T* __res
       for (int v = 0; v < NV; ++v)
         r.v[u][v] = full || j < n ? __ldg(tile + u * PER_PASS * NVEC + v * G) : make_uint4(0, 0, 0, 0);
     }
-    load_keep<U>(r, m, p.mask_sl, n, [&](int u) { return j0 + u * PER_PASS + slot; });
+    load_keep<U, MASKED>(r, m, p.mask_sl, n, [&](int u) { return j0 + u * PER_PASS + slot; });
   };
   auto offer_tile = [&](const R& r, int j0, float bound, uint32_t* end) {
 #pragma unroll
@@ -200,7 +202,7 @@ __device__ __forceinline__ void stream_span_long(const Params& p, const T* __res
 #pragma unroll
       for (int off = G / 2; off > 0; off /= 2) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, off, G);
       const int j = j0 + u * PER_PASS + slot;
-      offer(lane == 0 && j < n && (r.keep >> u & 1), acc * p.scale, pos0 + uint32_t(j), bound, buf, st, end);
+      offer(lane == 0 && j < n && (!MASKED || (r.keep >> u & 1)), acc * p.scale, pos0 + uint32_t(j), bound, buf, st, end);
     }
   };
   stream_tiles<TILE, R>(p, n, load, offer_tile, buf, cand, st, sh);
@@ -231,7 +233,7 @@ __device__ void stream_span_generic(const Params& p, const T* __restrict__ keys,
 // sorts the final k. Rows split into spans (few rows: B = 1..16 still fills
 // the GPU) leave unsorted partial top-k lists; the row's last CTA to finish
 // (atomic ticket) streams them through the same filter. One launch per call.
-template <typename T, int D>
+template <typename T, int D, bool MASKED>
 __global__ void __launch_bounds__(kThreads, kCtasPerSm) topk_kernel(Params p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   uint64_t* buf = reinterpret_cast<uint64_t*>(smem_raw);  // cap
@@ -249,37 +251,43 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) topk_kernel(Params p) {
   }
   __syncthreads();
 
-  const T* row_keys = static_cast<const T*>(p.keys) + row_start(p, b) * p.d;
+  // Span c of the row's splits equal spans: a jagged row, whose length the host
+  // never read, is cut by its own length (a loop over spans spilled registers).
+  const int64_t span = (len + p.splits - 1) / p.splits;
+  const int64_t start = int64_t(c) * span;
+  const int n = int(len > start ? (len - start < span ? len - start : span) : 0);
+  const T* keys = static_cast<const T*>(p.keys) + (row_start(p, b) + start) * p.d;
   const T* q = static_cast<const T*>(p.query) + row * p.d;
-  // Spans c, c + splits, ...: padded rows take one (span * splits >= L); jagged
-  // rows, planned by their mean length, take as many as they are long.
-  for (int64_t start = int64_t(c) * p.span; start < len; start += int64_t(p.splits) * p.span) {
-    const int n = int(len - start < p.span ? len - start : p.span);
-    const T* keys = row_keys + start * p.d;
-    const bool* m = row_mask(p, b, start);
-    const uint32_t pos0 = uint32_t(start);
-    if constexpr (D == 0) {
-      stream_span_generic<T>(p, keys, q, n, pos0, m, buf, cand, st, sh);
-    } else if constexpr (D / Vec<T>::N <= 4) {
-      stream_span_short<T, D>(p, keys, q, n, pos0, m, buf, cand, st, sh);
-    } else {
-      stream_span_long<T, D>(p, keys, q, n, pos0, m, buf, cand, st, sh);
-    }
+  const bool* m = MASKED || D == 0 ? row_mask(p, b, start) : nullptr;
+  const uint32_t pos0 = uint32_t(start);
+  if constexpr (D == 0) {
+    stream_span_generic<T>(p, keys, q, n, pos0, m, buf, cand, st, sh);
+  } else if constexpr (D / Vec<T>::N <= 4) {
+    stream_span_short<T, D, MASKED>(p, keys, q, n, pos0, m, buf, cand, st, sh);
+  } else {
+    stream_span_long<T, D, MASKED>(p, keys, q, n, pos0, m, buf, cand, st, sh);
   }
   finish_row(p, row, c, buf, cand, st, sh);
 }
 
 }  // namespace
 
+template <typename T, int D>
+void launch_d(const Params& p, dim3 grid, size_t smem, cudaStream_t stream) {
+  // The generic path (D = 0) reads the mask at run time: it has registers to spare.
+  if (D > 0 && p.mask != nullptr) launch_with_smem(topk_kernel<T, D, true>, grid, smem, stream, p);
+  else launch_with_smem(topk_kernel<T, D, false>, grid, smem, stream, p);
+}
+
 template <typename T>
 void launch_topk(const Params& p, int64_t rows, size_t smem, bool vectorised, cudaStream_t stream) {
   const dim3 grid(unsigned(rows * p.splits));
-  if (vectorised && p.d == 16) launch_with_smem(topk_kernel<T, 16>, grid, smem, stream, p);
-  else if (vectorised && p.d == 32) launch_with_smem(topk_kernel<T, 32>, grid, smem, stream, p);
-  else if (vectorised && p.d == 64) launch_with_smem(topk_kernel<T, 64>, grid, smem, stream, p);
-  else if (vectorised && p.d == 128) launch_with_smem(topk_kernel<T, 128>, grid, smem, stream, p);
-  else if (vectorised && p.d == 256) launch_with_smem(topk_kernel<T, 256>, grid, smem, stream, p);
-  else launch_with_smem(topk_kernel<T, 0>, grid, smem, stream, p);
+  if (vectorised && p.d == 16) launch_d<T, 16>(p, grid, smem, stream);
+  else if (vectorised && p.d == 32) launch_d<T, 32>(p, grid, smem, stream);
+  else if (vectorised && p.d == 64) launch_d<T, 64>(p, grid, smem, stream);
+  else if (vectorised && p.d == 128) launch_d<T, 128>(p, grid, smem, stream);
+  else if (vectorised && p.d == 256) launch_d<T, 256>(p, grid, smem, stream);
+  else launch_d<T, 0>(p, grid, smem, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
