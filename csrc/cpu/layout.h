@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -26,13 +27,17 @@ struct Layout {
 
   // Copies row b's mask over positions [j0, j0 + n) into keep (contiguous, so
   // every target of the row reuses it) and returns how many are set.
-  int64_t load_keep(int64_t b, int64_t j0, int64_t n, bool* keep) const {
+  // Two plain loops, so both vectorise for a contiguous mask: the copy and
+  // count run on every chunk (left padding: about half the chunks are empty).
+  int64_t load_keep(int64_t b, int64_t j0, int64_t n, bool* __restrict keep) const {
     const bool* m = mask + b * mask_sb + j0 * mask_sl;
-    int64_t kept = 0;
-    for (int64_t j = 0; j < n; ++j) {
-      keep[j] = m[j * mask_sl];
-      kept += keep[j];
+    if (mask_sl == 1) {
+      std::memcpy(keep, m, size_t(n));
+    } else {
+      for (int64_t j = 0; j < n; ++j) keep[j] = m[j * mask_sl];
     }
+    int64_t kept = 0;
+    for (int64_t j = 0; j < n; ++j) kept += keep[j];
     return kept;
   }
 };
