@@ -79,14 +79,16 @@ def topk_attention(query: torch.Tensor, keys: torch.Tensor, k: int,
                        stable=True).indices
     order = order.gather(-1, torch.sort(rank.gather(-1, order), dim=-1, stable=True).indices)[..., :k]
     top = scores.gather(-1, order)
+    ok = valid[:, None, :].expand(s.B, s.T, s.L).gather(-1, order)
     if torch.is_grad_enabled() and (query.requires_grad or keys.requires_grad):
         # Gathered in acc_dtype: a key that several targets select sums its gradients in
-        # acc_dtype, rounded once to the keys' dtype.
+        # acc_dtype, rounded once to the keys' dtype. A short row's padding slots hold keys
+        # that take no part (NaN in masked layouts): zeroed, or 0 * NaN reaches the query.
         sel = keys.to(acc_dtype).gather(1, order.reshape(s.B, s.T * k, 1).expand(-1, -1, s.d))
+        sel = sel.masked_fill(~ok.reshape(s.B, s.T * k, 1), 0.0)
         live = torch.einsum("btd,btkd->btk", q.to(acc_dtype), sel.reshape(s.B, s.T, k, s.d)) * scale
         top = _Values.apply(top, live)
     top = top.to(torch.float32 if acc_dtype != torch.float64 else acc_dtype)
-    ok = valid[:, None, :].expand(s.B, s.T, s.L).gather(-1, order)
     top = top.masked_fill(~ok, float("-inf"))
     idx = order.masked_fill(~ok, -1)
     if not s.multi_target:

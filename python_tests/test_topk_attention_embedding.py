@@ -85,25 +85,26 @@ def test_torch_compile_fullgraph(device, seed):
     assert torch.equal(compiled[1], eager[1])
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("name", ["basic", "targets", "lengths", "emb_shared_positions", "emb_duplicates"])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", dare_kernels.BACKENDS)
-def test_gradients_match_reference(backend, device, name, seed):
+def test_gradients_match_reference(backend, device, name, layout, seed):
     """Query and table gradients equal the float64 reference's through an
-    explicit lookup; duplicate ids among the selected accumulate."""
-    skip_unless_available(backend, device, torch.float32, EMBEDDING_SAMPLES[name])
-    e = embedding_input(name, torch.float32, device, seed)
+    explicit lookup; duplicate ids among the selected accumulate; in every
+    layout (out-of-range ids of positions that take no part reach no row)."""
+    skip_unless_available(backend, device, torch.float32, EMBEDDING_SAMPLES[name], layout)
+    e = embedding_input(name, torch.float32, device, seed, layout)
     q = e.query.clone().requires_grad_()
     tables = [t.clone().requires_grad_() for t in e.tables]
-    scores, idx = dare_kernels.topk_attention_embedding(q, tables, e.ids, e.k, lengths=e.lengths, scale=e.scale,
-                                                        backend=backend)
+    scores, idx = dare_kernels.topk_attention_embedding(q, tables, e.ids, e.k, **e.kwargs(), backend=backend)
     assert not idx.requires_grad
     g = torch.randn(scores.shape, dtype=torch.float32, device=device)
     grads = torch.autograd.grad(scores, (q, *tables), g)
 
     q_ref = e.query.clone().requires_grad_()
     t_ref = [t.clone().requires_grad_() for t in e.tables]
-    ref_s, ref_i = reference.topk_attention_embedding(q_ref, t_ref, e.ids, e.k, e.lengths, e.scale,
+    ref_s, ref_i = reference.topk_attention_embedding(q_ref, t_ref, e.ids, e.k, **e.kwargs(),
                                                       acc_dtype=torch.float64)
     assert torch.equal(idx, ref_i), "selection differs from the float64 reference"
     ref_grads = torch.autograd.grad(ref_s, (q_ref, *t_ref), torch.where(ref_i >= 0, g.double(), 0.0),

@@ -32,28 +32,13 @@ class TopK {
     full_ = false;
   }
 
-  // Offers scores[0, n) at positions base + i.
-  void offer(const float* scores, int64_t n, int64_t base) {
-    int64_t i = 0;
-    if (!full_) {  // until k are held, everything is a candidate
-      const int64_t take = std::min(n, k_ - size_);
-      for (; i < take; ++i) pool_[size_++] = pack(scores[i], uint32_t(base + i));
-      if (size_ < k_) return;
-      full_ = true;
-      uint64_t worst = pool_[0];
-      for (int64_t j = 1; j < size_; ++j) worst = std::min(worst, pool_[j]);
-      threshold_ = packed_score(worst);
-    }
-    // A later position never beats an equal score, so "<=" may reject; NaN
-    // fails the test and is kept. Branch-free: most scores are rejected.
-    const float t = threshold_;
-    int64_t m = 0;
-    for (; i < n; ++i) {
-      hits_[m] = int32_t(i);
-      m += !(scores[i] <= t);
-    }
-    for (int64_t j = 0; j < m; ++j) pool_[size_++] = pack(scores[hits_[j]], uint32_t(base + hits_[j]));
-    if (size_ >= k_ + slack_) compact();
+  // Offers scores[0, n) at positions base + i: all of them, or (keep given)
+  // those with keep[i]; the others are absent, whatever their score.
+  void offer(const float* scores, int64_t n, int64_t base, const bool* keep = nullptr) {
+    if (keep)
+      offer_<true>(scores, n, base, keep);
+    else
+      offer_<false>(scores, n, base, nullptr);
   }
 
   // Writes the best k, sorted, padded with (-inf, -1).
@@ -71,6 +56,38 @@ class TopK {
   }
 
  private:
+  template <bool kKeep>
+  void offer_(const float* scores, int64_t n, int64_t base, const bool* keep) {
+    int64_t i = 0;
+    if (!full_) {  // until k are held, everything (kept) is a candidate
+      if constexpr (kKeep) {
+        for (; i < n && size_ < k_; ++i)
+          if (keep[i]) pool_[size_++] = pack(scores[i], uint32_t(base + i));
+      } else {
+        const int64_t take = std::min(n, k_ - size_);
+        for (; i < take; ++i) pool_[size_++] = pack(scores[i], uint32_t(base + i));
+      }
+      if (size_ < k_) return;
+      full_ = true;
+      uint64_t worst = pool_[0];
+      for (int64_t j = 1; j < size_; ++j) worst = std::min(worst, pool_[j]);
+      threshold_ = packed_score(worst);
+    }
+    // A later position never beats an equal score, so "<=" may reject; NaN
+    // fails the test and is kept. Branch-free: most scores are rejected.
+    const float t = threshold_;
+    int64_t m = 0;
+    for (; i < n; ++i) {
+      hits_[m] = int32_t(i);
+      if constexpr (kKeep)
+        m += keep[i] & !(scores[i] <= t);
+      else
+        m += !(scores[i] <= t);
+    }
+    for (int64_t j = 0; j < m; ++j) pool_[size_++] = pack(scores[hits_[j]], uint32_t(base + hits_[j]));
+    if (size_ >= k_ + slack_) compact();
+  }
+
   void compact() {
     std::nth_element(pool_.begin(), pool_.begin() + (k_ - 1), pool_.begin() + size_,
                      std::greater<uint64_t>());

@@ -4,7 +4,8 @@
 // selection pool of packed (score, position) keys. The pass is bound by reading
 // the keys, not by selection. Several targets of one row (query (B, T, d))
 // share the pass: each chunk of keys is scored for all of them while it is in
-// L1. Keys are read through their strides (expand()ed keys are not copied).
+// L1. Keys are read through their strides (expand()ed keys are not copied);
+// masks and jagged rows in place (layout.h).
 #include <algorithm>
 #include <cstdlib>
 #include <string>
@@ -24,22 +25,24 @@
 
 #include "../check.h"
 #include "../order.h"
+#include "layout.h"
 #include "select.h"
 
 namespace dare {
 namespace {
 
 using cpu::kChunk;
+using cpu::Layout;
 using cpu::TopK;
 
 struct Rows {
-  const void* keys;        // (B, L, d), the d elements of a key contiguous
-  int64_t stride_b, stride_l;  // in elements; 0 for broadcast (expand()ed) keys
+  const void* keys;        // (B, L, d) or jagged (N, d), the d elements of a key contiguous
+  int64_t stride_b, stride_l;  // in elements; 0 for broadcast (expand()ed) keys and jagged rows
   const float* query;      // (B*T, d) contiguous, float32
-  const int64_t* lengths;  // (B,) or nullptr
+  Layout layout;
   float* scores;           // (B*T, k)
   int64_t* indices;        // (B*T, k)
-  int64_t T, L, d, k;
+  int64_t T, d, k;
   int64_t group;  // targets of one row b per work item: they share each chunk of keys
   int64_t chunk;  // keys per chunk (<= kChunk, a multiple of 8)
   float scale;
@@ -157,17 +160,26 @@ __attribute__((always_inline)) inline void scan_rows(const Rows& r, int64_t begi
   top.reserve(std::min(r.group, r.T));
   for (int64_t t = 0; t < std::min(r.group, r.T); ++t) top.emplace_back(r.k);
   alignas(32) float buf[kChunk + 8];  // + 8: the AVX2 path's last block writes 8 scores
+  bool keep[kChunk];
   for (int64_t item = begin; item < end; ++item) {
     const int64_t b = item / groups;
     const int64_t t0 = (item % groups) * r.group;
     const int64_t nt = std::min(r.group, r.T - t0);
-    const int64_t len = r.lengths ? r.lengths[b] : r.L;
-    const scalar_t* keys = static_cast<const scalar_t*>(r.keys) + b * r.stride_b;
+    const int64_t len = r.layout.len(b);
+    const scalar_t* keys = static_cast<const scalar_t*>(r.keys) + b * r.stride_b + r.layout.start(b) * r.stride_l;
     const float* q0 = r.query + (b * r.T + t0) * r.d;
     for (int64_t t = 0; t < nt; ++t) top[t].reset();
     for (int64_t j0 = 0; j0 < len; j0 += r.chunk) {
       const int64_t n = std::min(r.chunk, len - j0);
       const scalar_t* x = keys + j0 * r.stride_l;
+      // Masked-out keys are scored like any other (may be NaN) and not offered;
+      // a chunk the mask leaves whole takes the plain offer.
+      const bool* kept = nullptr;
+      if (r.layout.mask) {
+        const int64_t m = r.layout.load_keep(b, j0, n, keep);
+        if (m == 0) continue;
+        if (m < n) kept = keep;
+      }
       for (int64_t t = 0; t < nt; ++t) {
 #ifdef DARE_X86
         if constexpr (kAvx2) {
@@ -177,7 +189,7 @@ __attribute__((always_inline)) inline void scan_rows(const Rows& r, int64_t begi
         {
           score_chunk_scalar(q0 + t * r.d, x, r.stride_l, n, r.d, r.scale, buf);
         }
-        top[t].offer(buf, n, j0);
+        top[t].offer(buf, n, j0, kept);
       }
     }
     for (int64_t t = 0; t < nt; ++t) {
@@ -224,7 +236,6 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cpu(const at::Tensor& query,
                                                       const Opt& offsets) {
   check_scale(scale);
   const Shape s = check_inputs(query, keys, k, lengths, mask, offsets, /*check_length_values=*/true);
-  TORCH_CHECK(!mask.has_value() && !offsets.has_value(), "topk_attention: CPU mask/offsets: not yet");
   auto [scores, indices] = empty_outputs(keys, s, k);
   const int64_t rows = s.B * s.T;
   if (rows == 0) return {scores, indices};
@@ -232,10 +243,10 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cpu(const at::Tensor& query,
   // Keys are read through their batch and position strides (stride 0 included:
   // expand()ed keys are not copied); only keys whose d elements are not
   // contiguous are copied.
-  const at::Tensor K = keys.stride(2) == 1 || s.d == 1 ? keys : keys.contiguous();
+  const at::Tensor K = keys.stride(-1) == 1 || s.d == 1 ? keys : keys.contiguous();
   const at::Tensor Q = query.reshape({rows, s.d}).to(at::kFloat).contiguous();
-  at::Tensor len;
-  if (lengths.has_value()) len = lengths->to(at::kLong).contiguous();
+  std::vector<at::Tensor> hold;
+  const Layout layout = cpu::make_layout(lengths, mask, offsets, s.L, hold);
   // Targets per work item: all of a row's when the rows alone keep every thread
   // busy, else as many as leave one item per thread; at most what bounds the
   // items' selection pools to ~16 MB.
@@ -248,10 +259,9 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cpu(const at::Tensor& query,
   // d = 128, one thread: 8 / 16 / 32 / 64 / 128 KB 4.1 / 3.5 / 3.3 / 4.2 / 4.5 ms).
   const int64_t key_bytes = s.d * int64_t(keys.element_size());
   const int64_t chunk = group == 1 ? kChunk : std::clamp<int64_t>((32 * 1024 / key_bytes) & ~int64_t(7), 8, kChunk);
-  const Rows r{K.const_data_ptr(), K.stride(0), K.stride(1), Q.const_data_ptr<float>(),
-               len.defined() ? len.const_data_ptr<int64_t>() : nullptr,
+  const Rows r{K.const_data_ptr(), s.jagged ? 0 : K.stride(0), K.stride(-2), Q.const_data_ptr<float>(), layout,
                scores.mutable_data_ptr<float>(), indices.mutable_data_ptr<int64_t>(),
-               s.T, s.L, s.d, k, group, chunk, static_cast<float>(scale)};
+               s.T, s.d, k, group, chunk, static_cast<float>(scale)};
   const int64_t items = s.B * ((s.T + group - 1) / group);
   static const ScanFn scan = pick_scan();
   const at::ScalarType t = keys.scalar_type();

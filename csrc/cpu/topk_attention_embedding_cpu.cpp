@@ -3,7 +3,8 @@
 // rows of a large table are cache misses) into a small float buffer that stays
 // in L1/L2, then every target of the row scores the chunk and offers it to its
 // own top-k (select.h). The (B, L, d) keys are never built; with T targets a
-// key row is read once, not T times.
+// key row is read once, not T times. Positions that take no part (mask,
+// layout.h) are neither gathered nor checked: their ids may be anything.
 #include <algorithm>
 #include <cstdint>
 #include <string>
@@ -20,19 +21,21 @@
 #include <torch/library.h>
 
 #include "../check.h"
+#include "layout.h"
 #include "select.h"
 
 namespace dare {
 namespace {
 
 using cpu::kChunk;
+using cpu::Layout;
 using cpu::TopK;
 
 constexpr int64_t kPrefetch = 64;  // positions ahead whose rows are prefetched
 
 struct Field {
   const void* table;  // (n, d) rows of `stride` elements
-  const void* ids;    // int32 or int64, element (b, j) at b * stride_b + j * stride_l
+  const void* ids;    // int32 or int64, element (b, j) at b * stride_b + j * stride_l (jagged: b = 0)
   bool ids64;
   int64_t n, d, stride, off, stride_b, stride_l;
 
@@ -44,9 +47,9 @@ struct Field {
 
 struct Problem {
   Field fields[kMaxFields];
-  int64_t F, T, L, D, k;
+  int64_t F, T, D, k;
   const float* query;      // (B*T, D) float32
-  const int64_t* lengths;  // (B,) or nullptr
+  Layout layout;
   float* scores;           // (B*T, k)
   int64_t* indices;        // (B*T, k)
   float scale;
@@ -98,18 +101,30 @@ template <typename scalar_t, bool kAvx2>
 void scan_rows(const Problem& p, int64_t b_begin, int64_t b_end, BadId* bad) {
   std::vector<TopK> tops(p.T, TopK(p.k));
   std::vector<float> keys(kChunk * p.D), buf(kChunk);
+  bool keep[kChunk];
+  const Layout& l = p.layout;
   for (int64_t b = b_begin; b < b_end; ++b) {
-    const int64_t len = p.lengths ? std::clamp<int64_t>(p.lengths[b], 0, p.L) : p.L;
+    const int64_t len = l.len(b), start = l.start(b);
     for (auto& t : tops) t.reset();
     for (int64_t j0 = 0; j0 < len; j0 += kChunk) {
       const int64_t n = std::min(kChunk, len - j0);
+      // A chunk the mask leaves whole takes the plain offer. Masked-out slots
+      // hold stale values: scored, never offered.
+      const bool* kept = nullptr;
+      if (l.mask) {
+        const int64_t m = l.load_keep(b, j0, n, keep);
+        if (m == 0) continue;
+        if (m < n) kept = keep;
+      }
       for (int64_t j = 0; j < n; ++j) {
+        if (kept && !kept[j]) continue;
         const int64_t pos = j0 + j;
+        const bool ahead = pos + kPrefetch < len && l.takes_part(b, pos + kPrefetch);
         float* key = keys.data() + j * p.D;
         for (int64_t fi = 0; fi < p.F; ++fi) {
           const Field& f = p.fields[fi];
-          if (pos + kPrefetch < len) prefetch_row<scalar_t>(f, f.id(b, pos + kPrefetch));
-          const int64_t id = f.id(b, pos);
+          if (ahead) prefetch_row<scalar_t>(f, f.id(b, start + pos + kPrefetch));
+          const int64_t id = f.id(b, start + pos);
           if (id < 0 || id >= f.n) {
             if (bad->field < 0) *bad = BadId{fi, id};
             std::fill(key + f.off, key + f.off + f.d, 0.f);
@@ -129,7 +144,7 @@ void scan_rows(const Problem& p, int64_t b_begin, int64_t b_end, BadId* bad) {
 #endif
           buf[j] = dot_scalar(q, keys.data() + j * p.D, p.D) * p.scale;
         }
-        tops[t].offer(buf.data(), n, j0);
+        tops[t].offer(buf.data(), n, j0, kept);
       }
     }
     for (int64_t t = 0; t < p.T; ++t)
@@ -169,18 +184,17 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_embedding_cpu(const at::Tensor
                                                                 const Opt& offsets) {
   const Shape s = check_embedding_inputs(query, tables, ids, k, lengths, scale, mask, offsets,
                                          /*check_length_values=*/true);
-  TORCH_CHECK(!mask.has_value() && !offsets.has_value(), "topk_attention_embedding: CPU mask/offsets: not yet");
   auto [scores, indices] = empty_outputs(query, s, k);
   if (s.B * s.T == 0) return {scores, indices};
 
   Problem p{};
   p.F = int64_t(tables.size());
-  std::vector<at::Tensor> keep;  // contiguous rows / converted ids, alive for the call
+  std::vector<at::Tensor> hold;  // contiguous tables, int64 lengths / offsets: alive for the call
   int64_t off = 0;
   for (int64_t f = 0; f < p.F; ++f) {
     at::Tensor t = tables[f].stride(1) == 1 ? tables[f] : tables[f].contiguous();
     const at::Tensor& i = ids[f];
-    keep.push_back(t);
+    hold.push_back(t);
     Field& fd = p.fields[f];
     fd.table = t.const_data_ptr();
     fd.n = t.size(0);
@@ -194,14 +208,11 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_embedding_cpu(const at::Tensor
     off += fd.d;
   }
   const at::Tensor Q = query.reshape({s.B * s.T, s.d}).to(at::kFloat).contiguous();
-  at::Tensor len;
-  if (lengths.has_value()) len = lengths->to(at::kLong).contiguous();
+  p.layout = cpu::make_layout(lengths, mask, offsets, s.L, hold);
   p.T = s.T;
-  p.L = s.L;
   p.D = s.d;
   p.k = k;
   p.query = Q.const_data_ptr<float>();
-  p.lengths = len.defined() ? len.const_data_ptr<int64_t>() : nullptr;
   p.scores = scores.mutable_data_ptr<float>();
   p.indices = indices.mutable_data_ptr<int64_t>();
   p.scale = static_cast<float>(scale);
