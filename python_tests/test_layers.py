@@ -328,6 +328,6 @@ def test_jagged_rows_equal_padded(g, targets):
     torch.testing.assert_close(gq, wq)
     torch.testing.assert_close(gk, wk[valid])
     torch.testing.assert_close(gv, wv[valid])
-    heads = TopKMultiHeadAttention(k, d, d, 2)
+    heads = TopKMultiHeadAttention(k, d, d, 2, d_value=dv)
     torch.testing.assert_close(heads(query[:, 0] if targets else query, jk, jv, offsets=offsets).output,
                                heads(query[:, 0] if targets else query, pk, pv, lengths=lengths).output)
