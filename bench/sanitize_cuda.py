@@ -59,4 +59,12 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16):
     dare_kernels.topk_attention_embedding(q, [table], [ids], min(k, 1024), mask=mask, backend=backend)
     dare_kernels.topk_attention_embedding(q, [table], [ids[valid]], min(k, 1024), offsets=offsets, backend=backend)
     torch.cuda.synchronize()
+# float8_e4m3fn keys, bfloat16 query: short (d = 16, 32, 64) and long (128) vectors, generic d, split rows.
+for B, L, d, k in ((3, 777, 16, 40), (2, 9000, 32, 128), (64, 2000, 64, 64), (2, 3000, 128, 256), (2, 500, 24, 9)):
+    q = torch.randn(B, d, device="cuda").to(torch.bfloat16)
+    K = torch.randn(B, L, d, device="cuda").to(torch.float8_e4m3fn)
+    lengths = torch.randint(0, L + 1, (B,), device="cuda")
+    dare_kernels.topk_attention(q, K, k, lengths=lengths, backend=backend)
+    dare_kernels.topk_attention(q, K, k, mask=(torch.rand(B, L, device="cuda") < 0.5), backend=backend)
+    torch.cuda.synchronize()
 print("sanitize subset done:", backend)

@@ -24,6 +24,7 @@ std::string dtype_name(at::ScalarType t) {
     case at::kChar: return "torch.int8";
     case at::kByte: return "torch.uint8";
     case at::kBool: return "torch.bool";
+    case at::kFloat8_e4m3fn: return "torch.float8_e4m3fn";
     default: return std::string("torch.") + c10::toString(t);
   }
 }
@@ -157,12 +158,19 @@ Shape check_inputs(const at::Tensor& query, const at::Tensor& keys, int64_t k, c
   TORCH_CHECK_VALUE(query.dim() == 2 || query.dim() == 3,
                     "topk_attention: query must have shape (B, d) or (B, T, d), got shape " +
                         shape_str(query));
-  TORCH_CHECK_TYPE(is_supported_float(keys.scalar_type()),
-                   "topk_attention: keys must be float32, float16 or bfloat16, got " +
+  const bool fp8 = keys.scalar_type() == at::kFloat8_e4m3fn;
+  TORCH_CHECK_TYPE(is_supported_float(keys.scalar_type()) || fp8,
+                   "topk_attention: keys must be float32, float16, bfloat16 or float8_e4m3fn, got " +
                        dtype_name(keys.scalar_type()));
-  TORCH_CHECK_TYPE(query.scalar_type() == keys.scalar_type(),
-                   "topk_attention: query dtype must equal keys dtype " +
-                       dtype_name(keys.scalar_type()) + ", got " + dtype_name(query.scalar_type()));
+  if (fp8) {
+    TORCH_CHECK_TYPE(is_supported_float(query.scalar_type()),
+                     "topk_attention: with float8_e4m3fn keys, query must be float32, float16 or bfloat16, got " +
+                         dtype_name(query.scalar_type()));
+  } else {
+    TORCH_CHECK_TYPE(query.scalar_type() == keys.scalar_type(),
+                     "topk_attention: query dtype must equal keys dtype " +
+                         dtype_name(keys.scalar_type()) + ", got " + dtype_name(query.scalar_type()));
+  }
   TORCH_CHECK_VALUE(query.device() == keys.device(),
                     "topk_attention: query must be on the keys device " + keys.device().str() +
                         ", got " + query.device().str());

@@ -12,6 +12,7 @@ from typing import NamedTuple, Optional
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+FP8 = torch.float8_e4m3fn  # keys only: 1 byte a dim, with a query of any FLOAT_DTYPES
 
 
 class Shape(NamedTuple):
@@ -83,9 +84,14 @@ def check_inputs(query: torch.Tensor, keys: torch.Tensor, k: int,
     if query.dim() not in (2, 3):
         raise ValueError(
             f"topk_attention: query must have shape (B, d) or (B, T, d), got shape {_shape(query)}")
-    if keys.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"topk_attention: keys must be float32, float16 or bfloat16, got {keys.dtype}")
-    if query.dtype != keys.dtype:
+    if keys.dtype not in FLOAT_DTYPES and keys.dtype != FP8:
+        raise TypeError(
+            f"topk_attention: keys must be float32, float16, bfloat16 or float8_e4m3fn, got {keys.dtype}")
+    if keys.dtype == FP8:
+        if query.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"topk_attention: with float8_e4m3fn keys, query must be float32, float16 or "
+                            f"bfloat16, got {query.dtype}")
+    elif query.dtype != keys.dtype:
         raise TypeError(
             f"topk_attention: query dtype must equal keys dtype {keys.dtype}, got {query.dtype}")
     if query.device != keys.device:

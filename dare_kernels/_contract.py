@@ -40,11 +40,15 @@ def topk_attention_backward(grad: torch.Tensor, query: torch.Tensor, keys: torch
     if offsets is not None:
         rows = torch.where(valid, row_starts(offsets, keys.shape[0])[:, None] + idx, 0)  # into the N values
     grad_query = grad_keys = None
+    fp8 = keys.dtype == torch.float8_e4m3fn  # quantised keys take no gradient
+    need_keys = need_keys and not fp8
     if need_query:
         if offsets is not None:
             sel = keys[rows.reshape(-1)].reshape(B, T * k, d).float()
         else:
-            sel = keys.gather(1, idx.clamp(min=0)[..., None].expand(B, T * k, d)).float()
+            src = keys.view(torch.uint8) if fp8 else keys  # no gather kernel for float8
+            sel = src.gather(1, idx.clamp(min=0)[..., None].expand(B, T * k, d))
+            sel = (sel.view(keys.dtype) if fp8 else sel).float()
         sel = torch.where(valid[..., None], sel, 0.0)
         grad_query = torch.einsum("btk,btkd->btd", g.view(B, T, k), sel.view(B, T, k, d))
         grad_query = grad_query.reshape(query.shape).to(query.dtype)

@@ -97,7 +97,7 @@ def assert_duplicates_in_order(idx, s: Sample, valid: torch.Tensor):
     that take part, `valid` (B, L)) are selected too. idx: (B, T, k) on the CPU;
     s in padded form."""
     B, L, d = s.keys.shape
-    bits = {2: torch.int16, 4: torch.int32}[s.keys.element_size()]
+    bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32}[s.keys.element_size()]
     keys = s.keys.detach().cpu().contiguous().view(bits)
     for b in range(B):
         pos = valid[b].nonzero().flatten()  # the row's positions that take part

@@ -242,8 +242,10 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cpu(const at::Tensor& query,
 
   // Keys are read through their batch and position strides (stride 0 included:
   // expand()ed keys are not copied); only keys whose d elements are not
-  // contiguous are copied.
-  const at::Tensor K = keys.stride(-1) == 1 || s.d == 1 ? keys : keys.contiguous();
+  // contiguous are copied. float8_e4m3fn keys (a GPU format) are upcast to
+  // bfloat16, which holds every e4m3 value exactly: a copy of 2 bytes a dim.
+  const at::Tensor K8 = keys.scalar_type() == at::kFloat8_e4m3fn ? keys.to(at::kBFloat16) : keys;
+  const at::Tensor K = K8.stride(-1) == 1 || s.d == 1 ? K8 : K8.contiguous();
   const at::Tensor Q = query.reshape({rows, s.d}).to(at::kFloat).contiguous();
   std::vector<at::Tensor> hold;
   const Layout layout = cpu::make_layout(lengths, mask, offsets, s.L, hold);
@@ -257,14 +259,14 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cpu(const at::Tensor& query,
                                             1, s.T);
   // Several targets re-read a chunk from L1: ~32 KB of keys (B = 1, T = 64, L = 10000,
   // d = 128, one thread: 8 / 16 / 32 / 64 / 128 KB 4.1 / 3.5 / 3.3 / 4.2 / 4.5 ms).
-  const int64_t key_bytes = s.d * int64_t(keys.element_size());
+  const int64_t key_bytes = s.d * int64_t(K.element_size());
   const int64_t chunk = group == 1 ? kChunk : std::clamp<int64_t>((32 * 1024 / key_bytes) & ~int64_t(7), 8, kChunk);
   const Rows r{K.const_data_ptr(), s.jagged ? 0 : K.stride(0), K.stride(-2), Q.const_data_ptr<float>(), layout,
                scores.mutable_data_ptr<float>(), indices.mutable_data_ptr<int64_t>(),
                s.T, s.d, k, group, chunk, static_cast<float>(scale)};
   const int64_t items = s.B * ((s.T + group - 1) / group);
   static const ScanFn scan = pick_scan();
-  const at::ScalarType t = keys.scalar_type();
+  const at::ScalarType t = K.scalar_type();
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) { scan(t, r, begin, end); });
   return {scores, indices};
 }

@@ -15,6 +15,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <torch/library.h>
 
 #include "../check.h"
@@ -105,7 +106,8 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
   if (rows == 0) return {scores, indices};
 
   const at::Tensor K = keys.contiguous();
-  const at::Tensor Q = query.reshape({rows, s.d}).contiguous();
+  const bool fp8 = K.scalar_type() == at::kFloat8_e4m3fn;  // the kernel takes a float32 query then
+  const at::Tensor Q = query.reshape({rows, s.d}).to(fp8 ? at::kFloat : query.scalar_type()).contiguous();
   at::Tensor len;
   if (lengths.has_value()) len = lengths->to(at::kLong).contiguous();
 
@@ -147,6 +149,7 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
     case at::kFloat: launch_topk<float>(p, rows, smem, vectorised, stream); break;
     case at::kHalf: launch_topk<__half>(p, rows, smem, vectorised, stream); break;
     case at::kBFloat16: launch_topk<__nv_bfloat16>(p, rows, smem, vectorised, stream); break;
+    case at::kFloat8_e4m3fn: launch_topk<__nv_fp8_e4m3>(p, rows, smem, vectorised, stream); break;
     default: TORCH_CHECK(false, "topk_attention: unreachable dtype");
   }
   return {scores, indices};

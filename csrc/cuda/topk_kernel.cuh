@@ -92,7 +92,7 @@ __device__ __forceinline__ void stream_tiles(const Params& p, int n, Load load, 
 // dot product plus a compare.
 template <typename T, int D, bool MASKED>
 __device__ __forceinline__ void stream_span_short(const Params& p, const T* __restrict__ keys,
-                                                  const T* __restrict__ q, int n, uint32_t pos0, const bool* m,
+                                                  const query_t<T>* __restrict__ q, int n, uint32_t pos0, const bool* m,
                                                   uint64_t* buf, uint64_t* cand, Stream& st, SelectShared& sh) {
   constexpr int VN = Vec<T>::N;
   constexpr int G = D / VN;                  // vectors per key = lanes per group
@@ -158,7 +158,7 @@ __device__ __forceinline__ void stream_span_short(const Params& p, const T* __re
 // reduction inside the group; the group's first lane offers the key.
 template <typename T, int D, bool MASKED>
 __device__ __forceinline__ void stream_span_long(const Params& p, const T* __restrict__ keys,
-                                                 const T* __restrict__ q, int n, uint32_t pos0, const bool* m,
+                                                 const query_t<T>* __restrict__ q, int n, uint32_t pos0, const bool* m,
                                                  uint64_t* buf, uint64_t* cand, Stream& st, SelectShared& sh) {
   constexpr int VN = Vec<T>::N;
   constexpr int NVEC = D / VN;                   // 16-byte vectors per key
@@ -210,7 +210,7 @@ __device__ __forceinline__ void stream_span_long(const Params& p, const T* __res
 
 // Any d, any alignment: one thread per key, scalar loads.
 template <typename T>
-__device__ void stream_span_generic(const Params& p, const T* __restrict__ keys, const T* __restrict__ q, int n,
+__device__ void stream_span_generic(const Params& p, const T* __restrict__ keys, const query_t<T>* __restrict__ q, int n,
                                     uint32_t pos0, const bool* m, uint64_t* buf, uint64_t* cand, Stream& st,
                                     SelectShared& sh) {
   for (int j0 = 0; j0 < n; j0 += kThreads) {
@@ -257,7 +257,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) topk_kernel(Params p) {
   const int64_t start = int64_t(c) * span;
   const int n = int(len > start ? (len - start < span ? len - start : span) : 0);
   const T* keys = static_cast<const T*>(p.keys) + (row_start(p, b) + start) * p.d;
-  const T* q = static_cast<const T*>(p.query) + row * p.d;
+  const query_t<T>* q = static_cast<const query_t<T>*>(p.query) + row * p.d;
   const bool* m = MASKED || D == 0 ? row_mask(p, b, start) : nullptr;
   const uint32_t pos0 = uint32_t(start);
   if constexpr (D == 0) {

@@ -5,6 +5,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include "topk_kernel.h"
 
@@ -48,6 +49,38 @@ struct Vec {
   }
 };
 
+// float8_e4m3fn keys: 16 dims a vector, converted in pairs (one cvt on sm_89+).
+template <>
+struct Vec<__nv_fp8_e4m3> {
+  static constexpr int N = 16;
+  __device__ __forceinline__ static void to_float(const uint4& v, float* f) {
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(w[i] >> (16 * h)), __NV_E4M3);
+        const float2 p = __half22float2(*reinterpret_cast<const __half2*>(&r));
+        f[4 * i + 2 * h] = p.x;
+        f[4 * i + 2 * h + 1] = p.y;
+      }
+    }
+  }
+};
+
+// The query's element type: the keys' own, but float32 with fp8 keys (the host
+// converts the query, B·T·d values, once).
+template <typename T>
+struct QueryOf {
+  using type = T;
+};
+template <>
+struct QueryOf<__nv_fp8_e4m3> {
+  using type = float;
+};
+template <typename T>
+using query_t = typename QueryOf<T>::type;
+
 template <typename T>
 __device__ __forceinline__ float to_float(T x) {
   return static_cast<float>(x);
@@ -59,6 +92,10 @@ __device__ __forceinline__ float to_float(__nv_bfloat16 x) {
 template <>
 __device__ __forceinline__ float to_float(__half x) {
   return __half2float(x);
+}
+template <>
+__device__ __forceinline__ float to_float(__nv_fp8_e4m3 x) {
+  return float(x);
 }
 
 // Row b's first key (jagged: clamp(offsets[b], 0, N)).
