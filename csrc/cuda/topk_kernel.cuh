@@ -96,9 +96,15 @@ __device__ __forceinline__ void stream_span_short(const Params& p, const T* __re
                                                   uint64_t* buf, uint64_t* cand, Stream& st, SelectShared& sh) {
   constexpr int VN = Vec<T>::N;
   constexpr int G = D / VN;                  // vectors per key = lanes per group
-  constexpr int U = G == 4 ? 1 : (G == 2 ? 2 : 4);  // rounds of 32 keys per warp per tile
+  // Rounds of 32 keys per warp per tile: 512 keys a tile at most, which the
+  // candidate list's room (plan.cpp: k kept + kpow2 + 768) assumes (G = 1, fp8
+  // d = 16, at 4 rounds overflowed it when many scores tie the bound). fp8 at
+  // G = 2 (d = 32) holds 16 query dims a lane: one round keeps it in 64 registers
+  // (two spilled 16 bytes).
+  constexpr int U = G == 4 || (VN == 16 && G == 2) ? 1 : 2;
   constexpr int WARPS = kThreads / 32;
   constexpr int TILE = WARPS * U * 32;
+  static_assert(TILE <= 512, "plan.cpp sizes the candidate list for tiles of at most 512 keys");
   static_assert(G == 1 || G == 2 || G == 4, "short keys only");
   const int w = threadIdx.x / 32, l = threadIdx.x % 32, c = l % G;
   float qr[VN];
@@ -167,6 +173,7 @@ __device__ __forceinline__ void stream_span_long(const Params& p, const T* __res
   constexpr int U = NV > 1 ? 2 : 4;              // keys per thread per tile
   constexpr int PER_PASS = kThreads / G;
   constexpr int TILE = PER_PASS * U;
+  static_assert(TILE <= 512, "plan.cpp sizes the candidate list for tiles of at most 512 keys");
   const int lane = threadIdx.x % G;
   const int slot = threadIdx.x / G;
   float qr[NV][VN];
