@@ -1,16 +1,17 @@
 """Paths of the Triton backend that the shared matrix reaches only at GPU sizes or by
 chance: forced splits (the row's last program selects, bounded by every program's group
-maxima), tiny chunks (too few group maxima: the bound comes from a pass over the order
-keys), one chunk per row (a select step far larger than the pending list: folded in
+maxima; in every layout), tiny chunks (too few group maxima: the bound comes from a pass
+over the order keys), one chunk per row (a select step far larger than the pending list: folded in
 windows when ties or sorted rows defeat the bound), the large-k path and autotuning. On
 CPU under TRITON_INTERPRET=1, compiled on a GPU."""
 import pytest
 import torch
 
+from dare_kernels import reference
 from dare_kernels.ops import backend_status
 
 from oracle import assert_matches_reference
-from samples import Sample, sample_input
+from samples import EmbeddingSample, Sample, embedding_layout, sample_input, with_layout
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(backend_status("triton", DEVICE) is not None,
@@ -39,6 +40,34 @@ def test_large_k_path(name, seed):
     search = _search()
     s = sample_input(name, torch.float16, DEVICE, seed)
     assert_matches_reference(search._topk_attention(*s.args(), fused_max_k=0), s)
+
+
+@pytest.mark.parametrize("layout", ["mask", "left", "jagged"])
+@pytest.mark.parametrize("split", [2, 5])
+def test_split_layouts(layout, split, seed):
+    """Split rows in every layout, both ops: rows of very unequal lengths (jagged: the split
+    is planned from the mean; one row is empty, two shorter than k), several chunks per
+    program (the mask read ahead of the keys), two targets (jagged: order keys shared by
+    the rows of a target). Small integers: float32 is exact, so the reference's result
+    is the answer bit for bit."""
+    search = _search()
+    g = torch.Generator().manual_seed(seed)
+    B, T, L, k = 4, 2, 70, 9
+
+    def ints(*shape):
+        return torch.randint(-3, 4, shape, generator=g).float().to(DEVICE)
+
+    lengths = torch.tensor([L, 0, 3, 41], device=DEVICE)
+    s = with_layout(Sample(ints(B, T, 5), ints(B, L, 5), k, lengths), layout, g)
+    cfg = search.Config(16, 1)
+    out = search._topk_attention(*s.args(), split=split, cfg=cfg)
+    want = reference.topk_attention(*s.args())
+    assert torch.equal(out[0], want[0]) and torch.equal(out[1], want[1])
+    ids = [torch.randint(0, n, (B, L), generator=g).to(DEVICE) for n in (20, 7)]
+    e = embedding_layout(EmbeddingSample(ints(B, T, 5), [ints(20, 3), ints(7, 2)], ids, k, lengths), layout, g)
+    out = search._topk_attention_embedding(*e.args(), split=split, cfg=cfg)
+    want = reference.topk_attention_embedding(*e.args())
+    assert torch.equal(out[0], want[0]) and torch.equal(out[1], want[1])
 
 
 def test_plan_splits_small_batches():

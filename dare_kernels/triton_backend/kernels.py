@@ -21,6 +21,10 @@ _search_kernel: one program per (row, split), in two phases.
 A split row's programs publish their group maxima; the last to finish (an atomic ticket)
 selects for the row: one launch per call. A single sort size and a single fold site keep
 compilation short.
+
+Layouts: a position that a mask leaves out stores INT_MIN, which no select takes; jagged
+rows (offsets) are read in place, their order keys at [t*N + start, t*N + end): the rows
+of one target are disjoint, so the buffer is T*N, not B*T*N.
 """
 import triton
 import triton.language as tl
@@ -69,11 +73,36 @@ def _load_query(q_ptr, r, D, DB: tl.constexpr):
 
 
 @triton.jit
-def _row_length(len_ptr, b, L, HAS_LEN: tl.constexpr):
+def _row(len_ptr, off_ptr, okey_ptr, T, L, span, HAS_LEN: tl.constexpr, JAGGED: tl.constexpr):
+    """The program's row r = b * T + t: b, row0 (jagged: the row's first of the N = L
+    values, int64; else 0), its length n, the program's span [start, end) of it and the
+    row's order keys."""
+    r = tl.program_id(0)
+    b = r // T
+    row0 = 0
     n = L
-    if HAS_LEN:
-        n = tl.minimum(tl.maximum(tl.load(len_ptr + b), 0), L).to(tl.int32)
-    return n
+    if JAGGED:
+        # Clamped as the reference clamps: on a GPU no check reads the offsets (a sync).
+        row0 = tl.minimum(tl.maximum(tl.load(off_ptr + b).to(tl.int64), 0), L)
+        n = (tl.minimum(tl.maximum(tl.load(off_ptr + b + 1).to(tl.int64), row0), L) - row0).to(tl.int32)
+        # No host-known length: the row's programs share what it has.
+        span = tl.cdiv(n, tl.num_programs(1))
+        okey_row = okey_ptr + (r % T).to(tl.int64) * L + row0
+    else:
+        if HAS_LEN:
+            n = tl.minimum(tl.maximum(tl.load(len_ptr + b), 0), L).to(tl.int32)
+        okey_row = okey_ptr + r.to(tl.int64) * L
+    start = tl.program_id(1) * span
+    return r, b, row0, n, start, tl.minimum(start + span, n), okey_row
+
+
+@triton.jit
+def _live(m_row, pos, end, stride_ml, HAS_MASK: tl.constexpr):
+    """Which positions of a chunk take part: before the span's end and, with a mask, in it."""
+    live = pos < end
+    if HAS_MASK:
+        live &= tl.load(m_row + pos.to(tl.int64) * stride_ml, mask=live, other=0) != 0
+    return live
 
 
 @triton.jit
@@ -153,6 +182,7 @@ def _load_okeys(okey_row, pos, n):
 def _select(okey_row, n, bound, k, scratch, out_s_ptr, out_i_ptr, r, BOUND_PASS: tl.constexpr,
             C2: tl.constexpr, W: tl.constexpr, K_PAD: tl.constexpr, P_CAP: tl.constexpr, M_S: tl.constexpr):
     """Top k of a row's n order keys (in L2) that are >= bound, into the outputs."""
+    bound = tl.maximum(bound, INT_MIN + 1)  # INT_MIN: a position the mask leaves out
     lane = tl.arange(0, C2)
     if BOUND_PASS:
         # Too few group maxima for a bound (wide keys: short chunks): C2 groups of the order keys.
@@ -228,38 +258,39 @@ def _finish(okey_row, gmax, n, k, scratch_ptr, scratch_stride, out_s_ptr, out_i_
 
 
 @triton.jit
-def _search_kernel(q_ptr, k_ptr, len_ptr, out_s_ptr, out_i_ptr, okey_ptr, gmax_ptr, ticket_ptr, scratch_ptr,
-                   T, L, D, k, span, scratch_stride, scale, stride_kb, stride_kl,
+def _search_kernel(q_ptr, k_ptr, len_ptr, m_ptr, off_ptr, out_s_ptr, out_i_ptr, okey_ptr, gmax_ptr, ticket_ptr,
+                   scratch_ptr, T, L, D, k, span, scratch_stride, scale, stride_kb, stride_kl, stride_mb, stride_ml,
                    DB: tl.constexpr, C: tl.constexpr, C2: tl.constexpr, W: tl.constexpr, CG: tl.constexpr,
                    G: tl.constexpr,
                    K_PAD: tl.constexpr, P_CAP: tl.constexpr, M_S: tl.constexpr, HAS_LEN: tl.constexpr,
-                   SPLIT: tl.constexpr):
-    r = tl.program_id(0)  # row b * T + t
-    s = tl.program_id(1)  # split of the row
-    b = r // T
-    n = _row_length(len_ptr, b, L, HAS_LEN)
-    start = s * span
-    end = tl.minimum(start + span, n)
+                   HAS_MASK: tl.constexpr, JAGGED: tl.constexpr, SPLIT: tl.constexpr):
+    """Jagged keys come with stride_kb = 0: row b starts at its first value."""
+    r, b, row0, n, start, end, okey_row = _row(len_ptr, off_ptr, okey_ptr, T, L, span, HAS_LEN, JAGGED)
     q = _load_query(q_ptr, r, D, DB)
-    k_row = k_ptr + b.to(tl.int64) * stride_kb
-    okey_row = okey_ptr + r.to(tl.int64) * L
+    k_row = k_ptr + b.to(tl.int64) * stride_kb + row0 * stride_kl
+    m_row = m_ptr + b.to(tl.int64) * stride_mb
 
     # Score pass: no selection and no reduction in the loop, so loads stream back to back.
     # Group maxima: gmax[j] is the largest key at offset j of the program's chunks.
+    # The mask is read two chunks ahead, so that a chunk's key loads never wait for it.
     gmax = tl.full([C], INT_MIN, tl.int32)
     pos = start + tl.arange(0, C)
-    kv = _load_keys(k_row, pos, pos < end, D, stride_kl, DB)
+    live = _live(m_row, pos, end, stride_ml, HAS_MASK)
+    live_next = _live(m_row, pos + C, end, stride_ml, HAS_MASK)
+    kv = _load_keys(k_row, pos, live, D, stride_kl, DB)
     for c0 in range(start, end, C):
         pos = c0 + tl.arange(0, C)
-        valid = pos < end
+        live_after = _live(m_row, pos + 2 * C, end, stride_ml, HAS_MASK)
         # The next chunk's loads are issued before this chunk's scores: in flight meanwhile.
-        kv_next = _load_keys(k_row, pos + C, pos + C < end, D, stride_kl, DB)
-        okey = tl.where(valid, order_key(_scores(kv, q, scale)), INT_MIN)
-        tl.store(okey_row + pos, okey, mask=valid)
+        kv_next = _load_keys(k_row, pos + C, live_next, D, stride_kl, DB)
+        okey = tl.where(live, order_key(_scores(kv, q, scale)), INT_MIN)
+        tl.store(okey_row + pos, okey, mask=pos < end)
         gmax = tl.maximum(gmax, okey)
         kv = kv_next
-    _finish(okey_row, gmax, n, k, scratch_ptr, scratch_stride, out_s_ptr, out_i_ptr, gmax_ptr, ticket_ptr, r, s, C,
-            C2, W, CG, G, K_PAD, P_CAP, M_S, SPLIT)
+        live = live_next
+        live_next = live_after
+    _finish(okey_row, gmax, n, k, scratch_ptr, scratch_stride, out_s_ptr, out_i_ptr, gmax_ptr, ticket_ptr, r,
+            tl.program_id(1), C, C2, W, CG, G, K_PAD, P_CAP, M_S, SPLIT)
 
 
 @triton.jit
@@ -276,40 +307,36 @@ def _field_scores(t_ptr, i_ptr, sib, sil, n_rows, d_f, off, q_row, b, pos, valid
 
 
 @triton.jit
-def _search_ids_kernel(q_ptr, len_ptr, out_s_ptr, out_i_ptr, okey_ptr, gmax_ptr, ticket_ptr, scratch_ptr,
-                       t0, i0, t1, i1, t2, i2, t3, i3,
+def _search_ids_kernel(q_ptr, len_ptr, m_ptr, off_ptr, out_s_ptr, out_i_ptr, okey_ptr, gmax_ptr, ticket_ptr,
+                       scratch_ptr, t0, i0, t1, i1, t2, i2, t3, i3,
                        sb0, sl0, n0, d0, o0, sb1, sl1, n1, d1, o1, sb2, sl2, n2, d2, o2, sb3, sl3, n3, d3, o3,
-                       T, L, D, k, span, scratch_stride, scale,
+                       T, L, D, k, span, scratch_stride, scale, stride_mb, stride_ml,
                        F: tl.constexpr, DB0: tl.constexpr, DB1: tl.constexpr, DB2: tl.constexpr, DB3: tl.constexpr,
                        C: tl.constexpr, C2: tl.constexpr, W: tl.constexpr, CG: tl.constexpr, G: tl.constexpr,
                        K_PAD: tl.constexpr, P_CAP: tl.constexpr, M_S: tl.constexpr, HAS_LEN: tl.constexpr,
-                       SPLIT: tl.constexpr):
+                       HAS_MASK: tl.constexpr, JAGGED: tl.constexpr, SPLIT: tl.constexpr):
     """_search_kernel with keys looked up from F <= 4 fields: key j of row b is
     [t0[i0[b, j]] | t1[i1[b, j]] | ...]. Per field f: the ids' row and position strides
-    (sb, sl; sb = 0: shared by every row), the table's rows and width (n, d; rows
-    contiguous) and the field's offset in the query (o)."""
-    r = tl.program_id(0)
-    s = tl.program_id(1)
-    b = r // T
-    n = _row_length(len_ptr, b, L, HAS_LEN)
-    start = s * span
-    end = tl.minimum(start + span, n)
+    (sb, sl; sb = 0: shared by every row, or jagged), the table's rows and width (n, d;
+    rows contiguous) and the field's offset in the query (o)."""
+    r, b, row0, n, start, end, okey_row = _row(len_ptr, off_ptr, okey_ptr, T, L, span, HAS_LEN, JAGGED)
     q_row = q_ptr + r.to(tl.int64) * D
-    okey_row = okey_ptr + r.to(tl.int64) * L
+    m_row = m_ptr + b.to(tl.int64) * stride_mb
     gmax = tl.full([C], INT_MIN, tl.int32)
     for c0 in range(start, end, C):
         pos = c0 + tl.arange(0, C)
-        valid = pos < end
+        live = _live(m_row, pos, end, stride_ml, HAS_MASK)
+        at = row0 + pos  # the ids' position: jagged rows start at row0
         # Fields add in order 0, 1, ...: a key's score depends on its ids alone.
-        acc = _field_scores(t0, i0, sb0, sl0, n0, d0, o0, q_row, b, pos, valid, DB0)
+        acc = _field_scores(t0, i0, sb0, sl0, n0, d0, o0, q_row, b, at, live, DB0)
         if F > 1:
-            acc += _field_scores(t1, i1, sb1, sl1, n1, d1, o1, q_row, b, pos, valid, DB1)
+            acc += _field_scores(t1, i1, sb1, sl1, n1, d1, o1, q_row, b, at, live, DB1)
         if F > 2:
-            acc += _field_scores(t2, i2, sb2, sl2, n2, d2, o2, q_row, b, pos, valid, DB2)
+            acc += _field_scores(t2, i2, sb2, sl2, n2, d2, o2, q_row, b, at, live, DB2)
         if F > 3:
-            acc += _field_scores(t3, i3, sb3, sl3, n3, d3, o3, q_row, b, pos, valid, DB3)
-        okey = tl.where(valid, order_key((acc * scale).to(tl.float32)), INT_MIN)
-        tl.store(okey_row + pos, okey, mask=valid)
+            acc += _field_scores(t3, i3, sb3, sl3, n3, d3, o3, q_row, b, at, live, DB3)
+        okey = tl.where(live, order_key((acc * scale).to(tl.float32)), INT_MIN)
+        tl.store(okey_row + pos, okey, mask=pos < end)
         gmax = tl.maximum(gmax, okey)
-    _finish(okey_row, gmax, n, k, scratch_ptr, scratch_stride, out_s_ptr, out_i_ptr, gmax_ptr, ticket_ptr, r, s, C,
-            C2, W, CG, G, K_PAD, P_CAP, M_S, SPLIT)
+    _finish(okey_row, gmax, n, k, scratch_ptr, scratch_stride, out_s_ptr, out_i_ptr, gmax_ptr, ticket_ptr, r,
+            tl.program_id(1), C, C2, W, CG, G, K_PAD, P_CAP, M_S, SPLIT)

@@ -144,14 +144,38 @@ def _autotuned(p: Plan):
     )(kernels._search_kernel)
 
 
-def _launch_search(wrap, p: Plan, q, keys, lengths, out_s, out_i, okeys, gmax, tickets, scratch, T, L, k, scale,
+def _layout(q, lengths, mask, offsets):
+    """The kernels' layout arguments: (lengths, mask, offsets) pointers (q where absent),
+    the mask's strides, and their flags."""
+    ptrs = tuple(q if t is None else t for t in (lengths, mask, offsets))
+    strides = (mask.stride(0), mask.stride(1)) if mask is not None else (0, 0)
+    flags = dict(HAS_LEN=lengths is not None, HAS_MASK=mask is not None, JAGGED=offsets is not None)
+    return ptrs, strides, flags
+
+
+def _workspace(p: Plan, s, device, jagged: bool):
+    """(okeys, scratch, gmax, tickets). Separate buffers, not views of one: traced launches
+    must not see aliased mutated arguments. Jagged rows of one target are disjoint: T*N order keys."""
+    R = s.B * s.T
+    split_rows = p.split > 1
+    # A split row's tickets start at 0 and its last program resets them.
+    return (torch.empty(max(1, (s.T if jagged else R) * s.L), dtype=torch.int32, device=device),
+            torch.empty(R * p.scratch, dtype=torch.int64, device=device),
+            torch.empty(R * p.split * p.group_maxima if split_rows else 1, dtype=torch.int32, device=device),
+            torch.zeros(R if split_rows else 1, dtype=torch.int32, device=device))
+
+
+def _launch_search(wrap, p: Plan, q, keys, lengths, mask, offsets, out_s, out_i, work, T, L, k, scale,
                    cfg: Optional[Config]):
-    has_len = lengths is not None
-    args = (q, keys, lengths if has_len else q, out_s, out_i, okeys, gmax, tickets, scratch,
-            T, L, p.width, k, p.span, p.scratch, scale, keys.stride(0), keys.stride(1))
+    ptrs, strides, flags = _layout(q, lengths, mask, offsets)
+    okeys, scratch, gmax, tickets = work
+    # Jagged keys (N, d): row b starts at its offset, not at a batch stride.
+    stride_kb, stride_kl = (0, keys.stride(0)) if offsets is not None else (keys.stride(0), keys.stride(1))
+    args = (q, keys, *ptrs, out_s, out_i, okeys, gmax, tickets, scratch,
+            T, L, p.width, k, p.span, p.scratch, scale, stride_kb, stride_kl, *strides)
     grid = (q.shape[0], p.split)
-    flags = dict(HAS_LEN=has_len, SPLIT=p.split > 1)
-    if cfg is None and AUTOTUNE and not INTERPRET and q.shape[0] * L >= AUTOTUNE_MIN_KEYS:
+    flags["SPLIT"] = p.split > 1
+    if cfg is None and AUTOTUNE and not INTERPRET and okeys.numel() >= AUTOTUNE_MIN_KEYS:  # one per key scored
         wrap(autotuner(p))[grid](*args, **p.fixed(), **flags)
         return
     cfg = cfg or DEFAULT_CONFIG
@@ -186,8 +210,6 @@ def _topk_attention(query, keys, k, lengths=None, scale=1.0, mask=None, offsets=
                     fused_max_k=FUSED_MAX_K, cfg: Optional[Config] = None, wrap=wrap_triton):
     s = check_inputs(query, keys, k, lengths, check_length_values=keys.device.type == "cpu", scale=scale,
                      mask=mask, offsets=offsets)
-    if mask is not None or offsets is not None:
-        raise NotImplementedError("topk_attention: Triton mask/offsets: not yet")
     shape = output_shape(s, k)
     R = s.B * s.T
     device = keys.device
@@ -196,23 +218,28 @@ def _topk_attention(query, keys, k, lengths=None, scale=1.0, mask=None, offsets=
         return out_s, out_i
     q = query.reshape(R, s.d).contiguous()
     # The kernels take the keys' batch and position strides (0 for expand()ed keys): no copy.
-    keys = keys if keys.stride(2) == 1 else keys.contiguous()
-    if lengths is not None:
-        lengths = lengths.contiguous()
-    p = plan(R, s.L, s.d, k, device, split, cfg)
+    keys = keys if keys.stride(-1) == 1 else keys.contiguous()
+    lengths, offsets = (None if t is None else t.contiguous() for t in (lengths, offsets))
+    p = plan(R, _planned_length(s, offsets), s.d, k, device, split, cfg)
     scale = float(scale)
     if k > fused_max_k:
         # Exact for any k: the reference's stable sort, on this device (the one large-k path).
-        return reference.topk_attention(query, keys, k, lengths, scale, check_length_values=False)
-    # Separate buffers, not views of one: traced launches must not see aliased mutated arguments.
-    okeys = torch.empty(R * s.L, dtype=torch.int32, device=device)
-    scratch = torch.empty(R * p.scratch, dtype=torch.int64, device=device)
-    split_rows = p.split > 1
-    # A split row's tickets start at 0 and its last program resets them.
-    gmax = torch.empty(R * p.split * p.group_maxima if split_rows else 1, dtype=torch.int32, device=device)
-    tickets = torch.zeros(R if split_rows else 1, dtype=torch.int32, device=device)
-    _launch_search(wrap, p, q, keys, lengths, out_s, out_i, okeys, gmax, tickets, scratch, s.T, s.L, k, scale, cfg)
+        return reference.topk_attention(query, keys, k, lengths, scale, mask, offsets, check_length_values=False)
+    _launch_search(wrap, p, q, keys, lengths, _mask_bytes(mask), offsets, out_s, out_i,
+                   _workspace(p, s, device, offsets is not None), s.T, s.L, k, scale, cfg)
     return out_s, out_i
+
+
+def _planned_length(s, offsets) -> int:
+    """The row length the launch is planned for. Jagged rows have none known on the host
+    (reading the offsets would synchronise): their mean, N/B; a row's programs split
+    whatever length it has."""
+    return s.L if offsets is None else max(1, -(-s.L // s.B))
+
+
+def _mask_bytes(mask):
+    # The same bytes as uint8: the kernels load plain integers, not Triton's i1 pointers.
+    return None if mask is None else mask.view(torch.uint8)
 
 
 @triton_op("dare::topk_attention_embedding_triton", mutates_args=())
@@ -232,8 +259,6 @@ def _topk_attention_embedding(query, tables, ids, k, lengths=None, scale=1.0, ma
     cpu = query.device.type == "cpu"
     s = check_embedding_inputs(query, tables, ids, k, lengths, check_values=cpu, scale=scale, mask=mask,
                                offsets=offsets)
-    if mask is not None or offsets is not None:
-        raise NotImplementedError("topk_attention_embedding: Triton mask/offsets: not yet")
     shape = output_shape(s, k)
     R = s.B * s.T
     device = query.device
@@ -241,7 +266,8 @@ def _topk_attention_embedding(query, tables, ids, k, lengths=None, scale=1.0, ma
     if R == 0:
         return out_s, out_i
     if k > FUSED_MAX_K:
-        return reference.topk_attention_embedding(query, tables, ids, k, lengths, scale, check_values=False)
+        return reference.topk_attention_embedding(query, tables, ids, k, lengths, scale, mask, offsets,
+                                                  check_values=False)
     q = query.reshape(R, s.d).contiguous()
     tables = [t.contiguous() for t in tables]
     meta, off = [], 0
@@ -252,20 +278,17 @@ def _topk_attention_embedding(query, tables, ids, k, lengths=None, scale=1.0, ma
     F = len(tables)
     meta += [0] * (20 - len(meta))
     fields = [(tables[f], ids[f]) if f < F else (tables[0], ids[0]) for f in range(4)]
-    if lengths is not None:
-        lengths = lengths.contiguous()
+    lengths, offsets = (None if t is None else t.contiguous() for t in (lengths, offsets))
     cfg = cfg or DEFAULT_CONFIG
-    p = plan(R, s.L, s.d, k, device, split, cfg)
-    okeys = torch.empty(R * s.L, dtype=torch.int32, device=device)
-    scratch = torch.empty(R * p.scratch, dtype=torch.int64, device=device)
-    gmax = torch.empty(R * p.split * p.group_maxima if p.split > 1 else 1, dtype=torch.int32, device=device)
-    tickets = torch.zeros(R if p.split > 1 else 1, dtype=torch.int32, device=device)
+    p = plan(R, _planned_length(s, offsets), s.d, k, device, split, cfg)
+    okeys, scratch, gmax, tickets = _workspace(p, s, device, offsets is not None)
+    ptrs, strides, flags = _layout(q, lengths, _mask_bytes(mask), offsets)
     DBs = [_pow2(tables[f].shape[1]) if f < F else 1 for f in range(4)]
     wrap(kernels._search_ids_kernel)[(R, p.split)](
-        q, lengths if lengths is not None else q, out_s, out_i, okeys, gmax, tickets, scratch,
-        *(x for pair in fields for x in pair), *meta, s.T, s.L, s.d, k, p.span, p.scratch, float(scale),
+        q, *ptrs, out_s, out_i, okeys, gmax, tickets, scratch,
+        *(x for pair in fields for x in pair), *meta, s.T, s.L, s.d, k, p.span, p.scratch, float(scale), *strides,
         F=F, DB0=DBs[0], DB1=DBs[1], DB2=DBs[2], DB3=DBs[3], C=p.chunk(cfg), **p.selection(),
-        HAS_LEN=lengths is not None, SPLIT=p.split > 1, **cfg.options())
+        **flags, SPLIT=p.split > 1, **cfg.options())
     return out_s, out_i
 
 
