@@ -135,8 +135,8 @@ def test_search_layouts(bench, backend, layout):
     else:
         fn = lambda: dare_kernels.topk_attention(q, keys, shape.k, **kw, backend=backend)  # noqa: E731
     bench.group = f"layout {layout} {shape.label()}"
-    bench.extra_info.update(backend=backend, shape=f"{layout}, {shape.label()}", layout=layout,
-                            **fields(shape))
+    label = "jagged (bmm+topk pads first)" if layout == "jagged" else layout
+    bench.extra_info.update(backend=backend, shape=f"{label}, {shape.label()}", layout=layout, **fields(shape))
     fn()
     bench(fn)
 

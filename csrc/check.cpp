@@ -126,7 +126,8 @@ void check_layout(const char* op, const Opt& lengths, const Opt& mask, const Opt
   check_lengths(op, lengths, B, L, device, device_of, check_values);
   if (mask.has_value()) {
     const at::Tensor& m = *mask;
-    TORCH_CHECK_TYPE(m.scalar_type() == at::kBool, o + ": mask must be torch.bool, got " + dtype_name(m.scalar_type()));
+    TORCH_CHECK_TYPE(m.scalar_type() == at::kBool, o + ": mask must be torch.bool (True = takes part, e.g. ids != 0), got " +
+                                                         dtype_name(m.scalar_type()));
     TORCH_CHECK_VALUE(m.dim() == 2 && m.size(0) == B && m.size(1) == L, o + ": mask must have shape (B, L)=(" +
                                                                             num(B) + ", " + num(L) + "), got shape " +
                                                                             shape_str(m));

@@ -188,7 +188,7 @@ def check_layout(op: str, lengths, mask, offsets, B: int, L: int, device, device
     check_lengths(op, lengths, B, L, device, device_of, check_values)
     if mask is not None:
         if mask.dtype != torch.bool:
-            raise TypeError(f"{op}: mask must be torch.bool, got {mask.dtype}")
+            raise TypeError(f"{op}: mask must be torch.bool (True = takes part, e.g. ids != 0), got {mask.dtype}")
         if mask.dim() != 2 or tuple(mask.shape) != (B, L):
             raise ValueError(f"{op}: mask must have shape (B, L)=({B}, {L}), got shape {_shape(mask)}")
         if mask.device != device:

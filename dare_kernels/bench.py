@@ -216,8 +216,9 @@ def run(args) -> dict:
     if not args.no_ids:
         from . import bench_ids
         ids_shapes = bench_ids.default_ids_shapes(device, (args.B or [None])[0], args.L, args.k)
-        _say(args, f"search from ids: {len(ids_shapes)} shapes x {len(bench_ids.implementations(device))} "
-                   "implementations (the first torch.compile call compiles)")
+        names = bench_ids.implementations(device)
+        compiles = " (the first torch.compile call compiles)" if bench_ids.COMPILED in names else ""
+        _say(args, f"search from ids: {len(ids_shapes)} shapes x {len(names)} implementations{compiles}")
         ids_rows = bench_ids.run_rows(ids_shapes, device, time_call, bw, args.reps)
     if not args.no_model:
         _say(args, f"reference models: {len(MODEL_CONFIGS)} configs (TWIN d=128, DARE d=32/16; 1M-item tables), "

@@ -21,7 +21,8 @@ Histories come in the caller's layout, read by the kernels as they are:
 
 Masked positions are never scored or selected, the ranking is the op's
 (descending, ties by lower position, NaN first), -1 (score -inf) where a row has
-fewer than k valid positions. Rows with no valid position output zeros.
+fewer than k valid positions. Rows with no valid position attend to nothing: HardSearch
+outputs zeros there (TopKMultiHeadAttention then adds its output projection's bias).
 
 Replacing a hand-written block (this example runs in python_tests/test_layers.py;
 ``python bench/layers_time.py`` times such pairs):
@@ -149,18 +150,24 @@ def topk_search(query: torch.Tensor, keys: Optional[torch.Tensor], k: int, *,
 
 
 def _select_values(values: Values, idx: torch.Tensor, keys, tables, ids, offsets=None) -> torch.Tensor:
-    """The (B, n, d_v) values at idx (B, n) (positions, padding clamped to 0;
-    jagged values (N, d_v) are read at offsets[b] + idx)."""
-    if callable(values) and not isinstance(values, torch.Tensor):
-        return values(idx)
+    """The (B, n, d_v) values at idx (B, n) (positions, padding clamped to 0).
+    Jagged rows: values (N, d_v) are read at offsets[b] + idx, and a callable gets
+    those positions into the N values (not the row's own)."""
     if offsets is not None:
-        rows = idx + offsets[:-1, None].long()
+        N = keys.shape[0] if keys is not None else ids[0].shape[0]
+        rows = (idx + offsets[:-1, None].long()).clamp(max=max(N - 1, 0))
+        if callable(values) and not isinstance(values, torch.Tensor):
+            return values(rows)
         if values is None:
             if keys is not None:
-                return keys[rows.clamp(max=max(keys.shape[0] - 1, 0))]
-            n = ids[0].shape[0]
-            return torch.cat([t[i[rows.clamp(max=max(n - 1, 0))].long()] for t, i in zip(tables, ids)], -1)
-        return values[rows.clamp(max=max(values.shape[0] - 1, 0))]
+                return keys[rows]
+            return torch.cat([t[i[rows].long()] for t, i in zip(tables, ids)], -1)
+        if values.dim() != 2 or values.shape[0] != N:
+            raise ValueError(f"with offsets, values must have shape (N, d_v) with N={N} (one row per key), "
+                             f"got shape {tuple(values.shape)}")
+        return values[rows]
+    if callable(values) and not isinstance(values, torch.Tensor):
+        return values(idx)
     if values is None:
         if keys is not None:
             values = keys
@@ -191,7 +198,8 @@ class HardSearch(nn.Module):
     - keys (B, L, d), or keys=None with tables + ids (the op's embedding form:
       keys are [tables[0][ids[0]] | ...], never built);
     - values (B, L, d_v); a callable mapping the selected positions (B, n)
-      (n = T·k; padding slots read position 0, then weigh 0) to (B, n, d_v); or
+      (n = T·k; padding slots read position 0, then weigh 0) to (B, n, d_v) (with
+      offsets: positions into the N jagged values, offsets[b] + index); or
       None: the keys themselves (with tables + ids: the looked-up rows);
     - mask (B, L) True = valid (any layout, see the module docstring) or lengths (B,);
       or jagged rows: offsets (B+1,) with keys (N, d) / ids (N,) and values (N, d_v).

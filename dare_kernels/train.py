@@ -322,7 +322,7 @@ def summarize(runs: list) -> dict:
 
 
 def default_metrics_path(model: str) -> str:
-    folder = os.path.join(tempfile.gettempdir(), "dare_kernels")
+    folder = os.path.join(tempfile.gettempdir(), "dare-kernels-runs")  # not the package's name: it would shadow it
     os.makedirs(folder, exist_ok=True)
     return os.path.join(folder, f"train-{model}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json")
 

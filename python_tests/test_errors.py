@@ -57,7 +57,7 @@ def _cases(device):
     m = torch.ones(B, L, dtype=torch.bool, device=device)
     off = lens(0, 3, 3, 7, 10)
     cases.update({
-        "mask_int": ((q, K, 3, None, 1.0, m.int()), TypeError, r"mask must be torch.bool, got torch.int32"),
+        "mask_int": ((q, K, 3, None, 1.0, m.int()), TypeError, r"mask must be torch.bool \(True = takes part, e.g. ids != 0\), got torch.int32"),
         "mask_shape": ((q, K, 3, None, 1.0, m[:, :4]), ValueError,
                        r"mask must have shape \(B, L\)=\(4, 10\), got shape \[4, 4\]"),
         "offsets_keys_3d": ((q, K, 3, None, 1.0, None, off), ValueError,

@@ -309,7 +309,7 @@ def test_jagged_rows_equal_padded(g, targets):
     """offsets (B+1,) with keys (N, d) and values (N, d_v), as TorchRec passes
     histories: the same output as the padded rows with lengths; gradients too."""
     B, L, d, dv, k = 4, 90, 8, 5, 12
-    lengths = torch.tensor([90, 0, 7, 40])
+    lengths = torch.tensor([90, 0, 7, 40])  # N = 137
     qshape = (B, targets, d) if targets else (B, d)
     query = torch.randn(qshape, generator=g, requires_grad=True)
     keys = torch.randn(B, L, d, generator=g)
@@ -331,3 +331,9 @@ def test_jagged_rows_equal_padded(g, targets):
     heads = TopKMultiHeadAttention(k, d, d, 2, d_value=dv)
     torch.testing.assert_close(heads(query[:, 0] if targets else query, jk, jv, offsets=offsets).output,
                                heads(query[:, 0] if targets else query, pk, pv, lengths=lengths).output)
+    # A values callable gets positions into the N jagged values; values of another
+    # row count raise, naming values.
+    got_c = search(query, jk, lambda rows: jv[rows], offsets=offsets)
+    torch.testing.assert_close(got_c.output, got.output)
+    with pytest.raises(ValueError, match=r"with offsets, values must have shape \(N, d_v\) with N=137"):
+        search(query, jk, jv[:10], offsets=offsets)
