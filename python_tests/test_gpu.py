@@ -141,6 +141,32 @@ def test_cuda_graph_capture(backend, seed):
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("layout", ["mask", "jagged"])
+def test_layouts_never_synchronize(backend, layout, seed):
+    """Masks and offsets are read by the kernels, never on the host: the calls run
+    under torch's sync debug mode set to error, and offsets out of order or range
+    are clamped as the reference clamps them."""
+    _need(backend)
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    B, L, d, k = 6, 3000, 32, 64
+    q = torch.randn(B, d, device="cuda", generator=g).bfloat16()
+    K = torch.randn(B, L, d, device="cuda", generator=g).bfloat16()
+    if layout == "mask":
+        kw = dict(mask=torch.rand(B, L, device="cuda", generator=g) < 0.6)
+    else:
+        K = K.reshape(B * L, d)
+        kw = dict(offsets=torch.tensor([-7, 100, 50, 2900, 2900, 9000, 20000], device="cuda"))
+    dare_kernels.topk_attention(q, K, k, **kw, backend=backend)  # warm-up: compilation, autotuning
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = dare_kernels.topk_attention(q, K, k, **kw, backend=backend)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert_matches_reference(out, Sample(q, K, k, **kw))  # the oracle pads jagged rows clamped alike
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_64bit_offsets(backend, seed):
     """B·L·d past 2**31 elements: the last rows live beyond any 32-bit offset."""
     _need(backend)
