@@ -85,6 +85,30 @@ void check_exact(at::ScalarType dtype, int64_t B, int64_t T, int64_t L, int64_t 
          (long)B, (long)T, (long)L, (long)d, (long)k, (long)bad, ri.size());
 }
 
+// The same rows as lengths, a left-padding mask and jagged values: one result, bit for bit.
+void check_layouts(int64_t B, int64_t L, int64_t d, int64_t k) {
+  const at::Tensor K = at::randn({B, L, d}), q = at::randn({B, d});
+  const at::Tensor len = at::randint(0, L + 1, {B}, at::kLong);
+  auto [s0, i0] = op().call(q, K, k, len, 1.0, std::nullopt, std::nullopt);
+  // Left padding: row b's keys moved to its end, NaN in front (never selected).
+  at::Tensor left = at::full({B, L, d}, NAN);
+  const at::Tensor pos = at::arange(L, at::kLong);
+  const at::Tensor mask = pos.view({1, L}) >= (L - len).view({B, 1});
+  std::vector<at::Tensor> rows;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t n = len[b].item<int64_t>();
+    left[b].narrow(0, L - n, n).copy_(K[b].narrow(0, 0, n));
+    rows.push_back(K[b].narrow(0, 0, n));
+  }
+  auto [s1, i1] = op().call(q, left, k, std::nullopt, 1.0, mask, std::nullopt);
+  const at::Tensor shift = (L - len).view({B, 1});
+  const at::Tensor i1_ = at::where(i1 >= 0, i1 - shift, i1);
+  const at::Tensor offsets = at::cat({at::zeros({1}, at::kLong), at::cumsum(len, 0)});
+  auto [s2, i2] = op().call(q, at::cat(rows), k, std::nullopt, 1.0, std::nullopt, offsets);
+  EXPECT(at::equal(s0, s1) && at::equal(i0, i1_), "left mask differs from lengths (B=%ld L=%ld)", (long)B, (long)L);
+  EXPECT(at::equal(s0, s2) && at::equal(i0, i2), "jagged rows differ from lengths (B=%ld L=%ld)", (long)B, (long)L);
+}
+
 void check_throws(const char* what, const std::function<void()>& f) {
   bool threw = false;
   try {
@@ -104,11 +128,16 @@ int main() {
     check_exact(dtype, 3, 4, 300, 16, 300, true);
     check_exact(dtype, 4, 2, 2000, 33, 128, true);
   }
+  check_layouts(7, 1000, 16, 50);
+  check_layouts(3, 300, 13, 300);
   const at::Tensor q = at::randn({2, 8}), K = at::randn({2, 50, 8});
   check_throws("k = 0", [&] { op().call(q, K, 0, std::nullopt, 1.0, std::nullopt, std::nullopt); });
   check_throws("k > L", [&] { op().call(q, K, 51, std::nullopt, 1.0, std::nullopt, std::nullopt); });
   check_throws("d mismatch", [&] { op().call(at::randn({2, 7}), K, 3, std::nullopt, 1.0, std::nullopt, std::nullopt); });
   check_throws("lengths > L", [&] { op().call(q, K, 3, at::tensor({1, 51}), 1.0, std::nullopt, std::nullopt); });
+  check_throws("mask and offsets", [&] {
+    op().call(q, K.reshape({100, 8}), 3, std::nullopt, 1.0, at::ones({2, 100}, at::kBool), at::tensor({0, 50, 100}));
+  });
   check_throws("float64", [&] { op().call(q.to(at::kDouble), K.to(at::kDouble), 3, std::nullopt, 1.0, std::nullopt, std::nullopt); });
 
   // One timing line (not a pass/fail criterion): bench/ holds the benchmarks.
