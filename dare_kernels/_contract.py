@@ -38,6 +38,9 @@ def topk_attention_backward(grad: torch.Tensor, query: torch.Tensor, keys: torch
     valid = idx >= 0
     g = torch.where(valid, grad.reshape(B, T * k).float() * scale, 0.0)
     if offsets is not None:
+        if keys.shape[0] == 0:  # no history at all: nothing was selected
+            gq = torch.zeros_like(query) if need_query else None
+            return gq, (torch.zeros_like(keys) if need_keys else None)
         rows = torch.where(valid, row_starts(offsets, keys.shape[0])[:, None] + idx, 0)  # into the N values
     grad_query = grad_keys = None
     fp8 = keys.dtype == torch.float8_e4m3fn  # quantised keys take no gradient

@@ -14,7 +14,8 @@ Histories come in the caller's layout, read by the kernels as they are:
 - ``mask`` (B, L), True or nonzero = valid, any pattern: right- or left-padded
   (e.g. FuxiCTR's ``mask = history > 0`` with the padding in front) or holes;
   ``mask_layout="right"`` declares a right-padded mask, turned into lengths so
-  the kernels stop at each row's end instead of reading the padding;
+  the kernels stop at each row's end instead of reading the padding ("auto",
+  "left" and "any" pass the mask as it is: kept for compatibility);
 - ``lengths`` (B,): right padding;
 - ``offsets`` (B+1,): jagged rows (TorchRec / FBGEMM style): keys (N, d), or
   tables + ids (N,), and values (N, d_v); indices count from the row's start.
@@ -62,7 +63,7 @@ from typing import Callable, NamedTuple, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from . import ops
+from . import _contract, ops
 
 __all__ = ["HardSearch", "TopKAttentionOutput", "TopKMultiHeadAttention", "detect_mask_layout", "topk_search"]
 
@@ -150,32 +151,34 @@ def topk_search(query: torch.Tensor, keys: Optional[torch.Tensor], k: int, *,
 
 
 def _select_values(values: Values, idx: torch.Tensor, keys, tables, ids, offsets=None) -> torch.Tensor:
-    """The (B, n, d_v) values at idx (B, n) (positions, padding clamped to 0).
-    Jagged rows: values (N, d_v) are read at offsets[b] + idx, and a callable gets
-    those positions into the N values (not the row's own)."""
+    """The (B, n, d_v) values at idx (B, n) (-1: padding, which reads position 0 and
+    weighs 0; its id is never looked up). Jagged rows: values (N, d_v) are read at
+    the row's start + idx, and a callable gets those positions into the N values."""
+    pos = idx.clamp(min=0)
     if offsets is not None:
         N = keys.shape[0] if keys is not None else ids[0].shape[0]
-        rows = (idx + offsets[:-1, None].long()).clamp(max=max(N - 1, 0))
-        if callable(values) and not isinstance(values, torch.Tensor):
-            return values(rows)
-        if values is None:
-            if keys is not None:
-                return keys[rows]
-            return torch.cat([t[i[rows].long()] for t, i in zip(tables, ids)], -1)
-        if values.dim() != 2 or values.shape[0] != N:
+        if values is not None and not callable(values) and (values.dim() != 2 or values.shape[0] != N):
             raise ValueError(f"with offsets, values must have shape (N, d_v) with N={N} (one row per key), "
                              f"got shape {tuple(values.shape)}")
-        return values[rows]
+        pos = (_contract.row_starts(offsets, N)[:, None] + pos).clamp(max=max(N - 1, 0))
+        if N == 0 and (values is None or isinstance(values, torch.Tensor)):  # no history at all
+            width = (values if values is not None else keys).shape[-1] if keys is not None or values is not None \
+                else sum(t.shape[1] for t in tables)
+            dtype = (values if values is not None else keys if keys is not None else tables[0]).dtype
+            return torch.zeros(*idx.shape, width, dtype=dtype, device=idx.device)
     if callable(values) and not isinstance(values, torch.Tensor):
-        return values(idx)
-    if values is None:
-        if keys is not None:
-            values = keys
-        else:
-            B = idx.shape[0]
-            return torch.cat([t[(i.expand(B, i.shape[-1]) if i.dim() == 1 else i).gather(1, idx).long()]
-                              for t, i in zip(tables, ids)], -1)
-    return values.gather(1, idx[..., None].expand(-1, -1, values.shape[-1]))
+        return values(pos)
+    if values is None and keys is None:  # tables + ids: a padding slot's id is never looked up
+        B = idx.shape[0]
+        looked = []
+        for t, i in zip(tables, ids):
+            i = i[pos] if offsets is not None else (i.expand(B, i.shape[-1]) if i.dim() == 1 else i).gather(1, pos)
+            looked.append(t[torch.where(idx >= 0, i, 0).long()])
+        return torch.cat(looked, -1)
+    values = keys if values is None else values
+    if offsets is not None:
+        return values[pos]
+    return values.gather(1, pos[..., None].expand(-1, -1, values.shape[-1]))
 
 
 def _attention_weights(scores: torch.Tensor, indices: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -231,7 +234,7 @@ class HardSearch(nn.Module):
         scores, idx = topk_search(query, keys, self.k, tables=tables, ids=ids, mask=mask, lengths=lengths,
                                   offsets=offsets, mask_layout=self.mask_layout, scale=scale, backend=self.backend)
         B = query.shape[0]
-        picked = _select_values(values, idx.reshape(B, -1).clamp(min=0), keys, tables, ids, offsets)
+        picked = _select_values(values, idx.reshape(B, -1), keys, tables, ids, offsets)
         picked = picked.reshape(*idx.shape, picked.shape[-1])
         w = _attention_weights(scores, idx, self.temperature)
         out = torch.einsum("...k,...kv->...v", w, picked.float()).to(picked.dtype)
@@ -309,7 +312,7 @@ class TopKMultiHeadAttention(nn.Module):
         scores, idx = topk_search(q, keys, s.k, tables=tables, ids=ids, mask=mask, lengths=lengths,
                                   offsets=offsets, mask_layout=s.mask_layout, scale=s.scale, backend=s.backend)
         B, H, k = idx.shape
-        picked = _select_values(values, idx.reshape(B, H * k).clamp(min=0), keys, tables, ids, offsets)
+        picked = _select_values(values, idx.reshape(B, H * k), keys, tables, ids, offsets)
         picked = picked.reshape(B, H, k, picked.shape[-1])
         if self.value_weight is not None:
             picked = torch.einsum("bhkv,hve->bhke", picked.to(self.value_weight.dtype), self.value_weight)

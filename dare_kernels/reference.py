@@ -62,6 +62,8 @@ def topk_attention(query: torch.Tensor, keys: torch.Tensor, k: int,
         check_length_values = keys.device.type == "cpu"
     s = check_inputs(query, keys, k, lengths, check_length_values=check_length_values, scale=scale,
                      mask=mask, offsets=offsets)
+    if keys.dtype == torch.float8_e4m3fn:
+        keys = keys.detach()  # the contract: no gradient reaches fp8 keys
     if offsets is not None:
         index, lengths = padded_rows(offsets, s.L, k)
         padded = keys[index] if s.L > 0 else keys.new_zeros(s.B, index.shape[1], s.d)

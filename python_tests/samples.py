@@ -9,6 +9,7 @@ from typing import Callable, Optional
 import torch
 
 from dare_kernels import reference
+from dare_kernels._check import valid_positions
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -44,12 +45,9 @@ class Sample:
         """(B, L) bool on the CPU: the positions that take part (padded form)."""
         s = self.padded()
         B, L, _ = s.keys.shape
-        valid = torch.ones(B, L, dtype=torch.bool)
-        if s.lengths is not None:
-            valid &= torch.arange(L)[None, :] < s.lengths.cpu().clamp(0, L)[:, None]
-        if s.mask is not None:
-            valid &= s.mask.cpu()
-        return valid
+        cpu = [None if t is None else t.cpu() for t in (s.lengths, s.mask)]
+        valid = valid_positions(B, L, *cpu)
+        return torch.ones(B, L, dtype=torch.bool) if valid is None else valid
 
 
 def _randn(g, *shape, dtype, device):
@@ -342,15 +340,23 @@ def _left(x: torch.Tensor, lengths, fill) -> torch.Tensor:
     return out
 
 
-def _jagged(x: torch.Tensor, lengths, g):
-    """(values, offsets): the first n_b positions of each row, concatenated."""
+def _jagged(x: torch.Tensor, lengths, fill, ends):
+    """(values, offsets): the first n_b positions of each row, concatenated, between
+    ends = (front, back) values that belong to no row (`fill`: NaN keys, out-of-range
+    ids), so offsets[0] > 0 and offsets[B] < N."""
     B, L = x.shape[:2]
     n = _row_lengths(lengths, B, L)
-    values = torch.cat([x[b, :n[b]] for b in range(B)]) if B else x.reshape(0, *x.shape[2:])
-    offsets = torch.tensor([0] + n, dtype=torch.long).cumsum(0)
-    if int(torch.randint(2, (1,), generator=g)):
+    front, back = ends
+    junk = lambda m: torch.full((m, *x.shape[2:]), fill, dtype=x.dtype, device=x.device)  # noqa: E731
+    values = torch.cat([junk(front)] + [x[b, :n[b]] for b in range(B)] + [junk(back)])
+    offsets = front + torch.tensor([0] + n, dtype=torch.long).cumsum(0)
+    if front == 2:  # int32 offsets in a third of the samples
         offsets = offsets.to(torch.int32)
     return values, offsets.to(x.device)
+
+
+def _ends(g) -> tuple:
+    return tuple(int(v) for v in torch.randint(1, 4, (2,), generator=g))
 
 
 def with_layout(s: Sample, layout: str, g) -> Sample:
@@ -358,7 +364,7 @@ def with_layout(s: Sample, layout: str, g) -> Sample:
         return s
     B, L, _ = s.keys.shape
     if layout == "jagged":
-        keys, offsets = _jagged(s.keys, s.lengths, g)
+        keys, offsets = _jagged(s.keys, s.lengths, float("nan"), _ends(g))
         return Sample(s.query, keys, s.k, None, s.scale, s.exact, offsets=offsets)
     mask = _mask_layout(g, B, L, s.lengths, s.keys.device, layout)
     if layout == "left":
@@ -526,7 +532,8 @@ def embedding_layout(e: EmbeddingSample, layout: str, g) -> EmbeddingSample:
     ids = [i.expand(B, i.shape[-1]) if i.dim() == 1 else i for i in e.ids]
     L = ids[0].shape[1]
     if layout == "jagged":
-        pairs = [_jagged(i, e.lengths, g) for i in ids]
+        ends = _ends(g)
+        pairs = [_jagged(i, e.lengths, -3, ends) for i in ids]
         return EmbeddingSample(e.query, e.tables, [v for v, _ in pairs], e.k, None, e.scale, e.exact,
                                offsets=pairs[0][1])
     mask = _mask_layout(g, B, L, e.lengths, e.query.device, layout)

@@ -337,3 +337,26 @@ def test_jagged_rows_equal_padded(g, targets):
     torch.testing.assert_close(got_c.output, got.output)
     with pytest.raises(ValueError, match=r"with offsets, values must have shape \(N, d_v\) with N=137"):
         search(query, jk, jv[:10], offsets=offsets)
+
+
+def test_jagged_empty_history_and_unread_ids(g):
+    """No history at all (N = 0): zeros out and zero gradients, no error. Ids outside
+    every row, and ids of padding slots, are never looked up (here out of range)."""
+    B, d, k = 3, 8, 4
+    query = torch.randn(B, d, generator=g, requires_grad=True)
+    empty = torch.zeros(0, d, requires_grad=True)
+    out = HardSearch(k, scale=1.0)(query, empty, offsets=torch.zeros(B + 1, dtype=torch.long))
+    assert torch.all(out.indices == -1) and torch.all(out.output == 0)
+    out.output.sum().backward()
+    assert torch.all(query.grad == 0)
+    table = torch.randn(20, d, generator=g)
+    ids = torch.tensor([10**6, 3, 5, 7, 1, 10**6])  # rows [1, 4), [4, 5), [5, 5); the rest belongs to none
+    offsets = torch.tensor([1, 4, 5, 5])
+    got = HardSearch(k, scale=1.0)(query.detach(), tables=[table], ids=[ids], offsets=offsets)
+    rows = torch.stack([table[ids[1:4]], torch.cat([table[ids[4:5]], table[:2]]), table[:3]])  # padded (B, 3, d)
+    want = HardSearch(k, scale=1.0)(query.detach(), rows, lengths=torch.tensor([3, 1, 0]))
+    torch.testing.assert_close(got.output, want.output)
+    assert torch.all(got.output[2] == 0)
+    mask = torch.tensor([[True, False, True, True, False, True]] * B)
+    ids2 = torch.where(mask, torch.randint(0, 20, (B, 6), generator=g), 10**6)
+    HardSearch(8, scale=1.0)(query.detach(), tables=[table], ids=[ids2], mask=mask)  # k > valid: padding slots
