@@ -267,14 +267,28 @@ def check_embedding_inputs(query: torch.Tensor, tables, ids, k: int,
     return Shape(B, query.shape[1] if multi else 1, L, d, multi)
 
 
+def jagged_rows(offsets: torch.Tensor, N: int):
+    """(start, end) of each jagged row among the N values, clamped as every kernel
+    clamps them: start = clamp(offsets[b], 0, N), end = clamp(offsets[b+1], start, N)."""
+    o = offsets.long()
+    start = o[:-1].clamp(0, N)
+    return start, torch.maximum(o[1:].clamp(0, N), start)
+
+
+def jagged_positions(offsets: torch.Tensor, idx: torch.Tensor, N: int) -> torch.Tensor:
+    """Positions among the N values of row-relative indices idx (B, n); a padding
+    slot (-1) reads its row's start; all clamped into [0, N)."""
+    return (jagged_rows(offsets, N)[0][:, None] + idx.clamp(min=0)).clamp(max=max(N - 1, 0))
+
+
 def valid_positions(B: int, L: int, lengths=None, mask=None, offsets=None, device=None) -> Optional[torch.Tensor]:
     """Which positions take part: (B, L) bool for padded rows (None: all), or, with
     offsets, (N,) bool over the jagged values (those inside some row)."""
     if offsets is not None:
-        o = offsets.long()
-        counts = torch.zeros(L + 1, dtype=torch.long, device=o.device)
-        counts.index_add_(0, o[:-1].clamp(0, L), torch.ones_like(o[:-1]))
-        counts.index_add_(0, o[1:].clamp(0, L), -torch.ones_like(o[1:]))
+        start, end = jagged_rows(offsets, L)
+        counts = torch.zeros(L + 1, dtype=torch.long, device=start.device)
+        counts.index_add_(0, start, torch.ones_like(start))
+        counts.index_add_(0, end, -torch.ones_like(end))
         return counts.cumsum(0)[:L] > 0
     valid = None
     if lengths is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ._check import check_embedding_inputs, check_inputs, output_shape
+from ._check import check_embedding_inputs, check_inputs, jagged_positions, output_shape
 
 
 def _empty_outputs(query, shape):
@@ -18,11 +18,6 @@ def _empty_outputs(query, shape):
 
 # ---------------------------------------------------------------------------
 # topk_attention(query, keys, k, lengths, scale)
-
-def row_starts(offsets: torch.Tensor, N: int) -> torch.Tensor:
-    """Where each jagged row starts among the N values, clamped as the kernels clamp."""
-    return offsets[:-1].long().clamp(0, N)
-
 
 def topk_attention_backward(grad: torch.Tensor, query: torch.Tensor, keys: torch.Tensor,
                             indices: torch.Tensor, scale: float,
@@ -41,7 +36,7 @@ def topk_attention_backward(grad: torch.Tensor, query: torch.Tensor, keys: torch
         if keys.shape[0] == 0:  # no history at all: nothing was selected
             gq = torch.zeros_like(query) if need_query else None
             return gq, (torch.zeros_like(keys) if need_keys else None)
-        rows = torch.where(valid, row_starts(offsets, keys.shape[0])[:, None] + idx, 0)  # into the N values
+        rows = jagged_positions(offsets, idx, keys.shape[0])  # into the N values (padding: zeroed below)
     grad_query = grad_keys = None
     fp8 = keys.dtype == torch.float8_e4m3fn  # quantised keys take no gradient
     need_keys = need_keys and not fp8
@@ -108,8 +103,7 @@ def selected_rows(ids: torch.Tensor, idx: torch.Tensor, n_rows: int, offsets=Non
     B = idx.shape[0]
     if offsets is not None:
         N = ids.shape[0]
-        at = (row_starts(offsets, N)[:, None] + idx.clamp(min=0)).clamp(max=max(N - 1, 0))
-        rows = ids[at].long() if N > 0 else torch.zeros_like(idx)
+        rows = ids[jagged_positions(offsets, idx, N)].long() if N > 0 else torch.zeros_like(idx)
     else:
         rows = behaviour_ids(ids, B).gather(1, idx.clamp(min=0)).long()
     ok = (idx >= 0) & (rows >= 0) & (rows < n_rows)

@@ -63,7 +63,8 @@ from typing import Callable, NamedTuple, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from . import _contract, ops
+from . import ops
+from ._check import jagged_positions
 
 __all__ = ["HardSearch", "TopKAttentionOutput", "TopKMultiHeadAttention", "detect_mask_layout", "topk_search"]
 
@@ -160,7 +161,7 @@ def _select_values(values: Values, idx: torch.Tensor, keys, tables, ids, offsets
         if values is not None and not callable(values) and (values.dim() != 2 or values.shape[0] != N):
             raise ValueError(f"with offsets, values must have shape (N, d_v) with N={N} (one row per key), "
                              f"got shape {tuple(values.shape)}")
-        pos = (_contract.row_starts(offsets, N)[:, None] + pos).clamp(max=max(N - 1, 0))
+        pos = jagged_positions(offsets, idx, N)
         if N == 0 and (values is None or isinstance(values, torch.Tensor)):  # no history at all
             width = (values if values is not None else keys).shape[-1] if keys is not None or values is not None \
                 else sum(t.shape[1] for t in tables)

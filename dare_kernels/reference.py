@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from ._check import check_embedding_inputs, check_inputs, valid_positions
+from ._check import check_embedding_inputs, check_inputs, jagged_positions, jagged_rows, valid_positions
 
 
 def _scores(q: torch.Tensor, keys: torch.Tensor, scale: float, acc_dtype: torch.dtype) -> torch.Tensor:
@@ -43,13 +43,10 @@ def padded_rows(offsets: torch.Tensor, N: int, k: int):
     Lp = max(longest row, k). Reads the offsets on the host. Offsets out of order
     or range are clamped as the CUDA kernels clamp them: start = clamp(offsets[b],
     0, N), end = clamp(offsets[b+1], start, N)."""
-    o = offsets.long()
-    start = o[:-1].clamp(0, N)
-    end = torch.maximum(o[1:].clamp(0, N), start)
+    start, end = jagged_rows(offsets, N)
     lengths = end - start
     Lp = max(int(lengths.max()) if lengths.numel() else 0, k)
-    index = (start[:, None] + torch.arange(Lp, device=o.device)[None, :]).clamp(max=max(N - 1, 0))
-    return index, lengths
+    return jagged_positions(offsets, torch.arange(Lp, device=start.device).expand(len(start), Lp), N), lengths
 
 
 def topk_attention(query: torch.Tensor, keys: torch.Tensor, k: int,
