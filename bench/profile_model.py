@@ -1,34 +1,48 @@
-"""Where the reference models' search stage and training step spend GPU time
-(torch.profiler, CUDA kernels by total time): python bench/profile_model.py"""
+"""Where the reference models' search stage and training step spend GPU and host
+time (torch.profiler; kernels by GPU time, then ops by host time), for each
+optimiser: python bench/profile_model.py [--models dare:16 twin:128] [--optimizers rows dense]"""
+import argparse
+
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from dare_kernels.bench import MODEL_CATS, MODEL_ITEMS, model_batch, train_step
+from dare_kernels.bench import MODEL_CATS, MODEL_ITEMS, model_batch, time_call, train_step
 from dare_kernels.models import LongSequenceCTR
+from dare_kernels.optim import ModelOptimizer
+
+p = argparse.ArgumentParser()
+p.add_argument("--models", nargs="+", default=["dare:16", "twin:128"])
+p.add_argument("--optimizers", nargs="+", default=["rows", "dense"])
+p.add_argument("--B", type=int, default=1024)
+p.add_argument("--L", type=int, default=10000)
+p.add_argument("--rows", type=int, default=12, help="table rows printed")
+args = p.parse_args()
 
 dev = torch.device("cuda")
-B, L, k = 1024, 10000, 128
+B, L, k = args.B, args.L, 128
 batch = model_batch(dev, B, L, MODEL_ITEMS, MODEL_CATS)
-for variant, d_att in (("dare", 16), ("twin", 128)):
-    model = LongSequenceCTR(variant, MODEL_ITEMS, MODEL_CATS, L, d_att=d_att, d_rep=128, k=k).to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+for spec in args.models:
+    variant, d_att = spec.split(":")
+    model = LongSequenceCTR(variant, MODEL_ITEMS, MODEL_CATS, L, d_att=int(d_att), d_rep=128, k=k).to(dev)
+    for kind in args.optimizers:
+        model.set_sparse_grad(kind != "dense")
+        opt = ModelOptimizer(model, 1e-3, kind)
 
-    def step():
-        train_step(model, opt, batch, dev)
+        def step():
+            train_step(model, opt, batch, dev)
 
-    def search():
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-            model.search_stage(batch)
-
-    for name, fn in (("search", search), ("train step", step)):
-        for _ in range(3):
-            fn()
+        ms = 1e3 * time_call(step, [()], dev, reps=20)
+        for _ in range(2):
+            step()
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for _ in range(3):
-                fn()
+                step()
             torch.cuda.synchronize()
-        print(f"== {variant} d_att={d_att} {name} (3 calls)")
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8, max_name_column_width=60))
-    del model, opt
+        print(f"== {variant} d_att={d_att} train step ({kind}): {ms:.3f} ms (median); profile of 3 steps")
+        avg = prof.key_averages()
+        print(avg.table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=55))
+        print(avg.table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=55))
+        del opt
+    del model
     torch.cuda.empty_cache()

@@ -89,7 +89,7 @@ def _backward(ctx, grad_scores, _grad_indices):
 
 
 # ---------------------------------------------------------------------------
-# topk_attention_embedding(query, tables, ids, k, lengths, scale)
+# topk_attention_embedding(query, tables, ids, k, lengths, scale, mask, offsets, sparse)
 
 def behaviour_ids(ids: torch.Tensor, B: int) -> torch.Tensor:
     """A field's ids as (B, L): (L,) ids are shared by every row (a stride-0 view)."""
@@ -110,13 +110,37 @@ def selected_rows(ids: torch.Tensor, idx: torch.Tensor, n_rows: int, offsets=Non
     return torch.where(ok, rows, 0), ok
 
 
+def table_gradient(rows: torch.Tensor, values: torch.Tensor, n_rows: int, dtype: torch.dtype,
+                   sparse: bool = False, ok=None) -> torch.Tensor:
+    """The gradient of an (n_rows, d) table of `dtype` whose row rows[i] received
+    values[i] (float32 or float64, where ok[i]): duplicate rows sum in that
+    precision and are rounded once to dtype. Dense, as nn.Embedding's; or, with
+    sparse, a coalesced sparse COO tensor of the touched rows alone, as
+    nn.Embedding(sparse=True)'s after coalesce() (the sparse optimisers' input).
+    Building it reads nnz on the host: a synchronisation on a GPU."""
+    d = values.shape[-1]
+    if not sparse:
+        if ok is not None:
+            values = torch.where(ok[:, None], values, 0.0)
+        return values.new_zeros(n_rows, d).index_add_(0, rows, values).to(dtype)
+    if ok is not None:
+        rows, values = rows[ok], values[ok]
+    g = torch.sparse_coo_tensor(rows[None], values, (n_rows, d), check_invariants=False).coalesce()
+    if g.dtype == dtype:
+        return g
+    return torch.sparse_coo_tensor(g.indices(), g.values().to(dtype), (n_rows, d), is_coalesced=True,
+                                   check_invariants=False)
+
+
 def topk_attention_embedding_backward(grad: torch.Tensor, query: torch.Tensor, tables, ids,
                                       indices: torch.Tensor, scale: float,
-                                      need_query: bool = True, need_tables: bool = True, offsets=None):
+                                      need_query: bool = True, need_tables: bool = True, offsets=None,
+                                      sparse: bool = False):
     """Gradients of the selected scores w.r.t. the query and the tables. Only the
     B·T·k selected behaviours are touched (no B×L tensor): a table's gradient is
     dense, like nn.Embedding's, with the selected rows' contributions added by
-    index (float32 accumulation, so duplicate ids sum exactly as index_add does)."""
+    index, or with sparse a coalesced sparse COO tensor of the selected rows
+    (float32 accumulation either way: duplicate ids sum exactly as index_add does)."""
     B = query.shape[0]
     T = query.shape[1] if query.dim() == 3 else 1
     k = indices.shape[-1]
@@ -133,15 +157,14 @@ def topk_attention_embedding_backward(grad: torch.Tensor, query: torch.Tensor, t
             grad_q.append(torch.einsum("btk,btkd->btd", gf.view(B, T, k), sel.view(B, T, k, d)))
         if need_tables:
             src = gf.view(B, T, k, 1) * q[..., off:off + d].reshape(B, T, 1, d)
-            acc = torch.zeros(n, d, dtype=torch.float32, device=table.device)
-            acc.index_add_(0, rows.reshape(-1), src.reshape(-1, d))
-            grad_tables.append(acc.to(table.dtype))
+            grad_tables.append(table_gradient(rows.reshape(-1), src.reshape(-1, d), n, table.dtype, sparse,
+                                              ok.reshape(-1) if sparse else None))
         off += d
     grad_query = torch.cat(grad_q, -1).reshape(query.shape).to(query.dtype) if need_query else None
     return grad_query, (grad_tables if need_tables else None)
 
 
-def _fake_embedding(query, tables, ids, k, lengths=None, scale=1.0, mask=None, offsets=None):
+def _fake_embedding(query, tables, ids, k, lengths=None, scale=1.0, mask=None, offsets=None, sparse=False):
     s = check_embedding_inputs(query, tables, ids, k, lengths, check_values=False, scale=scale,
                                mask=mask, offsets=offsets)
     return _empty_outputs(query, output_shape(s, k))
@@ -150,6 +173,7 @@ def _fake_embedding(query, tables, ids, k, lengths=None, scale=1.0, mask=None, o
 def _setup_context_embedding(ctx, inputs, output):
     query, tables, ids, _k, _lengths, scale, *layout = inputs
     offsets = layout[1] if len(layout) > 1 else None
+    ctx.sparse = bool(layout[2]) if len(layout) > 2 else False
     ctx.n_fields = len(tables)
     ctx.save_for_backward(query, output[1], offsets, *tables, *ids)
     ctx.scale = scale
@@ -162,8 +186,8 @@ def _backward_embedding(ctx, grad_scores, _grad_indices):
     need_tables = ctx.needs_input_grad[1]
     need_tables = any(need_tables) if isinstance(need_tables, (list, tuple)) else bool(need_tables)
     gq, gt = topk_attention_embedding_backward(grad_scores, query, tables, ids, indices, ctx.scale,
-                                               ctx.needs_input_grad[0], need_tables, offsets)
-    return _fit_inputs(ctx, (gq, gt if gt is not None else [None] * F, [None] * F, None, None, None, None, None))
+                                               ctx.needs_input_grad[0], need_tables, offsets, ctx.sparse)
+    return _fit_inputs(ctx, (gq, gt if gt is not None else [None] * F, [None] * F) + (None,) * 6)
 
 
 def _fit_inputs(ctx, grads: tuple) -> tuple:

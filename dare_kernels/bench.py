@@ -221,14 +221,14 @@ def run(args) -> dict:
         _say(args, f"search from ids: {len(ids_shapes)} shapes x {len(names)} implementations{compiles}")
         ids_rows = bench_ids.run_rows(ids_shapes, device, time_call, bw, args.reps)
     if not args.no_model:
-        _say(args, f"reference models: {len(MODEL_CONFIGS)} configs (TWIN d=128, DARE d=32/16; 1M-item tables), "
-                   "search stage + training step each (building the models takes a while)")
+        _say(args, f"reference models: {len(MODEL_CONFIGS)} configs (TWIN d=128, DARE d=64/32/16; 1M-item tables), "
+                   "search stage, inference, training steps and phases each (building the models takes a while)")
     model_rows = [] if args.no_model else model_rows_for(device, args)
     return {"env": env, "copy_GBps": bw / 1e9, "rows": rows, "ids_rows": ids_rows, "model_rows": model_rows,
             "command": " ".join(["python -m dare_kernels.bench"] + sys.argv[1:])}
 
 
-MODEL_CONFIGS = [("twin", 128), ("dare", 32), ("dare", 16)]
+MODEL_CONFIGS = [("twin", 128), ("dare", 64), ("dare", 32), ("dare", 16)]
 
 
 def _say(args, msg: str):
@@ -260,40 +260,106 @@ def train_step(model, opt, batch: dict, device: torch.device):
     opt.step()
 
 
+# The training step's optimisers, as dare_kernels.optim names them: "rows" (the
+# default: sparse row gradients, lazy Adam by index ops), "dense" (Adam on every row).
+STEP_OPTIMIZERS = ("rows", "dense")
+
+
+def step_phases(model, opt, batch: dict, device: torch.device) -> dict:
+    """Callables for the training step's phases, each run and timed alone
+    (forward and backward of that phase, gradients cleared each call): search
+    forward, search forward + backward, the representation lookup of the k
+    selected behaviours and the target (forward + backward), the MLP (forward +
+    backward), the optimiser step (on the gradients of one full step)."""
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    B = batch["history_items"].shape[0]
+    k = min(model.search.k, batch["history_items"].shape[1])
+    g = torch.Generator(device=device).manual_seed(1)
+    idx = torch.randint(0, batch["history_items"].shape[1], (B, k), device=device, generator=g)
+    x = torch.randn(B, 3 * model.d_rep, device=device, generator=g, requires_grad=True)
+
+    def search_forward():
+        with autocast:
+            model.search_stage(batch)
+
+    def search_forward_backward():
+        model.zero_grad(set_to_none=True)
+        with autocast:
+            scores = model.search_stage(batch)[0]
+        scores.float().sum().backward()
+
+    def representation():
+        model.zero_grad(set_to_none=True)
+        items, cats = batch["history_items"], batch["history_cats"]
+        from .models.dare import position_buckets
+        pos = position_buckets(items.shape[1], device)
+        with autocast:
+            rep = model.representation(items.gather(1, idx), cats.gather(1, idx), pos[idx])
+            target = model._target_rep(batch)
+        (rep.float().sum() + target.sum()).backward()
+
+    def mlp():
+        model.zero_grad(set_to_none=True)
+        with autocast:
+            out = model.mlp(x)
+        out.float().sum().backward()
+
+    def optimizer():
+        opt.step()
+
+    return {"search forward": search_forward, "search forward+backward": search_forward_backward,
+            "representation": representation, "mlp": mlp, "optimizer": optimizer}
+
+
 def model_rows_for(device: torch.device, args) -> list:
-    """The reference models' search stage (attention lookups of every behaviour +
-    top-k, as their forward runs it) and training step (forward + backward +
-    Adam), DARE at d_att = 16 and 32 against TWIN's shared 128-wide tables, bf16
-    autocast on GPU. 1M items, 10k categories."""
+    """The reference models, DARE at d_att = 16/32/64 against TWIN's shared
+    128-wide tables (d_rep 128 for all; 1M items, 10k categories; bf16 autocast
+    on GPU): the search stage (attention lookups of every behaviour + top-k, as
+    the forward runs it), the inference forward, the training step (forward +
+    backward + optimiser) with each of STEP_OPTIMIZERS, and the phases of the
+    default ("rows") step, each timed alone (see step_phases)."""
     from .models import LongSequenceCTR
+    from .optim import ModelOptimizer
     gpu = device.type == "cuda"
     B = (args.B or [1024 if gpu else 64])[0]
     L, n_items, n_cats = args.L, MODEL_ITEMS, MODEL_CATS
     batch = model_batch(device, B, L, n_items, n_cats)
     rows = []
     reps = max(5, args.reps // (2 if gpu else 10))
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=gpu)
     for variant, d_att in MODEL_CONFIGS:
-        _say(args, f"model {variant} d_att={d_att}: search stage and training step")
+        _say(args, f"model {variant} d_att={d_att}: search stage, inference, training step, phases")
         model = LongSequenceCTR(variant, n_items, n_cats, L, d_att=d_att, d_rep=128, k=args.k).to(device)
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=gpu)
+        row = {"model": variant, "d_att": model.d_att, "B": B, "L": L, "k": args.k}
 
         def search():
             with torch.no_grad(), autocast:
                 return model.search_stage(batch)
 
-        model.eval()
-        t_search = time_call(lambda: search(), [()], device, reps=reps)
-        model.train()
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        def forward():
+            with torch.no_grad(), autocast:
+                return model(batch)
 
-        if gpu:
-            torch.cuda.reset_peak_memory_stats(device)
-        t_step = time_call(lambda: train_step(model, opt, batch, device), [()], device, reps=max(3, reps // 2))
-        mem = torch.cuda.max_memory_allocated(device) / 2**30 if gpu else None
-        for stage, t in (("search", t_search), ("train step", t_step)):
-            rows.append({"stage": stage, "model": variant, "d_att": model.d_att, "B": B, "L": L, "k": args.k,
-                         "ms": t * 1e3, **({"peak_GiB": mem} if stage == "train step" and mem else {})})
-        del model, opt
+        model.eval()
+        found = [("search", time_call(search, [()], device, reps=reps)),
+                 ("inference", time_call(forward, [()], device, reps=reps))]
+        model.train()
+        step_reps = max(3, reps // 2)
+        for kind in STEP_OPTIMIZERS:
+            model.set_sparse_grad(kind != "dense")
+            opt = ModelOptimizer(model, 1e-3, kind)
+            if gpu:
+                torch.cuda.reset_peak_memory_stats(device)
+            t = time_call(lambda: train_step(model, opt, batch, device), [()], device, reps=step_reps)
+            mem = {"peak_GiB": torch.cuda.max_memory_allocated(device) / 2**30} if gpu else {}
+            found.append((f"train step ({kind})", t, mem))
+            if kind == STEP_OPTIMIZERS[0]:
+                for phase, fn in step_phases(model, opt, batch, device).items():
+                    found.append((f"phase: {phase}", time_call(fn, [()], device, reps=step_reps)))
+            del opt
+        for stage, t, *extra in found:
+            rows.append({"stage": stage, **row, "ms": t * 1e3, **(extra[0] if extra else {})})
+        del model
         if gpu:
             torch.cuda.empty_cache()
     for r in rows:
@@ -370,8 +436,9 @@ def format_table(result: dict) -> str:
                            f"{fmt(r['x_of_gather'])} |" for r in result["ids_rows"])
         text += "\n" + IDS_NOTE
     if result.get("model_rows"):
-        text += "\n\nReference models (search stage: attention lookups + top-k, as forward runs it; train step: "
-        text += "forward + backward + Adam):\n"
+        text += "\n\nReference models (search stage: attention lookups + top-k, as forward runs it; inference: the "
+        text += "forward; train step: forward + backward + optimiser, rows = sparse row gradients + lazy Adam, dense = "
+        text += "Adam on every row; phase: one part of the rows step timed alone):\n"
         text += "| stage | model | d_att | B | L | k | ms | x vs TWIN d=128 |\n|---|---|---|---|---|---|---|---|\n"
         text += "\n".join(f"| {r['stage']} | {r['model']} | {r['d_att']} | {r['B']} | {r['L']} | {r['k']} | "
                            f"{r['ms']:.3f} | {r['x_vs_twin128']:.2f} |" for r in result["model_rows"])
@@ -448,14 +515,21 @@ def plot(result: dict, path: str):
         configs = list(dict.fromkeys((r["model"], r["d_att"]) for r in models))
         labels = [f"{m.upper()}\nd={d}" for m, d in configs]
         colors = ["tab:gray" if m == "twin" else "tab:green" for m, _ in configs]
-        for j, stage in enumerate(dict.fromkeys(r["stage"] for r in models)):
-            if j > 1:
-                break
+        # The search stage, and the training step with each optimiser (dense hatched).
+        steps = [s for s in dict.fromkeys(r["stage"] for r in models) if s.startswith("train step")]
+        for j, stages in enumerate((["search"], steps)):
             sub = fig.add_subplot(grid[row, 1 + j])
-            ms = [next((r["ms"] for r in models if r["stage"] == stage and (r["model"], r["d_att"]) == c), 0)
-                  for c in configs]
-            bars = sub.bar(range(len(configs)), ms, color=colors)
-            _bar_labels(sub, bars, ms)
+            width = 0.8 / max(1, len(stages))
+            for i, stage in enumerate(stages):
+                ms = [next((r["ms"] for r in models if r["stage"] == stage and (r["model"], r["d_att"]) == c), 0)
+                      for c in configs]
+                x = [c + (i - (len(stages) - 1) / 2) * width for c in range(len(configs))]
+                bars = sub.bar(x, ms, width, color=colors, hatch="//" if "dense" in stage else None,
+                               edgecolor="white", label=stage.replace("train step ", ""))
+                _bar_labels(sub, bars, ms)
+            if len(stages) > 1:
+                sub.legend(fontsize=7)
+            stage = "search" if j == 0 else "train step"
             sub.set_xticks(range(len(configs)))
             sub.set_xticklabels(labels, fontsize=8)
             sub.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))

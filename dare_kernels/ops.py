@@ -51,7 +51,7 @@ def topk_attention_embedding(query: torch.Tensor, tables: Sequence[torch.Tensor]
                              ids: Sequence[torch.Tensor], k: int,
                              lengths: Optional[torch.Tensor] = None, scale: float = 1.0,
                              mask: Optional[torch.Tensor] = None, offsets: Optional[torch.Tensor] = None, *,
-                             backend: Optional[str] = None):
+                             sparse: bool = False, backend: Optional[str] = None):
     """topk_attention(query, keys, k) where behaviour j's key is the concatenation
     of F fields' embedding rows, [tables[0][ids[0][b, j]] | ... | tables[F-1][ids[F-1][b, j]]],
     computed from the ids in one pass that never builds the (B, L, d) keys.
@@ -62,8 +62,10 @@ def topk_attention_embedding(query: torch.Tensor, tables: Sequence[torch.Tensor]
     lengths[b], mask[b, j] False) are never read. Jagged histories: offsets (B+1,)
     and every ids[f] of shape (N,), row b = ids[f][offsets[b]:offsets[b+1]].
     An id out of [0, N_f) raises ValueError on CPU and scores NaN on CUDA (never
-    read). `scores` is differentiable w.r.t. query and tables (dense table
-    gradients, as nn.Embedding's, touching only the selected rows)."""
+    read). `scores` is differentiable w.r.t. query and tables: the tables'
+    gradients touch only the selected rows, summed in float32; dense, as
+    nn.Embedding's, or with sparse=True coalesced sparse COO tensors of the
+    touched rows (as nn.Embedding(sparse=True)'s, for torch.optim.SparseAdam)."""
     if (type(k) is not int and not isinstance(k, torch.SymInt)) or not isinstance(query, torch.Tensor) \
             or any(t is not None and not isinstance(t, torch.Tensor) for t in (lengths, mask, offsets)) \
             or not isinstance(tables, (list, tuple)) or not isinstance(ids, (list, tuple)) \
@@ -71,7 +73,9 @@ def topk_attention_embedding(query: torch.Tensor, tables: Sequence[torch.Tensor]
         check_embedding_inputs(query, tables, ids, k, lengths, scale=scale, mask=mask,
                                offsets=offsets)  # raises the TypeError
     _check_scale(scale, "topk_attention_embedding")
-    args = (query, list(tables), list(ids), k, lengths, scale, mask, offsets)
+    if not isinstance(sparse, bool):
+        raise TypeError(f"topk_attention_embedding: sparse must be a bool, got {type(sparse).__name__}")
+    args = (query, list(tables), list(ids), k, lengths, scale, mask, offsets, sparse)
     return backends.call("topk_attention_embedding", backend, query.device, args)
 
 

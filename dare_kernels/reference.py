@@ -7,6 +7,7 @@ from typing import Optional
 
 import torch
 
+from ._contract import table_gradient
 from ._check import check_embedding_inputs, check_inputs, jagged_positions, jagged_rows, valid_positions
 
 
@@ -65,6 +66,15 @@ def topk_attention(query: torch.Tensor, keys: torch.Tensor, k: int,
         index, lengths = padded_rows(offsets, s.L, k)
         padded = keys[index] if s.L > 0 else keys.new_zeros(s.B, index.shape[1], s.d)
         return topk_attention(query, padded, k, lengths, scale, acc_dtype=acc_dtype, check_length_values=False)
+    return _search(query, keys, k, s, lengths, scale, mask, acc_dtype,
+                   keys.requires_grad, lambda flat, ok: keys.to(acc_dtype).gather(1, flat[..., None].expand(-1, -1, s.d)))
+
+
+def _search(query, keys, k: int, s, lengths, scale: float, mask, acc_dtype: torch.dtype,
+            keys_need_grad: bool, selected):
+    """The search over checked, padded keys (B, L, d). selected(flat, ok) gives
+    the selected keys (B, T*k, d) in acc_dtype, differentiably, from their
+    positions flat (B, T*k) (clamped to >= 0) and which of them are real, ok."""
     q = query.reshape(s.B, s.T, s.d)
     with torch.no_grad():
         scores = _scores(q, keys, scale, acc_dtype)
@@ -79,12 +89,13 @@ def topk_attention(query: torch.Tensor, keys: torch.Tensor, k: int,
     order = order.gather(-1, torch.sort(rank.gather(-1, order), dim=-1, stable=True).indices)[..., :k]
     top = scores.gather(-1, order)
     ok = valid[:, None, :].expand(s.B, s.T, s.L).gather(-1, order)
-    if torch.is_grad_enabled() and (query.requires_grad or keys.requires_grad):
+    if torch.is_grad_enabled() and (query.requires_grad or keys_need_grad):
         # Gathered in acc_dtype: a key that several targets select sums its gradients in
         # acc_dtype, rounded once to the keys' dtype. A short row's padding slots hold keys
         # that take no part (NaN in masked layouts): zeroed, or 0 * NaN reaches the query.
-        sel = keys.to(acc_dtype).gather(1, order.reshape(s.B, s.T * k, 1).expand(-1, -1, s.d))
-        sel = sel.masked_fill(~ok.reshape(s.B, s.T * k, 1), 0.0)
+        flat_ok = ok.reshape(s.B, s.T * k)
+        sel = selected(order.reshape(s.B, s.T * k), flat_ok)
+        sel = sel.masked_fill(~flat_ok[..., None], 0.0)
         live = torch.einsum("btd,btkd->btk", q.to(acc_dtype), sel.reshape(s.B, s.T, k, s.d)) * scale
         top = _Values.apply(top, live)
     top = top.to(torch.float32 if acc_dtype != torch.float64 else acc_dtype)
@@ -95,6 +106,26 @@ def topk_attention(query: torch.Tensor, keys: torch.Tensor, k: int,
     return top, idx
 
 
+class _Rows(torch.autograd.Function):
+    """table[index] in acc_dtype. The table's gradient sums in acc_dtype and is
+    rounded once to the table's dtype (the contract's float32 accumulation,
+    whatever the table's dtype), over the rows where `touched`: dense, or with
+    sparse the coalesced sparse COO tensor of those rows."""
+
+    @staticmethod
+    def forward(ctx, table, index, touched, acc_dtype, sparse):
+        ctx.save_for_backward(index, touched)
+        ctx.shape, ctx.dtype, ctx.sparse = table.shape, table.dtype, sparse
+        return table[index].to(acc_dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        index, touched = ctx.saved_tensors
+        n, d = ctx.shape
+        g = table_gradient(index.reshape(-1), grad.reshape(-1, d), n, ctx.dtype, ctx.sparse, touched.reshape(-1))
+        return g, None, None, None, None
+
+
 def lookup(tables, ids, B: int) -> torch.Tensor:
     """The (B, L, d) keys of topk_attention_embedding: [tables[0][ids[0]] | ...]."""
     return torch.cat([t[i.expand(B, i.shape[-1]) if i.dim() == 1 else i] for t, i in zip(tables, ids)], -1)
@@ -102,12 +133,14 @@ def lookup(tables, ids, B: int) -> torch.Tensor:
 
 def topk_attention_embedding(query: torch.Tensor, tables, ids, k: int,
                              lengths: Optional[torch.Tensor] = None, scale: float = 1.0,
-                             mask: Optional[torch.Tensor] = None, offsets: Optional[torch.Tensor] = None, *,
+                             mask: Optional[torch.Tensor] = None, offsets: Optional[torch.Tensor] = None,
+                             sparse: bool = False, *,
                              acc_dtype: torch.dtype = torch.float32,
                              check_values: Optional[bool] = None):
-    """topk_attention over the looked-up keys. Positions that take no part (past
-    a row's length, masked out) are never looked up (their ids may be anything).
-    Differentiable w.r.t. query and tables when acc_dtype is float32."""
+    """topk_attention over the keys looked up in acc_dtype. Positions that take no
+    part (past a row's length, masked out) are never looked up (their ids may be
+    anything). Differentiable w.r.t. query and tables: the tables' gradients sum
+    in acc_dtype, dense or (sparse) coalesced sparse COO tensors."""
     if check_values is None:
         check_values = query.device.type == "cpu"
     s = check_embedding_inputs(query, tables, ids, k, lengths, check_values=check_values, scale=scale,
@@ -115,7 +148,7 @@ def topk_attention_embedding(query: torch.Tensor, tables, ids, k: int,
     if offsets is not None:
         index, lengths = padded_rows(offsets, s.L, k)
         ids = [i[index] if s.L > 0 else index for i in ids]  # padding positions read value 0 (never used)
-        return topk_attention_embedding(query, tables, ids, k, lengths, scale, acc_dtype=acc_dtype,
+        return topk_attention_embedding(query, tables, ids, k, lengths, scale, sparse=sparse, acc_dtype=acc_dtype,
                                         check_values=False)
     if s.B == 0:
         return topk_attention(query, query.new_empty(0, s.L, s.d), k, lengths, scale, mask, acc_dtype=acc_dtype)
@@ -131,7 +164,18 @@ def topk_attention_embedding(query: torch.Tensor, tables, ids, k: int,
             oob = (i < 0) | (i >= t.shape[0])
             bad |= oob & valid
             safe.append(torch.where(valid & ~oob, i, 0))
-    keys = lookup(tables, safe, s.B)
-    if valid is not None:
-        keys = keys.masked_fill(bad[..., None], float("nan"))
-    return topk_attention(query, keys, k, lengths, scale, mask, acc_dtype=acc_dtype, check_length_values=False)
+    safe = [i.expand(s.B, s.L) if i.dim() == 1 else i for i in safe]
+    with torch.no_grad():
+        keys = lookup(tables, safe, s.B)
+        if valid is not None:
+            keys = keys.masked_fill(bad[..., None], float("nan"))
+
+    def selected(flat, ok):
+        # The selected rows alone, looked up differentiably: only they take a gradient.
+        if valid is not None:
+            ok = ok & ~bad.gather(1, flat)
+        sel = torch.cat([_Rows.apply(t, i.gather(1, flat), ok, acc_dtype, sparse) for t, i in zip(tables, safe)], -1)
+        return sel if valid is None else sel.masked_fill(~ok[..., None], float("nan"))
+
+    return _search(query, keys, k, s, lengths, scale, mask, acc_dtype,
+                   any(t.requires_grad for t in tables), selected)

@@ -114,6 +114,81 @@ def test_gradients_match_reference(backend, device, name, layout, seed):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+def _selected_rows(e, idx, f):
+    """The set of table-f rows the real selected positions (idx >= 0) point at."""
+    ids = e.ids[f].cpu()
+    idx = idx.cpu().reshape(idx.shape[0], -1)
+    if e.offsets is not None:
+        start = e.offsets.cpu()[:-1].long().clamp(0, ids.shape[0])
+        return set(ids[(start[:, None] + idx.clamp(min=0))[idx >= 0]].tolist())
+    ids = ids.expand(idx.shape[0], ids.shape[-1]) if ids.dim() == 1 else ids
+    return set(ids.gather(1, idx.clamp(min=0))[idx >= 0].tolist())
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", ["basic", "targets", "lengths", "emb_shared_positions", "emb_duplicates"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", dare_kernels.BACKENDS)
+def test_sparse_gradients_match_reference(backend, device, dtype, name, layout, seed):
+    """sparse=True: each table's gradient is a coalesced sparse COO tensor of the
+    table's dtype holding exactly the rows the real selected positions point at,
+    equal to the float64 reference's dense gradient (duplicate ids summed in
+    float32, rounded once), and to this backend's own dense gradient."""
+    skip_unless_available(backend, device, dtype, EMBEDDING_SAMPLES[name], layout)
+    e = embedding_input(name, dtype, device, seed, layout)
+    g = None
+    grads = {}
+    for sparse in (True, False):
+        q = e.query.clone().requires_grad_()
+        tables = [t.clone().requires_grad_() for t in e.tables]
+        scores, idx = dare_kernels.topk_attention_embedding(q, tables, e.ids, e.k, **e.kwargs(), sparse=sparse,
+                                                            backend=backend)
+        if g is None:
+            g = torch.randn(scores.shape, dtype=torch.float32, device=device)
+        grads[sparse] = torch.autograd.grad(scores, (q, *tables), g)
+    q_ref = e.query.clone().requires_grad_()
+    t_ref = [t.clone().requires_grad_() for t in e.tables]
+    ref_s, ref_i = reference.topk_attention_embedding(q_ref, t_ref, e.ids, e.k, **e.kwargs(), acc_dtype=torch.float64)
+    assert torch.equal(idx, ref_i), "selection differs from the float64 reference"
+    ref = torch.autograd.grad(ref_s, (q_ref, *t_ref), torch.where(ref_i >= 0, g.double(), 0.0), allow_unused=True)
+    tol = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+    for f, (got, dense, want) in enumerate(zip(grads[True][1:], grads[False][1:], ref[1:])):
+        assert got.layout == torch.sparse_coo and got.is_coalesced() and got.dtype == dtype
+        assert got.shape == e.tables[f].shape
+        assert set(got.indices()[0].tolist()) == _selected_rows(e, idx, f)
+        want = torch.zeros(got.shape, dtype=dtype, device=device) if want is None else want
+        torch.testing.assert_close(got.to_dense(), want, rtol=tol, atol=tol)
+        torch.testing.assert_close(got.to_dense(), dense, rtol=tol, atol=tol)
+    torch.testing.assert_close(grads[True][0], grads[False][0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", dare_kernels.BACKENDS)
+def test_table_gradients_accumulate_in_float32(backend, device, dtype, sparse):
+    """A 16-bit row selected 400 times with upstream 0.1 gets 40 (float32 sums,
+    rounded once), not 32 (the sum stalls in bfloat16)."""
+    skip_unless_available(backend, device, dtype)
+    L = 400
+    query = torch.ones(1, 2, dtype=dtype, device=device)
+    table = torch.ones(3, 2, dtype=dtype, device=device, requires_grad=True)
+    ids = torch.full((1, L), 1, dtype=torch.int64, device=device)
+    scores, idx = dare_kernels.topk_attention_embedding(query, [table], [ids], L, sparse=sparse, backend=backend)
+    (grad,) = torch.autograd.grad(scores, table, torch.full_like(scores, 0.1))
+    grad = grad.to_dense() if sparse else grad
+    want = torch.tensor(0.1, dtype=torch.float32) * L
+    assert grad[1].float().cpu().tolist() == [float(want.to(dtype))] * 2
+    assert torch.all(grad[0] == 0) and torch.all(grad[2] == 0)
+
+
+def test_sparse_must_be_a_bool(seed):
+    e = embedding_input("emb_shared_positions", torch.float32, "cpu", seed)
+    with pytest.raises(TypeError, match="topk_attention_embedding: sparse must be a bool, got int"):
+        dare_kernels.topk_attention_embedding(e.query, e.tables, e.ids, e.k, lengths=e.lengths, sparse=1)
+
+
 def test_backward_touches_only_selected_rows(seed):
     e = embedding_input("emb_shared_positions", torch.float32, "cpu", seed)
     tables = [t.clone().requires_grad_() for t in e.tables]

@@ -181,7 +181,7 @@ ScanFn pick_scan() {
 std::tuple<at::Tensor, at::Tensor> topk_attention_embedding_cpu(const at::Tensor& query, at::TensorList tables,
                                                                 at::TensorList ids, int64_t k,
                                                                 const Opt& lengths, double scale, const Opt& mask,
-                                                                const Opt& offsets) {
+                                                                const Opt& offsets, bool /*sparse: the backward's*/) {
   const Shape s = check_embedding_inputs(query, tables, ids, k, lengths, scale, mask, offsets,
                                          /*check_length_values=*/true);
   auto [scores, indices] = empty_outputs(query, s, k);

@@ -48,7 +48,8 @@ std::tuple<at::Tensor, at::Tensor> looked_up(const at::Tensor& query, at::Tensor
 
 std::tuple<at::Tensor, at::Tensor> topk_attention_embedding_cuda(const at::Tensor& query, at::TensorList tables,
                                                                  at::TensorList ids, int64_t k, const Opt& lengths,
-                                                                 double scale, const Opt& mask, const Opt& offsets) {
+                                                                 double scale, const Opt& mask, const Opt& offsets,
+                                                                 bool /*sparse: the backward's*/) {
   const Shape s = check_embedding_inputs(query, tables, ids, k, lengths, scale, mask, offsets,
                                          /*check_length_values=*/false);
   const c10::cuda::CUDAGuard guard(query.device());

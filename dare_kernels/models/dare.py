@@ -98,14 +98,16 @@ def field_widths(d: Widths, widths: str = "split") -> Tuple[int, int, int]:
 
 class FieldEmbeddings(nn.Module):
     """One role's [item, category, position] tables, N(0, std) initialised
-    (item and category row 0 = padding, zero)."""
+    (item and category row 0 = padding, zero); sparse: their lookups' gradients
+    are sparse rows (nn.Embedding(sparse=True))."""
 
-    def __init__(self, n_items: int, n_cats: int, n_pos: int, widths: Tuple[int, int, int], std: float):
+    def __init__(self, n_items: int, n_cats: int, n_pos: int, widths: Tuple[int, int, int], std: float,
+                 sparse: bool = False):
         super().__init__()
         di, dc, dp = widths
-        self.item = nn.Embedding(n_items + 1, di, padding_idx=0)
-        self.cat = nn.Embedding(n_cats + 1, dc, padding_idx=0)
-        self.pos = nn.Embedding(n_pos, dp)
+        self.item = nn.Embedding(n_items + 1, di, padding_idx=0, sparse=sparse)
+        self.cat = nn.Embedding(n_cats + 1, dc, padding_idx=0, sparse=sparse)
+        self.pos = nn.Embedding(n_pos, dp, sparse=sparse)
         for table in (self.item, self.cat, self.pos):
             nn.init.normal_(table.weight, std=std)
             if table.padding_idx is not None:
@@ -133,12 +135,14 @@ class TopKTargetAttention(nn.Module):
     by topk_attention_embedding without building the keys. values is (B, L, d_v)
     or a callable mapping the selected indices (B, k), already clamped to valid
     positions, to their (B, k, d_v) values. Returns (output (B, d_v), scores
-    (B, k), indices (B, k)). Scale the query beforehand (scores = query · key)."""
+    (B, k), indices (B, k)). Scale the query beforehand (scores = query · key).
+    sparse: the tables' gradients are sparse rows (the op's sparse=True)."""
 
-    def __init__(self, k: int, backend: Optional[str] = None):
+    def __init__(self, k: int, backend: Optional[str] = None, sparse: bool = False):
         super().__init__()
         self.k = k
         self.backend = backend
+        self.sparse = sparse
 
     def search(self, query, keys, lengths, ids=None):
         """The search alone: (scores, indices) of the k best keys."""
@@ -146,7 +150,7 @@ class TopKTargetAttention(nn.Module):
             return ops.topk_attention(query, keys, min(self.k, keys.shape[1]), lengths=lengths,
                                       backend=self.backend)
         return ops.topk_attention_embedding(query, keys, ids, min(self.k, ids[0].shape[-1]), lengths=lengths,
-                                            backend=self.backend)
+                                            sparse=self.sparse, backend=self.backend)
 
     def forward(self, query, keys, lengths, values: Union[torch.Tensor, Callable], ids=None):
         scores, idx = self.search(query, keys, lengths, ids)
@@ -183,16 +187,19 @@ class SearchCTR(nn.Module):
     Options: d_att, d_rep (int or (item, category, position) widths), widths
     ("split" or "field", how an int is read), k, search_backend, embedding_std
     (the tables' N(0, std) init; 0.01 as the public code), aux_loss (the
-    auxiliary head over full attention)."""
+    auxiliary head over full attention), sparse_grad (default True: every
+    embedding table's gradient holds only the rows the batch touched, sparse COO
+    tensors for torch.optim.SparseAdam; False: dense, as the paper's code)."""
 
     variant = None
     uses_d_att = True  # False: the attention widths are not d_att (twin, twin_proj)
 
     def __init__(self, n_items: int, n_cats: int, max_len: int, *, d_att: Widths = 16, d_rep: Widths = 128,
                  k: int = 64, widths: str = "split", search_backend: Optional[str] = None,
-                 embedding_std: float = 0.01, aux_loss: bool = False):
+                 embedding_std: float = 0.01, aux_loss: bool = False, sparse_grad: bool = True):
         super().__init__()
         self.n_items, self.n_cats, self.n_pos, self.std = n_items, n_cats, num_position_buckets(max_len), embedding_std
+        self.sparse_grad = sparse_grad
         rep_widths = field_widths(d_rep, widths)
         self.rep = self.tables_of(rep_widths)
         self.att_widths = self.build(field_widths(d_att, widths), rep_widths)
@@ -200,12 +207,12 @@ class SearchCTR(nn.Module):
         # Total widths: d_att of the score space, d_search of the tables the op reads.
         self.d_att, self.d_rep = sum(self.att_widths), sum(rep_widths)
         self.d_search = sum(t.shape[1] for t in self.search_tables())
-        self.search = TopKTargetAttention(k, backend=search_backend)
+        self.search = TopKTargetAttention(k, backend=search_backend, sparse=sparse_grad)
         self.mlp = _head(3 * self.d_rep)
         self.aux_head = _head(3 * self.d_rep, (200,)) if aux_loss else None
 
     def tables_of(self, widths) -> FieldEmbeddings:
-        return FieldEmbeddings(self.n_items, self.n_cats, self.n_pos, widths, self.std)
+        return FieldEmbeddings(self.n_items, self.n_cats, self.n_pos, widths, self.std, self.sparse_grad)
 
     # -- what a variant defines ------------------------------------------------
     def build(self, att_widths, rep_widths):
@@ -307,10 +314,22 @@ class SearchCTR(nn.Module):
         target_rep = self._target_rep(batch) if target_rep is None else target_rep
         return self.aux_head(self._target_aware(target_rep, interest)).squeeze(-1)
 
+    def set_sparse_grad(self, sparse: bool):
+        """Switch every table's gradient between sparse rows and dense (the
+        optimiser must match: dare_kernels.optim.ModelOptimizer)."""
+        self.sparse_grad = self.search.sparse = bool(sparse)
+        for m in self.modules():
+            if isinstance(m, nn.Embedding):
+                m.sparse = bool(sparse)
+
+    def table_parameters(self):
+        """The embedding tables (sparse row gradients when sparse_grad)."""
+        return [m.weight for m in self.modules() if isinstance(m, nn.Embedding)]
+
     def dense_parameters(self):
         """The weights an L2 penalty applies to (the public code's): every
         parameter but the embedding tables and the biases."""
-        tables = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        tables = {id(t) for t in self.table_parameters()}
         return [p for n, p in self.named_parameters() if id(p) not in tables and not n.endswith("bias")]
 
 

@@ -246,11 +246,12 @@ def _mask_bytes(mask):
 def topk_attention_embedding(query: torch.Tensor, tables: list[torch.Tensor], ids: list[torch.Tensor], k: int,
                              lengths: Optional[torch.Tensor] = None, scale: float = 1.0,
                              mask: Optional[torch.Tensor] = None,
-                             offsets: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                             offsets: Optional[torch.Tensor] = None,
+                             sparse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     return _topk_attention_embedding(query, tables, ids, k, lengths, scale, mask, offsets)
 
 
-def eager_embedding(query, tables, ids, k, lengths=None, scale=1.0, mask=None, offsets=None):
+def eager_embedding(query, tables, ids, k, lengths=None, scale=1.0, mask=None, offsets=None, sparse=False):
     return _topk_attention_embedding(query, tables, ids, k, lengths, scale, mask, offsets, wrap=_raw)
 
 

@@ -1,0 +1,122 @@
+"""Optimisers for models whose embedding tables take sparse row gradients.
+
+A step of dense Adam reads and writes every row of every table (parameter,
+gradient, two moments) whatever the batch touched: for DARE's tables, 72M
+parameters a step where the batch's gradient has a few hundred thousand rows.
+Lazy (sparse) Adam updates only the rows a gradient holds; an untouched row's
+moments are not decayed and its parameter does not move (dense Adam keeps
+moving a row on its old momentum after its last gradient). That is
+`torch.optim.SparseAdam`'s semantics, and TensorFlow's LazyAdam's.
+
+RowAdam computes SparseAdam's update with a few index ops per table (gather the
+touched rows' moments, update them, scatter them back, add the step to the
+parameter), without SparseAdam's sparse-tensor bookkeeping (a sparse_mask and a
+sparse add per moment, each a coalesce). `make_optimizer` gives a model its
+optimiser: Adam on the dense weights, a row-wise one on the tables.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+
+OPTIMIZERS = ("rows", "sparse_adam", "dense")
+
+
+class RowAdam(torch.optim.Optimizer):
+    """SparseAdam's update (lazy Adam: only the rows a sparse COO gradient holds
+    move; the step count is the parameter's, as SparseAdam's), written with index
+    ops. Takes sparse gradients, coalesced or not (duplicate rows are summed)."""
+
+    def __init__(self, params: Iterable[torch.Tensor], lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8):
+        if not lr >= 0.0:
+            raise ValueError(f"RowAdam: lr must be >= 0, got {lr}")
+        if not 0.0 <= betas[0] < 1.0 or not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"RowAdam: betas must be in [0, 1), got {betas}")
+        if not eps >= 0.0:
+            raise ValueError(f"RowAdam: eps must be >= 0, got {eps}")
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if not grad.is_sparse:
+                    raise RuntimeError("RowAdam takes sparse gradients (nn.Embedding(sparse=True), "
+                                       "topk_attention_embedding(..., sparse=True)); use torch.optim.Adam for dense ones")
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                grad = grad if grad.is_coalesced() else grad.coalesce()
+                rows, values = grad.indices()[0], grad.values()
+                if values.numel() == 0:
+                    continue
+                values = values.to(p.dtype)
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m_rows = m.index_select(0, rows).lerp_(values, 1 - beta1)
+                v_rows = v.index_select(0, rows).mul_(beta2).addcmul_(values, values, value=1 - beta2)
+                m.index_copy_(0, rows, m_rows)
+                v.index_copy_(0, rows, v_rows)
+                step = state["step"]
+                step_size = lr * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
+                p.index_add_(0, rows, m_rows.div_(v_rows.sqrt_().add_(eps)), alpha=-step_size)
+        return loss
+
+
+class ModelOptimizer:
+    """One optimiser object over a model's parameter groups: Adam on the dense
+    weights and, for the embedding tables of a model built with sparse_grad, the
+    row-wise RowAdam ("rows") or torch.optim.SparseAdam ("sparse_adam"); "dense":
+    Adam on everything (the paper's setting; the model must take dense
+    gradients). zero_grad / step / state_dict / load_state_dict as an Optimizer's."""
+
+    def __init__(self, model: torch.nn.Module, lr: float, kind: str = "rows", fused=None):
+        if kind not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {kind!r}")
+        sparse = bool(getattr(model, "sparse_grad", False))
+        if sparse == (kind == "dense"):
+            raise ValueError(f"optimizer {kind!r} needs a model built with sparse_grad={kind != 'dense'}, "
+                             f"got sparse_grad={sparse}")
+        tables = model.table_parameters() if sparse else []
+        skip = {id(t) for t in tables}
+        rest = [p for p in model.parameters() if id(p) not in skip]
+        if fused is None:
+            fused = all(p.is_cuda for p in rest) and bool(rest)
+        self.kind = kind
+        self.optimizers = [torch.optim.Adam(rest, lr=lr, fused=fused or None)]
+        if tables:
+            self.optimizers.append(RowAdam(tables, lr=lr) if kind == "rows" else torch.optim.SparseAdam(tables, lr=lr))
+
+    def zero_grad(self, set_to_none: bool = True):
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self):
+        for o in self.optimizers:
+            o.step()
+
+    def state_dict(self) -> dict:
+        return {"kind": self.kind, "optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state: dict):
+        if state.get("kind") != self.kind:
+            raise ValueError(f"checkpoint optimizer {state.get('kind')!r} differs from {self.kind!r}")
+        for o, s in zip(self.optimizers, state["optimizers"]):
+            o.load_state_dict(s)
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, kind: str = "rows") -> ModelOptimizer:
+    """The reference models' optimiser (see ModelOptimizer)."""
+    return ModelOptimizer(model, lr, kind)

@@ -1,0 +1,95 @@
+"""RowAdam gives torch.optim.SparseAdam's result; the model's optimiser groups
+its parameters by gradient layout."""
+import pytest
+import torch
+
+from dare_kernels.models import LongSequenceCTR
+from dare_kernels.optim import ModelOptimizer, RowAdam
+
+
+def _sparse_grad(g, n, d, nnz, coalesced):
+    rows = torch.randint(0, n, (nnz,), generator=g)
+    values = torch.randn(nnz, d, generator=g)
+    grad = torch.sparse_coo_tensor(rows[None], values, (n, d), check_invariants=True)
+    return grad.coalesce() if coalesced else grad
+
+
+@pytest.mark.parametrize("coalesced", [True, False])
+def test_row_adam_matches_sparse_adam(coalesced, seed):
+    """Several steps over random sparse gradients (duplicate rows, rows touched
+    in some steps only): parameters and moments equal SparseAdam's."""
+    g = torch.Generator().manual_seed(seed)
+    n, d = 50, 7
+    a = torch.randn(n, d, generator=g, dtype=torch.float64).requires_grad_()
+    b = a.detach().clone().requires_grad_()
+    ours, theirs = RowAdam([a], lr=0.05, betas=(0.8, 0.95), eps=1e-6), \
+        torch.optim.SparseAdam([b], lr=0.05, betas=(0.8, 0.95), eps=1e-6)
+    for _ in range(6):
+        grad = _sparse_grad(g, n, d, 30, coalesced).double()
+        a.grad, b.grad = grad.clone(), grad.clone()
+        ours.step()
+        theirs.step()
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for key in ("exp_avg", "exp_avg_sq"):
+        torch.testing.assert_close(ours.state[a][key], theirs.state[b][key], rtol=1e-12, atol=1e-12)
+
+
+def test_row_adam_leaves_untouched_rows():
+    p = torch.randn(10, 3).requires_grad_()
+    before = p.detach().clone()
+    opt = RowAdam([p], lr=0.1)
+    p.grad = torch.sparse_coo_tensor(torch.tensor([[2, 7, 2]]), torch.ones(3, 3), (10, 3))
+    opt.step()
+    moved = (p.detach() != before).any(1)
+    assert moved.tolist() == [i in (2, 7) for i in range(10)]
+    assert torch.all(opt.state[p]["exp_avg"][[0, 1, 3, 4, 5, 6, 8, 9]] == 0)
+
+
+def test_row_adam_refuses_dense_gradients():
+    p = torch.randn(4, 2).requires_grad_()
+    p.grad = torch.ones(4, 2)
+    with pytest.raises(RuntimeError, match="RowAdam takes sparse gradients"):
+        RowAdam([p]).step()
+
+
+@pytest.mark.parametrize("variant", ["dare", "twin", "twin_proj", "twin_compress", "twin_4e"])
+def test_model_tables_take_sparse_rows(variant, seed):
+    """Every embedding table of every variant gets a sparse gradient holding only
+    rows the batch looked up; one step of each optimiser moves only those rows of
+    the tables (rows, sparse_adam) and gives the same parameters."""
+    torch.manual_seed(seed)
+    L, B = 40, 6
+    model = LongSequenceCTR(variant, 300, 20, L, d_att=8, d_rep=8, k=5, widths="field")
+    g = torch.Generator().manual_seed(seed)
+    batch = {"history_items": torch.randint(1, 301, (B, L), generator=g),
+             "history_cats": torch.randint(1, 21, (B, L), generator=g),
+             "lengths": torch.randint(1, L + 1, (B,), generator=g),
+             "target_item": torch.randint(1, 301, (B,), generator=g),
+             "target_cat": torch.randint(1, 21, (B,), generator=g),
+             "label": torch.randint(0, 2, (B,), generator=g).float()}
+    states = {}
+    for kind in ("rows", "sparse_adam"):
+        m = LongSequenceCTR(variant, 300, 20, L, d_att=8, d_rep=8, k=5, widths="field")
+        m.load_state_dict(model.state_dict())
+        opt = ModelOptimizer(m, 0.01, kind)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(m(batch)[0], batch["label"])
+        opt.zero_grad()
+        loss.backward()
+        for t in m.table_parameters():
+            assert t.grad is not None and t.grad.is_sparse, "a table took a dense gradient"
+        touched = {id(t): set(t.grad.coalesce().indices()[0].tolist()) for t in m.table_parameters()}
+        opt.step()
+        for t, t0 in zip(m.table_parameters(), model.table_parameters()):
+            moved = set(torch.nonzero((t.detach() != t0.detach()).any(1))[:, 0].tolist())
+            assert moved <= touched[id(t)]
+        states[kind] = m.state_dict()
+    for name, value in states["rows"].items():
+        torch.testing.assert_close(value, states["sparse_adam"][name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_dense_optimizer_needs_a_dense_model():
+    model = LongSequenceCTR("dare", 30, 5, 10, d_att=4, d_rep=4, k=3, widths="field")
+    with pytest.raises(ValueError, match="needs a model built with sparse_grad=False"):
+        ModelOptimizer(model, 0.01, "dense")
+    dense = LongSequenceCTR("dare", 30, 5, 10, d_att=4, d_rep=4, k=3, widths="field", sparse_grad=False)
+    assert len(ModelOptimizer(dense, 0.01, "dense").optimizers) == 1
