@@ -123,6 +123,9 @@ def table_gradient(rows: torch.Tensor, values: torch.Tensor, n_rows: int, dtype:
         if ok is not None:
             values = torch.where(ok[:, None], values, 0.0)
         return values.new_zeros(n_rows, d).index_add_(0, rows, values).to(dtype)
+    if values.is_cuda and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError("topk_attention_embedding: sparse=True table gradients cannot be built inside a CUDA "
+                           "graph capture (their number of rows is read on the host); capture with sparse=False")
     if ok is not None:
         rows, values = rows[ok], values[ok]
     g = torch.sparse_coo_tensor(rows[None], values, (n_rows, d), check_invariants=False).coalesce()

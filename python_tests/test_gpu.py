@@ -13,7 +13,7 @@ from dare_kernels import reference
 from dare_kernels.ops import backend_status
 
 from oracle import assert_matches_reference
-from samples import Sample
+from samples import Sample, embedding_input
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 GPU_BACKENDS = ["cuda", "triton"]
@@ -219,3 +219,27 @@ def test_reference_on_gpu_matches_cpu(seed):
     a = reference.topk_attention(q, K, 10, acc_dtype=torch.float64)
     b = reference.topk_attention(q.cuda(), K.cuda(), 10, acc_dtype=torch.float64)
     assert torch.equal(a[1], b[1].cpu())
+
+
+def test_sparse_gradients_refuse_graph_capture(seed):
+    """sparse=True table gradients read their row count on the host: inside a CUDA
+    graph capture the backward raises a clear error; sparse=False captures."""
+    e = embedding_input("emb_shared_positions", torch.float32, "cuda", seed)
+    q = e.query.clone().requires_grad_()
+    tables = [t.clone().requires_grad_() for t in e.tables]
+
+    def step(sparse):
+        scores = dare_kernels.topk_attention_embedding(q, tables, e.ids, e.k, lengths=e.lengths, sparse=sparse)[0]
+        torch.where(torch.isfinite(scores), scores, 0).sum().backward()
+
+    for sparse in (False, True):  # warm-up outside the capture
+        step(sparse)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step(False)
+    graph.replay()
+    torch.cuda.synchronize()
+    with pytest.raises(RuntimeError, match="sparse=True table gradients cannot be built inside a CUDA graph"):
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            step(True)

@@ -183,6 +183,34 @@ def test_table_gradients_accumulate_in_float32(backend, device, dtype, sparse):
     assert torch.all(grad[0] == 0) and torch.all(grad[2] == 0)
 
 
+def test_sparse_under_torch_compile(seed):
+    """sparse=True traces whole with AOT autograd (aot_eager gives the eager
+    gradients); Inductor cannot lower a sparse tensor of data-dependent size and
+    says so, naming the sparse construction (README: use sparse=False or the
+    aot_eager backend under Inductor)."""
+    skip_unless_compiled("cpu")
+    e = embedding_input("emb_shared_positions", torch.float32, "cpu", seed)
+
+    def search(q, tables):
+        scores = dare_kernels.topk_attention_embedding(q, tables, e.ids, e.k, lengths=e.lengths, sparse=True)[0]
+        return torch.where(torch.isfinite(scores), scores, 0).sum()
+
+    def grads(fn):
+        q = e.query.clone().requires_grad_()
+        tables = [t.clone().requires_grad_() for t in e.tables]
+        fn(q, tables).backward()
+        return [q.grad] + [t.grad for t in tables]
+
+    eager = grads(search)
+    compiled = grads(torch.compile(search, backend="aot_eager", fullgraph=True))
+    for a, b in zip(compiled, eager):
+        assert a.layout == b.layout
+        torch.testing.assert_close(a.to_dense(), b.to_dense(), rtol=0, atol=0)
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="sparse_coo_tensor"):
+        grads(torch.compile(search, backend="inductor", fullgraph=True))
+
+
 def test_sparse_must_be_a_bool(seed):
     e = embedding_input("emb_shared_positions", torch.float32, "cpu", seed)
     with pytest.raises(TypeError, match="topk_attention_embedding: sparse must be a bool, got int"):
