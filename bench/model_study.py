@@ -9,8 +9,10 @@ mean ± std over seeds of the test metrics at the best-validation step, and the
 training time per step of a separate --timing-steps run made alone (the
 study's runs share the machine with each other).
 
-    # CPU, this repository's study (63 runs + 21 timing runs: ~16 + 4 minutes on 2 cores):
-    python bench/model_study.py --json bench/model-results/study-cpu.json
+    # CPU, this repository's study (63 runs + 21 timing runs: ~16 + 4 minutes on 2 cores), with the
+    # paper's dense Adam and with sparse row updates (the training default):
+    python bench/model_study.py --optimizer dense --json bench/model-results/study-cpu.json
+    python bench/model_study.py --optimizer rows --configs 0 1 2 --timing-steps 0 --json bench/model-results/study-cpu-rows.json
     # GPU at L = 10000 (larger data, the paper's batch). 63 runs do not fit one call: split them
     # with --tasks / --configs / --seeds and merge with --reuse PREVIOUS.json.
     python bench/model_study.py --device cuda --amp --L 10000 --users 20000 --log-users 4000 \
@@ -64,6 +66,9 @@ def parse_args(argv=None):
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", action="store_true")
+    p.add_argument("--optimizer", choices=["rows", "sparse_adam", "dense"], default="rows",
+                   help="the training's --optimizer (rows: sparse row gradients + lazy Adam, the default; dense: "
+                        "Adam on every row, the paper's); one optimiser per --json")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--configs", type=int, nargs="+", help="indices into CONFIGS (default: all)")
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "dare_kernels", "model_study"))
@@ -147,7 +152,7 @@ def main(argv=None):
     def command(task, model, d_att, d_rep, seed, name, extra=()):
         cmd = [sys.executable, "-m", "dare_kernels.train", "--model", model, "--d-rep", str(d_rep),
                "--k", str(args.k), "--batch-size", str(args.batch_size), "--eval-every", str(args.eval_every),
-               "--seed", str(seed), "--device", args.device, "--quiet",
+               "--seed", str(seed), "--device", args.device, "--optimizer", args.optimizer, "--quiet",
                "--metrics-json", os.path.join(args.work, name + ".json")] + task_args(task, args, log_path)
         cmd += (["--d-att", str(d_att)] if d_att is not None else []) + (["--amp"] if args.amp else []) + list(extra)
         return cmd

@@ -15,4 +15,12 @@ TORCH_LIBRARY(dare, m) {
       "topk_attention_embedding(Tensor query, Tensor[] tables, Tensor[] ids, int k, "
       "Tensor? lengths=None, float scale=1.0, Tensor? mask=None, Tensor? offsets=None, "
       "bool sparse=False) -> (Tensor scores, Tensor indices)");
+  // Its backward in one call, from the selected behaviours alone: grad (the scores'
+  // gradient) and indices as the forward returned them. Per table: with sparse the
+  // touched rows (ascending) and their gradients (values), else no rows and the dense
+  // gradient; sums in float32, rounded once to the table's dtype.
+  m.def(
+      "topk_attention_embedding_backward(Tensor grad, Tensor query, Tensor[] tables, Tensor[] ids, "
+      "Tensor indices, float scale=1.0, Tensor? offsets=None, bool sparse=False, bool need_tables=True) "
+      "-> (Tensor grad_query, Tensor[] rows, Tensor[] values)");
 }

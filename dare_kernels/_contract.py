@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from . import _library
 from ._check import check_embedding_inputs, check_inputs, jagged_positions, output_shape
 
 
@@ -123,9 +124,6 @@ def table_gradient(rows: torch.Tensor, values: torch.Tensor, n_rows: int, dtype:
         if ok is not None:
             values = torch.where(ok[:, None], values, 0.0)
         return values.new_zeros(n_rows, d).index_add_(0, rows, values).to(dtype)
-    if values.is_cuda and torch.cuda.is_current_stream_capturing():
-        raise RuntimeError("topk_attention_embedding: sparse=True table gradients cannot be built inside a CUDA "
-                           "graph capture (their number of rows is read on the host); capture with sparse=False")
     if ok is not None:
         rows, values = rows[ok], values[ok]
     g = torch.sparse_coo_tensor(rows[None], values, (n_rows, d), check_invariants=False).coalesce()
@@ -135,36 +133,68 @@ def table_gradient(rows: torch.Tensor, values: torch.Tensor, n_rows: int, dtype:
                                    check_invariants=False)
 
 
-def topk_attention_embedding_backward(grad: torch.Tensor, query: torch.Tensor, tables, ids,
-                                      indices: torch.Tensor, scale: float,
-                                      need_query: bool = True, need_tables: bool = True, offsets=None,
-                                      sparse: bool = False):
-    """Gradients of the selected scores w.r.t. the query and the tables. Only the
-    B·T·k selected behaviours are touched (no B×L tensor): a table's gradient is
-    dense, like nn.Embedding's, with the selected rows' contributions added by
-    index, or with sparse a coalesced sparse COO tensor of the selected rows
-    (float32 accumulation either way: duplicate ids sum exactly as index_add does)."""
+BACKWARD_OP = "dare::topk_attention_embedding_backward"
+
+
+def backward_formula(grad, query, tables, ids, indices, scale=1.0, offsets=None, sparse=False, need_tables=True):
+    """dare::topk_attention_embedding_backward's contract in PyTorch ops: the
+    op's CUDA kernel where the library has none (and the function itself where
+    no library loads). (grad_query, rows, values): per table, with sparse the
+    touched rows (ascending) and their gradients, else no rows and the dense
+    gradient. Only the B·T·k selected behaviours are read (no B×L tensor)."""
     B = query.shape[0]
     T = query.shape[1] if query.dim() == 3 else 1
     k = indices.shape[-1]
     idx = indices.reshape(B, T * k)
     g = torch.where(idx >= 0, grad.reshape(B, T * k).float() * scale, 0.0)  # (B, T*k)
     q = query.reshape(B, T, query.shape[-1]).float()
-    grad_q, grad_tables, off = [], [], 0
+    grad_q, rows_out, values_out, off = [], [], [], 0
     for table, field_ids in zip(tables, ids):
         n, d = table.shape
         rows, ok = selected_rows(field_ids, idx, n, offsets)
         gf = torch.where(ok, g, 0.0)
-        if need_query:
-            sel = table[rows].float()  # (B, T*k, d)
-            grad_q.append(torch.einsum("btk,btkd->btd", gf.view(B, T, k), sel.view(B, T, k, d)))
+        sel = table[rows].float()  # (B, T*k, d)
+        grad_q.append(torch.einsum("btk,btkd->btd", gf.view(B, T, k), sel.view(B, T, k, d)))
         if need_tables:
             src = gf.view(B, T, k, 1) * q[..., off:off + d].reshape(B, T, 1, d)
-            grad_tables.append(table_gradient(rows.reshape(-1), src.reshape(-1, d), n, table.dtype, sparse,
-                                              ok.reshape(-1) if sparse else None))
+            gt = table_gradient(rows.reshape(-1), src.reshape(-1, d), n, table.dtype, sparse,
+                                ok.reshape(-1) if sparse else None)
+            rows_out.append(gt.indices()[0] if sparse else rows.new_empty(0))
+            values_out.append(gt.values() if sparse else gt)
         off += d
-    grad_query = torch.cat(grad_q, -1).reshape(query.shape).to(query.dtype) if need_query else None
-    return grad_query, (grad_tables if need_tables else None)
+    return torch.cat(grad_q, -1).reshape(query.shape).to(query.dtype), rows_out, values_out
+
+
+def topk_attention_embedding_backward(grad: torch.Tensor, query: torch.Tensor, tables, ids,
+                                      indices: torch.Tensor, scale: float,
+                                      need_query: bool = True, need_tables: bool = True, offsets=None,
+                                      sparse: bool = False):
+    """Gradients of the selected scores w.r.t. the query and the tables, in one
+    call of dare::topk_attention_embedding_backward. Only the B·T·k selected
+    behaviours are touched: a table's gradient is dense, like nn.Embedding's, or
+    with sparse a coalesced sparse COO tensor of the selected rows (float32
+    accumulation either way: duplicate ids sum exactly as index_add does)."""
+    if sparse and need_tables and query.is_cuda and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError("topk_attention_embedding: sparse=True table gradients cannot be built inside a CUDA "
+                           "graph capture (their number of rows is read on the host); capture with sparse=False")
+    op = torch.ops.dare.topk_attention_embedding_backward if _library.loaded else backward_formula
+    gq, rows, values = op(grad, query, list(tables), list(ids), indices, scale, offsets, sparse, need_tables)
+    if not need_tables:
+        return (gq if need_query else None), None
+    if sparse:
+        values = [torch.sparse_coo_tensor(r[None], v, t.shape, is_coalesced=True, check_invariants=False)
+                  for r, v, t in zip(rows, values, tables)]
+    return (gq if need_query else None), list(values)
+
+
+def _fake_backward(grad, query, tables, ids, indices, scale=1.0, offsets=None, sparse=False, need_tables=True):
+    rows, values = [], []
+    if need_tables:
+        for t in tables:
+            n = torch.library.get_ctx().new_dynamic_size() if sparse else 0
+            rows.append(t.new_empty(n, dtype=torch.int64))
+            values.append(t.new_empty(n if sparse else t.shape[0], t.shape[1]))
+    return query.new_empty(query.shape), rows, values
 
 
 def _fake_embedding(query, tables, ids, k, lengths=None, scale=1.0, mask=None, offsets=None, sparse=False):
@@ -226,3 +256,6 @@ def register_compiled():
     for op, fake in FAKES.items():
         torch.library.register_fake(f"dare::{op}", fake)
         register_autograd(f"dare::{op}", op)
+    torch.library.register_fake(BACKWARD_OP, _fake_backward)
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(BACKWARD_OP, "CUDA"):
+        torch.library.register_kernel(BACKWARD_OP, "cuda", backward_formula)

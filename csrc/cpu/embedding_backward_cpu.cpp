@@ -1,0 +1,185 @@
+// CPU backward of topk_attention_embedding in one call: the query's gradient and
+// each table's gradient from the B*T*k selected behaviours alone (no B x L
+// tensor, no float32 copy of a table). A table's touched rows are found by
+// sorting the selected entries by row; each row's sum is formed in float32 and
+// rounded once, so duplicate ids accumulate exactly as index_add in float32 does
+// (dare_kernels/_contract.py holds the same formula in PyTorch ops).
+#include <algorithm>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../check.h"
+
+namespace dare {
+namespace {
+
+struct Ids {
+  const void* data;
+  bool i64;
+  int64_t stride_b, stride_l;  // (L,) ids shared by every row: stride_b = 0; jagged: b unused
+
+  int64_t at(int64_t b, int64_t j) const {
+    const int64_t i = b * stride_b + j * stride_l;
+    return i64 ? static_cast<const int64_t*>(data)[i] : int64_t(static_cast<const int32_t*>(data)[i]);
+  }
+};
+
+template <typename T>
+float as_float(T v) { return static_cast<float>(v); }
+
+// The row of every selected entry (r, kk) of field f, or -1 where the entry is
+// padding (index -1) or its id is out of [0, n) (such entries get no gradient,
+// as the CUDA kernels never read them).
+std::vector<int64_t> selected_rows(const int64_t* idx, int64_t R, int64_t T, int64_t K, const Ids& ids, int64_t n,
+                                   const int64_t* starts, int64_t N) {
+  std::vector<int64_t> rows(size_t(R * K));
+  at::parallel_for(0, R, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / T;
+      for (int64_t kk = 0; kk < K; ++kk) {
+        const int64_t j = idx[r * K + kk];
+        int64_t row = -1;
+        if (j >= 0) {
+          const int64_t pos = starts ? std::min(starts[b] + j, std::max<int64_t>(N - 1, 0)) : j;
+          const int64_t id = ids.at(starts ? 0 : b, pos);
+          if (id >= 0 && id < n) row = id;
+        }
+        rows[size_t(r * K + kk)] = row;
+      }
+    }
+  });
+  return rows;
+}
+
+// Adds g[r, kk] * table[row] over a target's selected entries to its query
+// gradient acc[r, off:off+d] (float32).
+template <typename scalar_t>
+void query_grad(const float* g, const std::vector<int64_t>& rows, const scalar_t* table, int64_t stride, int64_t d,
+                int64_t off, int64_t D, int64_t R, int64_t K, float* acc) {
+  at::parallel_for(0, R, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float* a = acc + r * D + off;
+      for (int64_t kk = 0; kk < K; ++kk) {
+        const int64_t row = rows[size_t(r * K + kk)];
+        if (row < 0) continue;
+        const float w = g[r * K + kk];
+        const scalar_t* x = table + row * stride;
+        for (int64_t c = 0; c < d; ++c) a[c] += w * as_float(x[c]);
+      }
+    }
+  });
+}
+
+// The touched rows of a table, ascending, and which selected entries add to each:
+// entries[seg[i] .. seg[i+1]) of `entries` (sorted by row, then entry: a fixed
+// summation order).
+struct Touched {
+  std::vector<int64_t> rows, seg, entries;
+};
+
+Touched touched(const std::vector<int64_t>& rows) {
+  std::vector<std::pair<int64_t, int64_t>> order;
+  for (size_t e = 0; e < rows.size(); ++e)
+    if (rows[e] >= 0) order.emplace_back(rows[e], int64_t(e));
+  std::sort(order.begin(), order.end());
+  Touched t;
+  t.entries.reserve(order.size());
+  for (size_t i = 0; i < order.size(); ++i) {
+    if (i == 0 || order[i].first != order[i - 1].first) {
+      t.seg.push_back(int64_t(i));
+      t.rows.push_back(order[i].first);
+    }
+    t.entries.push_back(order[i].second);
+  }
+  t.seg.push_back(int64_t(order.size()));
+  return t;
+}
+
+// Writes touched row i's sum of g[e] * q[r(e), off:off+d], formed in float32 and
+// rounded once, to out + i * out_stride (sparse values) or out + row * out_stride
+// (a dense gradient).
+template <typename scalar_t>
+void row_sums(const Touched& t, const float* g, const float* Q, int64_t D, int64_t off, int64_t d, int64_t K,
+              scalar_t* out, bool at_row) {
+  at::parallel_for(0, int64_t(t.rows.size()), 64, [&](int64_t s0, int64_t s1) {
+    std::vector<float> sum(static_cast<size_t>(d));
+    for (int64_t s = s0; s < s1; ++s) {
+      std::fill(sum.begin(), sum.end(), 0.f);
+      for (int64_t i = t.seg[size_t(s)]; i < t.seg[size_t(s) + 1]; ++i) {
+        const int64_t e = t.entries[size_t(i)];
+        const float w = g[e];
+        const float* q = Q + (e / K) * D + off;
+        for (int64_t c = 0; c < d; ++c) sum[size_t(c)] += w * q[c];
+      }
+      scalar_t* o = out + (at_row ? t.rows[size_t(s)] : s) * d;
+      for (int64_t c = 0; c < d; ++c) o[c] = static_cast<scalar_t>(sum[size_t(c)]);
+    }
+  });
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> topk_attention_embedding_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& query, at::TensorList tables, at::TensorList ids,
+    const at::Tensor& indices, double scale, const Opt& offsets, bool sparse, bool need_tables) {
+  const char* op = "topk_attention_embedding_backward";
+  TORCH_CHECK_VALUE(indices.dim() == query.dim() && indices.scalar_type() == at::kLong, op,
+                    ": indices must be int64 of shape (B, k) or (B, T, k) as the query's, got ", indices.sizes(),
+                    " ", indices.scalar_type());
+  const int64_t K = indices.size(-1);
+  const Shape s = check_embedding_inputs(query, tables, ids, K, std::nullopt, scale, std::nullopt, offsets,
+                                         /*check_length_values=*/false);
+  const int64_t R = s.B * s.T;
+  TORCH_CHECK_VALUE(indices.numel() == R * K, op, ": indices must have B*T=", R, " rows of k, got ", indices.sizes());
+  TORCH_CHECK_VALUE(grad.sizes() == indices.sizes(), op, ": grad must have indices' shape ", indices.sizes(),
+                    ", got ", grad.sizes());
+  const at::Tensor idx = indices.reshape({R, K}).contiguous();
+  const at::Tensor G = (grad.reshape({R, K}).to(at::kFloat) * scale).contiguous();
+  const at::Tensor Q = query.reshape({R, s.d}).to(at::kFloat).contiguous();
+  at::Tensor starts;  // jagged: start = clamp(offsets[b], 0, N), as every kernel clamps a row
+  if (offsets.has_value()) starts = offsets->to(at::kLong).slice(0, 0, s.B).clamp(0, s.L).contiguous();
+  const float* g = G.const_data_ptr<float>();
+  at::Tensor acc = at::zeros({R, s.d}, query.options().dtype(at::kFloat));
+  std::vector<at::Tensor> out_rows, out_values;
+  int64_t off = 0;
+  for (size_t f = 0; f < tables.size(); ++f) {
+    const at::Tensor t = tables[f].stride(1) == 1 ? tables[f] : tables[f].contiguous();
+    const at::Tensor& i = ids[f];
+    const Ids fid{i.const_data_ptr(), i.scalar_type() == at::kLong, i.dim() == 2 ? i.stride(0) : 0, i.stride(-1)};
+    const int64_t n = t.size(0), d = t.size(1);
+    const std::vector<int64_t> rows = selected_rows(idx.const_data_ptr<int64_t>(), R, s.T, K, fid, n,
+                                                    starts.defined() ? starts.const_data_ptr<int64_t>() : nullptr, s.L);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "embedding_backward_cpu", [&] {
+      query_grad<scalar_t>(g, rows, t.const_data_ptr<scalar_t>(), t.stride(0), d, off, s.d, R, K,
+                           acc.mutable_data_ptr<float>());
+      if (!need_tables) return;
+      const Touched touch = touched(rows);
+      if (sparse) {
+        at::Tensor values = at::empty({int64_t(touch.rows.size()), d}, t.options());
+        row_sums<scalar_t>(touch, g, Q.const_data_ptr<float>(), s.d, off, d, K, values.mutable_data_ptr<scalar_t>(),
+                           false);
+        out_rows.push_back(at::tensor(touch.rows, t.options().dtype(at::kLong)));
+        out_values.push_back(values);
+      } else {
+        at::Tensor dense = at::zeros({n, d}, t.options());
+        row_sums<scalar_t>(touch, g, Q.const_data_ptr<float>(), s.d, off, d, K, dense.mutable_data_ptr<scalar_t>(),
+                           true);
+        out_rows.push_back(at::empty({0}, t.options().dtype(at::kLong)));
+        out_values.push_back(dense);
+      }
+    });
+    off += d;
+  }
+  return {acc.reshape(query.sizes()).to(query.scalar_type()), out_rows, out_values};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dare, CPU, m) {
+  m.impl("topk_attention_embedding_backward", &topk_attention_embedding_backward_cpu);
+}
+
+}  // namespace dare
