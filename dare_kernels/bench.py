@@ -343,6 +343,10 @@ def model_rows_for(device: torch.device, args) -> list:
         model.eval()
         found = [("search", time_call(search, [()], device, reps=reps)),
                  ("inference", time_call(forward, [()], device, reps=reps))]
+        if gpu:
+            # The same calls captured once in a CUDA graph and replayed: no host work per call.
+            found += [("search (graph)", time_graph(search, device, reps=reps)),
+                      ("inference (graph)", time_graph(forward, device, reps=reps))]
         model.train()
         step_reps = max(3, reps // 2)
         for kind in STEP_OPTIMIZERS:
@@ -437,8 +441,9 @@ def format_table(result: dict) -> str:
         text += "\n" + IDS_NOTE
     if result.get("model_rows"):
         text += "\n\nReference models (search stage: attention lookups + top-k, as forward runs it; inference: the "
-        text += "forward; train step: forward + backward + optimiser, rows = sparse row gradients + lazy Adam, dense = "
-        text += "Adam on every row; phase: one part of the rows step timed alone):\n"
+        text += "forward; (graph): captured once in a CUDA graph and replayed; train step: forward + backward + "
+        text += "optimiser, rows = sparse row gradients + lazy Adam, dense = Adam on every row; phase: one part of the "
+        text += "rows step timed alone):\n"
         text += "| stage | model | d_att | B | L | k | ms | x vs TWIN d=128 |\n|---|---|---|---|---|---|---|---|\n"
         text += "\n".join(f"| {r['stage']} | {r['model']} | {r['d_att']} | {r['B']} | {r['L']} | {r['k']} | "
                            f"{r['ms']:.3f} | {r['x_vs_twin128']:.2f} |" for r in result["model_rows"])

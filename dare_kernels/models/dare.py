@@ -55,6 +55,7 @@ from torch import nn
 from .. import ops
 
 MODELS: Dict[str, type] = {}
+SECTOR = 32  # bytes a GPU memory transaction moves, however few of them a row uses
 Widths = Union[int, Sequence[int]]
 
 
@@ -204,6 +205,9 @@ class SearchCTR(nn.Module):
         self.rep = self.tables_of(rep_widths)
         self.att_widths = self.build(field_widths(d_att, widths), rep_widths)
         self.rep_widths = rep_widths
+        di, dc, dp = self.att_widths  # a buffer: built once, moves with .to()
+        self.register_buffer("score_scales", torch.cat([torch.full((di + dc,), (di + dc) ** -0.5),
+                                                        torch.full((dp,), dp ** -0.5)]), persistent=False)
         # Total widths: d_att of the score space, d_search of the tables the op reads.
         self.d_att, self.d_rep = sum(self.att_widths), sum(rep_widths)
         self.d_search = sum(t.shape[1] for t in self.search_tables())
@@ -231,31 +235,40 @@ class SearchCTR(nn.Module):
         return torch.cat(self.rep(items, cats, pos), -1)
 
     # -- shared ---------------------------------------------------------------
-    def _scales(self, device) -> torch.Tensor:
+    def _scales(self) -> torch.Tensor:
         """Per-dimension score scale: 1/sqrt(d_sem) on [item | category],
         1/sqrt(d_pos) on the position."""
-        di, dc, dp = self.att_widths
-        return torch.cat([torch.full((di + dc,), (di + dc) ** -0.5, device=device),
-                          torch.full((dp,), dp ** -0.5, device=device)])
+        return self.score_scales
+
+    def positions(self, L: int, device) -> torch.Tensor:
+        """position_buckets(L) on `device`, computed once per length."""
+        cache = self.__dict__.setdefault("_positions", {})
+        key = (L, torch.device(device))
+        if key not in cache:
+            cache[key] = position_buckets(L, device)
+        return cache[key]
 
     def _query(self, batch: dict):
         """The search query (B, d_att) in attention space, the scales folded in."""
         target_pos = torch.zeros_like(batch["target_item"])
         q = torch.cat(self.attention(batch["target_item"], batch["target_cat"], target_pos, target=True), -1)
-        return q * self._scales(q.device)
+        return q * self._scales()
 
     def search_ids_inputs(self, batch: dict):
         """(query, tables, ids, lengths) of the search stage as it runs: the
         behaviours' keys are [item | category | position] rows of `tables`
         picked by `ids` (position buckets: one (L,) tensor shared by every row)."""
         items, cats = batch["history_items"], batch["history_cats"]
-        pos = position_buckets(items.shape[1], items.device)
+        pos = self.positions(items.shape[1], items.device)
         query, tables = self.fold_query(self._query(batch)), self.search_tables()
-        if torch.is_autocast_enabled() and query.is_cuda:
-            # The search reads its rows at bfloat16: half the bytes. The query is
-            # small; the cast of each attention table (differentiable) copies it
-            # once per call, N·d elements whatever B and L.
+        if torch.is_autocast_enabled() and query.is_cuda and max(t.shape[1] for t in tables) * 4 > SECTOR:
+            # Wide rows: the search reads them at bfloat16, half the bytes, for a cast
+            # of each attention table (differentiable) per call, N·d elements whatever
+            # B and L. A float32 row of at most a sector costs a sector either way:
+            # those tables are read as they are, with a float32 query, and not cast.
             query, tables = query.to(torch.bfloat16), [t.to(torch.bfloat16) for t in tables]
+        else:
+            query = query.float()
         return query, tables, [items, cats, pos], batch["lengths"]
 
     def search_stage(self, batch: dict):
@@ -270,7 +283,7 @@ class SearchCTR(nn.Module):
         never builds the keys)."""
         items, cats = batch["history_items"], batch["history_cats"]
         B, L = items.shape
-        pos = position_buckets(L, items.device).expand(B, L)
+        pos = self.positions(L, items.device).expand(B, L)
         query, keys = self._query(batch), torch.cat(self.attention(items, cats, pos), -1)
         if torch.is_autocast_enabled() and keys.is_cuda:
             query, keys = query.to(torch.bfloat16), keys.to(torch.bfloat16)
