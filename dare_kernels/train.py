@@ -42,6 +42,7 @@ from .data import LOADERS, Interactions, batches, to_device
 from .models import MODELS, LongSequenceCTR
 from .optim import ModelOptimizer
 
+RUNS_FOLDER = "dare-kernels-runs"  # under the temp directory; not the package's name: it would shadow it
 # Data options: None on the command line means "the loader's default".
 DATA_OPTIONS = ("users", "targets", "items", "categories", "max_len", "task", "min_behaviours", "train_targets",
                 "target_stride", "negatives", "page_views_only")
@@ -139,9 +140,19 @@ def _fmt(m: dict, k: int) -> str:
     return s
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" only where the help does not give the default itself
+    and there is one (None and False defaults say nothing)."""
+
+    def _get_help_string(self, action):
+        if "default" in (action.help or "") or action.default in (None, False, argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m dare_kernels.train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=_HelpFormatter)
     models = "; ".join(f"{n}: {MODEL_HELP.get(n, MODELS[n].__doc__.splitlines()[0])}" for n in MODELS)
     p.add_argument("--model", choices=list(MODELS), default="dare", help=models)
     g = p.add_argument_group("model")
@@ -174,30 +185,31 @@ def parse_args(argv=None):
                    help="public: keep every behaviour type, not page views only")
     g.add_argument("--data-seed", type=int, help="seed of the data (generation, split, negatives); default --seed")
     g = p.add_argument_group("training")
-    g.add_argument("--lr", type=float, default=0.01)
+    g.add_argument("--lr", type=float, default=0.01, help="learning rate of every optimiser")
     g.add_argument("--optimizer", choices=["rows", "sparse_adam", "dense"], default="rows",
                    help="rows: the embedding tables take sparse row gradients and a lazy Adam (SparseAdam's update, "
                         "written with index ops) moves only the rows a batch touched, Adam the dense weights; "
                         "sparse_adam: the same with torch.optim.SparseAdam; dense: Adam on every row of every "
                         "table each step (the paper's setting; untouched rows keep moving on their momentum)")
-    g.add_argument("--batch-size", type=int, default=2048)
+    g.add_argument("--batch-size", type=int, default=2048, help="training impressions per step (per process)")
     g.add_argument("--epochs", type=float, default=2, help="passes over the training impressions")
     g.add_argument("--steps", type=int, help="train this many steps instead of --epochs")
     g.add_argument("--l2", type=float, default=1e-6, help="L2 penalty on the dense weights")
     g.add_argument("--eval-every", type=int, default=150, help="validate every N steps (and at each epoch's end)")
     g.add_argument("--patience", type=int,
                    help="stop after this many validations without a better validation AUC (default: never)")
-    g.add_argument("--eval-batch-size", type=int, default=1024)
+    g.add_argument("--eval-batch-size", type=int, default=1024, help="impressions per validation/test batch")
     g.add_argument("--seed", type=int, default=0, help="model seed (initialisation, batch order)")
     g.add_argument("--seeds", type=int, nargs="+", help="run once per model seed; report mean ± std")
     g.add_argument("--checkpoint", help="save here (and resume from here with --resume)")
     g.add_argument("--resume", action="store_true")
     g = p.add_argument_group("run")
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu, cuda or cuda:N (default: cuda when a GPU is present, else cpu)")
     g.add_argument("--amp", action="store_true", help="bf16 autocast on GPU")
     g.add_argument("--backend", help="force the search backend (cpu, cuda, triton, reference)")
     g.add_argument("--metrics-json", help="write the metrics here (default: a new file under "
-                                          f"{os.path.join(tempfile.gettempdir(), 'dare_kernels')})")
+                                          f"{os.path.join(tempfile.gettempdir(), RUNS_FOLDER)})")
     g.add_argument("--quiet", action="store_true", help="print nothing but warnings and errors")
     return p.parse_args(argv)
 
@@ -225,7 +237,12 @@ def train_one(args, seed: int, world: int, rank: int, device) -> dict:
         raise ValueError(f"{len(train)} training impressions do not fill one batch of {args.batch_size}"
                          f"{f' per process ({world})' if world > 1 else ''}: lower --batch-size")
     total = args.steps if args.steps is not None else max(1, int(round(args.epochs * per_epoch)))
-    _say(args, rank, f"model: {args.model} (d_att {model.d_att}, d_rep {model.d_rep}, search reads "
+    def widths_text(name, widths):
+        return f"{name} {sum(widths)}" + (f" ({' + '.join(map(str, widths))}: item, category, position)"
+                                         if len(set(widths)) > 1 or args.widths == "field" else "")
+
+    _say(args, rank, f"model: {args.model} ({widths_text('d_att', model.att_widths)}, {widths_text('d_rep', model.rep_widths)}, "
+                     f"search reads "
                      f"{model.d_search}-wide rows), {sum(p.numel() for p in model.parameters())} parameters; "
                      f"{total} steps of {args.batch_size} ({per_epoch} per epoch), model seed {seed}, "
                      f"data seed {data_seed}")
@@ -239,8 +256,9 @@ def train_one(args, seed: int, world: int, rank: int, device) -> dict:
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     from tqdm import tqdm
-    progress = tqdm(total=total, initial=step, disable=args.quiet or rank != 0, desc=args.model,
-                    dynamic_ncols=True, file=sys.stdout)
+    # A progress bar only on a terminal: in a log file its carriage returns run into the lines.
+    progress = tqdm(total=total, initial=step, disable=args.quiet or rank != 0 or not sys.stdout.isatty(),
+                    desc=args.model, dynamic_ncols=True, file=sys.stdout)
     running, train_seconds, t0 = None, 0.0, time.time()
     stop = step >= total
     while not stop:
@@ -331,7 +349,7 @@ def summarize(runs: list) -> dict:
 
 
 def default_metrics_path(model: str) -> str:
-    folder = os.path.join(tempfile.gettempdir(), "dare-kernels-runs")  # not the package's name: it would shadow it
+    folder = os.path.join(tempfile.gettempdir(), RUNS_FOLDER)
     os.makedirs(folder, exist_ok=True)
     return os.path.join(folder, f"train-{model}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json")
 
