@@ -64,7 +64,7 @@ import torch
 from torch import nn
 
 from . import ops
-from ._check import jagged_positions
+from ._check import check_k_type, jagged_positions
 
 __all__ = ["HardSearch", "TopKAttentionOutput", "TopKMultiHeadAttention", "detect_mask_layout", "topk_search"]
 
@@ -217,6 +217,7 @@ class HardSearch(nn.Module):
     def __init__(self, k: int, *, scale: Optional[float] = None, temperature: float = 1.0,
                  mask_layout: str = "auto", backend: Optional[str] = None):
         super().__init__()
+        k = check_k_type(type(self).__name__, k)  # an int or integer-like (numpy.int64), not bool
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if not temperature > 0:
@@ -273,6 +274,7 @@ class TopKMultiHeadAttention(nn.Module):
                  value_proj: bool = True, bias: bool = True, scale: Optional[float] = None,
                  temperature: float = 1.0, mask_layout: str = "auto", backend: Optional[str] = None):
         super().__init__()
+        k = check_k_type(type(self).__name__, k)
         d_head = d_key if d_head is None else d_head
         if not key_proj and d_head != d_key:
             raise ValueError(f"key_proj=False needs d_head == d_key={d_key}, got {d_head}")

@@ -8,7 +8,7 @@ import torch
 
 from . import _contract, _library, backends
 from . import triton_backend as _triton
-from ._check import _check_scale, check_args, check_embedding_inputs, check_inputs
+from ._check import _check_scale, check_args, check_embedding_args
 from ._contract import topk_attention_backward, topk_attention_embedding_backward  # noqa: F401
 
 BACKENDS = backends.NAMES
@@ -42,8 +42,10 @@ def topk_attention(query: torch.Tensor, keys: torch.Tensor, k: int,
     Returns float32 scores and int64 indices of shape (B, k) or (B, T, k), sorted
     descending, ties by lower index, NaN first, -inf/-1 where a row has fewer than
     k valid positions. `scores` is differentiable w.r.t. query and keys.
-    `backend`: None/"auto" (fastest available), or one of BACKENDS."""
-    check_args(query, keys, k, lengths, scale, mask, offsets)  # types and scale, every backend (the raw op cannot)
+    `backend`: None/"auto" (fastest available), or one of BACKENDS.
+    k: an int, or any integer-like object but bool (numpy.int64, as torch.topk);
+    1 <= k <= L, or with offsets 1 <= k < 2**31 (rows shorter than k are padded)."""
+    k = check_args(query, keys, k, lengths, scale, mask, offsets)  # types and scale, every backend (the raw op cannot)
     return backends.call("topk_attention", backend, keys.device, (query, keys, k, lengths, scale, mask, offsets))
 
 
@@ -68,8 +70,8 @@ def topk_attention_embedding(query: torch.Tensor, tables: Sequence[torch.Tensor]
             or any(t is not None and not isinstance(t, torch.Tensor) for t in (lengths, mask, offsets)) \
             or not isinstance(tables, (list, tuple)) or not isinstance(ids, (list, tuple)) \
             or not all(isinstance(t, torch.Tensor) for t in (*tables, *ids)):
-        check_embedding_inputs(query, tables, ids, k, lengths, scale=scale, mask=mask,
-                               offsets=offsets)  # raises the TypeError
+        k = check_embedding_args(query, tables, ids, k, lengths, scale, mask,
+                                 offsets)  # raises the TypeError, or returns an integer-like k as an int
     _check_scale(scale, "topk_attention_embedding")
     args = (query, list(tables), list(ids), k, lengths, scale, mask, offsets)
     return backends.call("topk_attention_embedding", backend, query.device, args)

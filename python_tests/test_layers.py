@@ -4,6 +4,7 @@ right-padded, left-padded and arbitrary masks, with keys or tables + ids."""
 import re
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -360,3 +361,23 @@ def test_jagged_empty_history_and_unread_ids(g):
     mask = torch.tensor([[True, False, True, True, False, True]] * B)
     ids2 = torch.where(mask, torch.randint(0, 20, (B, 6), generator=g), 10**6)
     HardSearch(8, scale=1.0)(query.detach(), tables=[table], ids=[ids2], mask=mask)  # k > valid: padding slots
+
+
+def test_integer_like_k(g):
+    """k may be any integer-like object but bool (numpy.int64, as the op and torch.topk take it)."""
+    B, L, d, k = 3, 30, 8, 5
+    query, keys, values = torch.randn(B, d, generator=g), torch.randn(B, L, d, generator=g), torch.randn(B, L, 4)
+    mask = make_mask(g, B, L, "left")
+    want = HardSearch(k)(query, keys, values, mask=mask)
+    got = HardSearch(np.int64(k))(query, keys, values, mask=mask)
+    assert type(HardSearch(np.int64(k)).k) is int
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    torch.manual_seed(0)
+    mh = TopKMultiHeadAttention(np.int32(k), d, d, 2)
+    assert mh(query, keys, mask=mask).indices.shape == (B, 2, k)
+    assert torch.equal(topk_search(query, keys, np.int64(k), mask=mask)[1], want.indices)
+    for layer in (HardSearch, lambda k: TopKMultiHeadAttention(k, d, d, 2)):
+        for bad, name in ((True, "bool"), (np.True_, "bool"), (2.0, "float"), (torch.tensor(3), "Tensor")):
+            with pytest.raises(TypeError, match=rf"k must be an int, got {name}"):
+                layer(bad)
