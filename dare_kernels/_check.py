@@ -48,7 +48,9 @@ def check_k_type(op: str, k):
 def check_args(query, keys, k, lengths=None, scale=1.0, mask=None, offsets=None) -> int:
     """The arguments' Python types (TypeError) and scale's value (ValueError),
     reading no tensor: cheap enough for every call of every backend. Returns k as
-    an int (an integer-like k, e.g. numpy.int64, converted).
+    an int (an integer-like k, e.g. numpy.int64, converted). Keys that look
+    transposed (shapes only) raise check_inputs' error, whose hint the compiled
+    kernels' check (csrc/check.cpp) does not give.
 
     The raw op cannot repeat these: its schema (int k, Tensor? lengths, float
     scale) converts a bool or a one-element tensor k to int and a bool or tensor
@@ -62,6 +64,8 @@ def check_args(query, keys, k, lengths=None, scale=1.0, mask=None, offsets=None)
     k = check_k_type("topk_attention", k)
     _check_optional_tensors("topk_attention", lengths=lengths, mask=mask, offsets=offsets)
     _check_scale(scale, "topk_attention")
+    if _looks_transposed(query, keys):
+        _check_keys(query, keys, offsets is not None)
     return k
 
 
@@ -82,17 +86,15 @@ def _check_scale(scale, op: str) -> None:
         raise ValueError(f"{op}: scale must be finite in float32, got {value}")
 
 
-def check_inputs(query: torch.Tensor, keys: torch.Tensor, k: int,
-                 lengths: Optional[torch.Tensor] = None, *,
-                 check_length_values: bool = True, scale: float = 1.0,
-                 mask: Optional[torch.Tensor] = None, offsets: Optional[torch.Tensor] = None) -> Shape:
-    """Raises ValueError/TypeError naming the argument and the expected value.
+def _looks_transposed(query: torch.Tensor, keys: torch.Tensor) -> bool:
+    """keys (B, d, L) or (d, N) where (B, L, d) or (N, d) was meant: the query's d
+    sits in keys' second-to-last dim, not in the last."""
+    return query.dim() >= 1 and keys.dim() >= 2 and keys.shape[-1] != query.shape[-1] \
+        and keys.shape[-2] == query.shape[-1]
 
-    With offsets, keys are jagged: (N, d), row b = keys[offsets[b]:offsets[b+1]],
-    and Shape.L is N. Length and offset values are read only when
-    check_length_values is set (it costs a host synchronisation on a GPU)."""
-    check_args(query, keys, k, lengths, scale, mask, offsets)
-    jagged = offsets is not None
+
+def _check_keys(query: torch.Tensor, keys: torch.Tensor, jagged: bool) -> tuple:
+    """check_inputs' shape, dtype and device part (query and keys); returns (B, L, d)."""
     if jagged and keys.dim() != 2:
         raise ValueError(f"topk_attention: with offsets, keys must have shape (N, d), got shape {_shape(keys)}")
     if not jagged and keys.dim() != 3:
@@ -121,13 +123,31 @@ def check_inputs(query: torch.Tensor, keys: torch.Tensor, k: int,
             raise ValueError(
                 f"topk_attention: query batch size must equal keys batch size B={B}, got {query.shape[0]}")
     if query.shape[-1] != d:
+        hint = ""
+        if _looks_transposed(query, keys):
+            hint = f" (keys look transposed: expected {'(N, d)' if jagged else '(B, L, d)'})"
         raise ValueError(
-            f"topk_attention: query feature size must equal keys feature size d={d}, got {query.shape[-1]}")
+            f"topk_attention: query feature size must equal keys feature size d={d}, got {query.shape[-1]}{hint}")
     if d < 1:
         raise ValueError(f"topk_attention: keys feature size d must be >= 1, got {d}")
     if L >= 2**31:
         what = "rows N" if jagged else "length L"
         raise ValueError(f"topk_attention: keys {what} must be < 2**31, got {L}")
+    return B, L, d
+
+
+def check_inputs(query: torch.Tensor, keys: torch.Tensor, k: int,
+                 lengths: Optional[torch.Tensor] = None, *,
+                 check_length_values: bool = True, scale: float = 1.0,
+                 mask: Optional[torch.Tensor] = None, offsets: Optional[torch.Tensor] = None) -> Shape:
+    """Raises ValueError/TypeError naming the argument and the expected value.
+
+    With offsets, keys are jagged: (N, d), row b = keys[offsets[b]:offsets[b+1]],
+    and Shape.L is N. Length and offset values are read only when
+    check_length_values is set (it costs a host synchronisation on a GPU)."""
+    check_args(query, keys, k, lengths, scale, mask, offsets)
+    jagged = offsets is not None
+    B, L, d = _check_keys(query, keys, jagged)
     check_k("topk_attention", k, L, jagged)
     check_layout("topk_attention", lengths, mask, offsets, B, L, keys.device, "keys", check_length_values)
     multi = query.dim() == 3

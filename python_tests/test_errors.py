@@ -206,6 +206,24 @@ def test_jagged_k_cap_documented():
     assert "numpy.int64" in contract_k and "jagged rows: any 1 ≤ k < 2³¹" in contract_k
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_transposed_keys_hint(device):
+    """Keys (B, d, L) where (B, L, d) was meant, or (d, N) for jagged (N, d): the
+    feature-size error says they look transposed, through the Python API on every
+    backend (the raw op's message, csrc/check.cpp's, has no hint); another width has none."""
+    q, K = torch.randn(B, 7, device=device), torch.randn(B, L, 7, device=device)
+    off = torch.tensor([0, 3, 3, 7, 10], device=device)
+    feature = r"topk_attention: query feature size must equal keys feature size d=10, got 7"
+    for entry in _entry_points(device):
+        hint = "" if entry == "raw" else r" \(keys look transposed: expected \({}\)\)"
+        with pytest.raises(ValueError, match=feature + hint.format("B, L, d") + "$"):
+            _call(entry, q, K.transpose(1, 2), 3)
+        with pytest.raises(ValueError, match=feature + hint.format("N, d") + "$"):
+            _call(entry, q, K[0].T, 3, None, 1.0, None, off)
+        with pytest.raises(ValueError, match=r"keys feature size d=6, got 7$"):
+            _call(entry, q, K[:, :, :6], 3)
+
+
 def test_non_tensor_keys():
     with pytest.raises(TypeError, match=r"keys must be a Tensor, got list"):
         dare_kernels.topk_attention(torch.randn(B, d), [[0.0]], 3)
