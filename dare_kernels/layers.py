@@ -11,7 +11,7 @@ written, and values are gathered (and projected) for the k selected behaviours o
 
 Histories come in the caller's layout, read by the kernels as they are:
 
-- ``mask`` (B, L), True or nonzero = valid, any pattern: right- or left-padded
+- ``mask`` (B, L) bool, True = valid, any pattern: right- or left-padded
   (e.g. FuxiCTR's ``mask = history > 0`` with the padding in front) or holes;
   ``mask_layout="right"`` declares a right-padded mask, turned into lengths so
   the kernels stop at each row's end instead of reading the padding ("auto",
@@ -20,6 +20,8 @@ Histories come in the caller's layout, read by the kernels as they are:
 - ``offsets`` (B+1,): jagged rows (TorchRec / FBGEMM style): keys (N, d), or
   tables + ids (N,), and values (N, d_v); indices count from the row's start.
 
+k and the layout are taken as the op takes them, with its checks and messages
+(1 <= k <= L, or with offsets 1 <= k < 2**31; an int or float mask raises TypeError).
 Masked positions are never scored or selected, the ranking is the op's
 (descending, ties by lower position, NaN first), -1 (score -inf) where a row has
 fewer than k valid positions. Rows with no valid position attend to nothing: HardSearch
@@ -64,7 +66,7 @@ import torch
 from torch import nn
 
 from . import ops
-from ._check import check_k_type, jagged_positions
+from ._check import check_embedding_inputs, check_inputs, check_k_type, jagged_positions
 
 __all__ = ["HardSearch", "TopKAttentionOutput", "TopKMultiHeadAttention", "detect_mask_layout", "topk_search"]
 
@@ -95,14 +97,6 @@ def _bool_mask(mask: torch.Tensor) -> torch.Tensor:
     return mask if mask.dtype == torch.bool else mask != 0
 
 
-def _pad_k(scores, indices, k):
-    extra = k - scores.shape[-1]
-    if extra <= 0:
-        return scores, indices
-    return (nn.functional.pad(scores, (0, extra), value=float("-inf")),
-            nn.functional.pad(indices, (0, extra), value=-1))
-
-
 def topk_search(query: torch.Tensor, keys: Optional[torch.Tensor], k: int, *,
                 tables: Optional[Sequence[torch.Tensor]] = None,
                 ids: Optional[Sequence[torch.Tensor]] = None,
@@ -110,12 +104,13 @@ def topk_search(query: torch.Tensor, keys: Optional[torch.Tensor], k: int, *,
                 offsets: Optional[torch.Tensor] = None,
                 mask_layout: str = "auto", scale: float = 1.0, backend: Optional[str] = None):
     """``topk_attention`` (keys (B, L, d)) or ``topk_attention_embedding`` (keys=None,
-    tables + ids) with the history in the caller's layout: a (B, L) validity mask
-    (any pattern, nonzero = valid), lengths, or jagged rows (offsets (B+1,), keys
-    (N, d) or ids (N,)); see the module docstring. k larger than the rows is
-    allowed (the extra slots are padding). Returns (scores, indices) as the op's:
-    positions in the row (jagged: from the row's start); scores are
-    differentiable w.r.t. query and keys / tables."""
+    tables + ids) with the history in the caller's layout: a (B, L) bool validity
+    mask (any pattern), lengths, or jagged rows (offsets (B+1,), keys (N, d) or ids
+    (N,)); see the module docstring. k and the layout are the op's, checked by its
+    checks with its messages: 1 <= k <= L (jagged rows: 1 <= k < 2**31), a bool
+    mask; rows with fewer than k valid positions are padded. Returns (scores,
+    indices) as the op's: positions in the row (jagged: from the row's start);
+    scores are differentiable w.r.t. query and keys / tables."""
     if mask_layout not in MASK_LAYOUTS:
         raise ValueError(f"mask_layout must be one of {MASK_LAYOUTS}, got {mask_layout!r}")
     if (keys is None) == (tables is None):
@@ -124,31 +119,20 @@ def topk_search(query: torch.Tensor, keys: Optional[torch.Tensor], k: int, *,
         raise ValueError("tables need ids")
     if mask is not None and lengths is not None:
         raise ValueError("give mask or lengths, not both")
-    if offsets is not None:
-        kw = dict(offsets=offsets)
-        if mask is not None or lengths is not None:
-            raise ValueError("jagged rows (offsets) take no mask or lengths")
-    else:
-        B = query.shape[0]
-        L = keys.shape[1] if keys is not None else ids[0].shape[-1]
-        if L < 1:  # nothing to select
-            shape = (*query.shape[:-1], k)
-            return (query.new_full(shape, float("-inf"), dtype=torch.float32),
-                    torch.full(shape, -1, dtype=torch.int64, device=query.device))
-        if mask is not None:
-            mask = _bool_mask(mask)
-            if mask.shape != (B, L):
-                raise ValueError(f"mask must have shape (B, L)=({B}, {L}), got {tuple(mask.shape)}")
-            if mask_layout == "right":  # the kernels stop at the length: the padding is never read
-                lengths, mask = mask.sum(1), None
-        kw = dict(lengths=lengths, mask=mask)
-        k, extra = min(k, L), k
+    if offsets is not None and (mask is not None or lengths is not None):
+        raise ValueError("jagged rows (offsets) take no mask or lengths")
+    if mask is not None and mask_layout == "right":
+        # The kernels stop at the length: the padding is never read. The op's check first,
+        # on the mask as given (its type and shape), with the op's messages.
+        if keys is not None:
+            check_inputs(query, keys, k, check_length_values=False, scale=scale, mask=mask)
+        else:
+            check_embedding_inputs(query, tables, ids, k, check_values=False, scale=scale, mask=mask)
+        lengths, mask = mask.sum(1), None
+    kw = dict(lengths=lengths, scale=scale, mask=mask, offsets=offsets, backend=backend)
     if keys is not None:
-        scores, idx = ops.topk_attention(query, keys, k, scale=scale, backend=backend, **kw)
-    else:
-        scores, idx = ops.topk_attention_embedding(query, list(tables), list(ids), k, scale=scale,
-                                                   backend=backend, **kw)
-    return _pad_k(scores, idx, extra) if offsets is None else (scores, idx)
+        return ops.topk_attention(query, keys, k, **kw)
+    return ops.topk_attention_embedding(query, tables, ids, k, **kw)
 
 
 def _select_values(values: Values, idx: torch.Tensor, keys, tables, ids, offsets=None) -> torch.Tensor:
@@ -205,7 +189,7 @@ class HardSearch(nn.Module):
       (n = T·k; padding slots read position 0, then weigh 0) to (B, n, d_v) (with
       offsets: positions into the N jagged values, offsets[b] + index); or
       None: the keys themselves (with tables + ids: the looked-up rows);
-    - mask (B, L) True = valid (any layout, see the module docstring) or lengths (B,);
+    - mask (B, L) bool, True = valid (any layout, see the module docstring) or lengths (B,);
       or jagged rows: offsets (B+1,) with keys (N, d) / ids (N,) and values (N, d_v).
 
     Returns TopKAttentionOutput(output (B, d_v) or (B, T, d_v) in the values'
