@@ -142,9 +142,6 @@ def _select_values(values: Values, idx: torch.Tensor, keys, tables, ids, offsets
     pos = idx.clamp(min=0)
     if offsets is not None:
         N = keys.shape[0] if keys is not None else ids[0].shape[0]
-        if values is not None and not callable(values) and (values.dim() != 2 or values.shape[0] != N):
-            raise ValueError(f"with offsets, values must have shape (N, d_v) with N={N} (one row per key), "
-                             f"got shape {tuple(values.shape)}")
         pos = jagged_positions(offsets, idx, N)
         if N == 0 and (values is None or isinstance(values, torch.Tensor)):  # no history at all
             width = (values if values is not None else keys).shape[-1] if keys is not None or values is not None \
@@ -164,6 +161,35 @@ def _select_values(values: Values, idx: torch.Tensor, keys, tables, ids, offsets
     if offsets is not None:
         return values[pos]
     return values.gather(1, pos[..., None].expand(-1, -1, values.shape[-1]))
+
+
+def _check_values(values: Values, B: int, keys, ids, offsets, d_value: Optional[int] = None) -> None:
+    """values' type and shape, before they are read (the search has checked the keys /
+    ids): a floating-point (B, L, d_v) tensor ((N, d_v) with offsets), a callable or
+    None; `d_value`: the width the layer needs (TopKMultiHeadAttention's)."""
+    if values is None or (callable(values) and not isinstance(values, torch.Tensor)):
+        return
+    if not isinstance(values, torch.Tensor):
+        raise TypeError(f"values must be a Tensor, a callable or None, got {type(values).__name__}")
+    if values.dtype == torch.bool:  # forward(query, keys, mask) as some libraries call it
+        raise TypeError("values must be a floating-point tensor, got torch.bool: the mask is a keyword "
+                        "argument (mask=...); the third positional argument is values")
+    if not values.is_floating_point():
+        raise TypeError(f"values must be a floating-point tensor, got {values.dtype}")
+    shape = tuple(values.shape)
+    if offsets is not None:
+        N = keys.shape[0] if keys is not None else ids[0].shape[0]
+        if values.dim() != 2 or shape[0] != N:
+            raise ValueError(f"with offsets, values must have shape (N, d_v) with N={N} (one row per key), "
+                             f"got shape {shape}")
+    else:
+        L = keys.shape[1] if keys is not None else ids[0].shape[-1]
+        if values.dim() != 3 or shape[:2] != (B, L):
+            raise ValueError(f"values must have shape (B, L, d_v) with B={B}, L={L} (one row per key), "
+                             f"got shape {shape}")
+    if d_value is not None and shape[-1] != d_value:
+        raise ValueError(f"values must have shape {'(N, d_value)' if offsets is not None else '(B, L, d_value)'} "
+                         f"with the layer's d_value={d_value}, got shape {shape}")
 
 
 def _attention_weights(scores: torch.Tensor, indices: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -220,6 +246,7 @@ class HardSearch(nn.Module):
         scores, idx = topk_search(query, keys, self.k, tables=tables, ids=ids, mask=mask, lengths=lengths,
                                   offsets=offsets, mask_layout=self.mask_layout, scale=scale, backend=self.backend)
         B = query.shape[0]
+        _check_values(values, B, keys, ids, offsets)
         picked = _select_values(values, idx.reshape(B, -1), keys, tables, ids, offsets)
         picked = picked.reshape(*idx.shape, picked.shape[-1])
         w = _attention_weights(scores, idx, self.temperature)
@@ -293,13 +320,20 @@ class TopKMultiHeadAttention(nn.Module):
 
     def forward(self, query, keys=None, values: Values = None, *, mask=None, lengths=None, offsets=None,
                 tables=None, ids=None) -> TopKAttentionOutput:
+        if values is None and self.d_value != self.d_key:
+            raise ValueError(f"values=None reuses the keys (width d_key={self.d_key}), but the layer's "
+                             f"d_value={self.d_value}: pass values of shape (B, L, d_value)")
         dtype = keys.dtype if keys is not None else tables[0].dtype
         q = self.head_queries(query).to(dtype)
         s = self.search
         scores, idx = topk_search(q, keys, s.k, tables=tables, ids=ids, mask=mask, lengths=lengths,
                                   offsets=offsets, mask_layout=s.mask_layout, scale=s.scale, backend=s.backend)
         B, H, k = idx.shape
+        _check_values(values, B, keys, ids, offsets, self.d_value)
         picked = _select_values(values, idx.reshape(B, H * k), keys, tables, ids, offsets)
+        if picked.shape[-1] != self.d_value:  # a callable's rows
+            raise ValueError(f"values returned rows of width {picked.shape[-1]}, but the layer's "
+                             f"d_value={self.d_value}: a values callable maps (B, n) positions to (B, n, d_value)")
         picked = picked.reshape(B, H, k, picked.shape[-1])
         if self.value_weight is not None:
             picked = torch.einsum("bhkv,hve->bhke", picked.to(self.value_weight.dtype), self.value_weight)

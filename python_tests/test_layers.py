@@ -414,3 +414,43 @@ def test_k_and_masks_as_the_op(g):
     # Jagged rows have no common L: k above every row (and above N) pads.
     out = HardSearch(L + 4)(query, keys[0], values[0], offsets=torch.tensor([0, 2, 2, L]))
     assert out.indices.shape == (B, L + 4) and torch.all(out.indices[:, 4:] == -1)
+
+
+def test_values_checked_before_use(g):
+    """values of the wrong type or shape raise TypeError / ValueError naming values and
+    the expected shape (they failed inside einsum or gather), with keys or tables + ids,
+    padded or jagged; FuxiCTR's positional (target, seq, mask) is told that the mask is
+    a keyword argument."""
+    B, L, d, H, k = 3, 20, 8, 4, 5
+    query, keys = torch.randn(B, d, generator=g), torch.randn(B, L, d, generator=g)
+    table, ids = torch.randn(50, d, generator=g), torch.randint(0, 50, (B, L), generator=g)
+    mask = make_mask(g, B, L, "left")
+    torch.manual_seed(0)
+    mh = TopKMultiHeadAttention(k, d, d, H)
+    with pytest.raises(ValueError, match=r"values must have shape \(B, L, d_value\) with the layer's d_value=8, "
+                                         r"got shape \(3, 20, 16\)"):
+        mh(query, keys, torch.randn(B, L, 2 * d), mask=mask)
+    for layer in (mh, HardSearch(k)):
+        with pytest.raises(TypeError, match=r"values must be a floating-point tensor, got torch.bool: "
+                                            r"the mask is a keyword argument \(mask=\.\.\.\)"):
+            layer(query, keys, mask)
+        for kw in (dict(keys=keys), dict(tables=[table], ids=[ids])):
+            for bad in (torch.randn(B, L - 1, d), torch.randn(B, L), torch.randn(B + 1, L, d)):
+                with pytest.raises(ValueError, match=r"values must have shape \(B, L, d_v\) with B=3, L=20 "
+                                                     rf"\(one row per key\), got shape {re.escape(str(tuple(bad.shape)))}"):
+                    layer(query, values=bad, mask=mask, **kw)
+        with pytest.raises(TypeError, match=r"values must be a floating-point tensor, got torch.int64"):
+            layer(query, keys, torch.ones(B, L, d, dtype=torch.long), mask=mask)
+        with pytest.raises(TypeError, match=r"values must be a Tensor, a callable or None, got list"):
+            layer(query, keys, [[0.0]], mask=mask)
+    offsets = torch.tensor([0, 5, 5, L])
+    with pytest.raises(ValueError, match=r"values must have shape \(N, d_value\) with the layer's d_value=8, "
+                                         r"got shape \(20, 6\)"):
+        mh(query, keys[0], torch.randn(L, 6), offsets=offsets)
+    wide = TopKMultiHeadAttention(k, d, d, H, d_value=16)
+    with pytest.raises(ValueError, match=r"values=None reuses the keys \(width d_key=8\), but the layer's "
+                                         r"d_value=16"):
+        wide(query, keys, mask=mask)
+    with pytest.raises(ValueError, match=r"values returned rows of width 8, but the layer's d_value=16"):
+        wide(query, keys, lambda pos: keys.gather(1, pos[..., None].expand(-1, -1, d)), mask=mask)
+    assert wide(query, keys, torch.randn(B, L, 16), mask=mask).output.shape == (B, H * d)
