@@ -7,7 +7,6 @@ from typing import Optional, Sequence
 import torch
 
 from . import _contract, _library, backends
-from . import triton_backend as _triton
 from ._check import _check_scale, check_args, check_embedding_args
 from ._contract import topk_attention_backward, topk_attention_embedding_backward  # noqa: F401
 
@@ -79,11 +78,7 @@ def topk_attention_embedding(query: torch.Tensor, tables: Sequence[torch.Tensor]
 
 def _register():
     _contract.register_compiled()
-    if not _library.with_cuda and _triton.unavailable("cuda") is None:
-        # No compiled CUDA kernel: CUDA tensors reach the Triton backend through the ops.
-        for op in backends.OPS:
-            torch.library.register_kernel(f"dare::{op}", "cuda",
-                                          lambda *args, _op=op: _triton.run(_op, args, direct=True))
+    backends.register_stand_ins()  # e.g. no compiled CUDA kernel: CUDA tensors reach Triton through the ops
 
 
 if _library.loaded:
