@@ -436,8 +436,9 @@ def test_values_checked_before_use(g):
             layer(query, keys, mask)
         for kw in (dict(keys=keys), dict(tables=[table], ids=[ids])):
             for bad in (torch.randn(B, L - 1, d), torch.randn(B, L), torch.randn(B + 1, L, d)):
+                shape = re.escape(str(tuple(bad.shape)))
                 with pytest.raises(ValueError, match=r"values must have shape \(B, L, d_v\) with B=3, L=20 "
-                                                     rf"\(one row per key\), got shape {re.escape(str(tuple(bad.shape)))}"):
+                                                     rf"\(one row per key\), got shape {shape}"):
                     layer(query, values=bad, mask=mask, **kw)
         with pytest.raises(TypeError, match=r"values must be a floating-point tensor, got torch.int64"):
             layer(query, keys, torch.ones(B, L, d, dtype=torch.long), mask=mask)
