@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 from typing import NamedTuple, Optional
 
 import torch
@@ -30,9 +31,26 @@ def _shape(t: torch.Tensor) -> str:
 FLOAT32_MAX = 3.4028234663852886e38
 
 
-def check_args(query, keys, k, lengths=None, scale=1.0, mask=None, offsets=None) -> None:
+def check_k_type(op: str, k):
+    """k as an int, as torch.topk takes it: an int, a torch.SymInt (traced), or any
+    integer-like object but bool (operator.index: numpy.int64, ...); a bool (numpy's
+    too), a Tensor, a float or anything else raises TypeError."""
+    if type(k) is int or isinstance(k, torch.SymInt):
+        return k
+    if not isinstance(k, (bool, torch.Tensor)):
+        try:
+            return operator.index(k)
+        except TypeError:
+            pass
+    raise TypeError(f"{op}: k must be an int, got {type(k).__name__}")
+
+
+def check_args(query, keys, k, lengths=None, scale=1.0, mask=None, offsets=None) -> int:
     """The arguments' Python types (TypeError) and scale's value (ValueError),
-    reading no tensor: cheap enough for every call of every backend.
+    reading no tensor: cheap enough for every call of every backend. Returns k as
+    an int (an integer-like k, e.g. numpy.int64, converted). Keys that look
+    transposed (shapes only) raise check_inputs' error, whose hint the compiled
+    kernels' check (csrc/check.cpp) does not give.
 
     The raw op cannot repeat these: its schema (int k, Tensor? lengths, float
     scale) converts a bool or a one-element tensor k to int and a bool or tensor
@@ -43,10 +61,12 @@ def check_args(query, keys, k, lengths=None, scale=1.0, mask=None, offsets=None)
         raise TypeError(f"topk_attention: query must be a Tensor, got {type(query).__name__}")
     if not isinstance(keys, torch.Tensor):
         raise TypeError(f"topk_attention: keys must be a Tensor, got {type(keys).__name__}")
-    if isinstance(k, bool) or not isinstance(k, (int, torch.SymInt)):
-        raise TypeError(f"topk_attention: k must be an int, got {type(k).__name__}")
+    k = check_k_type("topk_attention", k)
     _check_optional_tensors("topk_attention", lengths=lengths, mask=mask, offsets=offsets)
     _check_scale(scale, "topk_attention")
+    if _looks_transposed(query, keys):
+        _check_keys(query, keys, offsets is not None)
+    return k
 
 
 def _check_optional_tensors(op: str, **named) -> None:
@@ -66,17 +86,15 @@ def _check_scale(scale, op: str) -> None:
         raise ValueError(f"{op}: scale must be finite in float32, got {value}")
 
 
-def check_inputs(query: torch.Tensor, keys: torch.Tensor, k: int,
-                 lengths: Optional[torch.Tensor] = None, *,
-                 check_length_values: bool = True, scale: float = 1.0,
-                 mask: Optional[torch.Tensor] = None, offsets: Optional[torch.Tensor] = None) -> Shape:
-    """Raises ValueError/TypeError naming the argument and the expected value.
+def _looks_transposed(query: torch.Tensor, keys: torch.Tensor) -> bool:
+    """keys (B, d, L) or (d, N) where (B, L, d) or (N, d) was meant: the query's d
+    sits in keys' second-to-last dim, not in the last."""
+    return query.dim() >= 1 and keys.dim() >= 2 and keys.shape[-1] != query.shape[-1] \
+        and keys.shape[-2] == query.shape[-1]
 
-    With offsets, keys are jagged: (N, d), row b = keys[offsets[b]:offsets[b+1]],
-    and Shape.L is N. Length and offset values are read only when
-    check_length_values is set (it costs a host synchronisation on a GPU)."""
-    check_args(query, keys, k, lengths, scale, mask, offsets)
-    jagged = offsets is not None
+
+def _check_keys(query: torch.Tensor, keys: torch.Tensor, jagged: bool) -> tuple:
+    """check_inputs' shape, dtype and device part (query and keys); returns (B, L, d)."""
     if jagged and keys.dim() != 2:
         raise ValueError(f"topk_attention: with offsets, keys must have shape (N, d), got shape {_shape(keys)}")
     if not jagged and keys.dim() != 3:
@@ -105,13 +123,31 @@ def check_inputs(query: torch.Tensor, keys: torch.Tensor, k: int,
             raise ValueError(
                 f"topk_attention: query batch size must equal keys batch size B={B}, got {query.shape[0]}")
     if query.shape[-1] != d:
+        hint = ""
+        if _looks_transposed(query, keys):
+            hint = f" (keys look transposed: expected {'(N, d)' if jagged else '(B, L, d)'})"
         raise ValueError(
-            f"topk_attention: query feature size must equal keys feature size d={d}, got {query.shape[-1]}")
+            f"topk_attention: query feature size must equal keys feature size d={d}, got {query.shape[-1]}{hint}")
     if d < 1:
         raise ValueError(f"topk_attention: keys feature size d must be >= 1, got {d}")
     if L >= 2**31:
         what = "rows N" if jagged else "length L"
         raise ValueError(f"topk_attention: keys {what} must be < 2**31, got {L}")
+    return B, L, d
+
+
+def check_inputs(query: torch.Tensor, keys: torch.Tensor, k: int,
+                 lengths: Optional[torch.Tensor] = None, *,
+                 check_length_values: bool = True, scale: float = 1.0,
+                 mask: Optional[torch.Tensor] = None, offsets: Optional[torch.Tensor] = None) -> Shape:
+    """Raises ValueError/TypeError naming the argument and the expected value.
+
+    With offsets, keys are jagged: (N, d), row b = keys[offsets[b]:offsets[b+1]],
+    and Shape.L is N. Length and offset values are read only when
+    check_length_values is set (it costs a host synchronisation on a GPU)."""
+    check_args(query, keys, k, lengths, scale, mask, offsets)
+    jagged = offsets is not None
+    B, L, d = _check_keys(query, keys, jagged)
     check_k("topk_attention", k, L, jagged)
     check_layout("topk_attention", lengths, mask, offsets, B, L, keys.device, "keys", check_length_values)
     multi = query.dim() == 3
@@ -120,7 +156,8 @@ def check_inputs(query: torch.Tensor, keys: torch.Tensor, k: int,
 
 def check_k(op: str, k: int, L: int, jagged: bool) -> None:
     """Padded rows: 1 <= k <= L (as torch.topk). Jagged rows have no common L:
-    any k >= 1 (rows shorter than k are padded), below 2**31."""
+    1 <= k < 2**31 (rows shorter than k are padded; the cap keeps k an int32, as
+    the kernels hold it)."""
     if jagged:
         if not 1 <= k < 2**31:
             raise ValueError(f"{op}: k must satisfy 1 <= k < 2**31, got {k}")
@@ -200,6 +237,20 @@ def _values(t: torch.Tensor) -> str:
     return str(v) if len(v) <= 8 else "[" + ", ".join(map(str, v[:4])) + ", ..., " + ", ".join(map(str, v[-3:])) + "]"
 
 
+def check_embedding_args(query, tables, ids, k, lengths=None, scale=1.0, mask=None, offsets=None) -> int:
+    """check_args' twin for topk_attention_embedding: the arguments' Python types
+    (TypeError; tables and ids lists of Tensors) and scale's value, reading no
+    tensor. Returns k as an int (an integer-like k, e.g. numpy.int64, converted)."""
+    op = "topk_attention_embedding"
+    if not isinstance(query, torch.Tensor):
+        raise TypeError(f"{op}: query must be a Tensor, got {type(query).__name__}")
+    _check_scale(scale, op)
+    _tensor_list(tables, "tables", op)
+    _tensor_list(ids, "ids", op)
+    _check_optional_tensors(op, lengths=lengths, mask=mask, offsets=offsets)
+    return check_k_type(op, k)
+
+
 def check_embedding_inputs(query: torch.Tensor, tables, ids, k: int,
                            lengths: Optional[torch.Tensor] = None, *,
                            check_values: bool = True, scale: float = 1.0,
@@ -210,11 +261,8 @@ def check_embedding_inputs(query: torch.Tensor, tables, ids, k: int,
     naming the argument. Id, length and offset values are read only when
     check_values is set (a host synchronisation on a GPU)."""
     op = "topk_attention_embedding"
-    if not isinstance(query, torch.Tensor):
-        raise TypeError(f"{op}: query must be a Tensor, got {type(query).__name__}")
-    _check_scale(scale, op)
-    tables = _tensor_list(tables, "tables", op)
-    ids = _tensor_list(ids, "ids", op)
+    check_embedding_args(query, tables, ids, k, lengths, scale, mask, offsets)
+    tables, ids = list(tables), list(ids)
     F = len(tables)
     if not 1 <= F <= MAX_FIELDS:
         raise ValueError(f"{op}: tables must hold 1 to {MAX_FIELDS} fields, got {F}")
@@ -224,7 +272,6 @@ def check_embedding_inputs(query: torch.Tensor, tables, ids, k: int,
         raise ValueError(f"{op}: query must have shape (B, d) or (B, T, d), got shape {_shape(query)}")
     if query.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{op}: query must be float32, float16 or bfloat16, got {query.dtype}")
-    _check_optional_tensors(op, lengths=lengths, mask=mask, offsets=offsets)
     jagged = offsets is not None
     B = query.shape[0]
     L = None
@@ -257,8 +304,6 @@ def check_embedding_inputs(query: torch.Tensor, tables, ids, k: int,
         raise ValueError(f"{op}: query feature size must equal the tables' total width d={d}, got {query.shape[-1]}")
     if L >= 2**31:
         raise ValueError(f"{op}: ids length {'N' if jagged else 'L'} must be < 2**31, got {L}")
-    if isinstance(k, bool) or not isinstance(k, (int, torch.SymInt)):
-        raise TypeError(f"{op}: k must be an int, got {type(k).__name__}")
     check_k(op, k, L, jagged)
     check_layout(op, lengths, mask, offsets, B, L, query.device, "query", check_values)
     if check_values and B > 0 and L > 0:

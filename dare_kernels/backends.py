@@ -1,5 +1,6 @@
 """The one table of backends. A row says where a backend runs (`unavailable`),
-which devices "auto" picks it for, in order, and how it runs each op.
+which devices "auto" picks it for, in order, how it runs each op, and for which
+devices it is the raw op's kernel when the compiled library has none (`stands_in`).
 
 A compiled backend ("cpu", "cuda") runs `torch.ops.dare.<op>`; the dispatcher
 picks the kernel by device. "triton" runs `dare_kernels.triton_backend.<op>`;
@@ -70,16 +71,40 @@ class Backend:
     unavailable: Callable[[torch.device], Optional[str]]  # None if it runs on tensors of this device, else why
     run: Callable  # run(op, args, direct) -> (scores, indices)
     auto: tuple = ()  # device types for which "auto" tries it, in table order
+    # Device types for which it is torch.ops.dare.<op>'s kernel when the compiled library
+    # has none for them (built without CUDA): register_stand_ins.
+    stands_in: tuple = ()
 
 
 TABLE = (
     Backend("cpu", _compiled_unavailable("cpu"), _run_compiled, auto=("cpu",)),
     Backend("cuda", _compiled_unavailable("cuda"), _run_compiled, auto=("cuda",)),
-    Backend("triton", _triton.unavailable, _run_triton, auto=("cuda",)),
+    Backend("triton", _triton.unavailable, _run_triton, auto=("cuda",), stands_in=("cuda",)),
     Backend("reference", lambda device: None, _run_reference),
 )
 BY_NAME = {b.name: b for b in TABLE}
 NAMES = tuple(BY_NAME)
+
+
+def compiled_has(device_type: str) -> bool:
+    """Whether the loaded compiled library holds kernels for `device_type`."""
+    return _library.loaded and (device_type == "cpu" or (device_type == "cuda" and _library.with_cuda))
+
+
+def register_stand_ins() -> None:
+    """For each row's `stands_in` device type that the compiled library has no kernels
+    for, where the row runs: its run(op, args, direct=True), below autograd, as the
+    kernel of torch.ops.dare.<op> for that device type (e.g. the raw op runs CUDA tensors
+    on Triton when the library was built without CUDA)."""
+    if not _library.loaded:  # no torch.ops.dare ops to register for
+        return
+    for b in TABLE:
+        for device_type in b.stands_in:
+            if compiled_has(device_type) or b.unavailable(torch.device(device_type)) is not None:
+                continue
+            for op in OPS:
+                torch.library.register_kernel(f"dare::{op}", device_type,
+                                              lambda *args, _op=op, _run=b.run: _run(_op, args, True))
 
 
 def device_of(device) -> torch.device:

@@ -11,7 +11,7 @@ written, and values are gathered (and projected) for the k selected behaviours o
 
 Histories come in the caller's layout, read by the kernels as they are:
 
-- ``mask`` (B, L), True or nonzero = valid, any pattern: right- or left-padded
+- ``mask`` (B, L) bool, True = valid, any pattern: right- or left-padded
   (e.g. FuxiCTR's ``mask = history > 0`` with the padding in front) or holes;
   ``mask_layout="right"`` declares a right-padded mask, turned into lengths so
   the kernels stop at each row's end instead of reading the padding ("auto",
@@ -20,6 +20,8 @@ Histories come in the caller's layout, read by the kernels as they are:
 - ``offsets`` (B+1,): jagged rows (TorchRec / FBGEMM style): keys (N, d), or
   tables + ids (N,), and values (N, d_v); indices count from the row's start.
 
+k and the layout are taken as the op takes them, with its checks and messages
+(1 <= k <= L, or with offsets 1 <= k < 2**31; an int or float mask raises TypeError).
 Masked positions are never scored or selected, the ranking is the op's
 (descending, ties by lower position, NaN first), -1 (score -inf) where a row has
 fewer than k valid positions. Rows with no valid position attend to nothing: HardSearch
@@ -64,7 +66,7 @@ import torch
 from torch import nn
 
 from . import ops
-from ._check import jagged_positions
+from ._check import check_embedding_inputs, check_inputs, check_k_type, jagged_positions
 
 __all__ = ["HardSearch", "TopKAttentionOutput", "TopKMultiHeadAttention", "detect_mask_layout", "topk_search"]
 
@@ -95,14 +97,6 @@ def _bool_mask(mask: torch.Tensor) -> torch.Tensor:
     return mask if mask.dtype == torch.bool else mask != 0
 
 
-def _pad_k(scores, indices, k):
-    extra = k - scores.shape[-1]
-    if extra <= 0:
-        return scores, indices
-    return (nn.functional.pad(scores, (0, extra), value=float("-inf")),
-            nn.functional.pad(indices, (0, extra), value=-1))
-
-
 def topk_search(query: torch.Tensor, keys: Optional[torch.Tensor], k: int, *,
                 tables: Optional[Sequence[torch.Tensor]] = None,
                 ids: Optional[Sequence[torch.Tensor]] = None,
@@ -110,12 +104,13 @@ def topk_search(query: torch.Tensor, keys: Optional[torch.Tensor], k: int, *,
                 offsets: Optional[torch.Tensor] = None,
                 mask_layout: str = "auto", scale: float = 1.0, backend: Optional[str] = None):
     """``topk_attention`` (keys (B, L, d)) or ``topk_attention_embedding`` (keys=None,
-    tables + ids) with the history in the caller's layout: a (B, L) validity mask
-    (any pattern, nonzero = valid), lengths, or jagged rows (offsets (B+1,), keys
-    (N, d) or ids (N,)); see the module docstring. k larger than the rows is
-    allowed (the extra slots are padding). Returns (scores, indices) as the op's:
-    positions in the row (jagged: from the row's start); scores are
-    differentiable w.r.t. query and keys / tables."""
+    tables + ids) with the history in the caller's layout: a (B, L) bool validity
+    mask (any pattern), lengths, or jagged rows (offsets (B+1,), keys (N, d) or ids
+    (N,)); see the module docstring. k and the layout are the op's, checked by its
+    checks with its messages: 1 <= k <= L (jagged rows: 1 <= k < 2**31), a bool
+    mask; rows with fewer than k valid positions are padded. Returns (scores,
+    indices) as the op's: positions in the row (jagged: from the row's start);
+    scores are differentiable w.r.t. query and keys / tables."""
     if mask_layout not in MASK_LAYOUTS:
         raise ValueError(f"mask_layout must be one of {MASK_LAYOUTS}, got {mask_layout!r}")
     if (keys is None) == (tables is None):
@@ -124,31 +119,20 @@ def topk_search(query: torch.Tensor, keys: Optional[torch.Tensor], k: int, *,
         raise ValueError("tables need ids")
     if mask is not None and lengths is not None:
         raise ValueError("give mask or lengths, not both")
-    if offsets is not None:
-        kw = dict(offsets=offsets)
-        if mask is not None or lengths is not None:
-            raise ValueError("jagged rows (offsets) take no mask or lengths")
-    else:
-        B = query.shape[0]
-        L = keys.shape[1] if keys is not None else ids[0].shape[-1]
-        if L < 1:  # nothing to select
-            shape = (*query.shape[:-1], k)
-            return (query.new_full(shape, float("-inf"), dtype=torch.float32),
-                    torch.full(shape, -1, dtype=torch.int64, device=query.device))
-        if mask is not None:
-            mask = _bool_mask(mask)
-            if mask.shape != (B, L):
-                raise ValueError(f"mask must have shape (B, L)=({B}, {L}), got {tuple(mask.shape)}")
-            if mask_layout == "right":  # the kernels stop at the length: the padding is never read
-                lengths, mask = mask.sum(1), None
-        kw = dict(lengths=lengths, mask=mask)
-        k, extra = min(k, L), k
+    if offsets is not None and (mask is not None or lengths is not None):
+        raise ValueError("jagged rows (offsets) take no mask or lengths")
+    if mask is not None and mask_layout == "right":
+        # The kernels stop at the length: the padding is never read. The op's check first,
+        # on the mask as given (its type and shape), with the op's messages.
+        if keys is not None:
+            check_inputs(query, keys, k, check_length_values=False, scale=scale, mask=mask)
+        else:
+            check_embedding_inputs(query, tables, ids, k, check_values=False, scale=scale, mask=mask)
+        lengths, mask = mask.sum(1), None
+    kw = dict(lengths=lengths, scale=scale, mask=mask, offsets=offsets, backend=backend)
     if keys is not None:
-        scores, idx = ops.topk_attention(query, keys, k, scale=scale, backend=backend, **kw)
-    else:
-        scores, idx = ops.topk_attention_embedding(query, list(tables), list(ids), k, scale=scale,
-                                                   backend=backend, **kw)
-    return _pad_k(scores, idx, extra) if offsets is None else (scores, idx)
+        return ops.topk_attention(query, keys, k, **kw)
+    return ops.topk_attention_embedding(query, tables, ids, k, **kw)
 
 
 def _select_values(values: Values, idx: torch.Tensor, keys, tables, ids, offsets=None) -> torch.Tensor:
@@ -158,9 +142,6 @@ def _select_values(values: Values, idx: torch.Tensor, keys, tables, ids, offsets
     pos = idx.clamp(min=0)
     if offsets is not None:
         N = keys.shape[0] if keys is not None else ids[0].shape[0]
-        if values is not None and not callable(values) and (values.dim() != 2 or values.shape[0] != N):
-            raise ValueError(f"with offsets, values must have shape (N, d_v) with N={N} (one row per key), "
-                             f"got shape {tuple(values.shape)}")
         pos = jagged_positions(offsets, idx, N)
         if N == 0 and (values is None or isinstance(values, torch.Tensor)):  # no history at all
             width = (values if values is not None else keys).shape[-1] if keys is not None or values is not None \
@@ -180,6 +161,35 @@ def _select_values(values: Values, idx: torch.Tensor, keys, tables, ids, offsets
     if offsets is not None:
         return values[pos]
     return values.gather(1, pos[..., None].expand(-1, -1, values.shape[-1]))
+
+
+def _check_values(values: Values, B: int, keys, ids, offsets, d_value: Optional[int] = None) -> None:
+    """values' type and shape, before they are read (the search has checked the keys /
+    ids): a floating-point (B, L, d_v) tensor ((N, d_v) with offsets), a callable or
+    None; `d_value`: the width the layer needs (TopKMultiHeadAttention's)."""
+    if values is None or (callable(values) and not isinstance(values, torch.Tensor)):
+        return
+    if not isinstance(values, torch.Tensor):
+        raise TypeError(f"values must be a Tensor, a callable or None, got {type(values).__name__}")
+    if values.dtype == torch.bool:  # forward(query, keys, mask) as some libraries call it
+        raise TypeError("values must be a floating-point tensor, got torch.bool: the mask is a keyword "
+                        "argument (mask=...); the third positional argument is values")
+    if not values.is_floating_point():
+        raise TypeError(f"values must be a floating-point tensor, got {values.dtype}")
+    shape = tuple(values.shape)
+    if offsets is not None:
+        N = keys.shape[0] if keys is not None else ids[0].shape[0]
+        if values.dim() != 2 or shape[0] != N:
+            raise ValueError(f"with offsets, values must have shape (N, d_v) with N={N} (one row per key), "
+                             f"got shape {shape}")
+    else:
+        L = keys.shape[1] if keys is not None else ids[0].shape[-1]
+        if values.dim() != 3 or shape[:2] != (B, L):
+            raise ValueError(f"values must have shape (B, L, d_v) with B={B}, L={L} (one row per key), "
+                             f"got shape {shape}")
+    if d_value is not None and shape[-1] != d_value:
+        raise ValueError(f"values must have shape {'(N, d_value)' if offsets is not None else '(B, L, d_value)'} "
+                         f"with the layer's d_value={d_value}, got shape {shape}")
 
 
 def _attention_weights(scores: torch.Tensor, indices: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -205,7 +215,7 @@ class HardSearch(nn.Module):
       (n = T·k; padding slots read position 0, then weigh 0) to (B, n, d_v) (with
       offsets: positions into the N jagged values, offsets[b] + index); or
       None: the keys themselves (with tables + ids: the looked-up rows);
-    - mask (B, L) True = valid (any layout, see the module docstring) or lengths (B,);
+    - mask (B, L) bool, True = valid (any layout, see the module docstring) or lengths (B,);
       or jagged rows: offsets (B+1,) with keys (N, d) / ids (N,) and values (N, d_v).
 
     Returns TopKAttentionOutput(output (B, d_v) or (B, T, d_v) in the values'
@@ -217,6 +227,7 @@ class HardSearch(nn.Module):
     def __init__(self, k: int, *, scale: Optional[float] = None, temperature: float = 1.0,
                  mask_layout: str = "auto", backend: Optional[str] = None):
         super().__init__()
+        k = check_k_type(type(self).__name__, k)  # an int or integer-like (numpy.int64), not bool
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if not temperature > 0:
@@ -235,6 +246,7 @@ class HardSearch(nn.Module):
         scores, idx = topk_search(query, keys, self.k, tables=tables, ids=ids, mask=mask, lengths=lengths,
                                   offsets=offsets, mask_layout=self.mask_layout, scale=scale, backend=self.backend)
         B = query.shape[0]
+        _check_values(values, B, keys, ids, offsets)
         picked = _select_values(values, idx.reshape(B, -1), keys, tables, ids, offsets)
         picked = picked.reshape(*idx.shape, picked.shape[-1])
         w = _attention_weights(scores, idx, self.temperature)
@@ -273,6 +285,7 @@ class TopKMultiHeadAttention(nn.Module):
                  value_proj: bool = True, bias: bool = True, scale: Optional[float] = None,
                  temperature: float = 1.0, mask_layout: str = "auto", backend: Optional[str] = None):
         super().__init__()
+        k = check_k_type(type(self).__name__, k)
         d_head = d_key if d_head is None else d_head
         if not key_proj and d_head != d_key:
             raise ValueError(f"key_proj=False needs d_head == d_key={d_key}, got {d_head}")
@@ -307,13 +320,20 @@ class TopKMultiHeadAttention(nn.Module):
 
     def forward(self, query, keys=None, values: Values = None, *, mask=None, lengths=None, offsets=None,
                 tables=None, ids=None) -> TopKAttentionOutput:
+        if values is None and self.d_value != self.d_key:
+            raise ValueError(f"values=None reuses the keys (width d_key={self.d_key}), but the layer's "
+                             f"d_value={self.d_value}: pass values of shape (B, L, d_value)")
         dtype = keys.dtype if keys is not None else tables[0].dtype
         q = self.head_queries(query).to(dtype)
         s = self.search
         scores, idx = topk_search(q, keys, s.k, tables=tables, ids=ids, mask=mask, lengths=lengths,
                                   offsets=offsets, mask_layout=s.mask_layout, scale=s.scale, backend=s.backend)
         B, H, k = idx.shape
+        _check_values(values, B, keys, ids, offsets, self.d_value)
         picked = _select_values(values, idx.reshape(B, H * k), keys, tables, ids, offsets)
+        if picked.shape[-1] != self.d_value:  # a callable's rows
+            raise ValueError(f"values returned rows of width {picked.shape[-1]}, but the layer's "
+                             f"d_value={self.d_value}: a values callable maps (B, n) positions to (B, n, d_value)")
         picked = picked.reshape(B, H, k, picked.shape[-1])
         if self.value_weight is not None:
             picked = torch.einsum("bhkv,hve->bhke", picked.to(self.value_weight.dtype), self.value_weight)

@@ -7,8 +7,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import _contract, _library, backends
-from . import triton_backend as _triton
-from ._check import _check_scale, check_args, check_embedding_inputs, check_inputs
+from ._check import _check_scale, check_args, check_embedding_args
 from ._contract import topk_attention_backward, topk_attention_embedding_backward  # noqa: F401
 
 BACKENDS = backends.NAMES
@@ -42,8 +41,10 @@ def topk_attention(query: torch.Tensor, keys: torch.Tensor, k: int,
     Returns float32 scores and int64 indices of shape (B, k) or (B, T, k), sorted
     descending, ties by lower index, NaN first, -inf/-1 where a row has fewer than
     k valid positions. `scores` is differentiable w.r.t. query and keys.
-    `backend`: None/"auto" (fastest available), or one of BACKENDS."""
-    check_args(query, keys, k, lengths, scale, mask, offsets)  # types and scale, every backend (the raw op cannot)
+    `backend`: None/"auto" (fastest available), or one of BACKENDS.
+    k: an int, or any integer-like object but bool (numpy.int64, as torch.topk);
+    1 <= k <= L, or with offsets 1 <= k < 2**31 (rows shorter than k are padded)."""
+    k = check_args(query, keys, k, lengths, scale, mask, offsets)  # types and scale, every backend (the raw op cannot)
     return backends.call("topk_attention", backend, keys.device, (query, keys, k, lengths, scale, mask, offsets))
 
 
@@ -70,8 +71,8 @@ def topk_attention_embedding(query: torch.Tensor, tables: Sequence[torch.Tensor]
             or any(t is not None and not isinstance(t, torch.Tensor) for t in (lengths, mask, offsets)) \
             or not isinstance(tables, (list, tuple)) or not isinstance(ids, (list, tuple)) \
             or not all(isinstance(t, torch.Tensor) for t in (*tables, *ids)):
-        check_embedding_inputs(query, tables, ids, k, lengths, scale=scale, mask=mask,
-                               offsets=offsets)  # raises the TypeError
+        k = check_embedding_args(query, tables, ids, k, lengths, scale, mask,
+                                 offsets)  # raises the TypeError, or returns an integer-like k as an int
     _check_scale(scale, "topk_attention_embedding")
     if not isinstance(sparse, bool):
         raise TypeError(f"topk_attention_embedding: sparse must be a bool, got {type(sparse).__name__}")
@@ -81,11 +82,7 @@ def topk_attention_embedding(query: torch.Tensor, tables: Sequence[torch.Tensor]
 
 def _register():
     _contract.register_compiled()
-    if not _library.with_cuda and _triton.unavailable("cuda") is None:
-        # No compiled CUDA kernel: CUDA tensors reach the Triton backend through the ops.
-        for op in backends.OPS:
-            torch.library.register_kernel(f"dare::{op}", "cuda",
-                                          lambda *args, _op=op: _triton.run(_op, args, direct=True))
+    backends.register_stand_ins()  # e.g. no compiled CUDA kernel: CUDA tensors reach Triton through the ops
 
 
 if _library.loaded:

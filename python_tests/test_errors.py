@@ -1,7 +1,9 @@
 """Every bad input raises a clear exception naming the argument and the expected
 value, identically through the Python API (each backend) and the raw op."""
+import os
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -70,6 +72,8 @@ def _cases(device):
                                  r"lengths must be None with offsets"),
         "offsets_with_mask": ((q, K[0], 3, None, 1.0, m, off), ValueError, r"mask must be None with offsets"),
         "offsets_k_zero": ((q, K[0], 0, None, 1.0, None, off), ValueError, r"k must satisfy 1 <= k < 2\*\*31, got 0"),
+        "offsets_k_2_31": ((q, K[0], 2**31, None, 1.0, None, off), ValueError,
+                           r"k must satisfy 1 <= k < 2\*\*31, got 2147483648"),
     })
     if device == "cpu":
         cases["offsets_decreasing"] = ((q, K[0], 3, None, 1.0, None, lens(0, 3, 2, 7, 10)), ValueError,
@@ -116,6 +120,8 @@ def _type_cases(device):
     lens = torch.tensor([1, 2, 3, 4], device=device)
     return {
         "k_bool": ((q, K, True), r"k must be an int, got bool"),
+        "k_numpy_bool": ((q, K, np.True_), r"k must be an int, got bool"),
+        "k_numpy_float": ((q, K, np.float64(3.0)), r"k must be an int, got float64"),
         "k_float": ((q, K, 3.0), r"k must be an int, got float"),
         "k_float_tensor": ((q, K, torch.tensor(3.7)), r"k must be an int, got Tensor"),
         "k_int_tensor": ((q, K, torch.tensor(3)), r"k must be an int, got Tensor"),
@@ -175,6 +181,47 @@ def test_k_not_int(device):
     q, K = _ok(device)
     with pytest.raises(TypeError, match=r"k must be an int, got float"):
         dare_kernels.topk_attention(q, K, 2.5, backend="reference")
+
+
+@pytest.mark.parametrize("device,entry", [(dev, e) for dev in DEVICES for e in _entry_points(dev) if e != "raw"])
+def test_integer_like_k(device, entry):
+    """k may be any integer-like object but bool, as torch.topk's (operator.index:
+    numpy.int64, ...), with padded and jagged rows (bool, numpy's too, and numpy
+    floats are refused: _type_cases)."""
+    q, K = _ok(device)
+    off = torch.tensor([0, 3, 3, 7, 10], device=device)
+    for k in (np.int64(3), np.int32(3), np.uint8(3)):
+        for args in ((q, K), (q, K[0], None, 1.0, None, off)):
+            want = _call(entry, *args[:2], 3, *args[2:])
+            got = _call(entry, *args[:2], k, *args[2:])
+            assert got[0].shape == want[0].shape == (B, 3)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_jagged_k_cap_documented():
+    """The jagged form's cap on k (offsets_k_2_31) is in the contract and the docstring."""
+    assert "with offsets 1 <= k < 2**31" in dare_kernels.topk_attention.__doc__
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    contract_k = re.search(r"^- `k`:.*?(?=^- )", readme, re.S | re.M).group(0)
+    assert "numpy.int64" in contract_k and "jagged rows: any 1 ≤ k < 2³¹" in contract_k
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_transposed_keys_hint(device):
+    """Keys (B, d, L) where (B, L, d) was meant, or (d, N) for jagged (N, d): the
+    feature-size error says they look transposed, through the Python API on every
+    backend (the raw op's message, csrc/check.cpp's, has no hint); another width has none."""
+    q, K = torch.randn(B, 7, device=device), torch.randn(B, L, 7, device=device)
+    off = torch.tensor([0, 3, 3, 7, 10], device=device)
+    feature = r"topk_attention: query feature size must equal keys feature size d=10, got 7"
+    for entry in _entry_points(device):
+        hint = "" if entry == "raw" else r" \(keys look transposed: expected \({}\)\)"
+        with pytest.raises(ValueError, match=feature + hint.format("B, L, d") + "$"):
+            _call(entry, q, K.transpose(1, 2), 3)
+        with pytest.raises(ValueError, match=feature + hint.format("N, d") + "$"):
+            _call(entry, q, K[0].T, 3, None, 1.0, None, off)
+        with pytest.raises(ValueError, match=r"keys feature size d=6, got 7$"):
+            _call(entry, q, K[:, :, :6], 3)
 
 
 def test_non_tensor_keys():

@@ -4,6 +4,7 @@ right-padded, left-padded and arbitrary masks, with keys or tables + ids."""
 import re
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -199,8 +200,8 @@ def test_topk_search_exact_with_ties_and_nan(g, layout, targets):
     torch.testing.assert_close(scores2, want_s.float(), equal_nan=True)
 
 
-def test_empty_rows_k_above_L_and_temperature(g):
-    B, L, d, k = 3, 6, 4, 8
+def test_empty_rows_k_above_valid_and_temperature(g):
+    B, L, d, k = 3, 6, 4, 6
     query, keys = torch.randn(B, d, generator=g, requires_grad=True), torch.randn(B, L, d, generator=g)
     values = torch.randn(B, L, 5, generator=g, requires_grad=True)
     mask = torch.tensor([[0, 0, 1, 1, 1, 1], [0] * 6, [1, 0, 1, 0, 1, 1]], dtype=torch.bool)
@@ -353,10 +354,104 @@ def test_jagged_empty_history_and_unread_ids(g):
     ids = torch.tensor([10**6, 3, 5, 7, 1, 10**6])  # rows [1, 4), [4, 5), [5, 5); the rest belongs to none
     offsets = torch.tensor([1, 4, 5, 5])
     got = HardSearch(k, scale=1.0)(query.detach(), tables=[table], ids=[ids], offsets=offsets)
-    rows = torch.stack([table[ids[1:4]], torch.cat([table[ids[4:5]], table[:2]]), table[:3]])  # padded (B, 3, d)
+    rows = torch.stack([torch.cat([table[ids[1:4]], table[:1]]), torch.cat([table[ids[4:5]], table[:3]]),
+                        table[:4]])  # padded (B, k, d)
     want = HardSearch(k, scale=1.0)(query.detach(), rows, lengths=torch.tensor([3, 1, 0]))
     torch.testing.assert_close(got.output, want.output)
     assert torch.all(got.output[2] == 0)
     mask = torch.tensor([[True, False, True, True, False, True]] * B)
     ids2 = torch.where(mask, torch.randint(0, 20, (B, 6), generator=g), 10**6)
-    HardSearch(8, scale=1.0)(query.detach(), tables=[table], ids=[ids2], mask=mask)  # k > valid: padding slots
+    HardSearch(6, scale=1.0)(query.detach(), tables=[table], ids=[ids2], mask=mask)  # k > valid: padding slots
+
+
+def test_integer_like_k(g):
+    """k may be any integer-like object but bool (numpy.int64, as the op and torch.topk take it)."""
+    B, L, d, k = 3, 30, 8, 5
+    query, keys, values = torch.randn(B, d, generator=g), torch.randn(B, L, d, generator=g), torch.randn(B, L, 4)
+    mask = make_mask(g, B, L, "left")
+    want = HardSearch(k)(query, keys, values, mask=mask)
+    got = HardSearch(np.int64(k))(query, keys, values, mask=mask)
+    assert type(HardSearch(np.int64(k)).k) is int
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    torch.manual_seed(0)
+    mh = TopKMultiHeadAttention(np.int32(k), d, d, 2)
+    assert mh(query, keys, mask=mask).indices.shape == (B, 2, k)
+    assert torch.equal(topk_search(query, keys, np.int64(k), mask=mask)[1], want.indices)
+    for layer in (HardSearch, lambda k: TopKMultiHeadAttention(k, d, d, 2)):
+        for bad, name in ((True, "bool"), (np.True_, "bool"), (2.0, "float"), (torch.tensor(3), "Tensor")):
+            with pytest.raises(TypeError, match=rf"k must be an int, got {name}"):
+                layer(bad)
+
+
+def _raised(f):
+    with pytest.raises((TypeError, ValueError)) as e:
+        f()
+    return type(e.value), str(e.value)
+
+
+def test_k_and_masks_as_the_op(g):
+    """The layers take k and masks as the op does, raising its exception with its
+    message: k > L (padded rows) and int or float masks raise, in every layout and
+    form (a mask declared right-padded included); jagged rows take any k >= 1."""
+    B, L, d = 3, 6, 4
+    query, keys, values = torch.randn(B, d, generator=g), torch.randn(B, L, d, generator=g), torch.randn(B, L, 5)
+    table, ids = torch.randn(20, d, generator=g), torch.randint(0, 20, (B, L), generator=g)
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1] * 6, [1, 0, 1, 0, 1, 1]], dtype=torch.bool)
+    for k, m in ((L + 1, mask), (3, mask.int()), (3, mask.float()), (3, mask[:, :L - 1])):
+        for form, op in (("keys", lambda: dare_kernels.topk_attention(query, keys, k, mask=m)),
+                         ("tables", lambda: dare_kernels.topk_attention_embedding(query, [table], [ids], k, mask=m))):
+            want = _raised(op)
+            kw = dict(tables=[table], ids=[ids]) if form == "tables" else {}
+            x = keys if form == "keys" else None
+            for layout in ("auto", "right"):
+                assert _raised(lambda: topk_search(query, x, k, mask=m, mask_layout=layout, **kw)) == want
+                assert _raised(lambda: HardSearch(k, mask_layout=layout)(query, x, mask=m, **kw)) == want
+                assert _raised(lambda: TopKMultiHeadAttention(k, d, d, 2, mask_layout=layout)(query, x, mask=m,
+                                                                                           **kw)) == want
+    assert _raised(lambda: HardSearch(L + 1)(query, keys, values, lengths=torch.tensor([6, 2, 0]))) == \
+        _raised(lambda: dare_kernels.topk_attention(query, keys, L + 1, lengths=torch.tensor([6, 2, 0])))
+    # Jagged rows have no common L: k above every row (and above N) pads.
+    out = HardSearch(L + 4)(query, keys[0], values[0], offsets=torch.tensor([0, 2, 2, L]))
+    assert out.indices.shape == (B, L + 4) and torch.all(out.indices[:, 4:] == -1)
+
+
+def test_values_checked_before_use(g):
+    """values of the wrong type or shape raise TypeError / ValueError naming values and
+    the expected shape (they failed inside einsum or gather), with keys or tables + ids,
+    padded or jagged; FuxiCTR's positional (target, seq, mask) is told that the mask is
+    a keyword argument."""
+    B, L, d, H, k = 3, 20, 8, 4, 5
+    query, keys = torch.randn(B, d, generator=g), torch.randn(B, L, d, generator=g)
+    table, ids = torch.randn(50, d, generator=g), torch.randint(0, 50, (B, L), generator=g)
+    mask = make_mask(g, B, L, "left")
+    torch.manual_seed(0)
+    mh = TopKMultiHeadAttention(k, d, d, H)
+    with pytest.raises(ValueError, match=r"values must have shape \(B, L, d_value\) with the layer's d_value=8, "
+                                         r"got shape \(3, 20, 16\)"):
+        mh(query, keys, torch.randn(B, L, 2 * d), mask=mask)
+    for layer in (mh, HardSearch(k)):
+        with pytest.raises(TypeError, match=r"values must be a floating-point tensor, got torch.bool: "
+                                            r"the mask is a keyword argument \(mask=\.\.\.\)"):
+            layer(query, keys, mask)
+        for kw in (dict(keys=keys), dict(tables=[table], ids=[ids])):
+            for bad in (torch.randn(B, L - 1, d), torch.randn(B, L), torch.randn(B + 1, L, d)):
+                shape = re.escape(str(tuple(bad.shape)))
+                with pytest.raises(ValueError, match=r"values must have shape \(B, L, d_v\) with B=3, L=20 "
+                                                     rf"\(one row per key\), got shape {shape}"):
+                    layer(query, values=bad, mask=mask, **kw)
+        with pytest.raises(TypeError, match=r"values must be a floating-point tensor, got torch.int64"):
+            layer(query, keys, torch.ones(B, L, d, dtype=torch.long), mask=mask)
+        with pytest.raises(TypeError, match=r"values must be a Tensor, a callable or None, got list"):
+            layer(query, keys, [[0.0]], mask=mask)
+    offsets = torch.tensor([0, 5, 5, L])
+    with pytest.raises(ValueError, match=r"values must have shape \(N, d_value\) with the layer's d_value=8, "
+                                         r"got shape \(20, 6\)"):
+        mh(query, keys[0], torch.randn(L, 6), offsets=offsets)
+    wide = TopKMultiHeadAttention(k, d, d, H, d_value=16)
+    with pytest.raises(ValueError, match=r"values=None reuses the keys \(width d_key=8\), but the layer's "
+                                         r"d_value=16"):
+        wide(query, keys, mask=mask)
+    with pytest.raises(ValueError, match=r"values returned rows of width 8, but the layer's d_value=16"):
+        wide(query, keys, lambda pos: keys.gather(1, pos[..., None].expand(-1, -1, d)), mask=mask)
+    assert wide(query, keys, torch.randn(B, L, 16), mask=mask).output.shape == (B, H * d)

@@ -1,5 +1,6 @@
 """Every available backend, on every device, over the whole sample matrix,
 against the float64 reference; plus opcheck, torch.compile and gradients."""
+import dataclasses
 import os
 
 import pytest
@@ -80,6 +81,30 @@ def test_raw_op_matches_api(device, seed):
 def test_auto_picks_compiled_backend(device):
     skip_unless_compiled(device)
     assert dare_kernels.available_backends(device)[0] == device
+
+
+def test_cuda_stand_in_is_a_table_entry(monkeypatch):
+    """Which backend runs the raw ops' CUDA tensors when the compiled library has no CUDA
+    kernels is the backend table's `stands_in` entry (Triton), registered by
+    backends.register_stand_ins: only where the library lacks the device and the
+    backend runs there, and as the backend's direct run."""
+    from dare_kernels import _library, backends
+    assert [b.name for b in backends.TABLE if "cuda" in b.stands_in] == ["triton"]
+    registered, ran = [], []
+    monkeypatch.setattr(torch.library, "register_kernel", lambda name, dev, fn: registered.append((name, dev, fn)))
+    monkeypatch.setattr(_library, "loaded", True)
+    for with_cuda, runs in ((True, True), (False, False), (False, True)):
+        monkeypatch.setattr(_library, "with_cuda", with_cuda)
+        monkeypatch.setattr(backends, "TABLE", tuple(
+            dataclasses.replace(b, unavailable=lambda device, runs=runs: None if runs else "no GPU",
+                                run=lambda op, args, direct: ran.append((op, args, direct)))
+            if b.name == "triton" else b for b in backends.TABLE))
+        registered.clear()
+        backends.register_stand_ins()
+        want = ["dare::topk_attention", "dare::topk_attention_embedding"] if not with_cuda and runs else []
+        assert [name for name, _, _ in registered] == want and all(dev == "cuda" for _, dev, _ in registered)
+    registered[1][2]("q", "tables", "ids", 3)
+    assert ran == [("topk_attention_embedding", ("q", "tables", "ids", 3), True)]
 
 
 @pytest.mark.parametrize("name", ["basic", "targets", "lengths", "empty_batch", "noncontiguous"])

@@ -3,6 +3,7 @@ sample matrix (each sample's keys as tables + ids) and the embedding-only
 samples, against the float64 reference on the looked-up keys; plus the raw op,
 opcheck, torch.compile, gradients (duplicate ids accumulate) and bad ids."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -287,6 +288,8 @@ def test_out_of_range_ids_score_nan_on_gpu(backend, seed):
     (lambda e: dict(k=0), ValueError, r"k must satisfy 1 <= k <= L=301, got 0"),
     (lambda e: dict(k=2.0), TypeError, "k must be an int"),
     (lambda e: dict(k=True), TypeError, "k must be an int"),
+    (lambda e: dict(k=np.True_), TypeError, "k must be an int, got bool"),
+    (lambda e: dict(k=torch.tensor(3)), TypeError, "k must be an int, got Tensor"),
     (lambda e: dict(lengths=[1, 2, 3, 4, 5]), TypeError, "lengths must be a Tensor or None"),
     (lambda e: dict(tables=[*e.tables, e.tables[0], e.tables[0]], ids=[*e.ids, e.ids[0], e.ids[0]]),
      ValueError, "tables must hold 1 to 4 fields, got 5"),
@@ -300,6 +303,17 @@ def test_bad_input(backend, bad, exc, match, seed):
     with pytest.raises(exc, match=match):
         dare_kernels.topk_attention_embedding(kw["query"], kw["tables"], kw["ids"], kw["k"], lengths=kw["lengths"],
                                               backend=backend)
+
+
+@pytest.mark.parametrize("backend", dare_kernels.BACKENDS)
+def test_integer_like_k(backend, seed):
+    """k may be any integer-like object but bool, as torch.topk's (numpy.int64, ...)."""
+    skip_unless_available(backend, "cpu", torch.float32)
+    e = embedding_input("emb_shared_positions", torch.float32, "cpu", seed)
+    want = dare_kernels.topk_attention_embedding(e.query, e.tables, e.ids, e.k, lengths=e.lengths, backend=backend)
+    for k in (np.int64(e.k), np.int32(e.k)):
+        got = dare_kernels.topk_attention_embedding(e.query, e.tables, e.ids, k, lengths=e.lengths, backend=backend)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
 def test_api_takes_the_raw_ops_positional_arguments(seed):

@@ -11,7 +11,7 @@ from dare_kernels import reference
 from dare_kernels.ops import backend_status
 
 from oracle import assert_matches_reference
-from samples import EmbeddingSample, Sample, embedding_layout, sample_input, with_layout
+from samples import EmbeddingSample, Sample, embedding_input, embedding_layout, sample_input, with_layout
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(backend_status("triton", DEVICE) is not None,
@@ -40,6 +40,30 @@ def test_large_k_path(name, seed):
     search = _search()
     s = sample_input(name, torch.float16, DEVICE, seed)
     assert_matches_reference(search._topk_attention(*s.args(), fused_max_k=0), s)
+
+
+def test_one_large_k_path(monkeypatch, seed):
+    """Both ops take k above the fused kernels' limit (fused_max_k; FUSED_MAX_K, 1024, by
+    default) to the reference, through the one large-k path; k within it, to the kernels."""
+    search = _search()
+    assert search.FUSED_MAX_K == 1024
+    s = sample_input("lengths", torch.float32, DEVICE, seed)
+    e = embedding_input("emb_shared_positions", torch.float32, DEVICE, seed)
+
+    def spy(calls, f):
+        def counted(*a, **kw):
+            calls.append(a)
+            return f(*a, **kw)
+        return counted
+
+    for op, args, sample in (("topk_attention", s.args(), s), ("topk_attention_embedding", e.args(), e.as_sample())):
+        calls = []
+        monkeypatch.setattr(reference, op, spy(calls, getattr(reference, op)))
+        run = getattr(search, "_" + op)
+        large, fused = run(*args, fused_max_k=sample.k - 1), run(*args, fused_max_k=sample.k)
+        assert len(calls) == 1  # the first only
+        assert_matches_reference(large, sample)
+        assert_matches_reference(fused, sample)
 
 
 @pytest.mark.parametrize("layout", ["mask", "left", "jagged"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import os
 from typing import Optional
 
@@ -18,7 +19,8 @@ from .._check import check_embedding_inputs, check_inputs, output_shape
 from .._contract import register_autograd
 from . import INTERPRET, kernels
 
-# Largest k the fused kernel selects itself; above it the packed keys go through torch.topk.
+# Largest k the fused kernels select themselves (the CUDA kernels' kMaxK, csrc/cuda, is its C++ twin);
+# above it: _exact_above_fused_k, the one large-k path.
 FUSED_MAX_K = 1024
 # Most programs per row, and most group maxima a split row's last program bounds with.
 MAX_SPLIT = 16
@@ -206,8 +208,28 @@ def _outputs(shape, device):
             torch.empty(shape, dtype=torch.int64, device=device))
 
 
+def _exact_above_fused_k(op: str):
+    """The one large-k path of both ops: k above FUSED_MAX_K, the largest k the fused
+    kernels select themselves, is the reference's exact computation (its stable sort) on
+    this device, which checks the inputs on the same terms (values read on CPU only).
+    The decorated function takes fused_max_k, a lower limit for tests."""
+    def decorate(fused):
+        k_at = list(inspect.signature(fused).parameters).index("k")
+        launch_options = ("split", "cfg", "wrap")
+
+        @functools.wraps(fused)
+        def run(*args, fused_max_k: int = FUSED_MAX_K, **kw):
+            k = args[k_at] if len(args) > k_at else kw["k"]
+            if k > fused_max_k:
+                return getattr(reference, op)(*args, **{n: v for n, v in kw.items() if n not in launch_options})
+            return fused(*args, **kw)
+        return run
+    return decorate
+
+
+@_exact_above_fused_k("topk_attention")
 def _topk_attention(query, keys, k, lengths=None, scale=1.0, mask=None, offsets=None, *, split=None,
-                    fused_max_k=FUSED_MAX_K, cfg: Optional[Config] = None, wrap=wrap_triton):
+                    cfg: Optional[Config] = None, wrap=wrap_triton):
     s = check_inputs(query, keys, k, lengths, check_length_values=keys.device.type == "cpu", scale=scale,
                      mask=mask, offsets=offsets)
     shape = output_shape(s, k)
@@ -222,9 +244,6 @@ def _topk_attention(query, keys, k, lengths=None, scale=1.0, mask=None, offsets=
     lengths, offsets = (None if t is None else t.contiguous() for t in (lengths, offsets))
     p = plan(R, _planned_length(s, offsets), s.d, k, device, split, cfg)
     scale = float(scale)
-    if k > fused_max_k:
-        # Exact for any k: the reference's stable sort, on this device (the one large-k path).
-        return reference.topk_attention(query, keys, k, lengths, scale, mask, offsets, check_length_values=False)
     _launch_search(wrap, p, q, keys, lengths, _mask_bytes(mask), offsets, out_s, out_i,
                    _workspace(p, s, device, offsets is not None), s.T, s.L, k, scale, cfg)
     return out_s, out_i
@@ -255,6 +274,7 @@ def eager_embedding(query, tables, ids, k, lengths=None, scale=1.0, mask=None, o
     return _topk_attention_embedding(query, tables, ids, k, lengths, scale, mask, offsets, wrap=_raw)
 
 
+@_exact_above_fused_k("topk_attention_embedding")
 def _topk_attention_embedding(query, tables, ids, k, lengths=None, scale=1.0, mask=None, offsets=None, *,
                               split=None, cfg: Optional[Config] = None, wrap=wrap_triton):
     cpu = query.device.type == "cpu"
@@ -266,9 +286,6 @@ def _topk_attention_embedding(query, tables, ids, k, lengths=None, scale=1.0, ma
     out_s, out_i = _outputs(shape, device)
     if R == 0:
         return out_s, out_i
-    if k > FUSED_MAX_K:
-        return reference.topk_attention_embedding(query, tables, ids, k, lengths, scale, mask, offsets,
-                                                  check_values=False)
     q = query.reshape(R, s.d).contiguous()
     tables = [t.contiguous() for t in tables]
     meta, off = [], 0
