@@ -29,7 +29,11 @@ class RowAdam(torch.optim.Optimizer):
     move; the step count is the parameter's, as SparseAdam's), written with index
     ops. Takes sparse gradients, coalesced or not (duplicate rows are summed)."""
 
-    def __init__(self, params: Iterable[torch.Tensor], lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8):
+    def __init__(self, params: Iterable[torch.Tensor], lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 fused=None):
+        """fused: update a table in one Triton launch (None: on CUDA tensors when
+        Triton is installed; True also on the CPU under TRITON_INTERPRET=1)."""
+        self.fused = fused
         if not lr >= 0.0:
             raise ValueError(f"RowAdam: lr must be >= 0, got {lr}")
         if not 0.0 <= betas[0] < 1.0 or not 0.0 <= betas[1] < 1.0:
@@ -65,14 +69,25 @@ class RowAdam(torch.optim.Optimizer):
                     continue
                 values = values.to(p.dtype)
                 m, v = state["exp_avg"], state["exp_avg_sq"]
+                step = state["step"]
+                step_size = lr * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
+                if self._fused(p):
+                    from .triton_backend.row_adam import row_adam_
+                    row_adam_(p, m, v, rows, values.contiguous(), beta1, beta2, eps, step_size)
+                    continue
                 m_rows = m.index_select(0, rows).lerp_(values, 1 - beta1)
                 v_rows = v.index_select(0, rows).mul_(beta2).addcmul_(values, values, value=1 - beta2)
                 m.index_copy_(0, rows, m_rows)
                 v.index_copy_(0, rows, v_rows)
-                step = state["step"]
-                step_size = lr * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
                 p.index_add_(0, rows, m_rows.div_(v_rows.sqrt_().add_(eps)), alpha=-step_size)
         return loss
+
+
+    def _fused(self, p: torch.Tensor) -> bool:
+        if self.fused is not None:
+            return bool(self.fused)
+        from . import triton_backend
+        return p.is_cuda and p.is_contiguous() and triton_backend.unavailable(p.device) is None
 
 
 class ModelOptimizer:
