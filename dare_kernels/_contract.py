@@ -138,8 +138,8 @@ BACKWARD_OP = "dare::topk_attention_embedding_backward"
 
 def backward_formula(grad, query, tables, ids, indices, scale=1.0, offsets=None, sparse=False, need_tables=True):
     """dare::topk_attention_embedding_backward's contract in PyTorch ops: the
-    op's CUDA kernel where the library has none (and the function itself where
-    no library loads). (grad_query, rows, values): per table, with sparse the
+    op's CUDA kernel where the library has none and Triton does not take it
+    (backends.register_backward), and the function itself where no library loads. (grad_query, rows, values): per table, with sparse the
     touched rows (ascending) and their gradients, else no rows and the dense
     gradient. Only the B·T·k selected behaviours are read (no B×L tensor)."""
     B = query.shape[0]
@@ -257,5 +257,3 @@ def register_compiled():
         torch.library.register_fake(f"dare::{op}", fake)
         register_autograd(f"dare::{op}", op)
     torch.library.register_fake(BACKWARD_OP, _fake_backward)
-    if not torch._C._dispatch_has_kernel_for_dispatch_key(BACKWARD_OP, "CUDA"):
-        torch.library.register_kernel(BACKWARD_OP, "cuda", backward_formula)

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import _library, reference
+from . import _contract, _library, reference
 from . import triton_backend as _triton
 
 OPS = ("topk_attention", "topk_attention_embedding")
@@ -105,6 +105,22 @@ def register_stand_ins() -> None:
             for op in OPS:
                 torch.library.register_kernel(f"dare::{op}", device_type,
                                               lambda *args, _op=op, _run=b.run: _run(_op, args, True))
+
+
+def register_backward() -> None:
+    """The CUDA kernel of dare::topk_attention_embedding_backward where the compiled
+    library has none: Triton's for sparse table gradients (a few launches and two
+    host synchronisations for every field together), else the PyTorch formula."""
+    if not _library.loaded or torch._C._dispatch_has_kernel_for_dispatch_key(_contract.BACKWARD_OP, "CUDA"):
+        return
+
+    def kernel(grad, query, tables, ids, indices, scale=1.0, offsets=None, sparse=False, need_tables=True):
+        if sparse and _triton.unavailable(query.device) is None:
+            from .triton_backend.backward import sparse_backward
+            return sparse_backward(grad, query, tables, ids, indices, scale, offsets, need_tables)
+        return _contract.backward_formula(grad, query, tables, ids, indices, scale, offsets, sparse, need_tables)
+
+    torch.library.register_kernel(_contract.BACKWARD_OP, "cuda", kernel)
 
 
 def device_of(device) -> torch.device:

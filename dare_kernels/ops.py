@@ -83,6 +83,7 @@ def topk_attention_embedding(query: torch.Tensor, tables: Sequence[torch.Tensor]
 def _register():
     _contract.register_compiled()
     backends.register_stand_ins()  # e.g. no compiled CUDA kernel: CUDA tensors reach Triton through the ops
+    backends.register_backward()
 
 
 if _library.loaded:

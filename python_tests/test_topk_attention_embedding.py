@@ -93,6 +93,26 @@ def test_backward_op(device, name, layout, sparse, seed):
         torch.testing.assert_close(v, vw, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", ["basic", "targets", "lengths", "emb_duplicates", "emb_shared_positions"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_triton_sparse_backward(device, name, layout, seed):
+    """The Triton sparse backward (the backward op's CUDA kernel for sparse=True)
+    gives the PyTorch formula's touched rows and sums."""
+    skip_unless_available("triton", device, torch.float32, layout=layout)
+    from dare_kernels import _contract
+    from dare_kernels.triton_backend.backward import sparse_backward
+    e = embedding_input(name, torch.float32, device, seed, layout)
+    scores, idx = dare_kernels.topk_attention_embedding(e.query, e.tables, e.ids, e.k, **e.kwargs())
+    grad = torch.randn(scores.shape, device=device)
+    want = _contract.backward_formula(grad, e.query, e.tables, e.ids, idx, 0.7, e.offsets, True, True)
+    got = sparse_backward(grad, e.query, e.tables, e.ids, idx, 0.7, e.offsets)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
+    for r, v, rw, vw in zip(got[1], got[2], want[1], want[2]):
+        assert torch.equal(r, rw)
+        torch.testing.assert_close(v, vw, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_torch_compile_fullgraph(device, seed):
     skip_unless_compiled(device)

@@ -1,0 +1,133 @@
+"""topk_attention_embedding's backward with sparse table gradients, on the GPU in
+a few launches and two host synchronisations (the number of touched rows must
+reach the host for the sparse tensors' shapes), whatever the number of fields.
+
+One kernel reads, per target row, its k selected positions: it looks up each
+field's id (jagged rows and shared ids as the forward reads them), adds
+g * table[id] to the query's gradient, and writes each entry's global row
+(field base + id; past every table where the entry is padding or its id is out
+of range) and its gradient row g * q[field's columns], zero padded to the widest
+field. Then one sort-based unique over all fields' rows, one index_add of the
+entries into their rows (float32: duplicates sum exactly as index_add does), and
+the fields' slices. _contract.backward_formula is the same in PyTorch ops."""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _field(table, ids, n, d, sib, sil, off, b, pos, ok_pos, g, q_row, D, r, K, base, sentinel, rows_out,
+           vals_out, grad_q, kk, DMAX: tl.constexpr, DB: tl.constexpr, NEED_TABLES: tl.constexpr):
+    i = tl.load(ids + b * sib + pos * sil, mask=ok_pos, other=-1).to(tl.int64)
+    ok = ok_pos & (i >= 0) & (i < n)
+    c = tl.arange(0, DB)
+    cm = c < d
+    x = tl.load(table + tl.where(ok, i, 0)[:, None] * d + c[None, :], mask=ok[:, None] & cm[None, :],
+                other=0.0).to(tl.float32)
+    gf = tl.where(ok, g, 0.0)
+    tl.store(grad_q + r * D + off + c, tl.sum(gf[:, None] * x, axis=0), mask=cm)
+    if NEED_TABLES:
+        e = r * K + kk
+        tl.store(rows_out + e, tl.where(ok, base + i, sentinel), mask=kk < K)
+        cv = tl.arange(0, DMAX)
+        q = tl.load(q_row + off + cv, mask=cv < d, other=0.0)
+        tl.store(vals_out + e[:, None] * DMAX + cv[None, :], gf[:, None] * q[None, :], mask=(kk < K)[:, None])
+
+
+@triton.jit
+def _backward_kernel(grad, idx, Q, starts, grad_q, rows_out, vals_out,
+                     t0, i0, t1, i1, t2, i2, t3, i3,
+                     n0, d0, sib0, sil0, off0, base0,
+                     n1, d1, sib1, sil1, off1, base1,
+                     n2, d2, sib2, sil2, off2, base2,
+                     n3, d3, sib3, sil3, off3, base3,
+                     T, K, D, N, scale, sentinel, stride_f,
+                     F: tl.constexpr, JAGGED: tl.constexpr, BK: tl.constexpr, DMAX: tl.constexpr,
+                     DB0: tl.constexpr, DB1: tl.constexpr, DB2: tl.constexpr, DB3: tl.constexpr,
+                     NEED_TABLES: tl.constexpr):
+    r = tl.program_id(0).to(tl.int64)
+    b = r // T
+    kk = tl.arange(0, BK)
+    j = tl.load(idx + r * K + kk, mask=kk < K, other=-1)
+    ok_pos = j >= 0
+    g = tl.where(ok_pos, tl.load(grad + r * K + kk, mask=kk < K, other=0.0) * scale, 0.0)
+    if JAGGED:
+        pos = tl.minimum(tl.load(starts + b) + tl.maximum(j, 0), tl.maximum(N - 1, 0))
+        bb = 0
+    else:
+        pos = tl.maximum(j, 0)
+        bb = b
+    q_row = Q + r * D
+    _field(t0, i0, n0, d0, sib0, sil0, off0, bb, pos, ok_pos, g, q_row, D, r, K, base0, sentinel,
+           rows_out, vals_out, grad_q, kk, DMAX, DB0, NEED_TABLES)
+    if F > 1:
+        _field(t1, i1, n1, d1, sib1, sil1, off1, bb, pos, ok_pos, g, q_row, D, r, K, base1, sentinel,
+               rows_out + stride_f, vals_out + stride_f * DMAX, grad_q, kk, DMAX, DB1, NEED_TABLES)
+    if F > 2:
+        _field(t2, i2, n2, d2, sib2, sil2, off2, bb, pos, ok_pos, g, q_row, D, r, K, base2, sentinel,
+               rows_out + 2 * stride_f, vals_out + 2 * stride_f * DMAX, grad_q, kk, DMAX, DB2, NEED_TABLES)
+    if F > 3:
+        _field(t3, i3, n3, d3, sib3, sil3, off3, bb, pos, ok_pos, g, q_row, D, r, K, base3, sentinel,
+               rows_out + 3 * stride_f, vals_out + 3 * stride_f * DMAX, grad_q, kk, DMAX, DB3, NEED_TABLES)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def sparse_backward(grad, query, tables, ids, indices, scale=1.0, offsets=None, need_tables=True):
+    """(grad_query, rows, values) as dare::topk_attention_embedding_backward with
+    sparse=True returns them: per table its touched rows (ascending) and their
+    gradients (float32 sums rounded once to the table's dtype)."""
+    B = query.shape[0]
+    T = query.shape[1] if query.dim() == 3 else 1
+    K = indices.shape[-1]
+    D = query.shape[-1]
+    R = B * T
+    F = len(tables)
+    device = query.device
+    tables = [t.contiguous() for t in tables]
+    widths = [t.shape[1] for t in tables]
+    dmax = _pow2(max(widths))
+    grad_q = torch.empty(R, D, dtype=torch.float32, device=device)
+    entries = R * K
+    sentinel = sum(t.shape[0] for t in tables)  # past every table: padding sorts last
+    rows = torch.empty(F if need_tables else 1, max(entries, 1), dtype=torch.int64, device=device)
+    vals = torch.empty(F if need_tables else 1, max(entries, 1), dmax if need_tables else 1, dtype=torch.float32,
+                       device=device)
+    if R > 0:
+        Q = query.reshape(R, D).float().contiguous()
+        starts = offsets.long()[:-1].clamp(0, ids[0].shape[0]) if offsets is not None else grad_q
+        meta, base, off = [], 0, 0
+        for t, i in zip(tables, ids):
+            sib, sil = (0, i.stride(0)) if i.dim() == 1 else (i.stride(0), i.stride(1))
+            meta += [t.shape[0], t.shape[1], sib, sil, off, base]
+            off += t.shape[1]
+            base += t.shape[0]
+        meta += [1, 1, 0, 0, 0, 0] * (4 - F)
+        fields = [(tables[f], ids[f]) if f < F else (tables[0], ids[0]) for f in range(4)]
+        DBs = [_pow2(widths[f]) if f < F else 1 for f in range(4)]
+        N = ids[0].shape[0] if offsets is not None else 0
+        _backward_kernel[(R,)](
+            grad.reshape(R, K).float().contiguous(), indices.reshape(R, K).contiguous(), Q, starts, grad_q, rows,
+            vals, *(x for pair in fields for x in pair), *meta, T, K, D, N, float(scale), sentinel,
+            max(entries, 1), F=F, JAGGED=offsets is not None, BK=_pow2(max(K, 1)), DMAX=dmax,
+            DB0=DBs[0], DB1=DBs[1], DB2=DBs[2], DB3=DBs[3], NEED_TABLES=need_tables, num_warps=4)
+    gq = grad_q.reshape(query.shape).to(query.dtype)
+    if not need_tables:
+        return gq, [], []
+    if entries == 0:
+        return gq, [rows.new_empty(0) for _ in tables], [t.new_empty(0, t.shape[1]) for t in tables]
+    uniq, inverse = torch.unique(rows[:, :entries].reshape(-1), sorted=True, return_inverse=True)
+    sums = torch.zeros(uniq.shape[0], dmax, dtype=torch.float32, device=device)
+    sums.index_add_(0, inverse, vals[:, :entries].reshape(-1, dmax))
+    bases = [sum(t.shape[0] for t in tables[:f]) for f in range(F + 1)]
+    bounds = torch.searchsorted(uniq, torch.tensor(bases, device=device)).tolist()
+    out_rows, out_values = [], []
+    for f, t in enumerate(tables):
+        lo, hi = bounds[f], bounds[f + 1]
+        out_rows.append(uniq[lo:hi] - bases[f] if f else uniq[lo:hi])
+        out_values.append(sums[lo:hi, :t.shape[1]].to(t.dtype))
+    return gq, out_rows, out_values
