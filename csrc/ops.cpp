@@ -8,6 +8,12 @@ TORCH_LIBRARY(dare, m) {
   m.def(
       "topk_attention(Tensor query, Tensor keys, int k, Tensor? lengths=None, "
       "float scale=1.0, Tensor? mask=None, Tensor? offsets=None) -> (Tensor scores, Tensor indices)");
+  // Its backward in one call, from the selected keys alone: grad (the scores' gradient)
+  // and indices as the forward returned them; grad_keys dense (keys' shape and dtype,
+  // float32 sums rounded once), empty without need_keys or for float8 keys.
+  m.def(
+      "topk_attention_backward(Tensor grad, Tensor query, Tensor keys, Tensor indices, float scale=1.0, "
+      "Tensor? offsets=None, bool need_keys=True) -> (Tensor grad_query, Tensor grad_keys)");
   // keys[b, j] = [tables[0][ids[0][b, j]] | ... | tables[F-1][ids[F-1][b, j]]], never built.
   // sparse: the tables' gradients as coalesced sparse COO tensors of the touched rows
   // (as aten::embedding's `sparse`); the forward ignores it.

@@ -20,12 +20,26 @@ def _empty_outputs(query, shape):
 # ---------------------------------------------------------------------------
 # topk_attention(query, keys, k, lengths, scale)
 
+KEYS_BACKWARD_OP = "dare::topk_attention_backward"
+
+
 def topk_attention_backward(grad: torch.Tensor, query: torch.Tensor, keys: torch.Tensor,
                             indices: torch.Tensor, scale: float,
                             need_query: bool = True, need_keys: bool = True, offsets=None):
-    """Gradients of the selected scores. Touches only the B·T·k selected keys:
-    no B×L intermediate (grad_keys is dense because keys are). With offsets,
-    keys are jagged (N, d) and indices count from each row's start."""
+    """Gradients of the selected scores, in one call of dare::topk_attention_backward.
+    Touches only the B·T·k selected keys: no B×L intermediate (grad_keys is dense
+    because keys are). With offsets, keys are jagged (N, d) and indices count from
+    each row's start. Float8 keys take no gradient."""
+    need_keys = need_keys and keys.dtype != torch.float8_e4m3fn
+    op = torch.ops.dare.topk_attention_backward if _library.loaded else keys_backward_formula
+    gq, gk = op(grad, query, keys, indices, scale, offsets, need_keys)
+    return (gq if need_query else None), (gk if need_keys else None)
+
+
+def keys_backward_formula(grad, query, keys, indices, scale=1.0, offsets=None, need_keys=True):
+    """dare::topk_attention_backward's contract in PyTorch ops (its CUDA kernel
+    where neither the library nor Triton's takes the case): (grad_query,
+    grad_keys), grad_keys empty without need_keys or for float8 keys."""
     B = query.shape[0]
     d = keys.shape[-1]
     T = query.shape[1] if query.dim() == 3 else 1
@@ -35,22 +49,20 @@ def topk_attention_backward(grad: torch.Tensor, query: torch.Tensor, keys: torch
     g = torch.where(valid, grad.reshape(B, T * k).float() * scale, 0.0)
     if offsets is not None:
         if keys.shape[0] == 0:  # no history at all: nothing was selected
-            gq = torch.zeros_like(query) if need_query else None
-            return gq, (torch.zeros_like(keys) if need_keys else None)
+            return torch.zeros_like(query), (torch.zeros_like(keys) if need_keys else keys.new_empty(0))
         rows = jagged_positions(offsets, idx, keys.shape[0])  # into the N values (padding: zeroed below)
-    grad_query = grad_keys = None
+    grad_keys = keys.new_empty(0)
     fp8 = keys.dtype == torch.float8_e4m3fn  # quantised keys take no gradient
     need_keys = need_keys and not fp8
-    if need_query:
-        if offsets is not None:
-            sel = keys[rows.reshape(-1)].reshape(B, T * k, d).float()
-        else:
-            src = keys.view(torch.uint8) if fp8 else keys  # no gather kernel for float8
-            sel = src.gather(1, idx.clamp(min=0)[..., None].expand(B, T * k, d))
-            sel = (sel.view(keys.dtype) if fp8 else sel).float()
-        sel = torch.where(valid[..., None], sel, 0.0)
-        grad_query = torch.einsum("btk,btkd->btd", g.view(B, T, k), sel.view(B, T, k, d))
-        grad_query = grad_query.reshape(query.shape).to(query.dtype)
+    if offsets is not None:
+        sel = keys[rows.reshape(-1)].reshape(B, T * k, d).float()
+    else:
+        src = keys.view(torch.uint8) if fp8 else keys  # no gather kernel for float8
+        sel = src.gather(1, idx.clamp(min=0)[..., None].expand(B, T * k, d))
+        sel = (sel.view(keys.dtype) if fp8 else sel).float()
+    sel = torch.where(valid[..., None], sel, 0.0)
+    grad_query = torch.einsum("btk,btkd->btd", g.view(B, T, k), sel.view(B, T, k, d))
+    grad_query = grad_query.reshape(query.shape).to(query.dtype)
     if need_keys:
         src = g.view(B, T, k, 1) * query.reshape(B, T, 1, d).float()
         src = torch.where(valid[..., None], src.reshape(B, T * k, d), 0.0)
@@ -68,6 +80,11 @@ def topk_attention_backward(grad: torch.Tensor, query: torch.Tensor, keys: torch
         gather_idx = idx.clamp(min=0)[..., None].expand(B, T * k, d)
         grad_keys = grad_keys.scatter_add_(1, gather_idx, src.to(acc)).to(keys.dtype)
     return grad_query, grad_keys
+
+
+def _fake_keys_backward(grad, query, keys, indices, scale=1.0, offsets=None, need_keys=True):
+    keep = need_keys and keys.dtype != torch.float8_e4m3fn
+    return query.new_empty(query.shape), keys.new_empty(keys.shape if keep else (0,))
 
 
 def _fake(query, keys, k, lengths=None, scale=1.0, mask=None, offsets=None):
@@ -257,3 +274,4 @@ def register_compiled():
         torch.library.register_fake(f"dare::{op}", fake)
         register_autograd(f"dare::{op}", op)
     torch.library.register_fake(BACKWARD_OP, _fake_backward)
+    torch.library.register_fake(KEYS_BACKWARD_OP, _fake_keys_backward)

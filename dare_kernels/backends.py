@@ -108,10 +108,11 @@ def register_stand_ins() -> None:
 
 
 def register_backward() -> None:
-    """The CUDA kernel of dare::topk_attention_embedding_backward where the compiled
-    library has none: Triton's for sparse table gradients (a few launches and two
-    host synchronisations for every field together), else the PyTorch formula."""
-    if not _library.loaded or torch._C._dispatch_has_kernel_for_dispatch_key(_contract.BACKWARD_OP, "CUDA"):
+    """The CUDA kernels of both ops' backward where the compiled library has none:
+    Triton's where they apply (sparse table gradients: a few launches and two host
+    synchronisations for every field together; one target per padded row: one fill
+    and one launch), else the PyTorch formulas."""
+    if not _library.loaded:
         return
 
     def kernel(grad, query, tables, ids, indices, scale=1.0, offsets=None, sparse=False, need_tables=True):
@@ -120,7 +121,19 @@ def register_backward() -> None:
             return sparse_backward(grad, query, tables, ids, indices, scale, offsets, need_tables)
         return _contract.backward_formula(grad, query, tables, ids, indices, scale, offsets, sparse, need_tables)
 
-    torch.library.register_kernel(_contract.BACKWARD_OP, "cuda", kernel)
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(_contract.BACKWARD_OP, "CUDA"):
+        torch.library.register_kernel(_contract.BACKWARD_OP, "cuda", kernel)
+
+    def keys_kernel(grad, query, keys, indices, scale=1.0, offsets=None, need_keys=True):
+        # One target per row, padded keys: each selected key's row is written once (Triton).
+        if query.dim() == 2 and offsets is None and keys.dtype != torch.float8_e4m3fn and keys.stride(2) == 1 \
+                and _triton.unavailable(query.device) is None:
+            from .triton_backend.backward import keys_backward
+            return keys_backward(grad, query, keys, indices, scale, need_keys)
+        return _contract.keys_backward_formula(grad, query, keys, indices, scale, offsets, need_keys)
+
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(_contract.KEYS_BACKWARD_OP, "CUDA"):
+        torch.library.register_kernel(_contract.KEYS_BACKWARD_OP, "cuda", keys_kernel)
 
 
 def device_of(device) -> torch.device:

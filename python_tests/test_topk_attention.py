@@ -253,3 +253,45 @@ def test_cpu_portable_variant():
                        env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert " passed" in r.stdout
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", ["basic", "targets", "lengths", "duplicates_targets", "nan_inf", "empty_batch"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_op(device, name, layout, seed):
+    """The one-call backward op: opcheck, and its result equals the formula in
+    PyTorch ops (_contract.keys_backward_formula)."""
+    skip_unless_compiled(device)
+    from dare_kernels import _contract
+    s = sample_input(name, torch.float32, device, seed, layout)
+    scores, idx = dare_kernels.topk_attention(s.query, s.keys, s.k, **s.kwargs())
+    grad = torch.randn(scores.shape, device=device)
+    for need_keys in (True, False):
+        args = (grad, s.query, s.keys, idx, 0.7, s.offsets, need_keys)
+        if name != "nan_inf":  # opcheck's comparisons take NaN != NaN
+            torch.library.opcheck(torch.ops.dare.topk_attention_backward, args)
+        got = torch.ops.dare.topk_attention_backward(*args)
+        want = _contract.keys_backward_formula(*args)
+        torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6, equal_nan=True)
+        torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("name", ["basic", "lengths", "duplicates", "noncontiguous", "k_eq_L", "nan_inf"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_triton_keys_backward(device, name, dtype, seed):
+    """The Triton backward of one target per padded row (the CUDA kernel of the
+    backward op there) gives the PyTorch formula's gradients."""
+    skip_unless_available("triton", device, dtype)
+    from dare_kernels import _contract
+    from dare_kernels.triton_backend.backward import keys_backward
+    s = sample_input(name, dtype, device, seed)
+    if s.query.dim() != 2 or s.keys.stride(2) != 1:
+        pytest.skip("one target per row, contiguous key rows")
+    scores, idx = dare_kernels.topk_attention(s.query, s.keys, s.k, lengths=s.lengths)
+    grad = torch.randn(scores.shape, device=device)
+    got = keys_backward(grad, s.query, s.keys, idx, 0.7)
+    want = _contract.keys_backward_formula(grad, s.query, s.keys, idx, 0.7)
+    tol = 1e-5 if dtype == torch.float32 else 1e-3
+    torch.testing.assert_close(got[0], want[0], rtol=tol, atol=tol, equal_nan=True)
+    torch.testing.assert_close(got[1], want[1], rtol=tol, atol=tol, equal_nan=True)

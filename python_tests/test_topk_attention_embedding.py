@@ -90,7 +90,7 @@ def test_backward_op(device, name, layout, sparse, seed):
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
     for r, v, rw, vw in zip(got[1], got[2], want[1], want[2]):
         assert torch.equal(r, rw)
-        torch.testing.assert_close(v, vw, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(v, vw, rtol=1e-5, atol=1e-5)  # sums of duplicates: another order
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -110,7 +110,7 @@ def test_triton_sparse_backward(device, name, layout, seed):
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
     for r, v, rw, vw in zip(got[1], got[2], want[1], want[2]):
         assert torch.equal(r, rw)
-        torch.testing.assert_close(v, vw, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(v, vw, rtol=1e-5, atol=1e-5)  # sums of duplicates: another order
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -131,3 +131,44 @@ def sparse_backward(grad, query, tables, ids, indices, scale=1.0, offsets=None, 
         out_rows.append(uniq[lo:hi] - bases[f] if f else uniq[lo:hi])
         out_values.append(sums[lo:hi, :t.shape[1]].to(t.dtype))
     return gq, out_rows, out_values
+
+
+@triton.jit
+def _keys_backward_kernel(grad, idx, query, keys, grad_q, grad_keys, L, K, d, sb, sl, scale,
+                          CK: tl.constexpr, BD: tl.constexpr, NEED_KEYS: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    c = tl.arange(0, BD)
+    q = tl.load(query + b * d + c, mask=c < d, other=0.0).to(tl.float32)
+    acc = tl.zeros([BD], dtype=tl.float32)
+    for k0 in range(0, K, CK):
+        kk = k0 + tl.arange(0, CK)
+        j = tl.load(idx + b * K + kk, mask=kk < K, other=-1)
+        ok = j >= 0
+        g = tl.where(ok, tl.load(grad + b * K + kk, mask=kk < K, other=0.0) * scale, 0.0)
+        live = ok[:, None] & (c < d)[None, :]
+        jj = tl.maximum(j, 0)
+        x = tl.load(keys + b * sb + jj[:, None] * sl + c[None, :], mask=live, other=0.0).to(tl.float32)
+        acc += tl.sum(g[:, None] * x, axis=0)
+        if NEED_KEYS:
+            out = grad_keys + b * L * d + jj[:, None] * d + c[None, :]
+            tl.store(out, (g[:, None] * q[None, :]).to(grad_keys.dtype.element_ty), mask=live)
+    tl.store(grad_q + b * d + c, acc, mask=c < d)
+
+
+def keys_backward(grad, query, keys, indices, scale=1.0, need_keys=True):
+    """(grad_query, grad_keys) as dare::topk_attention_backward returns them, for one
+    target per row and padded keys whose last dim is contiguous: a row selects each
+    of its positions at most once, so every selected key's gradient row is written
+    once, rounded once, into the zero-filled gradient (one fill and one launch)."""
+    B, K = indices.shape
+    L, d = keys.shape[1], keys.shape[2]
+    grad_q = torch.empty(B, d, dtype=torch.float32, device=query.device)
+    grad_keys = torch.zeros(keys.shape, dtype=keys.dtype, device=keys.device) if need_keys else keys.new_empty(0)
+    if B > 0 and K > 0:
+        bd = _pow2(d)
+        _keys_backward_kernel[(B,)](grad.float().contiguous(), indices.contiguous(), query.contiguous(), keys,
+                                    grad_q, grad_keys, L, K, d, keys.stride(0), keys.stride(1), float(scale),
+                                    CK=max(16, min(_pow2(K), 4096 // bd)), BD=bd, NEED_KEYS=need_keys, num_warps=4)
+    else:
+        grad_q.zero_()
+    return grad_q.to(query.dtype), grad_keys

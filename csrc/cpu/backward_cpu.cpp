@@ -1,10 +1,13 @@
-// CPU backward of topk_attention_embedding in one call: the query's gradient and
-// each table's gradient from the B*T*k selected behaviours alone (no B x L
-// tensor, no float32 copy of a table). A table's touched rows are found by
-// sorting the selected entries by row; each row's sum is formed in float32 and
-// rounded once, so duplicate ids accumulate exactly as index_add in float32 does
-// (dare_kernels/_contract.py holds the same formula in PyTorch ops).
+// CPU backward of both ops in one call each: the query's gradient and the keys'
+// (or each table's) gradient from the B*T*k selected entries alone (no B x L
+// score tensor, no float32 copy of keys or a table). The touched rows are found
+// by sorting the selected entries by row; each row's sum is formed in float32 and
+// rounded once, so duplicates (an id selected twice, a key several targets
+// select) accumulate exactly as index_add in float32 does (dare_kernels/_contract.py
+// holds the same formulas in PyTorch ops). A key of topk_attention is row
+// b * L + j of the keys viewed as (B*L, d) (jagged: row start + j of (N, d)).
 #include <algorithm>
+#include <type_traits>
 #include <cstdint>
 #include <utility>
 #include <vector>
@@ -176,10 +179,62 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> topk_at
   return {acc.reshape(query.sizes()).to(query.scalar_type()), out_rows, out_values};
 }
 
+std::tuple<at::Tensor, at::Tensor> topk_attention_backward_cpu(const at::Tensor& grad, const at::Tensor& query,
+                                                               const at::Tensor& keys, const at::Tensor& indices,
+                                                               double scale, const Opt& offsets, bool need_keys) {
+  const char* op = "topk_attention_backward";
+  TORCH_CHECK_VALUE(indices.dim() == query.dim() && indices.scalar_type() == at::kLong, op,
+                    ": indices must be int64 of shape (B, k) or (B, T, k) as the query's, got ", indices.sizes(),
+                    " ", indices.scalar_type());
+  const int64_t K = indices.size(-1);
+  const Shape s = check_inputs(query, keys, K, std::nullopt, std::nullopt, offsets, /*check_length_values=*/false);
+  const int64_t R = s.B * s.T;
+  TORCH_CHECK_VALUE(indices.numel() == R * K, op, ": indices must have B*T=", R, " rows of k, got ", indices.sizes());
+  TORCH_CHECK_VALUE(grad.sizes() == indices.sizes(), op, ": grad must have indices' shape ", indices.sizes(),
+                    ", got ", grad.sizes());
+  const at::Tensor idx = indices.reshape({R, K}).contiguous();
+  const at::Tensor G = (grad.reshape({R, K}).to(at::kFloat) * scale).contiguous();
+  const at::Tensor Q = query.reshape({R, s.d}).to(at::kFloat).contiguous();
+  const at::Tensor flat = keys.contiguous().reshape({-1, s.d});  // (B*L, d), jagged (N, d)
+  const int64_t n = flat.size(0);
+  std::vector<int64_t> rows(size_t(R * K));
+  {
+    const int64_t* ix = idx.const_data_ptr<int64_t>();
+    at::Tensor starts;
+    if (offsets.has_value()) starts = offsets->to(at::kLong).slice(0, 0, s.B).clamp(0, s.L).contiguous();
+    const int64_t* st = starts.defined() ? starts.const_data_ptr<int64_t>() : nullptr;
+    at::parallel_for(0, R, 64, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t b = r / s.T;
+        for (int64_t kk = 0; kk < K; ++kk) {
+          const int64_t j = ix[r * K + kk];
+          rows[size_t(r * K + kk)] = j < 0 ? -1 : st ? std::min(st[b] + j, std::max<int64_t>(n - 1, 0)) : b * s.L + j;
+        }
+      }
+    });
+  }
+  const float* g = G.const_data_ptr<float>();
+  at::Tensor acc = at::zeros({R, s.d}, query.options().dtype(at::kFloat));
+  const bool fp8 = keys.scalar_type() == at::kFloat8_e4m3fn;  // quantised keys take no gradient
+  at::Tensor grad_keys = need_keys && !fp8 ? at::zeros(keys.sizes(), keys.options()) : at::empty({0}, keys.options());
+  AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kFloat8_e4m3fn, keys.scalar_type(),
+                                  "topk_attention_backward_cpu", [&] {
+    query_grad<scalar_t>(g, rows, flat.const_data_ptr<scalar_t>(), s.d, s.d, 0, s.d, R, K,
+                         acc.mutable_data_ptr<float>());
+    if (grad_keys.numel() == 0) return;
+    if constexpr (!std::is_same_v<scalar_t, at::Float8_e4m3fn>) {
+      row_sums<scalar_t>(touched(rows), g, Q.const_data_ptr<float>(), s.d, 0, s.d, K,
+                         grad_keys.mutable_data_ptr<scalar_t>(), true);
+    }
+  });
+  return {acc.reshape(query.sizes()).to(query.scalar_type()), grad_keys};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(dare, CPU, m) {
   m.impl("topk_attention_embedding_backward", &topk_attention_embedding_backward_cpu);
+  m.impl("topk_attention_backward", &topk_attention_backward_cpu);
 }
 
 }  // namespace dare
