@@ -7,15 +7,9 @@
 // L1. Keys are read through their strides (expand()ed keys are not copied);
 // masks and jagged rows in place (layout.h).
 #include <algorithm>
-#include <cstdlib>
-#include <string>
 #include <functional>
 #include <limits>
 #include <vector>
-
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -25,6 +19,7 @@
 
 #include "../check.h"
 #include "../order.h"
+#include "isa.h"
 #include "layout.h"
 #include "select.h"
 
@@ -66,10 +61,7 @@ inline void score_chunk_scalar(const float* q, const scalar_t* x, int64_t stride
   for (int64_t i = 0; i < n; ++i) out[i] = dot(q, x + i * stride, d) * scale;
 }
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define DARE_X86 1
-#define DARE_AVX2 __attribute__((target("avx2,fma,f16c")))
-
+#ifdef DARE_X86
 template <typename scalar_t>
 DARE_AVX2 inline __m256 load8(const scalar_t* p);
 template <>
@@ -199,36 +191,13 @@ __attribute__((always_inline)) inline void scan_rows(const Rows& r, int64_t begi
   }
 }
 
-// Compiled twice: with AVX2/FMA/F16C and for the baseline ISA, picked at run
-// time, so one binary is both fast here and safe on older CPUs.
-#define DARE_SCAN_VARIANT(name, attrs, avx2)                                            \
-  attrs void name(at::ScalarType t, const Rows& r, int64_t begin, int64_t end) {        \
-    switch (t) {                                                                        \
-      case at::kFloat: return scan_rows<float, avx2>(r, begin, end);                    \
-      case at::kHalf: return scan_rows<c10::Half, avx2>(r, begin, end);                 \
-      case at::kBFloat16: return scan_rows<c10::BFloat16, avx2>(r, begin, end);         \
-      default: TORCH_CHECK(false, "topk_attention: unreachable dtype");                 \
-    }                                                                                   \
+// The entry point cpu::pick_scan compiles for each ISA.
+struct Scan {
+  template <typename scalar_t, bool kAvx2>
+  __attribute__((always_inline)) static void run(const Rows& r, int64_t begin, int64_t end) {
+    scan_rows<scalar_t, kAvx2>(r, begin, end);
   }
-
-#ifdef DARE_X86
-DARE_SCAN_VARIANT(scan_avx2, DARE_AVX2, true)
-#endif
-DARE_SCAN_VARIANT(scan_baseline, , false)
-
-using ScanFn = void (*)(at::ScalarType, const Rows&, int64_t, int64_t);
-
-ScanFn pick_scan() {
-  // DARE_CPU_ISA=baseline forces the portable variant (so tests cover it here).
-  const char* isa = std::getenv("DARE_CPU_ISA");
-  if (isa && std::string(isa) == "baseline") return scan_baseline;
-#ifdef DARE_X86
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-      __builtin_cpu_supports("f16c"))
-    return scan_avx2;
-#endif
-  return scan_baseline;
-}
+};
 
 std::tuple<at::Tensor, at::Tensor> topk_attention_cpu(const at::Tensor& query,
                                                       const at::Tensor& keys, int64_t k,
@@ -265,7 +234,7 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cpu(const at::Tensor& query,
                scores.mutable_data_ptr<float>(), indices.mutable_data_ptr<int64_t>(),
                s.T, s.d, k, group, chunk, static_cast<float>(scale)};
   const int64_t items = s.B * ((s.T + group - 1) / group);
-  static const ScanFn scan = pick_scan();
+  static const auto scan = cpu::pick_scan<Scan, const Rows&, int64_t, int64_t>();
   const at::ScalarType t = K.scalar_type();
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) { scan(t, r, begin, end); });
   return {scores, indices};

@@ -10,10 +10,6 @@
 #include <string>
 #include <vector>
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -21,6 +17,7 @@
 #include <torch/library.h>
 
 #include "../check.h"
+#include "isa.h"
 #include "layout.h"
 #include "select.h"
 
@@ -68,9 +65,7 @@ inline float dot_scalar(const float* q, const float* x, int64_t d) {
   return s;
 }
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define DARE_X86 1
-#define DARE_AVX2 __attribute__((target("avx2,fma")))
+#ifdef DARE_X86
 DARE_AVX2 inline float dot_avx2(const float* q, const float* x, int64_t d) {
   __m256 acc = _mm256_setzero_ps();
   int64_t i = 0;
@@ -152,31 +147,13 @@ void scan_rows(const Problem& p, int64_t b_begin, int64_t b_end, BadId* bad) {
   }
 }
 
-#define DARE_EMBED_VARIANT(name, attrs, avx2)                                                  \
-  attrs void name(at::ScalarType t, const Problem& p, int64_t begin, int64_t end, BadId* bad) { \
-    switch (t) {                                                                               \
-      case at::kFloat: return scan_rows<float, avx2>(p, begin, end, bad);                      \
-      case at::kHalf: return scan_rows<c10::Half, avx2>(p, begin, end, bad);                   \
-      case at::kBFloat16: return scan_rows<c10::BFloat16, avx2>(p, begin, end, bad);           \
-      default: TORCH_CHECK(false, "topk_attention_embedding: unreachable dtype");              \
-    }                                                                                          \
+// The entry point cpu::pick_scan compiles for each ISA.
+struct Scan {
+  template <typename scalar_t, bool kAvx2>
+  __attribute__((always_inline)) static void run(const Problem& p, int64_t begin, int64_t end, BadId* bad) {
+    scan_rows<scalar_t, kAvx2>(p, begin, end, bad);
   }
-
-#ifdef DARE_X86
-DARE_EMBED_VARIANT(embed_avx2, DARE_AVX2, true)
-#endif
-DARE_EMBED_VARIANT(embed_baseline, , false)
-
-using ScanFn = void (*)(at::ScalarType, const Problem&, int64_t, int64_t, BadId*);
-
-ScanFn pick_scan() {
-  const char* isa = std::getenv("DARE_CPU_ISA");
-  if (isa && std::string(isa) == "baseline") return embed_baseline;
-#ifdef DARE_X86
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return embed_avx2;
-#endif
-  return embed_baseline;
-}
+};
 
 std::tuple<at::Tensor, at::Tensor> topk_attention_embedding_cpu(const at::Tensor& query, at::TensorList tables,
                                                                 at::TensorList ids, int64_t k,
@@ -217,7 +194,7 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_embedding_cpu(const at::Tensor
   p.indices = indices.mutable_data_ptr<int64_t>();
   p.scale = static_cast<float>(scale);
 
-  static const ScanFn scan = pick_scan();
+  static const auto scan = cpu::pick_scan<Scan, const Problem&, int64_t, int64_t, BadId*>();
   const at::ScalarType t = query.scalar_type();
   std::vector<BadId> bad(std::max<int64_t>(at::get_num_threads(), 1));
   at::parallel_for(0, s.B, 1, [&](int64_t begin, int64_t end) {

@@ -25,8 +25,8 @@
 #include <cuda_fp16.h>
 
 #include "../order.h"
+#include "kernels.h"
 #include "select.cuh"
-#include "topk_kernel.h"
 #include "vec.cuh"
 
 namespace dare {
@@ -104,21 +104,9 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) embedding_kernel(EmbedPa
   constexpr int EPU = UB / int(sizeof(T));          // elements per vector
   constexpr int U = 2;                              // keys per lane group per tile
   const Params& p = ep.base;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  uint64_t* buf = reinterpret_cast<uint64_t*>(smem_raw);  // cap
-  uint64_t* cand = buf + p.cap;                            // kpow2
   __shared__ SelectShared sh;
   __shared__ Stream st;
-
-  const int64_t row = blockIdx.x / p.splits;
-  const int c = blockIdx.x % p.splits;
-  const int64_t b = row / p.T;
-  const int64_t len = row_length(p, b);
-  if (threadIdx.x == 0) {
-    st.count = 0;
-    st.bound = 0;
-  }
-  __syncthreads();
+  const SpanCta s = begin_span(p, st);
 
   const int G = ep.group;
   const int lane = threadIdx.x % 32, gl = lane % G;
@@ -140,7 +128,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) embedding_kernel(EmbedPa
       table = static_cast<const Unit*>(fd.table);
       ids64 = fd.ids64;
       // Jagged ids: row b's values start at position row_start of the (N,) stream.
-      const int64_t first = p.offsets ? row_start(p, b) * fd.stride_l : b * fd.stride_b;
+      const int64_t first = p.offsets ? row_start(p, s.b) * fd.stride_l : s.b * fd.stride_b;
       row_ids = static_cast<const char*>(fd.ids) + first * (ids64 ? 8 : 4);
       n_rows = fd.n;
       sl = fd.stride_l;
@@ -149,18 +137,14 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) embedding_kernel(EmbedPa
     }
   }
   float qr[EPU];
-  const T* q = static_cast<const T*>(p.query) + row * p.d + int64_t(gl) * EPU;
+  const T* q = static_cast<const T*>(p.query) + s.row * p.d + int64_t(gl) * EPU;
 #pragma unroll
   for (int e = 0; e < EPU; ++e) qr[e] = has ? to_float(q[e]) : 0.f;
 
-  // Span c of the row's splits equal spans: a jagged row, whose length the host
-  // never read, is cut by its own length.
-  const int64_t span = (len + p.splits - 1) / p.splits;
-  const int64_t start = int64_t(c) * span;
-  const int n = int(len > start ? (len - start < span ? len - start : span) : 0);
-  const char* ids = row_ids + start * sl * (ids64 ? 8 : 4);
+  const int n = s.n;
+  const char* ids = row_ids + s.start * sl * (ids64 ? 8 : 4);
   // A compile-time switch, as in topk_kernel: the unmasked kernel keeps its registers.
-  const bool* mk = MASKED ? row_mask(p, b, start) : nullptr;
+  const bool* mk = MASKED ? row_mask(p, s.b, s.start) : nullptr;
   // ids: -1 no key (past the span, masked out, or a padding lane: never read), -2 out of range.
   auto load_ids = [&](int j0, int64_t (&dst)[U]) {
 #pragma unroll
@@ -207,13 +191,13 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) embedding_kernel(EmbedPa
       const int j = j0 + u * per_round + key0;
       // The mask byte again (an L1 hit: load_ids read it two tiles ago), not a flag
       // carried in registers through the pipeline.
-      offer(gl == 0 && j < n && kept(mk, p.mask_sl, j), acc * p.scale, uint32_t(start + j), bound, buf, st, &end);
+      offer(gl == 0 && j < n && kept(mk, p.mask_sl, j), acc * p.scale, uint32_t(s.start + j), bound, s.buf, st, &end);
     }
-    end_tile(p, end, tile, buf, cand, st, sh);
+    end_tile(p, end, tile, s.buf, s.cand, st, sh);
 #pragma unroll
     for (int u = 0; u < U; ++u) cur[u] = nxt[u];
   }
-  finish_row(p, row, c, buf, cand, st, sh);
+  finish_row(p, s.row, s.c, s.buf, s.cand, st, sh);
 }
 
 }  // namespace
@@ -226,7 +210,7 @@ void launch_ub(const EmbedParams& p, dim3 grid, size_t smem, cudaStream_t stream
 
 template <typename T>
 void launch_embedding(const EmbedParams& p, int unit_bytes, int64_t rows, size_t smem, cudaStream_t stream) {
-  const dim3 grid(unsigned(rows * p.base.splits));
+  const dim3 grid = span_grid(p.base, rows);
   if (unit_bytes == 16) launch_ub<T, 16>(p, grid, smem, stream);
   else if (unit_bytes == 8) launch_ub<T, 8>(p, grid, smem, stream);
   else launch_ub<T, 4>(p, grid, smem, stream);

@@ -7,7 +7,7 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "topk_kernel.h"
+#include "kernels.h"
 
 namespace dare {
 

@@ -1,7 +1,9 @@
 // Block-wide exact selection shared by the CUDA kernels (topk_kernel.cuh,
 // targets_kernel.cuh, embedding_kernel.cuh): a candidate list of packed
 // (score, position) keys in shared memory, filtered by a running bound, folded
-// to the k best by a radix select, and the split-row merge.
+// to the k best by a radix select, and the split-row merge; with the CTA
+// set-up and launch of the streaming kernels (begin_span, span_grid,
+// launch_with_smem).
 #pragma once
 
 #include <cstdint>
@@ -9,7 +11,8 @@
 #include <c10/cuda/CUDAException.h>
 
 #include "../order.h"
-#include "topk_kernel.h"
+#include "kernels.h"
+#include "vec.cuh"
 
 namespace dare {
 namespace {
@@ -231,6 +234,40 @@ __device__ __forceinline__ bool end_tile(const Params& p, uint32_t end, int tile
   return true;
 }
 
+// A CTA of the streaming kernels (topk_kernel, embedding_kernel): CTA
+// row * p.splits + c (span_grid) takes span c of the row's p.splits equal
+// spans; its dynamic shared memory (smem_bytes, p.group = 1) is its candidate
+// list, then the select's scratch. finish_row ends it.
+struct SpanCta {
+  uint64_t* buf;          // p.cap keys: the candidate list
+  uint64_t* cand;         // p.kpow2 keys: scratch
+  int64_t row, b, start;  // output row, batch row, the span's first position in the row
+  int c, n;               // span index, keys in the span
+};
+
+// Sets up the CTA and clears its list st (a barrier publishes it).
+__device__ __forceinline__ SpanCta begin_span(const Params& p, Stream& st) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  SpanCta s;
+  s.buf = reinterpret_cast<uint64_t*>(smem_raw);
+  s.cand = s.buf + p.cap;
+  s.row = blockIdx.x / p.splits;
+  s.c = blockIdx.x % p.splits;
+  s.b = s.row / p.T;
+  const int64_t len = row_length(p, s.b);
+  if (threadIdx.x == 0) {
+    st.count = 0;
+    st.bound = 0;
+  }
+  __syncthreads();
+  // A jagged row, whose length the host never read, is cut by its own length
+  // (a loop over spans spilled registers).
+  const int64_t span = (len + p.splits - 1) / p.splits;
+  s.start = int64_t(s.c) * span;
+  s.n = int(len > s.start ? (len - s.start < span ? len - s.start : span) : 0);
+  return s;
+}
+
 // The exact top-k of buf into cand (zero-padded to kpow2), sorted descending
 // when `sorted` (a partial list need not be: the merge filters, it does not merge).
 __device__ void finish(const Params& p, uint64_t* buf, uint64_t* cand, Stream& st, SelectShared& sh,
@@ -318,6 +355,9 @@ __device__ __forceinline__ void finish_row(const Params& p, int64_t row, int c, 
   finish(p, buf, cand, st, sh, /*sorted=*/true);
   write_final(p, row, cand);
 }
+
+// The streaming kernels' grid: one CTA per (row, span), as begin_span reads it.
+inline dim3 span_grid(const Params& p, int64_t rows) { return dim3(unsigned(rows * p.splits)); }
 
 // Launches kernel(p) with `smem` bytes of dynamic shared memory, opting in
 // past the default 48 KB.

@@ -28,8 +28,8 @@
 #include <cuda_fp16.h>
 
 #include "../order.h"
+#include "kernels.h"
 #include "select.cuh"
-#include "topk_kernel.h"
 #include "vec.cuh"
 
 namespace dare {

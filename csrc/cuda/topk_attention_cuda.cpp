@@ -19,8 +19,8 @@
 #include <torch/library.h>
 
 #include "../check.h"
+#include "kernels.h"
 #include "plan.h"
-#include "topk_kernel.h"
 
 namespace dare {
 namespace {
@@ -137,14 +137,14 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
     static const int64_t extra = env_int("DARE_CUDA_TARGETS_EXTRA");
     p.group = group;
     p.cap = int(std::max<int64_t>(kpow2 + targets_tile(s.d) + 32, extra > 0 ? kpow2 + extra : 2 * kpow2 + 768));
-    const size_t smem = (size_t(group) * p.cap + kpow2) * sizeof(uint64_t);
+    const size_t smem = smem_bytes(p);
     if (K.scalar_type() == at::kHalf) launch_targets<__half>(p, s.B, smem, stream);
     else launch_targets<__nv_bfloat16>(p, s.B, smem, stream);
     return {scores, indices};
   }
 
   at::Tensor workspace = plan_spans(p, rows, plan_length(p, s.B), K.element_size() * s.d, keys);
-  const size_t smem = size_t(p.cap + kpow2) * sizeof(uint64_t);
+  const size_t smem = smem_bytes(p);
   switch (K.scalar_type()) {
     case at::kFloat: launch_topk<float>(p, rows, smem, vectorised, stream); break;
     case at::kHalf: launch_topk<__half>(p, rows, smem, vectorised, stream); break;

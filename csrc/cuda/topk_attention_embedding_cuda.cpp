@@ -17,8 +17,8 @@
 #include <torch/library.h>
 
 #include "../check.h"
+#include "kernels.h"
 #include "plan.h"
-#include "topk_kernel.h"
 
 namespace dare {
 namespace {
@@ -104,7 +104,7 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_embedding_cuda(const at::Tenso
   while (ep.group < units) ep.group *= 2;
 
   const at::Tensor workspace = plan_spans(ep.base, rows, plan_length(ep.base, s.B), int64_t(units) * unit, query);
-  const size_t smem = embedding_smem(ep.base);
+  const size_t smem = smem_bytes(ep.base);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   switch (query.scalar_type()) {
     case at::kFloat: launch_embedding<float>(ep, unit, rows, smem, stream); break;

@@ -30,8 +30,8 @@
 #include <cuda_fp16.h>
 
 #include "../order.h"
+#include "kernels.h"
 #include "select.cuh"
-#include "topk_kernel.h"
 #include "vec.cuh"
 
 namespace dare {
@@ -242,39 +242,21 @@ __device__ void stream_span_generic(const Params& p, const T* __restrict__ keys,
 // (atomic ticket) streams them through the same filter. One launch per call.
 template <typename T, int D, bool MASKED>
 __global__ void __launch_bounds__(kThreads, kCtasPerSm) topk_kernel(Params p) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  uint64_t* buf = reinterpret_cast<uint64_t*>(smem_raw);  // cap
-  uint64_t* cand = buf + p.cap;                            // kpow2
   __shared__ SelectShared sh;
   __shared__ Stream st;
-
-  const int64_t row = blockIdx.x / p.splits;
-  const int c = blockIdx.x % p.splits;
-  const int64_t b = row / p.T;
-  const int64_t len = row_length(p, b);
-  if (threadIdx.x == 0) {
-    st.count = 0;
-    st.bound = 0;
-  }
-  __syncthreads();
-
-  // Span c of the row's splits equal spans: a jagged row, whose length the host
-  // never read, is cut by its own length (a loop over spans spilled registers).
-  const int64_t span = (len + p.splits - 1) / p.splits;
-  const int64_t start = int64_t(c) * span;
-  const int n = int(len > start ? (len - start < span ? len - start : span) : 0);
-  const T* keys = static_cast<const T*>(p.keys) + (row_start(p, b) + start) * p.d;
-  const query_t<T>* q = static_cast<const query_t<T>*>(p.query) + row * p.d;
-  const bool* m = MASKED || D == 0 ? row_mask(p, b, start) : nullptr;
-  const uint32_t pos0 = uint32_t(start);
+  const SpanCta s = begin_span(p, st);
+  const T* keys = static_cast<const T*>(p.keys) + (row_start(p, s.b) + s.start) * p.d;
+  const query_t<T>* q = static_cast<const query_t<T>*>(p.query) + s.row * p.d;
+  const bool* m = MASKED || D == 0 ? row_mask(p, s.b, s.start) : nullptr;
+  const uint32_t pos0 = uint32_t(s.start);
   if constexpr (D == 0) {
-    stream_span_generic<T>(p, keys, q, n, pos0, m, buf, cand, st, sh);
+    stream_span_generic<T>(p, keys, q, s.n, pos0, m, s.buf, s.cand, st, sh);
   } else if constexpr (D / Vec<T>::N <= 4) {
-    stream_span_short<T, D, MASKED>(p, keys, q, n, pos0, m, buf, cand, st, sh);
+    stream_span_short<T, D, MASKED>(p, keys, q, s.n, pos0, m, s.buf, s.cand, st, sh);
   } else {
-    stream_span_long<T, D, MASKED>(p, keys, q, n, pos0, m, buf, cand, st, sh);
+    stream_span_long<T, D, MASKED>(p, keys, q, s.n, pos0, m, s.buf, s.cand, st, sh);
   }
-  finish_row(p, row, c, buf, cand, st, sh);
+  finish_row(p, s.row, s.c, s.buf, s.cand, st, sh);
 }
 
 }  // namespace
@@ -288,7 +270,7 @@ void launch_d(const Params& p, dim3 grid, size_t smem, cudaStream_t stream) {
 
 template <typename T>
 void launch_topk(const Params& p, int64_t rows, size_t smem, bool vectorised, cudaStream_t stream) {
-  const dim3 grid(unsigned(rows * p.splits));
+  const dim3 grid = span_grid(p, rows);
   if (vectorised && p.d == 16) launch_d<T, 16>(p, grid, smem, stream);
   else if (vectorised && p.d == 32) launch_d<T, 32>(p, grid, smem, stream);
   else if (vectorised && p.d == 64) launch_d<T, 64>(p, grid, smem, stream);

@@ -7,7 +7,7 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
-#include "topk_kernel.h"
+#include "kernels.h"
 
 namespace dare {
 namespace {

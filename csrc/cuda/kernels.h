@@ -1,7 +1,8 @@
-// The interface between the op's host code (topk_attention_cuda.cpp) and the
-// fused kernel (topk_kernel.cuh). The kernel is instantiated once per key dtype
-// (topk_kernel_{f32,f16,bf16}.cu): the three compile in parallel, and none of
-// them parses ATen.
+// The interface between the ops' host code (*.cpp) and the CUDA kernels
+// (topk_kernel.cuh, targets_kernel.cuh, embedding_kernel.cuh): their
+// parameters, limits and launchers. Each kernel is instantiated once per dtype
+// (*_kernel_<dtype>.cu): they compile in parallel, and none of them parses ATen.
+// The device side they share (CTA set-up, selection, launch) is select.cuh.
 #pragma once
 
 #include <cstddef>
@@ -34,9 +35,13 @@ struct Params {
   int64_t mask_sb = 0, mask_sl = 0;
 };
 
+// Bytes of a CTA's dynamic shared memory, every kernel's: p.group candidate
+// lists of p.cap keys, then p.kpow2 keys of selection scratch.
+inline size_t smem_bytes(const Params& p) { return (size_t(p.group) * p.cap + p.kpow2) * sizeof(uint64_t); }
+
 // Launches the kernel for keys of type T (float, __half or __nv_bfloat16) over
-// rows * p.splits CTAs with `smem` bytes of dynamic shared memory (cap + kpow2
-// packed keys), the d-specialised variant when `vectorised` (16-byte aligned
+// rows * p.splits CTAs with `smem` (smem_bytes) bytes of dynamic shared memory,
+// the d-specialised variant when `vectorised` (16-byte aligned
 // rows), and checks the launch.
 template <typename T>
 void launch_topk(const Params& p, int64_t rows, size_t smem, bool vectorised, cudaStream_t stream);
@@ -51,9 +56,8 @@ constexpr int kMinTargets = 8;     // fewer targets per row take launch_topk
 // Keys per tile of the many-targets kernel: 8 warps x blocks of 16 keys.
 constexpr int targets_tile(int64_t d) { return 8 * 16 * (d <= 32 ? 4 : int(128 / d)); }
 
-// Launches it over B * ceil(T / p.group) CTAs with `smem` bytes of dynamic
-// shared memory (p.group lists of p.cap keys, then kpow2 scratch) and checks
-// the launch. T is __half or __nv_bfloat16.
+// Launches it over B * ceil(T / p.group) CTAs with `smem` (smem_bytes) bytes
+// of dynamic shared memory and checks the launch. T is __half or __nv_bfloat16.
 template <typename T>
 void launch_targets(const Params& p, int64_t B, size_t smem, cudaStream_t stream);
 
@@ -77,11 +81,9 @@ struct EmbedParams {
   int F, units, group;
 };
 
-// Bytes of the embedding kernel's dynamic shared memory: the candidate list and scratch.
-inline size_t embedding_smem(const Params& p) { return size_t(p.cap + p.kpow2) * sizeof(uint64_t); }
-
 // Launches the embedding kernel for tables of type T with UB-byte vectors over
-// rows * p.base.splits CTAs and checks the launch.
+// rows * p.base.splits CTAs with `smem` (smem_bytes) bytes of dynamic shared
+// memory and checks the launch.
 template <typename T>
 void launch_embedding(const EmbedParams& p, int unit_bytes, int64_t rows, size_t smem, cudaStream_t stream);
 

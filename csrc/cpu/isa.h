@@ -1,0 +1,60 @@
+// The CPU kernels' one vector ISA: code marked DARE_AVX2 is compiled for
+// AVX2/FMA/F16C, and each kernel's entry point twice (with it, and for the
+// baseline ISA), picked once at run time: one binary is fast here and safe on
+// older CPUs.
+#pragma once
+
+#include <cstdlib>
+#include <string>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include <ATen/ATen.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define DARE_X86 1
+#define DARE_AVX2 __attribute__((target("avx2,fma,f16c")))
+#else
+#define DARE_AVX2  // pick_scan never picks run_avx2 here
+#endif
+
+namespace dare {
+namespace cpu {
+
+// Scan::run<scalar_t, kAvx2>(args...) for the key dtype t. Always inlined, so
+// that it and what it inlines are compiled for its caller's ISA.
+template <typename Scan, bool kAvx2, typename... Args>
+__attribute__((always_inline)) inline void run_dtype(at::ScalarType t, Args... args) {
+  switch (t) {
+    case at::kFloat: return Scan::template run<float, kAvx2>(args...);
+    case at::kHalf: return Scan::template run<c10::Half, kAvx2>(args...);
+    case at::kBFloat16: return Scan::template run<c10::BFloat16, kAvx2>(args...);
+    default: TORCH_CHECK(false, "dare: unreachable CPU dtype");
+  }
+}
+
+template <typename Scan, typename... Args>
+DARE_AVX2 void run_avx2(at::ScalarType t, Args... args) { run_dtype<Scan, true, Args...>(t, args...); }
+
+template <typename Scan, typename... Args>
+void run_baseline(at::ScalarType t, Args... args) { run_dtype<Scan, false, Args...>(t, args...); }
+
+// The variant of Scan's entry point that this CPU runs; DARE_CPU_ISA=baseline
+// forces the portable one (so tests cover it here).
+template <typename Scan, typename... Args>
+auto pick_scan() -> void (*)(at::ScalarType, Args...) {
+  const char* isa = std::getenv("DARE_CPU_ISA");
+  if (isa && std::string(isa) == "baseline") return run_baseline<Scan, Args...>;
+#ifdef DARE_X86
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    return run_avx2<Scan, Args...>;
+#endif
+  return run_baseline<Scan, Args...>;
+}
+
+}  // namespace cpu
+}  // namespace dare
