@@ -26,3 +26,7 @@ if [ "${PROFILE:-1}" = 1 ]; then
   grep "==" "$OUT/profile.txt"
 fi
 grep -E "^\| (search|inference|train|phase)" "$OUT/bench.txt"
+if [ "${BACKWARD:-1}" = 1 ]; then
+  timeout ${BACKWARD_TIMEOUT:-120} python3 bench/profile_backward.py > "$OUT/backward.txt" 2>&1
+  grep "backward:" "$OUT/backward.txt" || tail -20 "$OUT/backward.txt"
+fi

@@ -1,6 +1,11 @@
-"""Where forward + backward of the selected scores spend GPU time, the fused op
-against bmm + topk (torch.profiler, CUDA kernels by total time, and CUDA-event
-medians of the backward alone): python bench/profile_backward.py"""
+"""The backward of the selected scores alone, fused ops against bmm + topk, B = 1024,
+L = 10000, k = 128, bf16: GPU time (CUDA-event median of back-to-back calls) and
+host time (median wall time of issuing one backward call, GPU not awaited):
+    python bench/profile_backward.py [--profile]"""
+import statistics
+import sys
+import time
+
 import torch
 from torch.profiler import ProfilerActivity, profile
 
@@ -8,35 +13,47 @@ import dare_kernels
 from dare_kernels.bench import baseline
 
 dev = torch.device("cuda")
-B, L, k = 1024, 10000, 128
-for d in (16, 128):
-    q0 = torch.randn(B, d, device=dev, dtype=torch.bfloat16)
-    K0 = torch.randn(B, L, d, device=dev, dtype=torch.bfloat16)
-    for name, fn in (("bmm+topk", lambda q, K: baseline(q, K, k)),
-                     ("cuda", lambda q, K: dare_kernels.topk_attention(q, K, k, backend="cuda"))):
-        q, K = q0.clone().requires_grad_(), K0.clone().requires_grad_()
+B, L, k, N = 1024, 10000, 128, 1_000_000
+g = torch.Generator(device=dev).manual_seed(0)
 
-        def forward():
-            return fn(q, K)[0].float().sum()
 
-        def backward(loss):
-            return torch.autograd.grad(loss, (q, K))
+def measure(name, forward, inputs):
+    def backward(loss):
+        return torch.autograd.grad(loss, inputs)
 
-        for _ in range(3):
-            backward(forward())
+    for _ in range(3):
+        backward(forward())
+    torch.cuda.synchronize()
+    gpu, host = [], []
+    for _ in range(20):
+        loss = forward()
         torch.cuda.synchronize()
-        times = []
-        for _ in range(20):
-            loss = forward()
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            backward(loss)
-            b.record()
-            torch.cuda.synchronize()
-            times.append(a.elapsed_time(b))
-        print(f"== d={d} {name}: backward alone median {sorted(times)[10]:.3f} ms (CUDA events)")
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        t0 = time.perf_counter()
+        backward(loss)
+        host.append(time.perf_counter() - t0)
+        b.record()
+        torch.cuda.synchronize()
+        gpu.append(a.elapsed_time(b))
+    print(f"{name:44s} backward: GPU {statistics.median(gpu):.3f} ms, host {1e3 * statistics.median(host):.3f} ms",
+          flush=True)
+    if "--profile" in sys.argv:
         with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
             for _ in range(3):
                 backward(forward())
             torch.cuda.synchronize()
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=10, max_name_column_width=60))
+
+
+for d in (16, 128):
+    q = torch.randn(B, d, device=dev, generator=g).bfloat16().requires_grad_()
+    K = torch.randn(B, L, d, device=dev, generator=g).bfloat16().requires_grad_()
+    measure(f"keys d={d} bmm+topk", lambda: baseline(q, K, k)[0].float().sum(), (q, K))
+    measure(f"keys d={d} cuda", lambda: dare_kernels.topk_attention(q, K, k, backend="cuda")[0].sum(), (q, K))
+    table = torch.randn(N, d, device=dev, generator=g).bfloat16().requires_grad_()
+    ids = torch.randint(0, N, (B, L), device=dev, generator=g)
+    for sparse in (False, True):
+        measure(f"ids d={d} cuda sparse={sparse}",
+                lambda: dare_kernels.topk_attention_embedding(q, [table], [ids], k, sparse=sparse,
+                                                              backend="cuda")[0].sum(), (q, table))
