@@ -1,32 +1,34 @@
 #!/usr/bin/env bash
-# One call on the GPU machine for the training step (issue 24): build, the sparse-
-# gradient and optimiser tests on CUDA, the model rows of the main job, a profile.
-#   bash bench/device_step.sh            (ENV: SKIP_TESTS=1, PROFILE=0, BENCH_ARGS=...)
+# One call on the GPU machine for the training step (issue 24): build, the main job's
+# reference-model rows, the backward of both ops, the sparse-gradient and optimiser
+# tests on CUDA, a profile of the training step. Short summary printed last.
+#   bash bench/device_step.sh    (ENV: SKIP_TESTS=1, PROFILE=0, BACKWARD=0, BENCH_ARGS=...)
 set -uo pipefail
 OUT=${OUT:-/tmp/dare-out}; mkdir -p "$OUT"
 export MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} DARE_BUILD_CUDA=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/summary.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" | tee -a "$OUT/summary.txt"
+git log -1 --format='commit %h %s' 2>/dev/null | tee -a "$OUT/summary.txt"
 t0=$(date +%s)
 python3 -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/summary.txt"; rm -f "$OUT/build.log"
+timeout ${BENCH_TIMEOUT:-240} python3 -m dare_kernels.bench --no-ids --backends bmm+topk cuda --d 16 128 \
+  --json "$OUT/bench.json" --quiet ${BENCH_ARGS:-} > "$OUT/bench.txt" 2>&1
+echo "bench rc=$?" | tee -a "$OUT/summary.txt"
+grep -E "^\| (search|inference|train|phase)" "$OUT/bench.txt"
+if [ "${BACKWARD:-1}" = 1 ]; then
+  timeout ${BACKWARD_TIMEOUT:-90} python3 bench/profile_backward.py > "$OUT/backward.txt" 2>&1
+  grep "backward:" "$OUT/backward.txt" || tail -20 "$OUT/backward.txt"
+fi
 if [ -z "${SKIP_TESTS:-}" ]; then
-  timeout ${TEST_TIMEOUT:-240} python3 -m pytest python_tests/test_topk_attention_embedding.py python_tests/test_optim.py \
-    python_tests/test_gpu.py -q -p no:cacheprovider --maxfail=5 -k "${TEST_K:-sparse or float32 or optim or model or capture}" \
-    > "$OUT/tests.log" 2>&1
+  timeout ${TEST_TIMEOUT:-150} python3 -m pytest python_tests/test_topk_attention_embedding.py python_tests/test_optim.py \
+    python_tests/test_topk_attention.py python_tests/test_gpu.py -q -p no:cacheprovider --maxfail=5 \
+    -k "${TEST_K:-(sparse or backward or float32 or optim or capture) and cuda}" > "$OUT/tests.log" 2>&1
   echo "tests rc=$?: $(tail -1 "$OUT/tests.log")" | tee -a "$OUT/summary.txt"
   grep -E "^(FAILED|ERROR)|^E  " "$OUT/tests.log" | head -20
 fi
-timeout ${BENCH_TIMEOUT:-300} python3 -m dare_kernels.bench --no-ids --backends bmm+topk cuda --d 16 128 --json "$OUT/bench.json" \
-  --quiet ${BENCH_ARGS:-} > "$OUT/bench.txt" 2>&1
-echo "bench rc=$?" | tee -a "$OUT/summary.txt"
 if [ "${PROFILE:-1}" = 1 ]; then
-  timeout ${PROFILE_TIMEOUT:-150} python3 bench/profile_model.py --models dare:16 twin:128 --optimizers rows dense \
+  timeout ${PROFILE_TIMEOUT:-90} python3 bench/profile_model.py --models dare:16 twin:128 --optimizers rows \
     > "$OUT/profile.txt" 2>&1
   grep "==" "$OUT/profile.txt"
-fi
-grep -E "^\| (search|inference|train|phase)" "$OUT/bench.txt"
-if [ "${BACKWARD:-1}" = 1 ]; then
-  timeout ${BACKWARD_TIMEOUT:-120} python3 bench/profile_backward.py > "$OUT/backward.txt" 2>&1
-  grep "backward:" "$OUT/backward.txt" || tail -20 "$OUT/backward.txt"
 fi
