@@ -23,7 +23,7 @@ fi
 if [ -z "${SKIP_TESTS:-}" ]; then
   timeout ${TEST_TIMEOUT:-150} python3 -m pytest python_tests/test_topk_attention_embedding.py python_tests/test_optim.py \
     python_tests/test_topk_attention.py python_tests/test_gpu.py -q -p no:cacheprovider --maxfail=5 \
-    -k "${TEST_K:-(sparse or backward or float32 or optim or capture) and cuda}" > "$OUT/tests.log" 2>&1
+    -k "${TEST_K:-(sparse or backward or gradients or capture) and (cuda or capture)}" > "$OUT/tests.log" 2>&1
   echo "tests rc=$?: $(tail -1 "$OUT/tests.log")" | tee -a "$OUT/summary.txt"
   grep -E "^(FAILED|ERROR)|^E  " "$OUT/tests.log" | head -20
 fi
