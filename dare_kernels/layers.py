@@ -2,6 +2,7 @@
 long-sequence recommenders (SIM hard search, TWIN / ETA-style multi-head top-k
 attention), on the fused ``topk_attention`` ops: the B×L score matrix is never
 written, and values are gathered (and projected) for the k selected behaviours only.
+The reference models (``dare_kernels.models``) run their search stage through ``HardSearch``.
 
 - ``topk_search``: the op behind a boolean mask (``True`` = valid) as well as
   lengths; returns (scores, indices) in the original positions.
@@ -25,7 +26,8 @@ each row's end instead of reading the padding; a mask that is not right-padded t
 selects other positions. ("auto" and "left", accepted before, ran as "any": they now
 raise ValueError naming the accepted values.)
 
-One rule for k, rows with no history and masks, in every layer and form:
+One rule for k, rows with no history and masks, in every layer and form (the
+reference models' search included):
 
 - k >= 1 (and < 2**31); the results are always (B, k) (or (B, T, k)): a row with
   fewer than k valid positions is padded with score -inf, index -1 and weight 0,
@@ -257,6 +259,7 @@ def _attend(weights: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
 class HardSearch(nn.Module):
     """SIM-style hard search + target attention: the k keys scoring highest
     against the query, softmax over their k scores, weighted sum of their values.
+    The reference models' search stage (``model.search``).
 
     forward(query, keys=None, values=None, *, mask=None, lengths=None, offsets=None, tables=None, ids=None)
 
