@@ -2,6 +2,7 @@
 long-sequence recommenders (SIM hard search, TWIN / ETA-style multi-head top-k
 attention), on the fused ``topk_attention`` ops: the B×L score matrix is never
 written, and values are gathered (and projected) for the k selected behaviours only.
+The reference models (``dare_kernels.models``) run their search stage through ``HardSearch``.
 
 - ``topk_search``: the op behind a boolean mask (``True`` = valid) as well as
   lengths; returns (scores, indices) in the original positions.
@@ -13,19 +14,33 @@ Histories come in the caller's layout, read by the kernels as they are:
 
 - ``mask`` (B, L) bool, True = valid, any pattern: right- or left-padded
   (e.g. FuxiCTR's ``mask = history > 0`` with the padding in front) or holes;
-  ``mask_layout="right"`` declares a right-padded mask, turned into lengths so
-  the kernels stop at each row's end instead of reading the padding ("auto",
-  "left" and "any" pass the mask as it is: kept for compatibility);
-- ``lengths`` (B,): right padding;
+- ``lengths`` (B,): right padding; with a mask as well, a position takes part
+  where both allow it (as the op takes them);
 - ``offsets`` (B+1,): jagged rows (TorchRec / FBGEMM style): keys (N, d), or
   tables + ids (N,), and values (N, d_v); indices count from the row's start.
 
-k and the layout are taken as the op takes them, with its checks and messages
-(1 <= k <= L, or with offsets 1 <= k < 2**31; an int or float mask raises TypeError).
-Masked positions are never scored or selected, the ranking is the op's
-(descending, ties by lower position, NaN first), -1 (score -inf) where a row has
-fewer than k valid positions. Rows with no valid position attend to nothing: HardSearch
-outputs zeros there (TopKMultiHeadAttention then adds its output projection's bias).
+``mask_layout`` is "any" (the default: the mask is read as it is, whatever its
+pattern) or "right": a promise that every row's valid positions are a prefix, so
+the mask (given without lengths) runs as lengths = its count and the kernels stop at
+each row's end instead of reading the padding; a mask that is not right-padded then
+selects other positions. ("auto" and "left", accepted before, ran as "any": they now
+raise ValueError naming the accepted values.)
+
+One rule for k, rows with no history and masks, in every layer and form (the
+reference models' search included):
+
+- k >= 1 (and < 2**31); the results are always (B, k) (or (B, T, k)): a row with
+  fewer than k valid positions is padded with score -inf, index -1 and weight 0,
+  k > L included (the op itself raises there for padded rows; the layers search
+  min(k, L) and pad, as the op pads jagged rows shorter than k). Padded rows need L >= 1.
+- A row with no valid position attends to nothing: HardSearch outputs zeros there,
+  with zero (never NaN) gradients, scores' included (TopKMultiHeadAttention then
+  adds its output projection's bias).
+- Masks are taken as the op takes them, with its checks and messages: a bool mask
+  (an int or float one raises TypeError), with or without lengths.
+
+Masked positions are never scored or selected, and the ranking is the op's
+(descending, ties by lower position, NaN first).
 
 Replacing a hand-written block (this example runs in python_tests/test_layers.py;
 ``python bench/layers_time.py`` times such pairs):
@@ -60,17 +75,17 @@ torch.testing.assert_close(out, sim_block(query, keys, values, mask, k))
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Optional, Sequence, Union
+from typing import Callable, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from . import ops
-from ._check import check_embedding_inputs, check_inputs, check_k_type, jagged_positions
+from ._check import check_embedding_inputs, check_inputs, check_k, check_k_type, jagged_positions
 
 __all__ = ["HardSearch", "TopKAttentionOutput", "TopKMultiHeadAttention", "detect_mask_layout", "topk_search"]
 
-MASK_LAYOUTS = ("auto", "right", "left", "any")
+MASK_LAYOUTS = ("any", "right")  # the values that change how a mask runs (module docstring)
 Values = Union[torch.Tensor, Callable[[torch.Tensor], torch.Tensor], None]
 
 
@@ -97,42 +112,73 @@ def _bool_mask(mask: torch.Tensor) -> torch.Tensor:
     return mask if mask.dtype == torch.bool else mask != 0
 
 
+def check_mask_layout(mask_layout) -> str:
+    """mask_layout if it is one of MASK_LAYOUTS, else ValueError naming them."""
+    if isinstance(mask_layout, str) and mask_layout in MASK_LAYOUTS:
+        return mask_layout
+    gone = " ('auto' and 'left' ran as 'any' and were removed)" if mask_layout in ("auto", "left") else ""
+    raise ValueError(f"mask_layout must be 'any' (the mask read as it is) or 'right' (a right-padded mask, "
+                     f"run as lengths), got {mask_layout!r}{gone}")
+
+
+def _padded_length(keys, ids) -> Optional[int]:
+    """L of padded rows (keys (B, L, d), ids (B, L) / (L,)); None where the op's
+    checks will reject the shapes (they raise, with their messages)."""
+    t = keys if keys is not None else (ids[0] if isinstance(ids, (list, tuple)) and len(ids) else None)
+    if not isinstance(t, torch.Tensor):
+        return None
+    if keys is not None:
+        return t.shape[1] if t.dim() == 3 else None
+    return t.shape[-1] if t.dim() in (1, 2) else None
+
+
 def topk_search(query: torch.Tensor, keys: Optional[torch.Tensor], k: int, *,
                 tables: Optional[Sequence[torch.Tensor]] = None,
                 ids: Optional[Sequence[torch.Tensor]] = None,
                 mask: Optional[torch.Tensor] = None, lengths: Optional[torch.Tensor] = None,
-                offsets: Optional[torch.Tensor] = None,
-                mask_layout: str = "auto", scale: float = 1.0, backend: Optional[str] = None):
+                offsets: Optional[torch.Tensor] = None, mask_layout: str = "any", scale: float = 1.0,
+                sparse: bool = False, backend: Optional[str] = None):
     """``topk_attention`` (keys (B, L, d)) or ``topk_attention_embedding`` (keys=None,
     tables + ids) with the history in the caller's layout: a (B, L) bool validity
-    mask (any pattern), lengths, or jagged rows (offsets (B+1,), keys (N, d) or ids
-    (N,)); see the module docstring. k and the layout are the op's, checked by its
-    checks with its messages: 1 <= k <= L (jagged rows: 1 <= k < 2**31), a bool
-    mask; rows with fewer than k valid positions are padded. Returns (scores,
-    indices) as the op's: positions in the row (jagged: from the row's start);
-    scores are differentiable w.r.t. query and keys / tables."""
-    if mask_layout not in MASK_LAYOUTS:
-        raise ValueError(f"mask_layout must be one of {MASK_LAYOUTS}, got {mask_layout!r}")
+    mask (any pattern) and / or lengths, or jagged rows (offsets (B+1,), keys (N, d)
+    or ids (N,)); see the module docstring. k >= 1 (< 2**31): results are (B[, T], k)
+    whatever L, a row with fewer than k valid positions padded (score -inf, index -1);
+    for k > L the op searches L and the rest is padding. Masks, shapes and dtypes are
+    the op's, checked by its checks with its messages. Returns (scores, indices) as
+    the op's: positions in the row (jagged: from the row's start); scores are
+    differentiable w.r.t. query and keys / tables (sparse: the tables' gradients as
+    sparse rows, the op's sparse=True; no effect with keys)."""
+    check_mask_layout(mask_layout)
     if (keys is None) == (tables is None):
         raise ValueError("give keys, or tables and ids (not both)")
     if tables is not None and ids is None:
         raise ValueError("tables need ids")
-    if mask is not None and lengths is not None:
-        raise ValueError("give mask or lengths, not both")
     if offsets is not None and (mask is not None or lengths is not None):
         raise ValueError("jagged rows (offsets) take no mask or lengths")
-    if mask is not None and mask_layout == "right":
+    op = "topk_attention" if keys is not None else "topk_attention_embedding"
+    k = check_k_type(op, k)
+    n = k  # what the op searches
+    L = _padded_length(keys, ids) if offsets is None else None
+    if L is not None and 1 <= L < k:  # the one rule: k > L pads, as jagged rows shorter than k
+        check_k(op, k, L, jagged=True)  # 1 <= k < 2**31
+        n = L
+    if mask is not None and lengths is None and mask_layout == "right":
         # The kernels stop at the length: the padding is never read. The op's check first,
         # on the mask as given (its type and shape), with the op's messages.
         if keys is not None:
-            check_inputs(query, keys, k, check_length_values=False, scale=scale, mask=mask)
+            check_inputs(query, keys, n, check_length_values=False, scale=scale, mask=mask)
         else:
-            check_embedding_inputs(query, tables, ids, k, check_values=False, scale=scale, mask=mask)
+            check_embedding_inputs(query, tables, ids, n, check_values=False, scale=scale, mask=mask)
         lengths, mask = mask.sum(1), None
     kw = dict(lengths=lengths, scale=scale, mask=mask, offsets=offsets, backend=backend)
     if keys is not None:
-        return ops.topk_attention(query, keys, k, **kw)
-    return ops.topk_attention_embedding(query, tables, ids, k, **kw)
+        scores, indices = ops.topk_attention(query, keys, n, **kw)
+    else:
+        scores, indices = ops.topk_attention_embedding(query, tables, ids, n, sparse=sparse, **kw)
+    if n < k:
+        scores = nn.functional.pad(scores, (0, k - n), value=float("-inf"))
+        indices = nn.functional.pad(indices, (0, k - n), value=-1)
+    return scores, indices
 
 
 def _select_values(values: Values, idx: torch.Tensor, keys, tables, ids, offsets=None) -> torch.Tensor:
@@ -194,7 +240,9 @@ def _check_values(values: Values, B: int, keys, ids, offsets, d_value: Optional[
 
 def _attention_weights(scores: torch.Tensor, indices: torch.Tensor, temperature: float) -> torch.Tensor:
     """softmax over the selected scores / temperature; padding slots (and rows
-    with no valid position) weigh 0. NaN scores propagate, as in softmax."""
+    with no valid position) weigh 0, with zero gradients. NaN scores propagate, as
+    in softmax. Where a row has a valid position these are softmax(scores)'s values
+    and gradients exactly (a padding slot's -inf already weighs 0)."""
     pad = indices < 0
     empty = pad.all(-1, keepdim=True)
     s = scores if temperature == 1.0 else scores / temperature
@@ -202,9 +250,16 @@ def _attention_weights(scores: torch.Tensor, indices: torch.Tensor, temperature:
     return torch.softmax(s, dim=-1).masked_fill(pad, 0.0)
 
 
+def _attend(weights: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
+    """Σ_k weights · picked over the k slots, summed in float32 (elementwise: autocast
+    leaves it in float32), returned in picked's dtype."""
+    return (weights.unsqueeze(-1) * picked.float()).sum(-2).to(picked.dtype)
+
+
 class HardSearch(nn.Module):
     """SIM-style hard search + target attention: the k keys scoring highest
     against the query, softmax over their k scores, weighted sum of their values.
+    The reference models' search stage (``model.search``).
 
     forward(query, keys=None, values=None, *, mask=None, lengths=None, offsets=None, tables=None, ids=None)
 
@@ -215,42 +270,51 @@ class HardSearch(nn.Module):
       (n = T·k; padding slots read position 0, then weigh 0) to (B, n, d_v) (with
       offsets: positions into the N jagged values, offsets[b] + index); or
       None: the keys themselves (with tables + ids: the looked-up rows);
-    - mask (B, L) bool, True = valid (any layout, see the module docstring) or lengths (B,);
+    - mask (B, L) bool, True = valid (any layout), and / or lengths (B,);
       or jagged rows: offsets (B+1,) with keys (N, d) / ids (N,) and values (N, d_v).
 
     Returns TopKAttentionOutput(output (B, d_v) or (B, T, d_v) in the values'
-    dtype, scores float32 (B[, T], k) = scale · query·key, indices int64).
-    Weights are softmax(scores / temperature) over the selected k; gradients reach
-    query, keys / tables (selected rows only) and values. ``scale`` None is
-    d ** -0.5."""
+    dtype (summed in float32), scores float32 (B[, T], k) = scale · query·key,
+    indices int64). Weights are softmax(scores / temperature) over the selected k;
+    gradients reach query, keys / tables (selected rows only) and values.
+    search(query, keys=None, *, ...) is the search alone: (scores, indices).
+
+    k, short and empty rows, masks: the module docstring's one rule (results are
+    always k wide, padding weighs 0, a row with no valid position gives zeros).
+    ``scale`` None is d ** -0.5. ``mask_layout``: "any" (default) or "right" (a
+    right-padded mask, run as lengths). ``sparse``: with tables + ids, the tables'
+    gradients are sparse rows (the op's sparse=True, for SparseAdam / RowAdam)."""
 
     def __init__(self, k: int, *, scale: Optional[float] = None, temperature: float = 1.0,
-                 mask_layout: str = "auto", backend: Optional[str] = None):
+                 mask_layout: str = "any", sparse: bool = False, backend: Optional[str] = None):
         super().__init__()
         k = check_k_type(type(self).__name__, k)  # an int or integer-like (numpy.int64), not bool
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        if mask_layout not in MASK_LAYOUTS:
-            raise ValueError(f"mask_layout must be one of {MASK_LAYOUTS}, got {mask_layout!r}")
         self.k, self.scale, self.temperature = k, scale, temperature
-        self.mask_layout, self.backend = mask_layout, backend
+        self.mask_layout, self.sparse, self.backend = check_mask_layout(mask_layout), sparse, backend
 
     def extra_repr(self) -> str:
-        return f"k={self.k}, scale={self.scale}, temperature={self.temperature}, mask_layout={self.mask_layout!r}"
+        return (f"k={self.k}, scale={self.scale}, temperature={self.temperature}, mask_layout={self.mask_layout!r}, "
+                f"sparse={self.sparse}, backend={self.backend!r}")
+
+    def search(self, query, keys=None, *, mask=None, lengths=None, offsets=None, tables=None,
+               ids=None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The search alone: (scores, indices) of the k best keys, as forward's."""
+        scale = self.scale if self.scale is not None else query.shape[-1] ** -0.5
+        return topk_search(query, keys, self.k, tables=tables, ids=ids, mask=mask, lengths=lengths, offsets=offsets,
+                           mask_layout=self.mask_layout, scale=scale, sparse=self.sparse, backend=self.backend)
 
     def forward(self, query, keys=None, values: Values = None, *, mask=None, lengths=None, offsets=None,
                 tables=None, ids=None) -> TopKAttentionOutput:
-        scale = self.scale if self.scale is not None else query.shape[-1] ** -0.5
-        scores, idx = topk_search(query, keys, self.k, tables=tables, ids=ids, mask=mask, lengths=lengths,
-                                  offsets=offsets, mask_layout=self.mask_layout, scale=scale, backend=self.backend)
+        scores, idx = self.search(query, keys, mask=mask, lengths=lengths, offsets=offsets, tables=tables, ids=ids)
         B = query.shape[0]
         _check_values(values, B, keys, ids, offsets)
         picked = _select_values(values, idx.reshape(B, -1), keys, tables, ids, offsets)
         picked = picked.reshape(*idx.shape, picked.shape[-1])
-        w = _attention_weights(scores, idx, self.temperature)
-        out = torch.einsum("...k,...kv->...v", w, picked.float()).to(picked.dtype)
+        out = _attend(_attention_weights(scores, idx, self.temperature), picked)
         return TopKAttentionOutput(out, scores, idx)
 
 
@@ -276,6 +340,8 @@ class TopKMultiHeadAttention(nn.Module):
     offsets=None, tables=None, ids=None): keys / tables + ids / values / layouts as in
     HardSearch; a values callable gets (B, H·k) positions. Returns
     TopKAttentionOutput(output (B, d_out), scores (B, H, k), indices (B, H, k)).
+    k, rows and masks as HardSearch's (the module docstring's rule); mask_layout,
+    sparse and backend are its search's (``self.search``, a HardSearch).
 
     Defaults: d_head = d_key, d_value = d_key (values=None reuses the keys),
     d_out = H · (d_head if value_proj else d_value), scale = d_head ** -0.5."""
@@ -283,7 +349,8 @@ class TopKMultiHeadAttention(nn.Module):
     def __init__(self, k: int, d_query: int, d_key: int, num_heads: int, *, d_head: Optional[int] = None,
                  d_value: Optional[int] = None, d_out: Optional[int] = None, key_proj: bool = True,
                  value_proj: bool = True, bias: bool = True, scale: Optional[float] = None,
-                 temperature: float = 1.0, mask_layout: str = "auto", backend: Optional[str] = None):
+                 temperature: float = 1.0, mask_layout: str = "any", sparse: bool = False,
+                 backend: Optional[str] = None):
         super().__init__()
         k = check_k_type(type(self).__name__, k)
         d_head = d_key if d_head is None else d_head
@@ -291,7 +358,7 @@ class TopKMultiHeadAttention(nn.Module):
             raise ValueError(f"key_proj=False needs d_head == d_key={d_key}, got {d_head}")
         d_value = d_key if d_value is None else d_value
         self.search = HardSearch(k, scale=d_head ** -0.5 if scale is None else scale, temperature=temperature,
-                                 mask_layout=mask_layout, backend=backend)
+                                 mask_layout=mask_layout, sparse=sparse, backend=backend)
         self.num_heads, self.d_head, self.d_key, self.d_value = num_heads, d_head, d_key, d_value
         self.q_proj = nn.Linear(d_query, num_heads * d_head, bias=bias)
         self.key_weight = nn.Parameter(torch.empty(num_heads, d_head, d_key)) if key_proj else None
@@ -325,9 +392,7 @@ class TopKMultiHeadAttention(nn.Module):
                              f"d_value={self.d_value}: pass values of shape (B, L, d_value)")
         dtype = keys.dtype if keys is not None else tables[0].dtype
         q = self.head_queries(query).to(dtype)
-        s = self.search
-        scores, idx = topk_search(q, keys, s.k, tables=tables, ids=ids, mask=mask, lengths=lengths,
-                                  offsets=offsets, mask_layout=s.mask_layout, scale=s.scale, backend=s.backend)
+        scores, idx = self.search.search(q, keys, mask=mask, lengths=lengths, offsets=offsets, tables=tables, ids=ids)
         B, H, k = idx.shape
         _check_values(values, B, keys, ids, offsets, self.d_value)
         picked = _select_values(values, idx.reshape(B, H * k), keys, tables, ids, offsets)
@@ -339,6 +404,5 @@ class TopKMultiHeadAttention(nn.Module):
             picked = torch.einsum("bhkv,hve->bhke", picked.to(self.value_weight.dtype), self.value_weight)
             if self.value_bias is not None:
                 picked = picked + self.value_bias[:, None, :]
-        w = _attention_weights(scores, idx, s.temperature)
-        heads = torch.einsum("bhk,bhkv->bhv", w, picked.float()).to(picked.dtype)
+        heads = _attend(_attention_weights(scores, idx, self.search.temperature), picked)
         return TopKAttentionOutput(self.out_proj(heads.reshape(B, -1)), scores, idx)

@@ -114,8 +114,7 @@ def test_detect_mask_layout(g):
     assert detect_mask_layout(torch.tensor([[0, 3, 5]])) == "left"  # nonzero = valid, as id > 0
 
 
-@pytest.mark.parametrize("layout", ["right", "left", "any"])
-@pytest.mark.parametrize("declared", [False, True])
+@pytest.mark.parametrize("layout,declared", [("right", "any"), ("right", "right"), ("left", "any"), ("any", "any")])
 def test_hard_search_matches_block(g, layout, declared):
     B, L, d, dv, k = 5, 300, 16, 24, 20
     query = torch.randn(B, d, generator=g, requires_grad=True)
@@ -124,7 +123,7 @@ def test_hard_search_matches_block(g, layout, declared):
     mask = make_mask(g, B, L, layout)
     mask[1, :] = False
     mask[1, {"right": 0, "left": L - 1, "any": 7}[layout]] = True  # fewer than k valid: the block selects masked positions with -inf, weight 0
-    search = HardSearch(k, mask_layout=layout if declared else "auto")
+    search = HardSearch(k, mask_layout=declared)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # every layout is read as it is: nothing to warn about
         got = search(query, keys, values, mask=mask)
@@ -153,8 +152,62 @@ def test_lengths_equal_right_mask(g):
     a, b = HardSearch(k)(query, keys, values, lengths=lengths), HardSearch(k)(query, keys, values, mask=mask)
     for x, y in zip(a, b):
         assert torch.equal(x, y)
-    with pytest.raises(ValueError, match="mask or lengths"):
-        HardSearch(k)(query, keys, values, mask=mask, lengths=lengths)
+    c = HardSearch(k, mask_layout="right")(query, keys, values, mask=mask)
+    for x, y in zip(a, c):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("form", ["keys", "tables"])
+@pytest.mark.parametrize("declared", ["any", "right"])
+def test_mask_with_lengths(g, form, declared):
+    """A mask and lengths together, as the op takes them: a position takes part where
+    both allow it, in every layer and either mask_layout (same scores and indices
+    as the op with both, and as the mask of their intersection)."""
+    B, L, d, k = 5, 40, 8, 12
+    query, keys = torch.randn(B, d, generator=g), torch.randn(B, L, d, generator=g)
+    table, ids = torch.randn(B * L, d, generator=g), torch.randperm(B * L, generator=g).view(B, L)
+    lengths = torch.tensor([L, 30, 9, 0, 25])
+    mask = make_mask(g, B, L, "right" if declared == "right" else "any")
+    both = mask & (torch.arange(L) < lengths[:, None])
+    x, kw = (keys, {}) if form == "keys" else (None, dict(tables=[table], ids=[ids]))
+    if form == "keys":
+        want = dare_kernels.topk_attention(query, keys, k, lengths=lengths, mask=mask)
+    else:
+        want = dare_kernels.topk_attention_embedding(query, [table], [ids], k, lengths=lengths, mask=mask)
+    got = topk_search(query, x, k, mask=mask, lengths=lengths, mask_layout=declared, **kw)
+    assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+    assert torch.equal(topk_search(query, x, k, mask=both, **kw)[1], want[1])
+    out = HardSearch(k, scale=1.0, mask_layout=declared)(query, x, mask=mask, lengths=lengths, **kw)
+    assert torch.equal(out.indices, want[1]) and torch.all(out.output[3] == 0)
+    ref = HardSearch(k, scale=1.0)(query, x, mask=both, **kw)
+    torch.testing.assert_close(out.output, ref.output)
+    torch.manual_seed(0)
+    mh = TopKMultiHeadAttention(k, d, d, 2, mask_layout=declared)
+    torch.testing.assert_close(mh(query, x, mask=mask, lengths=lengths, **kw).output,
+                               mh(query, x, mask=both, **kw).output)
+
+
+def test_mask_layout_values(g):
+    """mask_layout takes the values that change behaviour, "any" (default) and "right";
+    others raise ValueError naming them. "right" is a promise: a mask that is not a
+    prefix runs as lengths = its count."""
+    B, L, d, k = 3, 10, 4, 3
+    query, keys = torch.randn(B, d, generator=g), torch.randn(B, L, d, generator=g)
+    assert layers.MASK_LAYOUTS == ("any", "right")
+    assert HardSearch(k).mask_layout == "any" and TopKMultiHeadAttention(k, d, d, 2).search.mask_layout == "any"
+    accepted = (r"mask_layout must be 'any' \(the mask read as it is\) or 'right' "
+                r"\(a right-padded mask, run as lengths\)")
+    for bad in ("auto", "left", "Right", None):
+        why = r" \('auto' and 'left' ran as 'any' and were removed\)" if bad in ("auto", "left") else ""
+        for make in (lambda: HardSearch(k, mask_layout=bad),
+                     lambda: TopKMultiHeadAttention(k, d, d, 2, mask_layout=bad),
+                     lambda: topk_search(query, keys, k, mask_layout=bad)):
+            with pytest.raises(ValueError, match=accepted + rf", got {re.escape(repr(bad))}{why}$"):
+                make()
+    suffix = torch.arange(L) >= L - 4  # left-padded, declared right: runs as lengths 4
+    got = topk_search(query, keys, k, mask=suffix.expand(B, L), mask_layout="right")
+    want = topk_search(query, keys, k, lengths=torch.full((B,), 4))
+    assert torch.equal(got[1], want[1])
 
 
 def masked_oracle(query, keys, k, mask, scale):
@@ -186,7 +239,8 @@ def test_topk_search_exact_with_ties_and_nan(g, layout, targets):
     mask = make_mask(g, B, L, layout, min_valid=0)
     keys[~mask] = float("nan")  # a masked key would rank first if it were scored
     keys[2, 20] = float("nan")  # a valid NaN ranks first if valid
-    scores, idx = topk_search(query, keys, k, mask=mask, mask_layout=layout, scale=0.5)
+    declared = "right" if layout == "right" else "any"
+    scores, idx = topk_search(query, keys, k, mask=mask, mask_layout=declared, scale=0.5)
     want_s, want_i = masked_oracle(query, keys, k, mask, 0.5)
     assert torch.equal(idx, want_i)
     torch.testing.assert_close(scores, want_s.float(), equal_nan=True)
@@ -195,7 +249,7 @@ def test_topk_search_exact_with_ties_and_nan(g, layout, targets):
     table = keys.gather(1, perm[..., None].expand(-1, -1, d)).reshape(B * L, d)
     inv = perm.argsort(1) + torch.arange(B)[:, None] * L  # ids[b, j] is keys[b, j]'s row of table
     scores2, idx2 = topk_search(query, None, k, tables=[table[:, :1], table[:, 1:]], ids=[inv, inv.int()],
-                                mask=mask, mask_layout=layout, scale=0.5)
+                                mask=mask, mask_layout=declared, scale=0.5)
     assert torch.equal(idx2, want_i)
     torch.testing.assert_close(scores2, want_s.float(), equal_nan=True)
 
@@ -224,7 +278,7 @@ def test_multi_target_and_values_callable(g, layout):
     table = torch.randn(1000, 6, generator=g, requires_grad=True)
     history = torch.randint(0, 1000, (B, L), generator=g)
     mask = make_mask(g, B, L, layout)
-    search = HardSearch(k, scale=1.0, mask_layout=layout)
+    search = HardSearch(k, scale=1.0, mask_layout="right" if layout == "right" else "any")
     got = search(query, keys, lambda idx: table[history.gather(1, idx)], mask=mask)
     want = sim_block(query, keys, table[history], mask, k, scale=1.0)
     assert got.output.shape == (B, T, 6)
@@ -390,30 +444,120 @@ def _raised(f):
     return type(e.value), str(e.value)
 
 
-def test_k_and_masks_as_the_op(g):
-    """The layers take k and masks as the op does, raising its exception with its
-    message: k > L (padded rows) and int or float masks raise, in every layout and
-    form (a mask declared right-padded included); jagged rows take any k >= 1."""
+def test_masks_as_the_op(g):
+    """The layers take masks as the op does, raising its exception with its message:
+    int or float masks and masks of another shape, in every form and mask_layout
+    (k above L included: the op's check on the min(k, L) it searches)."""
     B, L, d = 3, 6, 4
-    query, keys, values = torch.randn(B, d, generator=g), torch.randn(B, L, d, generator=g), torch.randn(B, L, 5)
+    query, keys = torch.randn(B, d, generator=g), torch.randn(B, L, d, generator=g)
     table, ids = torch.randn(20, d, generator=g), torch.randint(0, 20, (B, L), generator=g)
     mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1] * 6, [1, 0, 1, 0, 1, 1]], dtype=torch.bool)
-    for k, m in ((L + 1, mask), (3, mask.int()), (3, mask.float()), (3, mask[:, :L - 1])):
-        for form, op in (("keys", lambda: dare_kernels.topk_attention(query, keys, k, mask=m)),
-                         ("tables", lambda: dare_kernels.topk_attention_embedding(query, [table], [ids], k, mask=m))):
-            want = _raised(op)
-            kw = dict(tables=[table], ids=[ids]) if form == "tables" else {}
-            x = keys if form == "keys" else None
-            for layout in ("auto", "right"):
-                assert _raised(lambda: topk_search(query, x, k, mask=m, mask_layout=layout, **kw)) == want
-                assert _raised(lambda: HardSearch(k, mask_layout=layout)(query, x, mask=m, **kw)) == want
-                assert _raised(lambda: TopKMultiHeadAttention(k, d, d, 2, mask_layout=layout)(query, x, mask=m,
-                                                                                           **kw)) == want
-    assert _raised(lambda: HardSearch(L + 1)(query, keys, values, lengths=torch.tensor([6, 2, 0]))) == \
-        _raised(lambda: dare_kernels.topk_attention(query, keys, L + 1, lengths=torch.tensor([6, 2, 0])))
+    for k in (3, L + 1):
+        n = min(k, L)
+        for m in (mask.int(), mask.float(), mask[:, :L - 1]):
+            for form, op in (("keys", lambda: dare_kernels.topk_attention(query, keys, n, mask=m)),
+                             ("tables", lambda: dare_kernels.topk_attention_embedding(query, [table], [ids], n,
+                                                                                      mask=m))):
+                want = _raised(op)
+                kw = dict(tables=[table], ids=[ids]) if form == "tables" else {}
+                x = keys if form == "keys" else None
+                for layout in ("any", "right"):
+                    assert _raised(lambda: topk_search(query, x, k, mask=m, mask_layout=layout, **kw)) == want
+                    assert _raised(lambda: HardSearch(k, mask_layout=layout)(query, x, mask=m, **kw)) == want
+                    assert _raised(lambda: TopKMultiHeadAttention(k, d, d, 2, mask_layout=layout)(
+                        query, x, mask=m, **kw)) == want
+
+
+@pytest.mark.parametrize("form", ["keys", "tables"])
+@pytest.mark.parametrize("layout", ["none", "lengths", "mask", "right"])
+def test_k_above_the_row_length(g, form, layout):
+    """The one rule for k: results are k wide whatever L. For k > L (padded rows, where
+    the op raises) the layers search L and pad (score -inf, index -1, weight 0), as the op
+    pads jagged rows shorter than k: the same outputs and gradients as k = L, in every
+    layer, form and layout, one target or several."""
+    B, T, L, d, dv, k = 4, 3, 6, 8, 5, 10
+    query = torch.randn(B, d, generator=g, requires_grad=True)
+    keys = torch.randn(B, L, d, generator=g, requires_grad=True)
+    table = torch.randn(B * L, d, generator=g, requires_grad=True)
+    ids = torch.randperm(B * L, generator=g).view(B, L)
+    values = torch.randn(B, L, dv, generator=g, requires_grad=True)
+    lengths = torch.tensor([L, 3, 0, 1])
+    x, kw = (keys, {}) if form == "keys" else (None, dict(tables=[table], ids=[ids]))
+    kw.update({"none": {}, "lengths": dict(lengths=lengths), "mask": dict(mask=make_mask(g, B, L, "any")),
+               "right": dict(mask=torch.arange(L) < lengths[:, None])}[layout])
+    declared = "right" if layout == "right" else "any"
+    inputs = (query, keys if form == "keys" else table, values)
+    with pytest.raises(ValueError, match=rf"k must satisfy 1 <= k <= L={L}, got {k}"):
+        (dare_kernels.topk_attention(query, keys, k) if form == "keys" else
+         dare_kernels.topk_attention_embedding(query, [table], [ids], k))
+    got, want = (HardSearch(n, mask_layout=declared)(query, x, values, **kw) for n in (k, L))
+    assert got.scores.shape == got.indices.shape == (B, k)
+    assert torch.equal(got.indices[:, :L], want.indices) and torch.all(got.indices[:, L:] == -1)
+    assert torch.equal(got.scores[:, :L], want.scores) and torch.all(got.scores[:, L:] == float("-inf"))
+    torch.testing.assert_close(got.output, want.output)
+    for a, b in zip(torch.autograd.grad(got.output.square().sum(), inputs),
+                    torch.autograd.grad(want.output.square().sum(), inputs)):
+        torch.testing.assert_close(a, b)
+    assert torch.equal(topk_search(query, x, k, mask_layout=declared, **kw)[1], got.indices)
+    many = query.detach()[:, None].expand(B, T, d) * torch.randn(T, 1, generator=g)
+    got, want = (HardSearch(n, mask_layout=declared)(many, x, values, **kw) for n in (k, L))
+    assert got.indices.shape == (B, T, k) and torch.equal(got.indices[..., :L], want.indices)
+    torch.testing.assert_close(got.output, want.output)
+    torch.manual_seed(0)
+    mh = TopKMultiHeadAttention(k, d, d, 2, d_value=dv, mask_layout=declared)
+    out = mh(query, x, values, **kw)
+    mh.search.k = L
+    assert out.indices.shape == (B, 2, k) and torch.equal(out.indices[..., :L], mh(query, x, values, **kw).indices)
+    torch.testing.assert_close(out.output, mh(query, x, values, **kw).output)
+
+
+def test_k_limits(g):
+    """k >= 1 and < 2**31 (what the kernels hold) in every layer and form; padded rows
+    need L >= 1 (the op's check); jagged rows take any k, as the op does."""
+    B, L, d = 3, 6, 4
+    query, keys, values = torch.randn(B, d, generator=g), torch.randn(B, L, d, generator=g), torch.randn(B, L, 5)
+    for k in (0, -1):
+        with pytest.raises(ValueError, match=rf"k must be >= 1, got {k}"):
+            HardSearch(k)
+        want = _raised(lambda: dare_kernels.topk_attention(query, keys, k))
+        assert _raised(lambda: topk_search(query, keys, k)) == want
+    with pytest.raises(ValueError, match=r"topk_attention: k must satisfy 1 <= k < 2\*\*31, got 2147483648"):
+        HardSearch(2**31)(query, keys)
+    with pytest.raises(ValueError, match=r"topk_attention_embedding: k must satisfy 1 <= k < 2\*\*31"):
+        topk_search(query, None, 2**31, tables=[keys[0]], ids=[torch.zeros(B, L, dtype=torch.long)])
+    with pytest.raises(ValueError, match=r"k must satisfy 1 <= k <= L=0, got 3"):
+        HardSearch(3)(query, keys[:, :0])
     # Jagged rows have no common L: k above every row (and above N) pads.
     out = HardSearch(L + 4)(query, keys[0], values[0], offsets=torch.tensor([0, 2, 2, L]))
     assert out.indices.shape == (B, L + 4) and torch.all(out.indices[:, 4:] == -1)
+
+
+def test_empty_rows_attend_to_nothing(g):
+    """A row with no valid position (lengths 0, an all-False mask, an empty jagged row):
+    HardSearch outputs zeros there and every gradient of that row is zero, never NaN,
+    the scores' own included; TopKMultiHeadAttention gives its output bias."""
+    B, L, d, dv, k = 3, 7, 4, 5, 3
+    query = torch.randn(B, d, generator=g, requires_grad=True)
+    keys = torch.randn(B, L, d, generator=g, requires_grad=True)
+    values = torch.randn(B, L, dv, generator=g, requires_grad=True)
+    lengths = torch.tensor([L, 0, 2])
+    mask = torch.arange(L) < lengths[:, None]
+    offsets = torch.nn.functional.pad(lengths.cumsum(0), (1, 0))
+    jk, jv = keys.detach()[mask].requires_grad_(), values.detach()[mask].requires_grad_()
+    for x, v, kw in ((keys, values, dict(lengths=lengths)), (keys, values, dict(mask=mask)),
+                     (jk, jv, dict(offsets=offsets))):
+        out = HardSearch(k)(query, x, v, **kw)
+        out.scores.retain_grad()
+        assert torch.all(out.output[1] == 0) and torch.all(out.indices[1] == -1)
+        out.output.square().sum().backward()
+        for t in (query.grad, x.grad, v.grad, out.scores.grad):
+            assert torch.isfinite(t).all()
+        assert torch.all(query.grad[1] == 0) and torch.all(out.scores.grad[1] == 0)
+        assert out.scores.grad[0].abs().sum() > 0
+        query.grad = x.grad = v.grad = None
+    torch.manual_seed(0)
+    mh = TopKMultiHeadAttention(k, d, d, 2, d_value=dv)
+    torch.testing.assert_close(mh(query, keys, values, lengths=lengths).output[1], mh.out_proj.bias)
 
 
 def test_values_checked_before_use(g):

@@ -107,6 +107,91 @@ def test_search_gradients_match_explicit_keys(model, seed):
         torch.testing.assert_close(via_ids[name], via_keys[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+def _replaced_block(m, batch):
+    """(logits, scores, indices) of the model's forward as it ran before its search +
+    attention became layers.HardSearch (the former models.dare.TopKTargetAttention):
+    k capped at the batch's width, nan_to_num(softmax), a float32 weighted sum."""
+    query, tables, ids, lengths = m.search_ids_inputs(batch)
+    items, cats, pos = ids
+    scores, idx = dare_kernels.topk_attention_embedding(query, tables, ids, min(m.search.k, items.shape[1]),
+                                                        lengths=lengths, sparse=m.search.sparse,
+                                                        backend=m.search.backend)
+    safe = idx.clamp(min=0)
+    selected = m.representation(items.gather(1, safe), cats.gather(1, safe), pos[safe])
+    weights = torch.nan_to_num(torch.softmax(scores, dim=-1))
+    interest = (weights[..., None] * selected.float()).sum(1)
+    return m.mlp(m._target_aware(m._target_rep(batch), interest)).squeeze(-1), scores, idx
+
+
+def _all_grads(m, loss):
+    m.zero_grad(set_to_none=True)
+    loss.backward()
+    return {n: p.grad.to_dense() if p.grad.is_sparse else p.grad.clone()
+            for n, p in m.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_search_layer_keeps_the_models_numbers(model, seed):
+    """model.search is layers.HardSearch (k, sparse and backend its attributes). On the
+    model's batches (right-padded rows, and full rows; k <= L), for sparse and dense
+    gradients, with and without autocast, the logits, the search's scores and indices
+    and every parameter's gradient equal, bit for bit, those of the block it replaced."""
+    data, batch = _batch(seed)
+    full = dict(batch, lengths=torch.full_like(batch["lengths"], batch["history_items"].shape[1]))
+    w = torch.randn(len(batch["label"]), generator=torch.Generator().manual_seed(seed))
+    for b in (batch, full):
+        assert b["history_items"].shape[1] >= 24
+        for sparse in (True, False):
+            torch.manual_seed(seed)
+            m = LongSequenceCTR(model, data.n_items, data.n_cats, 300, d_att=8, d_rep=16, k=24, embedding_std=0.3,
+                                sparse_grad=sparse)
+            assert isinstance(m.search, dare_kernels.HardSearch) and m.search.k == 24 and m.search.sparse == sparse
+            for amp in (False, True):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                    got, want = m(b), _replaced_block(m, b)
+                    stage = m.search_stage(b)
+                for x, y in zip(got, want):
+                    assert torch.equal(x, y)
+                assert torch.equal(stage[0], got[1]) and torch.equal(stage[1], got[2])
+                g_got = _all_grads(m, (got[0].float() * w).sum())
+                g_want = _all_grads(m, (want[0].float() * w).sum())
+                assert g_got.keys() == g_want.keys() and len(g_got) > 5
+                for name in g_got:
+                    assert torch.equal(g_got[name], g_want[name]), name
+    m.set_sparse_grad(not m.search.sparse)
+    assert m.search.sparse == m.sparse_grad == (not sparse)
+
+
+def test_model_short_batches_and_empty_rows(seed):
+    """The layers' one rule in the model: a batch whose longest history is shorter than
+    k gives k-wide scores and indices (padding: -inf / -1) with the logits of k = its
+    width; a row with no history has a zero interest and zero, finite gradients (the
+    replaced block's softmax gave NaN gradients to that row's scores)."""
+    data, batch = _batch(seed)
+    W, k = 10, 24
+    short = {**batch, "history_items": batch["history_items"][:, :W], "history_cats": batch["history_cats"][:, :W],
+             "lengths": batch["lengths"].clamp(max=W)}
+    short["lengths"][1] = 0
+    m = LongSequenceCTR("dare", data.n_items, data.n_cats, 300, d_att=8, d_rep=16, k=k, embedding_std=0.3)
+    interest = []
+    m.search.register_forward_hook(lambda mod, args, out: interest.append(out.output))
+    logits, scores, idx = m(short)
+    scores.retain_grad()
+    B = len(batch["label"])
+    assert scores.shape == idx.shape == (B, k) and torch.all(idx[:, W:] == -1)
+    assert torch.all(scores[:, W:] == float("-inf")) and torch.all(idx[1] == -1)
+    assert torch.all(interest[0][1] == 0) and torch.isfinite(interest[0]).all()
+    with torch.no_grad():
+        want = _replaced_block(m, short)
+    torch.testing.assert_close(logits, want[0])
+    assert torch.equal(scores[:, :W], want[1]) and torch.equal(idx[:, :W], want[2])
+    stage = m.search_stage(short)
+    assert torch.equal(stage[1], idx) and torch.equal(stage[0], scores)
+    grads = _all_grads(m, logits.square().sum())
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    assert torch.isfinite(scores.grad).all() and torch.all(scores.grad[1] == 0)
+
+
 def test_papers_twin_with_projection():
     """Per field, square maps without bias for query, key, target and value;
     score = Σ_f (Q_f e_f(target))·(K_f e_f(behaviour)), scaled."""

@@ -16,7 +16,11 @@ behaviour j is
 
 (sem = [item | category]), one op call with both scales folded into the query.
 The k best behaviours are attended with softmax over their (differentiable)
-scores; their representation embeddings are looked up only for those k. The
+scores; their representation embeddings are looked up only for those k. Search
+and attention are one ``dare_kernels.layers.HardSearch`` (``model.search``), with
+its rule for short rows: results are k wide even where a batch's longest history
+is shorter than k (padding: score -inf, index -1, weight 0), and a row with no
+history has a zero interest (zero gradients). The
 target-aware representation [target, interest, target ⊙ interest] goes through
 BatchNorm → 200 → PReLU → 80 → PReLU → 1. With aux_loss, an auxiliary head
 (BatchNorm → 200 → PReLU → 1, as the public code) predicts the label from the
@@ -47,12 +51,12 @@ differentiably through Q and K.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from .. import ops
+from ..layers import HardSearch
 
 MODELS: Dict[str, type] = {}
 SECTOR = 32  # bytes a GPU memory transaction moves, however few of them a row uses
@@ -125,47 +129,6 @@ class FieldEmbeddings(nn.Module):
         return [self.item.weight, self.cat.weight, self.pos.weight]
 
 
-class TopKTargetAttention(nn.Module):
-    """Search the k keys most relevant to the query with the fused op, then
-    attend over those k only.
-
-    forward(query (B, d_att), keys, lengths (B,) or None, values, ids=None)
-    where keys is (B, L, d_att), or, with ids, the list of F attention tables
-    (N_f, d_f) whose rows the ids (F tensors (B, L), or (L,) shared by every
-    row) select: behaviour j's key is [tables[0][ids[0][.., j]] | ...], searched
-    by topk_attention_embedding without building the keys. values is (B, L, d_v)
-    or a callable mapping the selected indices (B, k), already clamped to valid
-    positions, to their (B, k, d_v) values. Returns (output (B, d_v), scores
-    (B, k), indices (B, k)). Scale the query beforehand (scores = query · key).
-    sparse: the tables' gradients are sparse rows (the op's sparse=True)."""
-
-    def __init__(self, k: int, backend: Optional[str] = None, sparse: bool = False):
-        super().__init__()
-        self.k = k
-        self.backend = backend
-        self.sparse = sparse
-
-    def search(self, query, keys, lengths, ids=None):
-        """The search alone: (scores, indices) of the k best keys."""
-        if ids is None:
-            return ops.topk_attention(query, keys, min(self.k, keys.shape[1]), lengths=lengths,
-                                      backend=self.backend)
-        return ops.topk_attention_embedding(query, keys, ids, min(self.k, ids[0].shape[-1]), lengths=lengths,
-                                            sparse=self.sparse, backend=self.backend)
-
-    def forward(self, query, keys, lengths, values: Union[torch.Tensor, Callable], ids=None):
-        scores, idx = self.search(query, keys, lengths, ids)
-        safe = idx.clamp(min=0)
-        if callable(values):
-            selected = values(safe)
-        else:
-            selected = values.gather(1, safe[..., None].expand(-1, -1, values.shape[-1]))
-        # -inf padding gets weight 0; rows with no finite score give NaN -> 0.
-        weights = torch.nan_to_num(torch.softmax(scores, dim=-1))
-        out = (weights[..., None] * selected.float()).sum(1)
-        return out, scores, idx
-
-
 def _head(d_in: int, hidden=(200, 80)) -> nn.Sequential:
     layers, d = [nn.BatchNorm1d(d_in)], d_in
     for h in hidden:
@@ -211,7 +174,8 @@ class SearchCTR(nn.Module):
         # Total widths: d_att of the score space, d_search of the tables the op reads.
         self.d_att, self.d_rep = sum(self.att_widths), sum(rep_widths)
         self.d_search = sum(t.shape[1] for t in self.search_tables())
-        self.search = TopKTargetAttention(k, backend=search_backend, sparse=sparse_grad)
+        # The search + attention layer: the op from ids, the scales folded into the query (scale 1).
+        self.search = HardSearch(k, scale=1.0, sparse=sparse_grad, backend=search_backend)
         self.mlp = _head(3 * self.d_rep)
         self.aux_head = _head(3 * self.d_rep, (200,)) if aux_loss else None
 
@@ -274,7 +238,7 @@ class SearchCTR(nn.Module):
     def search_stage(self, batch: dict):
         """(scores (B, k), indices (B, k)): exactly the forward's search stage."""
         query, tables, ids, lengths = self.search_ids_inputs(batch)
-        return self.search.search(query, tables, lengths, ids)
+        return self.search.search(query, tables=tables, ids=ids, lengths=lengths)
 
     def search_inputs(self, batch: dict):
         """(query, keys, lengths, pos) with the keys looked up explicitly (B, L,
@@ -303,10 +267,10 @@ class SearchCTR(nn.Module):
         query, tables, ids, lengths = self.search_ids_inputs(batch)
         items, cats, pos = ids
 
-        def selected_values(idx):
-            return self.representation(items.gather(1, idx), cats.gather(1, idx), pos[idx])
+        def selected_values(idx):  # float32 (under autocast too): the interest is summed and kept in float32
+            return self.representation(items.gather(1, idx), cats.gather(1, idx), pos[idx]).float()
 
-        interest, scores, idx = self.search(query, tables, lengths, selected_values, ids=ids)
+        interest, scores, idx = self.search(query, values=selected_values, tables=tables, ids=ids, lengths=lengths)
         target_rep = self._target_rep(batch)
         logits = self.mlp(self._target_aware(target_rep, interest)).squeeze(-1)
         if not aux:
