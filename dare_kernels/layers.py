@@ -28,7 +28,7 @@ fewer than k valid positions. Rows with no valid position attend to nothing: Har
 outputs zeros there (TopKMultiHeadAttention then adds its output projection's bias).
 
 Replacing a hand-written block (this example runs in python_tests/test_layers.py;
-``python bench/layers_time.py`` times such pairs):
+``python bench/tools/layers_time.py`` times such pairs):
 
 ```python
 import torch
