@@ -47,7 +47,7 @@ fi
 if [ "$MODE" = full ]; then
   for tool in ${SANITIZE_TOOLS:-memcheck racecheck initcheck}; do
     for b in ${SANITIZE_BACKENDS:-cuda}; do
-      compute-sanitizer --tool $tool --error-exitcode 9 python3 bench/sanitize_cuda.py $b > "$OUT/sanitize.tmp" 2>&1
+      compute-sanitizer --tool $tool --error-exitcode 9 python3 bench/tools/sanitize_cuda.py $b > "$OUT/sanitize.tmp" 2>&1
       summary "compute-sanitizer $tool $b rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitize.tmp" | tail -1)"
       cat "$OUT/sanitize.tmp" >> "$OUT/sanitize.log"; rm -f "$OUT/sanitize.tmp"
     done
@@ -58,7 +58,7 @@ if [ -n "${PROFILE:-}" ]; then
   for d in 16 128; do
     ncu --clock-control none -k regex:topk --launch-skip 4 --launch-count 2 --section SpeedOfLight \
       --section Occupancy --section LaunchStats --section WarpStateStats \
-      python3 bench/profile_cuda.py --B 1024 --d $d >> "$OUT/ncu.txt" 2>&1
+      python3 bench/tools/profile_cuda.py --B 1024 --d $d >> "$OUT/ncu.txt" 2>&1
   done
   grep -E "topk_kernel|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Stall" "$OUT/ncu.txt" | head -40
 fi
@@ -68,25 +68,25 @@ if [ -n "${SOURCE_PROFILE:-}" ]; then
   for shape in "1024 16" "8 32"; do
     set -- $shape
     ncu --clock-control none -k regex:topk_kernel --launch-skip 3 --launch-count 1 --section SourceCounters \
-      --section WarpStateStats -o /tmp/src_$1_$2 python3 bench/profile_cuda.py --B $1 --d $2 > /dev/null 2>&1
+      --section WarpStateStats -o /tmp/src_$1_$2 python3 bench/tools/profile_cuda.py --B $1 --d $2 > /dev/null 2>&1
     ncu -i /tmp/src_$1_$2.ncu-rep --page source --csv --print-source sass > "$OUT/sass_B$1_d$2.csv" 2>&1
-    echo "B=$1 d=$2"; python3 bench/sass_regions.py "$OUT/sass_B$1_d$2.csv"
+    echo "B=$1 d=$2"; python3 bench/tools/sass_regions.py "$OUT/sass_B$1_d$2.csv"
   done
   # The many-targets kernel, B = 1, T = 1024, d = 32.
   ncu --clock-control none -k regex:targets_kernel --launch-skip 2 --launch-count 1 --section SourceCounters \
-    --section WarpStateStats -o /tmp/src_targets python3 bench/profile_cuda.py --B 1 --T 1024 --d 32 > /dev/null 2>&1
+    --section WarpStateStats -o /tmp/src_targets python3 bench/tools/profile_cuda.py --B 1 --T 1024 --d 32 > /dev/null 2>&1
   ncu -i /tmp/src_targets.ncu-rep --page source --csv --print-source sass > "$OUT/sass_targets_d32.csv" 2>&1
-  echo "B=1 T=1024 d=32"; python3 bench/sass_regions.py "$OUT/sass_targets_d32.csv"
+  echo "B=1 T=1024 d=32"; python3 bench/tools/sass_regions.py "$OUT/sass_targets_d32.csv"
 fi
 
 if [ -n "${PROFILE_TRITON:-}" ]; then
-  python3 bench/profile_triton.py 2>&1 | tee "$OUT/profile_triton.txt"
+  python3 bench/tools/profile_triton.py 2>&1 | tee "$OUT/profile_triton.txt"
 fi
 if [ -n "${NCU_TRITON:-}" ]; then
   for d in 16 128; do
     DARE_TRITON_AUTOTUNE=0 ncu --clock-control none -k regex:_search_kernel --launch-skip 2 --launch-count 1 \
       --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-      python3 bench/profile_cuda.py --backend triton --B 1024 --d $d >> "$OUT/profile_triton.txt" 2>&1
+      python3 bench/tools/profile_cuda.py --backend triton --B 1024 --d $d >> "$OUT/profile_triton.txt" 2>&1
   done
   grep -E "_search_kernel|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Stall|Issue Slots|Executed Ipc" "$OUT/profile_triton.txt" | head -40
 fi
@@ -107,8 +107,8 @@ python3 -m dare_kernels.bench --B 1 --T 1024 --quiet --no-model >> "$OUT/bench_e
 python3 -m dare_kernels.bench --B 128 --T 64 --d 32 128 --quiet --no-model >> "$OUT/bench_extra.txt" 2>&1
 echo "DARE_CUDA_TARGETS=0 (streaming kernel)" >> "$OUT/bench_extra.txt"
 DARE_CUDA_TARGETS=0 python3 -m dare_kernels.bench --backends cuda --B 1 --T 1024 --quiet --no-model >> "$OUT/bench_extra.txt" 2>&1
-python3 bench/graph_time.py --B 8 --d 16 32 128 >> "$OUT/bench_extra.txt" 2>&1  # GPU time alone (graph replay)
-python3 bench/graph_time.py --B 1 --T 1024 --d 32 128 >> "$OUT/bench_extra.txt" 2>&1
+python3 bench/tools/graph_time.py --B 8 --d 16 32 128 >> "$OUT/bench_extra.txt" 2>&1  # GPU time alone (graph replay)
+python3 bench/tools/graph_time.py --B 1 --T 1024 --d 32 128 >> "$OUT/bench_extra.txt" 2>&1
 if [ -n "${PYTEST_BENCH:-}" ]; then
   python3 -m pytest bench/ --benchmark-only -q -p no:cacheprovider -k "$PYTEST_BENCH" --benchmark-max-time=0.1 \
     --benchmark-min-rounds=5 --benchmark-columns=median,min,rounds --benchmark-sort=fullname > "$OUT/bench_pytest.txt" 2>&1

@@ -17,7 +17,7 @@ timeout ${BENCH_TIMEOUT:-240} python3 -m dare_kernels.bench --no-ids --backends 
 echo "bench rc=$?" | tee -a "$OUT/summary.txt"
 grep -E "^\| (search|inference|train|phase)" "$OUT/bench.txt"
 if [ "${BACKWARD:-1}" = 1 ]; then
-  timeout ${BACKWARD_TIMEOUT:-90} python3 bench/profile_backward.py > "$OUT/backward.txt" 2>&1
+  timeout ${BACKWARD_TIMEOUT:-90} python3 bench/tools/profile_backward.py > "$OUT/backward.txt" 2>&1
   grep "backward:" "$OUT/backward.txt" || tail -20 "$OUT/backward.txt"
 fi
 if [ -z "${SKIP_TESTS:-}" ]; then
@@ -28,7 +28,7 @@ if [ -z "${SKIP_TESTS:-}" ]; then
   grep -E "^(FAILED|ERROR)|^E  " "$OUT/tests.log" | head -20
 fi
 if [ "${PROFILE:-1}" = 1 ]; then
-  timeout ${PROFILE_TIMEOUT:-90} python3 bench/profile_model.py --models dare:16 twin:128 --optimizers rows \
+  timeout ${PROFILE_TIMEOUT:-90} python3 bench/tools/profile_model.py --models dare:16 twin:128 --optimizers rows \
     > "$OUT/profile.txt" 2>&1
   grep "==" "$OUT/profile.txt"
 fi

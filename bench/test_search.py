@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import dare_kernels
-from dare_kernels.bench import BASELINE, Shape, backends_for, implementation, make_inputs
+from dare_kernels.bench.search import BASELINE, backends_for, implementation
+from dare_kernels.bench.timing import Shape, make_inputs
 
 from conftest import DEVICE
 
@@ -40,11 +41,6 @@ def inputs_for(shape):
     return _inputs[shape]
 
 
-def fields(shape):
-    """Numeric fields for the summary's numeric order (B, T, d, k, L), and dtype."""
-    return {"B": shape.B, "T": shape.T, "L": shape.L, "d": shape.d, "k": shape.k, "dtype": shape.dtype}
-
-
 def _run(bench, backend, shape):
     fn = implementation(backend)
     inputs = inputs_for(shape)
@@ -56,7 +52,7 @@ def _run(bench, backend, shape):
         return fn(q, K, shape.k)
 
     bench.group = shape.label()
-    bench.extra_info.update(backend=backend, shape=shape.label(), key_bytes=shape.key_bytes(), **fields(shape))
+    bench.extra_info.update(backend=backend, shape=shape.label(), key_bytes=shape.key_bytes(), **shape.fields())
     call()  # warm-up (allocations, first launch) outside the measurement
     bench(call)
 
@@ -83,7 +79,7 @@ def test_search_backward(bench, backend, shape):
         return grads
 
     bench.group = "backward " + shape.label()
-    bench.extra_info.update(backend=backend, shape=shape.label(), **fields(shape))
+    bench.extra_info.update(backend=backend, shape=shape.label(), **shape.fields())
     step()  # warm-up outside the measurement
     bench(step)
 
@@ -136,7 +132,7 @@ def test_search_layouts(bench, backend, layout):
         fn = lambda: dare_kernels.topk_attention(q, keys, shape.k, **kw, backend=backend)  # noqa: E731
     bench.group = f"layout {layout} {shape.label()}"
     label = "jagged (bmm+topk pads first)" if layout == "jagged" else layout
-    bench.extra_info.update(backend=backend, shape=f"{label}, {shape.label()}", layout=layout, **fields(shape))
+    bench.extra_info.update(backend=backend, shape=f"{label}, {shape.label()}", layout=layout, **shape.fields())
     fn()
     bench(fn)
 
@@ -161,6 +157,6 @@ def test_search_fp8(bench, backend, shape, keys_dtype):
     name = backend if keys_dtype == "bf16" else f"{backend} fp8"
     bench.group = f"fp8 {shape.label()}"
     bench.extra_info.update(backend=name, shape=shape.label(), key_bytes=K.numel() * K.element_size(),
-                            baseline=backend == BASELINE, **fields(shape))
+                            baseline=backend == BASELINE, **shape.fields())
     fn(q, K, shape.k)
     bench(lambda: fn(q, K, shape.k))

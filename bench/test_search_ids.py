@@ -5,7 +5,7 @@ with no selection (the floor). GPU: B=1024, L=10000, bf16, 1M and 64M rows;
 CPU: B=64, float32, 1M rows."""
 import pytest
 
-from dare_kernels.bench_ids import BASELINE, default_ids_shapes, implementations, make_ids_inputs
+from dare_kernels.bench.ids import IDS_BASELINE, default_ids_shapes, implementations, make_ids_inputs
 
 from conftest import DEVICE
 
@@ -37,7 +37,7 @@ def test_search_ids(bench, impl, shape):
         return fn(q, table, ids, shape.k)
 
     bench.group = "ids " + shape.label()
-    bench.extra_info.update(backend=impl, shape=shape.label(), baseline=impl == BASELINE, B=shape.B, L=shape.L,
-                            d=shape.d, k=shape.k, T=0)
+    bench.extra_info.update(backend=impl, shape=shape.label(), baseline=impl == IDS_BASELINE, B=shape.B, L=shape.L,
+                            d=shape.d, k=shape.k, T=0, dtype=shape.dtype)
     call()  # warm-up (compilation, allocations) outside the measurement
     bench(call)

@@ -43,7 +43,7 @@ Masked positions are never scored or selected, and the ranking is the op's
 (descending, ties by lower position, NaN first).
 
 Replacing a hand-written block (this example runs in python_tests/test_layers.py;
-``python bench/layers_time.py`` times such pairs):
+``python bench/tools/layers_time.py`` times such pairs):
 
 ```python
 import torch

@@ -1,23 +1,23 @@
-"""The main job's printed tables explain themselves and its plot is written (issue #19 item 3)."""
+"""The main job's printed tables explain themselves, its plot is written, and its JSON
+records the commit and date measured (dare_kernels.bench.render, .results)."""
 import copy
 import json
 import os
 
 import pytest
 
-from dare_kernels import bench
+from dare_kernels.bench import cli, models, render, results
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
 def load(name):
-    with open(os.path.join(ROOT, "bench", name)) as f:
-        return json.load(f)
+    return results.load(os.path.join(ROOT, "bench", "results", name))
 
 
 def synthetic():
-    """A small result like bench/results-cpu.json, with a fused CUDA row added."""
-    result = copy.deepcopy(load("results-cpu.json"))
+    """A small result like bench/results/cpu.json, with a fused CUDA row added."""
+    result = copy.deepcopy(load("cpu.json"))
     result["rows"] = [r for r in result["rows"] if r["d"] in (16, 128)]
     for r in list(result["rows"]):
         if r["backend"] == "cpu":
@@ -27,23 +27,27 @@ def synthetic():
 
 def test_table_has_new_column_and_explanations():
     result = synthetic()
-    text = bench.format_table(result)
+    text = render.format_table(result)
     header = next(l for l in text.splitlines() if l.startswith("| backend"))
     assert "x vs bmm+topk d=128" in header and "x vs d=128" in header and "% copy BW" in header
-    for col in ("ms:", "% copy BW", "x vs d=128:", "x vs bmm+topk:", "x vs bmm+topk d=128:"):
-        assert any(l.strip().startswith(col) or col in l for l in text.splitlines() if l.startswith("  ")), col
-    assert "Search from ids:" in text and "Models:" in text
+    notes = [l for l in text.splitlines() if l.startswith("  ")]
+    for col in ("ms:", "% copy BW", "x vs d=128:", "x vs bmm+topk:", "x vs bmm+topk d=128:", "pass 100%"):
+        assert any(col in l for l in notes), col
+    assert any("Search from ids:" in l for l in notes) and any("Models:" in l for l in notes)
     # bmm+topk at d=128 / fused cpu at d=16, computed from the rows.
     base = next(r for r in result["rows"] if r["backend"] == "bmm+topk" and r["d"] == 128)["ms"]
     cpu16 = next(r for r in result["rows"] if r["backend"] == "cpu" and r["d"] == 16)
     row = next(l for l in text.splitlines() if l.startswith("| cpu ") and "| 16 " in l)
-    assert row.rstrip(" |").endswith(f"{base / cpu16['ms']:.2f}")
-    assert "fused CUDA kernel at d=16" in bench.headline(result)
+    assert row.rstrip(" |").endswith(render.fmt_x(base / cpu16["ms"]))
+    assert "fused CUDA kernel at d=16" in render.headline(result)
+    # The other sections through the same tables as the Markdown block, aligned.
+    models_table = text[text.index("Reference models"):].splitlines()
+    assert models_table[1].startswith("| stage ") and models_table[3].startswith("| search ")
 
 
-@pytest.mark.parametrize("name", ["results-cpu.json", "results-h200.json"])
+@pytest.mark.parametrize("name", ["cpu.json", "h200.json"])
 def test_table_reads_stored_results(name):
-    assert "x vs bmm+topk d=128" in bench.format_table(load(name))
+    assert "x vs bmm+topk d=128" in render.format_table(load(name))
 
 
 @pytest.mark.parametrize("extras", [True, False])
@@ -53,6 +57,40 @@ def test_plot_writes_png(tmp_path, extras):
     if not extras:
         result["ids_rows"], result["model_rows"] = [], []
     path = tmp_path / "plot.png"
-    bench.plot(result, str(path))
+    render.plot(result, str(path))
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_json_records_commit_and_date(tmp_path):
+    path = tmp_path / "run.json"
+    results.write({"env": {"device": "x"}, "rows": []}, str(path))
+    run = json.loads(path.read_text())
+    assert run["date"] and run["env"] == {"device": "x"}
+    commit = results.commit()
+    if commit is not None:  # a git checkout: the short hash, -dirty when csrc/ or dare_kernels/ differ
+        assert run["commit"] == commit and commit.split("-")[0].isalnum()
+    # A run that has them keeps its own.
+    results.write({"env": {}, "commit": "abc1234", "date": "2026-01-02"}, str(path))
+    assert json.loads(path.read_text())["commit"] == "abc1234"
+
+
+def test_main_job_writes_json_and_renders_it(tmp_path, monkeypatch, capsys):
+    """The main job end to end at a tiny size (model rows at a tiny size too): its JSON
+    renders as the Markdown block, through the same renderer as the printout."""
+    monkeypatch.setattr(models, "MODEL_CONFIGS", [("twin", 128), ("dare", 16)])
+    monkeypatch.setattr(models, "MODEL_ITEMS", 1000)
+    monkeypatch.setattr(models, "MODEL_CATS", 50)
+    monkeypatch.setattr(cli, "copy_bandwidth", lambda device: 1e10)
+    path = tmp_path / "run.json"
+    cli.main(["--device", "cpu", "--B", "2", "--L", "64", "--d", "16", "128", "--k", "4", "--reps", "2",
+              "--no-ids", "--quiet", "--json", str(path)])
+    out = capsys.readouterr().out
+    run = results.load(str(path))
+    assert run["date"] and run["command"].startswith("python -m dare_kernels.bench")
+    stages = [r["stage"] for r in run["model_rows"] if r["model"] == "dare"]
+    assert stages[:2] == ["search", "inference"] and "train step (rows)" in stages and "train step (dense)" in stages
+    assert any(s.startswith("phase: ") for s in stages)
+    assert "| backend " in out and "Reference models" in out
+    block = render.markdown([(str(path), run)])
+    assert "| d | bmm+topk ms" in block and "train step (dense)" in block

@@ -1,14 +1,19 @@
-"""bench/report.py writes the main job's JSON as tables into RESULTS.md and the
-README, the same block in both, rows in numeric order."""
+"""`python -m dare_kernels.bench.report` writes the main job's JSON as tables into
+RESULTS.md and the README, the same block in both, rows in numeric order; the
+repository's block is the one its JSON renders to."""
 import json
 import os
 import re
 import subprocess
 import sys
 
+import pytest
+
+from dare_kernels.bench import render, report
+
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-SCRIPT = os.path.join(ROOT, "bench", "report.py")
 BEGIN, END = "<!-- report:begin -->", "<!-- report:end -->"
+RESULTS_JSON = [os.path.join("bench", "results", name) for name in ("h200.json", "cpu.json")]
 
 
 def row(backend, B, d, ms, T=0):
@@ -58,15 +63,14 @@ def test_report_fills_both_files(tmp_path):
     results, readme = tmp_path / "RESULTS.md", tmp_path / "README.md"
     results.write_text(f"# Results\n\n{BEGIN}\nold numbers\n{END}\n\n## Method\nkept\n")
     readme.write_text(f"# x\n\n## Measured\n\nintro\n\n{BEGIN}\n| stale |\n{END}\n\n## Next\nkept too\n")
-    subprocess.run([sys.executable, SCRIPT, str(src), "--results", str(results), "--readme", str(readme)],
-                   check=True, capture_output=True, text=True, timeout=60)
+    report.main([str(src), "--results", str(results), "--readme", str(readme)])
     r, m = results.read_text(), readme.read_text()
     assert "old numbers" not in r and "| stale |" not in m
     assert r.endswith(f"{END}\n\n## Method\nkept\n") and m.endswith(f"{END}\n\n## Next\nkept too\n")
     assert block(r) == block(m)
     text = block(r)
-    for fact in ("Test Card", "abc1234", "2026-01-02", "torch 9.9.9", "CUDA 13.0", "triton 3.6.0", "1234.5 GB/s",
-                 "python -m dare_kernels.bench --json x.json"):
+    for fact in ("Test Card", "Measured 2026-01-02 at commit `abc1234`.", "torch 9.9.9", "CUDA 13.0", "triton 3.6.0",
+                 "1234.5 GB/s", "python -m dare_kernels.bench --json x.json"):
         assert fact in text, fact
 
     search = table_rows(text, "Search stage")
@@ -83,11 +87,12 @@ def test_report_fills_both_files(tmp_path):
 
     # Regenerating changes nothing; a file without markers is refused.
     before = results.read_text()
-    subprocess.run([sys.executable, SCRIPT, str(src), "--results", str(results)], check=True, capture_output=True)
+    report.main([str(src), "--results", str(results)])
     assert results.read_text() == before
     bad = tmp_path / "bad.md"
     bad.write_text("no markers\n")
-    assert subprocess.run([sys.executable, SCRIPT, str(src), "--results", str(bad)], capture_output=True).returncode
+    with pytest.raises(SystemExit):
+        report.main([str(src), "--results", str(bad)])
     assert bad.read_text() == "no markers\n"
 
 
@@ -96,14 +101,40 @@ def test_unknown_row_fields_are_kept(tmp_path):
     result = dict(RESULT, rows=[dict(r, graph_us=12.5 + i) for i, r in enumerate(RESULT["rows"])])
     src = tmp_path / "run.json"
     src.write_text(json.dumps(result))
-    out = subprocess.run([sys.executable, SCRIPT, str(src)], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run([sys.executable, "-m", "dare_kernels.bench.report", str(src)], check=True, capture_output=True,
+                         text=True, timeout=120).stdout
     assert "graph ms" in out and "0.0125" in out
     assert [int(l[0]) for l in table_rows(out, "Search stage")] == [8, 8, 64, 64, 1024, 1024, 1024, 1024]
 
 
+def test_suite_rows_render(tmp_path):
+    """The pytest suites' summary rows (`pytest bench/ --benchmark --summary-json`): one
+    table per suite in the terminal and in the block, shapes in numeric order."""
+    rows = [{"suite": "bench/test_search.py::test_search", "shape": f"B={B} L=100 d={d} k=8 float32", "backend": b,
+             "baseline": b == "bmm+topk", "ms": ms, "B": B, "T": 0, "L": 100, "d": d, "k": 8, "dtype": "float32"}
+            for B, d, b, ms in ((64, 16, "cpu", 1.0), (8, 128, "bmm+topk", 4.0), (64, 16, "bmm+topk", 3.0),
+                                (8, 128, "cpu", 2.0))]
+    lines = render.suite_summary(rows)
+    assert lines[0] == "bench/test_search.py::test_search" and "bmm+topk" in lines[1]
+    assert lines[3].startswith("| B=8 ") and "(2.00x)" in lines[3] and "(3.00x)" in lines[4]
+    src = tmp_path / "suite.json"
+    src.write_text(json.dumps({"env": {"device": "Test CPU"}, "commit": "abc1234", "suite_rows": rows}))
+    out = subprocess.run([sys.executable, "-m", "dare_kernels.bench.report", str(src)], check=True,
+                         capture_output=True, text=True, timeout=120).stdout
+    assert "`bench/test_search.py::test_search`:" in out
+    assert [l[0] for l in table_rows(out, "`bench/test_search.py::test_search`")] == [
+        "B=8 L=100 d=128 k=8 float32", "B=64 L=100 d=16 k=8 float32"]
+
+
 def test_repository_blocks_agree():
-    """README.md and bench/RESULTS.md carry the same generated block."""
+    """README.md and bench/RESULTS.md carry the same generated block, the one the
+    stored JSON renders to."""
     readme = open(os.path.join(ROOT, "README.md")).read()
     results = open(os.path.join(ROOT, "bench", "RESULTS.md")).read()
     assert block(readme) == block(results)
     assert re.search(r"^\| d \| bmm\+topk ms", block(results), re.M)
+    runs = []
+    for name in RESULTS_JSON:
+        with open(os.path.join(ROOT, name)) as f:
+            runs.append((os.path.join(ROOT, name), json.load(f)))
+    assert block(results) == "\n" + render.markdown(runs) + "\n"

@@ -195,11 +195,13 @@ def _raw(kernel):
     return kernel
 
 
-def eager(query, keys, k, lengths=None, scale=1.0, mask=None, offsets=None):
+def eager(query, keys, k, lengths=None, scale=1.0, mask=None, offsets=None, *, split: Optional[int] = None,
+          cfg: Optional[Config] = None):
     """The op's computation without the dispatcher (on the H200 machine the dispatcher
     path measured 115-232 us of host time per call, this one 78-100 us): for plain tensors
-    when nothing traces and no gradient is needed."""
-    return _topk_attention(query, keys, k, lengths, scale, mask, offsets, wrap=_raw)
+    when nothing traces and no gradient is needed. `split` and `cfg` force the launch
+    plan (programs per row, config), as plan() takes them (sweeps: bench/tools/sweep_triton.py)."""
+    return _topk_attention(query, keys, k, lengths, scale, mask, offsets, split=split, cfg=cfg, wrap=_raw)
 
 
 def _outputs(shape, device):

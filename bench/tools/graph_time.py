@@ -2,14 +2,14 @@
 host launch cost included) and as a CUDA-graph replay (the GPU work alone), so a
 launch-bound small batch shows how much of its time is the host's.
 
-    python3 bench/graph_time.py [--backend cuda] [--B 8] [--T 0] [--d 16 32 128]
+    python3 bench/tools/graph_time.py [--backend cuda] [--B 8] [--T 0] [--d 16 32 128]
 """
 import argparse
 
 import torch
 
 import dare_kernels
-from dare_kernels.bench import time_call, time_graph
+from dare_kernels.bench.timing import time_call, time_graph
 
 p = argparse.ArgumentParser()
 p.add_argument("--backend", default="cuda")

@@ -3,9 +3,9 @@ samples per region of SASS between barriers (a region is a loop body, a select p
 and the stall reasons of the whole kernel.
 
     ncu -k regex:topk_kernel --launch-skip 3 --launch-count 1 --section SourceCounters \\
-        --section WarpStateStats -o d16 python3 bench/profile_cuda.py --B 1024 --d 16
+        --section WarpStateStats -o d16 python3 bench/tools/profile_cuda.py --B 1024 --d 16
     ncu -i d16.ncu-rep --page source --csv --print-source sass > d16_sass.csv
-    python3 bench/sass_regions.py d16_sass.csv [--min 0.01]
+    python3 bench/tools/sass_regions.py d16_sass.csv [--min 0.01]
 """
 import argparse
 import csv

@@ -1,6 +1,6 @@
 """Hand-written search + attention blocks vs the drop-in layers (dare_kernels.layers), CPU.
 
-    PYTHONPATH=. python bench/layers_time.py [--B 64 --L 4000 --d 16 --threads 1]
+    PYTHONPATH=. python bench/tools/layers_time.py [--B 64 --L 4000 --d 16 --threads 1]
 
 Prints, per block, mask layout and pass (forward, forward + backward), the best and
 the median of --repeat timed calls, hand-written / layer. The best is the figure

@@ -1,12 +1,13 @@
 """Where the reference models' search stage and training step spend GPU and host
 time (torch.profiler; kernels by GPU time, then ops by host time), for each
-optimiser: python bench/profile_model.py [--models dare:16 twin:128] [--optimizers rows dense]"""
+optimiser: python bench/tools/profile_model.py [--models dare:16 twin:128] [--optimizers rows dense]"""
 import argparse
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from dare_kernels.bench import MODEL_CATS, MODEL_ITEMS, model_batch, time_call, train_step
+from dare_kernels.bench.models import MODEL_CATS, MODEL_ITEMS, model_batch, train_step
+from dare_kernels.bench.timing import time_call
 from dare_kernels.models import LongSequenceCTR
 from dare_kernels.optim import ModelOptimizer
 

@@ -1,7 +1,7 @@
 """The backward of the selected scores alone, fused ops against bmm + topk, B = 1024,
 L = 10000, k = 128, bf16: GPU time (CUDA-event median of back-to-back calls) and
 host time (median wall time of issuing one backward call, GPU not awaited):
-    python bench/profile_backward.py [--profile]"""
+    python bench/tools/profile_backward.py [--profile]"""
 import statistics
 import sys
 import time
@@ -10,7 +10,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import dare_kernels
-from dare_kernels.bench import baseline
+from dare_kernels.bench.search import baseline
 
 dev = torch.device("cuda")
 B, L, k, N = 1024, 10000, 128, 1_000_000

@@ -1,6 +1,6 @@
 """Runs the op a few times at one shape, for ncu:
     ncu --clock-control none -k regex:topk --launch-skip 4 --launch-count 2 \\
-        python3 bench/profile_cuda.py --B 1024 --d 16
+        python3 bench/tools/profile_cuda.py --B 1024 --d 16
 """
 import argparse
 

@@ -2,13 +2,13 @@
 timing each with CUDA events (host launch cost included, as in use) and as a CUDA-graph
 replay (GPU time alone).
 
-    python3 bench/sweep_triton.py [--B 8] [--d 16 32]
+    python3 bench/tools/sweep_triton.py [--B 8] [--d 16 32]
 """
 import argparse
 
 import torch
 
-from dare_kernels.bench import time_call, time_graph
+from dare_kernels.bench.timing import time_call, time_graph
 from dare_kernels.triton_backend import search
 
 p = argparse.ArgumentParser()
@@ -26,7 +26,7 @@ for d in a.d:
     for split in a.splits:
         for cfg in search.CONFIGS:
             def fn():
-                return search._topk_attention(q, K, a.k, split=split, cfg=cfg, wrap=search._raw)
+                return search.eager(q, K, a.k, split=split, cfg=cfg)
             t = time_call(fn, [()], dev, reps=100)
             tg = time_graph(fn, dev, reps=100)
             print(f"B={a.B} d={d} split={split} {cfg}: {t * 1e6:.1f} us, graph replay {tg * 1e6:.1f} us")

@@ -1,4 +1,4 @@
-"""The floor of a search from ids (benchmarks only): gather every behaviour's
+"""The floor of a search from ids (benchmarks only, dare_kernels.bench.ids): gather every behaviour's
 row by id, dot it with the query, write the float32 score; no selection."""
 import torch
 import triton

@@ -4,7 +4,7 @@ and rows split into spans (the in-kernel merge), candidate lists folded while
 streaming and while merging (ascending rows: every key joins the list), lengths,
 T > 1 (the many-targets kernel for 16-bit keys), k > 1024, each dtype.
 
-    compute-sanitizer --tool memcheck python bench/sanitize_cuda.py [backend]
+    compute-sanitizer --tool memcheck python bench/tools/sanitize_cuda.py [backend]
 """
 import sys
 

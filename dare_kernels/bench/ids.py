@@ -2,18 +2,19 @@
 (F.embedding of every behaviour, then bmm + topk, eager or torch.compile'd),
 against the dare op on looked-up keys, and against a gather + dot kernel that
 writes the scores and selects nothing (the floor of any search from ids).
-Used by the main job (dare_kernels.bench) and bench/test_search_ids.py."""
+Used by the main job and bench/test_search_ids.py."""
 from __future__ import annotations
 
 import dataclasses
 import functools
+
 import torch
 import torch.nn.functional as F
 
-from . import ops
+from .. import ops
+from .timing import DTYPES, time_call
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-BASELINE = "emb+bmm+topk"
+IDS_BASELINE = "emb+bmm+topk"
 COMPILED = "compiled emb+bmm+topk"
 LOOKUP_OP = "emb+dare op"
 FLOOR = "gather+dot (no top-k)"
@@ -67,7 +68,7 @@ def _emb_op(query, table, ids, k):
 
 def implementations(device: torch.device) -> dict:
     """name -> fn(query, table, ids, k), every way of searching from ids here."""
-    impls = {BASELINE: emb_bmm_topk}
+    impls = {IDS_BASELINE: emb_bmm_topk}
     if device.type == "cuda":
         impls[COMPILED] = lambda q, t, i, k: _compiled()(q, t, i, k)
         if "cuda" in ops.available_backends(device):
@@ -89,11 +90,11 @@ def _fused(query, table, ids, k, backend):
 
 def gather_dot(query, table, ids, k=None):
     """float32 scores of every behaviour (B, L), no selection: one Triton kernel."""
-    from ._gather_dot import gather_dot as run
+    from .gather_dot import gather_dot as run
     return run(query, table, ids)
 
 
-def run_rows(shapes, device, time_call, copy_bw: float, reps: int, progress=None) -> list:
+def ids_rows(shapes, device: torch.device, copy_bw: float, reps: int, progress=None) -> list:
     """One row per (shape, implementation): ms, % of the floor bytes at copy
     bandwidth, and ratios to the eager and compiled baselines and the gather."""
     rows = []
@@ -110,7 +111,7 @@ def run_rows(shapes, device, time_call, copy_bw: float, reps: int, progress=None
     index = {(r["B"], r["L"], r["d"], r["k"], r["rows"], r["dtype"], r["impl"]): r for r in rows}
     for r in rows:
         key = (r["B"], r["L"], r["d"], r["k"], r["rows"], r["dtype"])
-        for name, col in ((BASELINE, "x_vs_emb_bmm_topk"), (COMPILED, "x_vs_compiled"), (FLOOR, "x_of_gather")):
+        for name, col in ((IDS_BASELINE, "x_vs_emb_bmm_topk"), (COMPILED, "x_vs_compiled"), (FLOOR, "x_of_gather")):
             other = index.get(key + (name,))
             r[col] = other["ms"] / r["ms"] if other else None
     return rows
@@ -122,8 +123,3 @@ def default_ids_shapes(device: torch.device, B=None, L: int = 10000, k: int = 12
         return [IdsShape(B, L, d, k, rows) for rows in (1_000_000, 64_000_000) for d in (16, 128)]
     B = B or 64
     return [IdsShape(B, L, d, k, 1_000_000, "float32") for d in (16, 128)]
-
-
-def implementation_names(device: torch.device) -> list:
-    return list(implementations(device))
-

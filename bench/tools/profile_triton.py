@@ -1,14 +1,14 @@
 """Where a Triton call's time goes, per shape: the public API, the launch without
 the op dispatcher (search.eager), host issue time alone, and the autotuned config.
 
-    python3 bench/profile_triton.py
+    python3 bench/tools/profile_triton.py
 """
 import time
 
 import torch
 
 import dare_kernels
-from dare_kernels.bench import time_call
+from dare_kernels.bench.timing import time_call
 from dare_kernels.triton_backend import search
 
 dev = torch.device("cuda")

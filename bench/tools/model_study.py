@@ -11,11 +11,11 @@ study's runs share the machine with each other).
 
     # CPU, this repository's study (63 runs + 21 timing runs: ~16 + 4 minutes on 2 cores), with the
     # paper's dense Adam and with sparse row updates (the training default):
-    python bench/model_study.py --optimizer dense --json bench/model-results/study-cpu.json
-    python bench/model_study.py --optimizer rows --configs 0 1 2 --timing-steps 0 --json bench/model-results/study-cpu-rows.json
+    python bench/tools/model_study.py --optimizer dense --json bench/results/model-study/study-cpu.json
+    python bench/tools/model_study.py --optimizer rows --configs 0 1 2 --timing-steps 0 --json bench/results/model-study/study-cpu-rows.json
     # GPU at L = 10000 (larger data, the paper's batch). 63 runs do not fit one call: split them
     # with --tasks / --configs / --seeds and merge with --reuse PREVIOUS.json.
-    python bench/model_study.py --device cuda --amp --L 10000 --users 20000 --log-users 4000 \
+    python bench/tools/model_study.py --device cuda --amp --L 10000 --users 20000 --log-users 4000 \
         --log-len 10200 10500 --batch-size 2048 --k 64 --jobs 1 --tasks conflict --json $OUT/study-gpu.json
 
 Seeds: run s uses model seed s and data seed s (every model sees the same data
@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
 # (label, --model, --d-att or None, --d-rep): every field this wide (--widths field).

@@ -1,0 +1,148 @@
+"""The reference models' rows: DARE at d_att = 16/32/64 against TWIN's shared
+128-wide tables, each timed as the search stage, inference, the training step with
+each optimiser and the phases of the default step (see model_rows_for).
+bench/tools/profile_model.py profiles the same batch and step."""
+from __future__ import annotations
+
+import torch
+
+from .timing import say, time_call, time_graph
+
+MODEL_CONFIGS = [("twin", 128), ("dare", 64), ("dare", 32), ("dare", 16)]
+
+MODEL_ITEMS, MODEL_CATS = 1_000_000, 10_000
+
+
+def model_batch(device: torch.device, B: int, L: int, n_items: int, n_cats: int) -> dict:
+    """A fixed random batch of full-length histories for the reference models."""
+    g = torch.Generator(device=device).manual_seed(0)
+    return {"history_items": torch.randint(1, n_items + 1, (B, L), device=device, generator=g),
+            "history_cats": torch.randint(1, n_cats + 1, (B, L), device=device, generator=g),
+            "lengths": torch.full((B,), L, device=device),
+            "target_item": torch.randint(1, n_items + 1, (B,), device=device, generator=g),
+            "target_cat": torch.randint(1, n_cats + 1, (B,), device=device, generator=g),
+            "label": torch.randint(0, 2, (B,), device=device, generator=g).float()}
+
+
+def train_step(model, opt, batch: dict, device: torch.device):
+    """Forward + backward + optimiser step, bf16 autocast on GPU."""
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        logits = model(batch)[0]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["label"])
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+# The training step's optimisers, as dare_kernels.optim names them: "rows" (the
+# default: sparse row gradients, lazy Adam by index ops), "dense" (Adam on every row).
+STEP_OPTIMIZERS = ("rows", "dense")
+
+
+def step_phases(model, opt, batch: dict, device: torch.device) -> dict:
+    """Callables for the training step's phases, each run and timed alone
+    (forward and backward of that phase, gradients cleared each call): search
+    forward, search forward + backward, the representation lookup of the k
+    selected behaviours and the target (forward + backward), the MLP (forward +
+    backward), the optimiser step (on the gradients of one full step)."""
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    B = batch["history_items"].shape[0]
+    k = min(model.search.k, batch["history_items"].shape[1])
+    g = torch.Generator(device=device).manual_seed(1)
+    idx = torch.randint(0, batch["history_items"].shape[1], (B, k), device=device, generator=g)
+    x = torch.randn(B, 3 * model.d_rep, device=device, generator=g, requires_grad=True)
+
+    def search_forward():
+        with autocast:
+            model.search_stage(batch)
+
+    def search_forward_backward():
+        model.zero_grad(set_to_none=True)
+        with autocast:
+            scores = model.search_stage(batch)[0]
+        scores.float().sum().backward()
+
+    def representation():
+        model.zero_grad(set_to_none=True)
+        items, cats = batch["history_items"], batch["history_cats"]
+        from ..models.dare import position_buckets
+        pos = position_buckets(items.shape[1], device)
+        with autocast:
+            rep = model.representation(items.gather(1, idx), cats.gather(1, idx), pos[idx])
+            target_pos = torch.zeros_like(batch["target_item"])
+            target = model.representation(batch["target_item"], batch["target_cat"], target_pos, target=True).float()
+        (rep.float().sum() + target.sum()).backward()
+
+    def mlp():
+        model.zero_grad(set_to_none=True)
+        with autocast:
+            out = model.mlp(x)
+        out.float().sum().backward()
+
+    def optimizer():
+        opt.step()
+
+    return {"search forward": search_forward, "search forward+backward": search_forward_backward,
+            "representation": representation, "mlp": mlp, "optimizer": optimizer}
+
+
+def model_rows_for(device: torch.device, args) -> list:
+    """The reference models, DARE at d_att = 16/32/64 against TWIN's shared
+    128-wide tables (d_rep 128 for all; 1M items, 10k categories; bf16 autocast
+    on GPU): the search stage (attention lookups of every behaviour + top-k, as
+    the forward runs it), the inference forward, the training step (forward +
+    backward + optimiser) with each of STEP_OPTIMIZERS, and the phases of the
+    default ("rows") step, each timed alone (see step_phases)."""
+    from ..models import LongSequenceCTR
+    from ..optim import ModelOptimizer
+    gpu = device.type == "cuda"
+    B = (args.B or [1024 if gpu else 64])[0]
+    L, n_items, n_cats = args.L, MODEL_ITEMS, MODEL_CATS
+    batch = model_batch(device, B, L, n_items, n_cats)
+    rows = []
+    reps = max(5, args.reps // (2 if gpu else 10))
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=gpu)
+    for variant, d_att in MODEL_CONFIGS:
+        say(args, f"model {variant} d_att={d_att}: search stage, inference, training step, phases")
+        model = LongSequenceCTR(variant, n_items, n_cats, L, d_att=d_att, d_rep=128, k=args.k).to(device)
+        row = {"model": variant, "d_att": model.d_att, "B": B, "L": L, "k": args.k}
+
+        def search():
+            with torch.no_grad(), autocast:
+                return model.search_stage(batch)
+
+        def forward():
+            with torch.no_grad(), autocast:
+                return model(batch)
+
+        model.eval()
+        found = [("search", time_call(search, [()], device, reps=reps)),
+                 ("inference", time_call(forward, [()], device, reps=reps))]
+        if gpu:
+            # The same calls captured once in a CUDA graph and replayed: no host work per call.
+            found += [("search (graph)", time_graph(search, device, reps=reps)),
+                      ("inference (graph)", time_graph(forward, device, reps=reps))]
+        model.train()
+        step_reps = max(3, reps // 2)
+        for kind in STEP_OPTIMIZERS:
+            model.set_sparse_grad(kind != "dense")
+            opt = ModelOptimizer(model, 1e-3, kind)
+            if gpu:
+                torch.cuda.reset_peak_memory_stats(device)
+            t = time_call(lambda: train_step(model, opt, batch, device), [()], device, reps=step_reps)
+            mem = {"peak_GiB": torch.cuda.max_memory_allocated(device) / 2**30} if gpu else {}
+            found.append((f"train step ({kind})", t, mem))
+            if kind == STEP_OPTIMIZERS[0]:
+                for phase, fn in step_phases(model, opt, batch, device).items():
+                    found.append((f"phase: {phase}", time_call(fn, [()], device, reps=step_reps)))
+            del opt
+        for stage, t, *extra in found:
+            rows.append({"stage": stage, **row, "ms": t * 1e3, **(extra[0] if extra else {})})
+        del model
+        if gpu:
+            torch.cuda.empty_cache()
+    for r in rows:
+        base = next(x for x in rows if x["stage"] == r["stage"] and x["model"] == "twin")
+        r["x_vs_twin128"] = base["ms"] / r["ms"]
+    return rows
+
