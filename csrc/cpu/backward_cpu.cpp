@@ -125,23 +125,34 @@ void row_sums(const Touched& t, const float* g, const float* Q, int64_t D, int64
   });
 }
 
-std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> topk_attention_embedding_backward_cpu(
-    const at::Tensor& grad, const at::Tensor& query, at::TensorList tables, at::TensorList ids,
-    const at::Tensor& indices, double scale, const Opt& offsets, bool sparse, bool need_tables) {
-  const char* op = "topk_attention_embedding_backward";
+// The forward's selection as the backward receives it: indices (B, k) or (B, T, k)
+// int64 as the query's rank, grad of the same shape. Returns k.
+int64_t check_selection(const char* op, const at::Tensor& grad, const at::Tensor& query, const at::Tensor& indices) {
   TORCH_CHECK_VALUE(indices.dim() == query.dim() && indices.scalar_type() == at::kLong, op,
                     ": indices must be int64 of shape (B, k) or (B, T, k) as the query's, got ", indices.sizes(),
                     " ", indices.scalar_type());
-  const int64_t K = indices.size(-1);
-  const Shape s = check_embedding_inputs(query, tables, ids, K, std::nullopt, scale, std::nullopt, offsets,
-                                         /*check_length_values=*/false);
-  const int64_t R = s.B * s.T;
-  TORCH_CHECK_VALUE(indices.numel() == R * K, op, ": indices must have B*T=", R, " rows of k, got ", indices.sizes());
   TORCH_CHECK_VALUE(grad.sizes() == indices.sizes(), op, ": grad must have indices' shape ", indices.sizes(),
                     ", got ", grad.sizes());
-  const at::Tensor idx = indices.reshape({R, K}).contiguous();
-  const at::Tensor G = (grad.reshape({R, K}).to(at::kFloat) * scale).contiguous();
-  const at::Tensor Q = query.reshape({R, s.d}).to(at::kFloat).contiguous();
+  return indices.size(-1);
+}
+
+// (R = B*T, indices (R, k), grad * scale (R, k) float32, query (R, d) float32), contiguous.
+std::tuple<int64_t, at::Tensor, at::Tensor, at::Tensor> selection(const at::Tensor& grad, const at::Tensor& query,
+                                                                  const at::Tensor& indices, const Shape& s,
+                                                                  int64_t K, double scale) {
+  const int64_t R = s.B * s.T;
+  TORCH_CHECK_VALUE(indices.numel() == R * K, "indices must have B*T=", R, " rows of k, got ", indices.sizes());
+  return {R, indices.reshape({R, K}).contiguous(), (grad.reshape({R, K}).to(at::kFloat) * scale).contiguous(),
+          query.reshape({R, s.d}).to(at::kFloat).contiguous()};
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> topk_attention_embedding_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& query, at::TensorList tables, at::TensorList ids,
+    const at::Tensor& indices, double scale, const Opt& offsets, bool sparse, bool need_tables) {
+  const int64_t K = check_selection("topk_attention_embedding_backward", grad, query, indices);
+  const Shape s = check_embedding_inputs(query, tables, ids, K, std::nullopt, scale, std::nullopt, offsets,
+                                         /*check_length_values=*/false);
+  const auto [R, idx, G, Q] = selection(grad, query, indices, s, K, scale);
   at::Tensor starts;  // jagged: start = clamp(offsets[b], 0, N), as every kernel clamps a row
   if (offsets.has_value()) starts = offsets->to(at::kLong).slice(0, 0, s.B).clamp(0, s.L).contiguous();
   const float* g = G.const_data_ptr<float>();
@@ -182,19 +193,9 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> topk_at
 std::tuple<at::Tensor, at::Tensor> topk_attention_backward_cpu(const at::Tensor& grad, const at::Tensor& query,
                                                                const at::Tensor& keys, const at::Tensor& indices,
                                                                double scale, const Opt& offsets, bool need_keys) {
-  const char* op = "topk_attention_backward";
-  TORCH_CHECK_VALUE(indices.dim() == query.dim() && indices.scalar_type() == at::kLong, op,
-                    ": indices must be int64 of shape (B, k) or (B, T, k) as the query's, got ", indices.sizes(),
-                    " ", indices.scalar_type());
-  const int64_t K = indices.size(-1);
+  const int64_t K = check_selection("topk_attention_backward", grad, query, indices);
   const Shape s = check_inputs(query, keys, K, std::nullopt, std::nullopt, offsets, /*check_length_values=*/false);
-  const int64_t R = s.B * s.T;
-  TORCH_CHECK_VALUE(indices.numel() == R * K, op, ": indices must have B*T=", R, " rows of k, got ", indices.sizes());
-  TORCH_CHECK_VALUE(grad.sizes() == indices.sizes(), op, ": grad must have indices' shape ", indices.sizes(),
-                    ", got ", grad.sizes());
-  const at::Tensor idx = indices.reshape({R, K}).contiguous();
-  const at::Tensor G = (grad.reshape({R, K}).to(at::kFloat) * scale).contiguous();
-  const at::Tensor Q = query.reshape({R, s.d}).to(at::kFloat).contiguous();
+  const auto [R, idx, G, Q] = selection(grad, query, indices, s, K, scale);
   const at::Tensor flat = keys.contiguous().reshape({-1, s.d});  // (B*L, d), jagged (N, d)
   const int64_t n = flat.size(0);
   std::vector<int64_t> rows(size_t(R * K));
