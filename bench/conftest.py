@@ -23,7 +23,7 @@ DEFAULT_COLUMNS = ["median", "rounds"]
 DEFAULT_TIME_UNIT = "ms"
 # On a GPU the timer waits for the device (pytest-benchmark's default, time.perf_counter, does not).
 CUDA_TIMER = "dare_kernels.bench.timing.cuda_clock"
-ROW_FIELDS = ("B", "T", "L", "d", "k", "dtype")  # of extra_info, copied into the summary's rows
+ROW_FIELDS = ("B", "T", "L", "d", "k", "dtype", "keys_dtype")  # of extra_info, copied into the summary's rows
 _results = pytest.StashKey[list]()
 
 

@@ -1,5 +1,7 @@
+import collections
 import os
 import random
+import re
 import zlib
 
 import pytest
@@ -45,8 +47,58 @@ def skip_unless_available(backend, device, dtype, large=False, layout="padded"):
             pytest.skip("other layouts run in float32 under the Triton interpreter")
 
 
+NO_GPU_NOTE = ("no CUDA device here: the tests of the CUDA and Triton backends on GPU tensors skip or are not "
+               "collected; on a GPU machine `bash bench/device.sh` runs them")
+
+# Why a test skipped, in the groups the end-of-run line counts (first match wins).
+SKIP_GROUPS = (
+    ("need a CUDA device", re.compile(r"no CUDA device|needs? an? (CUDA device|GPU)|runs on a GPU")),
+    ("are the Triton backend on CPU tensors (TRITON_INTERPRET=1 runs them)", re.compile(r"TRITON_INTERPRET")),
+    ("are backend/device pairs that run nowhere (e.g. the cuda backend on CPU tensors)",
+     re.compile(r"runs on \w+ tensors, got")),
+)
+
+
+def skip_reason(report) -> str:
+    """A skipped test report's reason, without pytest's 'Skipped: ' prefix."""
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return reason[len("Skipped: "):] if reason.startswith("Skipped: ") else reason
+
+
+def skip_summary(reasons, cuda_available: bool) -> list:
+    """The end-of-run lines about skipped tests: how many, by group of reason, and, without
+    a CUDA device, that the GPU tests run with bench/device.sh on a GPU machine."""
+    if not reasons:
+        return []
+    counts = collections.Counter()
+    for reason in reasons:
+        group = next((name for name, pattern in SKIP_GROUPS if pattern.search(reason)), "other")
+        counts[group] += 1
+    parts = [f"{counts[name]} {name}" for name, _ in SKIP_GROUPS if counts[name]]
+    if counts["other"]:
+        parts.append(f"{counts['other']} other (`pytest -rs` lists every reason)")
+    lines = [f"{len(reasons)} skipped: " + "; ".join(parts) + "."]
+    if not cuda_available:
+        lines.append(NO_GPU_NOTE + ".")
+    return lines
+
+
 def pytest_report_header(config):
-    return f"dare_kernels test seed: DARE_TEST_SEED={SEED}"
+    lines = [f"dare_kernels test seed: DARE_TEST_SEED={SEED}"]
+    if not torch.cuda.is_available():
+        lines.append(NO_GPU_NOTE + " (the summary at the end counts them)")
+    return lines
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if getattr(r, "skipped", False)]
+    lines = skip_summary([skip_reason(r) for r in skipped], torch.cuda.is_available())
+    if lines:
+        terminalreporter.write_sep("-", "skipped tests")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture

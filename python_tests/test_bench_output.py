@@ -3,8 +3,11 @@ records the commit and date measured (dare_kernels.bench.render, .results)."""
 import copy
 import json
 import os
+import subprocess
+import sys
 
 import pytest
+import torch
 
 from dare_kernels.bench import cli, models, render, results
 
@@ -94,3 +97,58 @@ def test_main_job_writes_json_and_renders_it(tmp_path, monkeypatch, capsys):
     assert "| backend " in out and "Reference models" in out
     block = render.markdown([(str(path), run)])
     assert "| d | bmm+topk ms" in block and "train step (dense)" in block
+
+
+def test_rows_above_copy_bandwidth_are_explained():
+    """'% copy BW' above 100% is explained under the table that shows it, and only there."""
+    result = synthetic()
+    assert not any(r["pct_copy_bw"] > 100 for r in result["rows"])
+    assert "Above 100% of the copy bandwidth" not in render.format_table(result)
+    r = next(r for r in result["rows"] if r["backend"] == "cpu" and r["d"] == 128)
+    r["pct_copy_bw"] = 184.0
+    text = render.format_table(result)
+    note = next(l for l in text.splitlines() if "Above 100% of the copy bandwidth" in l)
+    assert note.startswith("  ") and "cpu at B=64 d=128: 184%" in note
+    assert "only reads the keys" in note and "reads and writes every byte" in note and "caches" in note
+    assert text.index(note) < text.index("Reference models")  # under the search table
+    block = render.markdown([("run.json", result)])
+    assert "cpu at B=64 d=128: 184%" in block
+
+
+def suite_row(backend, ms, dtype="float32", keys_dtype=None, baseline=False):
+    return {"suite": "bench/test_search.py::test_x", "shape": f"B=64 L=10000 d=128 k=128 {dtype}", "backend": backend,
+            "baseline": baseline, "ms": ms, "B": 64, "T": 0, "L": 10000, "d": 128, "k": 128, "dtype": dtype,
+            "keys_dtype": keys_dtype or dtype}
+
+
+def test_suite_summary_explains_cpu_rows():
+    """The pytest suites' summary says why the CPU kernel's 16-bit and fp8 rows are what they are."""
+    plain = render.suite_summary([suite_row("bmm+topk", 50.0, baseline=True), suite_row("cpu", 10.0)])
+    assert not any("cpu on" in l for l in plain)
+    half = render.suite_summary([suite_row("bmm+topk", 50.0, "bfloat16", baseline=True),
+                                 suite_row("cpu", 80.0, "bfloat16")])
+    assert any("cpu on float16/bfloat16 keys" in l and "AVX2" in l and "DARE_CPU_ISA=baseline" in l for l in half)
+    fp8 = render.suite_summary([suite_row("bmm+topk", 10.0, baseline=True), suite_row("cpu", 3.0),
+                                suite_row("cpu fp8", 35.0, keys_dtype="float8_e4m3fn")])
+    assert any("cpu on fp8 keys" in l and "upcasts float8_e4m3fn keys to bfloat16" in l for l in fp8)
+    assert not any("cpu on float16/bfloat16" in l for l in fp8)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU shapes of the fp8 suite")
+def test_fp8_suite_rows_name_their_keys(tmp_path):
+    """`pytest bench/ --benchmark`'s fp8 summary: rows name the fp8 keys (not only the query's
+    float32), and the JSON rows carry the keys' dtype."""
+    path = tmp_path / "fp8.json"
+    out = subprocess.run([sys.executable, "-m", "pytest", "bench/test_search.py", "--benchmark", "-q", "-p",
+                          "no:cacheprovider", "-k", "test_search_fp8 and d16", "--benchmark-max-time=0.01",
+                          "--benchmark-min-rounds=1", "--benchmark-warmup=off", "--summary-json", str(path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = results.load(str(path))["suite_rows"]
+    fp8 = [r for r in rows if r["backend"].endswith(" fp8")]
+    assert fp8 and all(r["keys_dtype"] == "float8_e4m3fn" and "float8_e4m3fn keys" in r["shape"] for r in fp8)
+    assert all(r["keys_dtype"] == "float32" for r in rows if r not in fp8)
+    summary = out.stdout[out.stdout.index("bench/test_search.py::test_search_fp8"):]
+    line = next(l for l in summary.splitlines() if l.startswith("| B=64"))
+    assert "float32 query, float32 keys (fp8 columns: float8_e4m3fn keys)" in line
+    assert "cpu on fp8 keys" in summary

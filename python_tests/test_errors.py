@@ -147,7 +147,7 @@ def test_bad_argument_type(device, entry, case):
 def test_raw_op_converts_arguments(device):
     """What the raw op's schema (int k, Tensor? lengths, float scale) does to
     Python arguments before any kernel code runs, so the kernels cannot reject
-    them (documented in README): a bool or one-element tensor k becomes an int
+    them (documented in docs/contract.md): a bool or one-element tensor k becomes an int
     (truncated), a bool or tensor scale a float; None, float k and list lengths
     raise the dispatcher's RuntimeError, not TypeError."""
     skip_unless_compiled(device)
@@ -201,8 +201,8 @@ def test_integer_like_k(device, entry):
 def test_jagged_k_cap_documented():
     """The jagged form's cap on k (offsets_k_2_31) is in the contract and the docstring."""
     assert "with offsets 1 <= k < 2**31" in dare_kernels.topk_attention.__doc__
-    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
-    contract_k = re.search(r"^- `k`:.*?(?=^- )", readme, re.S | re.M).group(0)
+    contract = open(os.path.join(os.path.dirname(__file__), "..", "docs", "contract.md")).read()
+    contract_k = re.search(r"^- `k`:.*?(?=^- )", contract, re.S | re.M).group(0)
     assert "numpy.int64" in contract_k and "jagged rows: any 1 ≤ k < 2³¹" in contract_k
 
 

@@ -156,7 +156,7 @@ def test_layouts_never_synchronize(backend, layout, seed):
     else:
         K = K.reshape(B * L, d)
         # Out of range at both ends (clamped to [0, N]), an empty row; rows stay disjoint
-        # (overlapping ones are undefined on the Triton backend: README).
+        # (overlapping ones are undefined on the Triton backend: docs/contract.md).
         kw = dict(offsets=torch.tensor([-7, 100, 2900, 2900, 9000, 17000, 20000], device="cuda"))
     dare_kernels.topk_attention(q, K, k, **kw, backend=backend)  # warm-up: compilation, autotuning
     torch.cuda.synchronize()

@@ -1,6 +1,6 @@
 """`python -m dare_kernels.bench.report` writes the main job's JSON as tables into
-RESULTS.md and the README, the same block in both, rows in numeric order; the
-repository's block is the one its JSON renders to."""
+RESULTS.md (every table) and the README (the headline numbers), rows in numeric order;
+the repository's blocks are the ones its JSON renders to."""
 import json
 import os
 import re
@@ -67,7 +67,16 @@ def test_report_fills_both_files(tmp_path):
     r, m = results.read_text(), readme.read_text()
     assert "old numbers" not in r and "| stale |" not in m
     assert r.endswith(f"{END}\n\n## Method\nkept\n") and m.endswith(f"{END}\n\n## Next\nkept too\n")
-    assert block(r) == block(m)
+    assert block(r) == "\n" + render.markdown([(str(src), RESULT)]) + "\n"
+    assert block(m) == "\n" + render.readme_markdown([(str(src), RESULT)]) + "\n"
+    # The README's block: the search stage and the headline, no commit; the rest in RESULTS.md.
+    headline = block(m)
+    assert "Test Card" in headline and "2026-01-02" in headline and "bench/RESULTS.md" in headline
+    assert "abc1234" not in headline and "% copy BW" not in headline and "table rows" not in headline
+    assert [(int(b), int(d)) for b, d, *_ in table_rows(headline, "**Test Card**")] == [
+        (8, 16), (64, 32), (1024, 16), (1024, 128)]
+    assert "Reference models' search stage (B = 1024): TWIN d = 128 26.10 ms; DARE d_att = 16 20.30 ms (1.29x)" \
+        in headline
     text = block(r)
     for fact in ("Test Card", "Measured 2026-01-02 at commit `abc1234`.", "torch 9.9.9", "CUDA 13.0", "triton 3.6.0",
                  "1234.5 GB/s", "python -m dare_kernels.bench --json x.json"):
@@ -127,14 +136,15 @@ def test_suite_rows_render(tmp_path):
 
 
 def test_repository_blocks_agree():
-    """README.md and bench/RESULTS.md carry the same generated block, the one the
-    stored JSON renders to."""
+    """bench/RESULTS.md and README.md carry the generated blocks the stored JSON renders
+    to: every table, and the headline numbers."""
     readme = open(os.path.join(ROOT, "README.md")).read()
     results = open(os.path.join(ROOT, "bench", "RESULTS.md")).read()
-    assert block(readme) == block(results)
     assert re.search(r"^\| d \| bmm\+topk ms", block(results), re.M)
+    assert re.search(r"^\| d \| bmm\+topk ms", block(readme), re.M)
     runs = []
     for name in RESULTS_JSON:
         with open(os.path.join(ROOT, name)) as f:
             runs.append((os.path.join(ROOT, name), json.load(f)))
     assert block(results) == "\n" + render.markdown(runs) + "\n"
+    assert block(readme) == "\n" + render.readme_markdown(runs) + "\n"

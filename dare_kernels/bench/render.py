@@ -201,6 +201,42 @@ def headline(result: dict) -> Optional[str]:
             f"{x:.2f}x faster ({r['ms']:.3f} ms vs {x * r['ms']:.3f} ms, B={r['B']}, L={r['L']})")
 
 
+SIXTEEN_BIT = ("float16", "bfloat16")
+FP8 = "float8_e4m3fn"
+
+
+def _is_fp8(r: dict) -> bool:
+    return r.get("keys_dtype") == FP8 or "fp8" in str(r.get("backend", ""))
+
+
+def row_notes(rows: list) -> list:
+    """Notes that only some rows need, each printed under the table holding such rows:
+    search rows above 100% of the copy bandwidth, the CPU kernel on 16-bit keys, and
+    the CPU backend on fp8 keys."""
+    notes = []
+    over = [r for r in rows if isinstance(r.get("pct_copy_bw"), (int, float)) and r["pct_copy_bw"] > 100]
+    if over:
+        which = ", ".join(f"{r['backend']} at B={r.get('B')} d={r.get('d')}: {fmt_pct(r['pct_copy_bw'])}"
+                          for r in sort_rows(over))
+        notes.append(f"Above 100% of the copy bandwidth ({which}): 100% is a copy, which reads and writes every "
+                     "byte (on a CPU each written line may also be read first), while the search only reads the "
+                     "keys, and a read-only stream runs closer to the memory's peak; what stays in the caches "
+                     "between calls is read faster still (the timed inputs cycle through copies filling twice "
+                     "the cache: the GPU's L2, 64 MiB on a CPU).")
+    cpu = lambda r: str(r.get("backend", "")).split(" ")[0] == "cpu"  # noqa: E731
+    if any(cpu(r) and r.get("dtype") in SIXTEEN_BIT and not _is_fp8(r) for r in rows):
+        notes.append("cpu on float16/bfloat16 keys: the kernel converts each key to float32 in AVX2 registers "
+                     "(F16C for float16, a 16-bit shift for bfloat16) and accumulates in float32; on a CPU "
+                     "without AVX2/FMA/F16C (or with DARE_CPU_ISA=baseline) it converts one element at a time "
+                     "in scalar code, several times slower. It has no AVX-512 or AMX path, which torch's bmm may use "
+                     "for 16-bit inputs on CPUs that have them.")
+    if any(cpu(r) and _is_fp8(r) for r in rows):
+        notes.append("cpu on fp8 keys: the CPU backend upcasts float8_e4m3fn keys to bfloat16 before searching "
+                     "(a copy of the keys, 2 bytes a dim, on every call: fp8 keys are a GPU format), so its fp8 "
+                     "rows are slower than its rows with keys of the query's dtype.")
+    return notes
+
+
 # -------------------------------------------------------------------- tables
 
 def generic_table(rows: list, align: bool = False) -> str:
@@ -231,9 +267,9 @@ def _is_measure(v) -> bool:
     return isinstance(v, float) and not v.is_integer()
 
 
-def search_table(rows: list):
+def search_table(rows: list, pct: bool = True):
     """The `rows` section pivoted: one line per shape, per backend its ms, speed-up
-    over bmm+topk and % of copy bandwidth. None when the rows do not fit that
+    over bmm+topk and (pct) % of copy bandwidth. None when the rows do not fit that
     shape (the caller then renders them generically, losing nothing)."""
     if not rows or not all(isinstance(r.get("backend"), str) and "ms" in r and "d" in r for r in rows):
         return None
@@ -253,7 +289,8 @@ def search_table(rows: list):
     varying = [f for f in fields if len({json.dumps(r.get(f)) for r in rows}) > 1 or f == "d"]
     fixed = [f for f in fields if f not in varying]
 
-    has = lambda b, m: any(r.get(m) is not None for r in rows if r["backend"] == b)  # noqa: E731
+    has = lambda b, m: (pct or m != "pct_copy_bw") and any(  # noqa: E731
+        r.get(m) is not None for r in rows if r["backend"] == b)
     cols = [header(f) for f in varying]
     for b in backends:
         cols.append(f"{b} ms")
@@ -358,6 +395,8 @@ def format_table(result: dict) -> str:
               fmt_ms(r["ms"]), f"{r['GBps']:.1f}", fmt_pct(r["pct_copy_bw"]), fmt_x(r.get("x_vs_d128")),
               fmt_x(r.get("x_vs_bmm_topk")), fmt_x(x)] for r, x in zip(rows, x_vs_bmm128(rows))]
     text = head + table(cols, lines, align=True) + "\n" + indent(NOTES["rows"])
+    for note in row_notes(rows):
+        text += "\n" + indent(note)
     line = headline(result)
     if line:
         text += "\n" + line
@@ -369,10 +408,12 @@ def format_table(result: dict) -> str:
 
 
 def suite_summary(rows: list) -> list:
-    """Lines of the pytest suites' end-of-run summary: a table per suite."""
+    """Lines of the pytest suites' end-of-run summary: a table per suite, each with the
+    notes its rows need (row_notes)."""
     lines = []
     for suite, text in suite_tables(rows, align=True):
-        lines += [suite, *text.splitlines(), ""]
+        notes = row_notes([r for r in rows if r["suite"] == suite])
+        lines += [suite, *text.splitlines(), *(indent(n) for n in notes), ""]
     return lines
 
 
@@ -411,6 +452,9 @@ def markdown_run(result: dict, path: str) -> str:
             out += ["", f"{title}:"]
             for suite, text in suite_tables(section, align=False):
                 out += ["", f"`{suite}`:", "", text]
+                notes = row_notes([r for r in section if r["suite"] == suite])
+                if notes:
+                    out += ["", " ".join(notes)]
             continue
         pivot = search_table(section) if name == "rows" else None
         if pivot:
@@ -418,6 +462,9 @@ def markdown_run(result: dict, path: str) -> str:
             out += ["", f"{title}{', ' + caption if caption else ''}:", "", text]
             if ratios:
                 out += ["", "; ".join(ratios) + "."]
+            notes = row_notes(section)
+            if notes:
+                out += ["", " ".join(notes)]
         else:
             out += ["", f"{title}:", "", generic_table(section)]
     return "\n".join(out)
@@ -440,6 +487,46 @@ def markdown(runs: list) -> str:
     if notes:
         head += "\n\n" + " ".join(notes)
     return head + "\n\n" + "\n\n".join(markdown_run(r, p) for p, r in runs)
+
+
+def readme_markdown(runs: list) -> str:
+    """The README's generated block from [(path, result), ...]: per device the search
+    stage (ms and speed-up over bmm+topk per d), the headline and the reference models'
+    search stage; every other table, and the commit and command of each run, are in
+    bench/RESULTS.md (markdown)."""
+    source = ", ".join(f"`{shown_path(p)}`" for p, _ in runs)
+    out = [f"<!-- generated by `python -m dare_kernels.bench.report` from {source}; edit the JSON or "
+           "dare_kernels/bench/render.py, not this block -->",
+           "Median ms of one search call (score each row's L keys of width d, keep the top k) in the main job, "
+           "`python -m dare_kernels.bench`, on each device; x = bmm+topk's ms / the backend's, where bmm+topk is "
+           "`torch.topk(torch.bmm(keys, query[..., None])[..., 0], k)`, what models run today. Every table "
+           "(% of copy bandwidth, the search from ids, the reference models' stages), each run's command and "
+           "commit: [bench/RESULTS.md](bench/RESULTS.md)."]
+    for _, result in runs:
+        rows = result.get("rows") or []
+        if not rows:
+            continue
+        device = (result.get("env") or {}).get("device", "unknown device")
+        when = f" (measured {result['date']})" if result.get("date") else ""
+        pivot = search_table(rows, pct=False)
+        if pivot:
+            caption, text, _ = pivot
+            out += ["", f"**{device}**, {caption}{when}:", "", text]
+        else:
+            out += ["", f"**{device}**{when}:", "", generic_table(rows)]
+        line = headline(result)
+        if line:
+            line = line[3:]
+            out += ["", line[0].upper() + line[1:] + "."]
+        search = sort_rows([r for r in result.get("model_rows") or [] if r.get("stage") == "search"])
+        twin = next((r for r in search if r.get("model") == "twin" and r.get("d_att") == 128), None)
+        dare = [r for r in search if r.get("model") == "dare"]
+        if twin and dare:
+            parts = ", ".join(f"d_att = {r['d_att']} {fmt_ms(r['ms'])} ms ({fmt_x(twin['ms'] / r['ms'])})"
+                              for r in sorted(dare, key=lambda r: -r["d_att"]))
+            out += ["", f"Reference models' search stage (B = {twin.get('B')}): TWIN d = 128 {fmt_ms(twin['ms'])} ms; "
+                       f"DARE {parts}."]
+    return "\n".join(out)
 
 
 # ---------------------------------------------------------------------- plot

@@ -4,9 +4,11 @@
     python -m dare_kernels.bench.report bench/results/h200.json bench/results/cpu.json \\
         --results bench/RESULTS.md --readme README.md
 
-replaces what lies between `<!-- report:begin -->` and `<!-- report:end -->` in each
-file with the same Markdown (dare_kernels.bench.render.markdown), so the two cannot
-drift. Without --results/--readme the Markdown goes to stdout."""
+replaces what lies between `<!-- report:begin -->` and `<!-- report:end -->`: in
+RESULTS.md with every table of the runs (dare_kernels.bench.render.markdown), in the
+README with their headline numbers (render.readme_markdown: the search stage per device),
+both from the same JSON, so neither can drift. Without --results/--readme the full
+Markdown goes to stdout."""
 from __future__ import annotations
 
 import argparse
@@ -31,14 +33,15 @@ def main(argv=None) -> int:
     p.add_argument("--results", help="Markdown file to update (bench/RESULTS.md)")
     p.add_argument("--readme", help="Markdown file to update (README.md)")
     args = p.parse_args(argv)
-    block = render.markdown([(path, results.load(path)) for path in args.json])
+    runs = [(path, results.load(path)) for path in args.json]
+    blocks = {args.results: render.markdown(runs), args.readme: render.readme_markdown(runs)}
     targets = [t for t in (args.results, args.readme) if t]
     if not targets:
-        print(block)
+        print(render.markdown(runs))
     for target in targets:
         with open(target) as f:
             text = f.read()
-        new = replace_block(text, block, target)
+        new = replace_block(text, blocks[target], target)
         if new != text:
             with open(target, "w") as f:
                 f.write(new)
