@@ -470,3 +470,20 @@ def test_model_compiles_with_the_op_in_graph(seed):
         compiled = torch.compile(m, backend="aot_eager", fullgraph=True)(batch)
     torch.testing.assert_close(compiled[0], eager[0])
     assert torch.equal(compiled[2], eager[2])
+
+
+def test_table_cast_keeps_sparse_gradients():
+    """The search's bfloat16 copy of a wide table passes a sparse gradient back as
+    sparse rows of the table's dtype (torch 2.11's .to() backward refuses them),
+    and a dense one as dense."""
+    from dare_kernels.models.dare import _Cast
+    table = torch.randn(6, 3, requires_grad=True)
+    rows = torch.tensor([[1, 4, 1]])
+    out = _Cast.apply(table, torch.bfloat16)
+    assert out.dtype == torch.bfloat16
+    grad = torch.sparse_coo_tensor(rows, torch.ones(3, 3, dtype=torch.bfloat16), (6, 3))
+    (g,) = torch.autograd.grad(out, table, grad)
+    assert g.is_sparse and g.dtype == torch.float32 and g.is_coalesced()
+    assert g.to_dense()[1].tolist() == [2.0] * 3 and g.to_dense()[4].tolist() == [1.0] * 3
+    (g,) = torch.autograd.grad(_Cast.apply(table, torch.bfloat16), table, torch.ones(6, 3, dtype=torch.bfloat16))
+    assert not g.is_sparse and g.dtype == torch.float32 and torch.all(g == 1)

@@ -129,6 +129,25 @@ class FieldEmbeddings(nn.Module):
         return [self.item.weight, self.cat.weight, self.pos.weight]
 
 
+class _Cast(torch.autograd.Function):
+    """table.to(dtype) whose gradient may be sparse rows: cast back to the table's
+    dtype as it comes (a sparse gradient stays sparse; torch 2.11's own backward of
+    .to() refuses sparse gradients)."""
+
+    @staticmethod
+    def forward(ctx, table, dtype):
+        ctx.dtype = table.dtype
+        return table.to(dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if grad.is_sparse:
+            g = grad.coalesce() if not grad.is_coalesced() else grad
+            return torch.sparse_coo_tensor(g.indices(), g.values().to(ctx.dtype), g.shape, is_coalesced=True,
+                                           check_invariants=False), None
+        return grad.to(ctx.dtype), None
+
+
 def _head(d_in: int, hidden=(200, 80)) -> nn.Sequential:
     layers, d = [nn.BatchNorm1d(d_in)], d_in
     for h in hidden:
@@ -230,7 +249,7 @@ class SearchCTR(nn.Module):
             # of each attention table (differentiable) per call, N·d elements whatever
             # B and L. A float32 row of at most a sector costs a sector either way:
             # those tables are read as they are, with a float32 query, and not cast.
-            query, tables = query.to(torch.bfloat16), [t.to(torch.bfloat16) for t in tables]
+            query, tables = query.to(torch.bfloat16), [_Cast.apply(t, torch.bfloat16) for t in tables]
         else:
             query = query.float()
         return query, tables, [items, cats, pos], batch["lengths"]
