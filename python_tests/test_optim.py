@@ -113,3 +113,11 @@ def test_dense_optimizer_needs_a_dense_model():
         ModelOptimizer(model, 0.01, "dense")
     dense = LongSequenceCTR("dare", 30, 5, 10, d_att=4, d_rep=4, k=3, widths="field", sparse_grad=False)
     assert len(ModelOptimizer(dense, 0.01, "dense").optimizers) == 1
+
+
+def test_train_cli_optimizer_default_by_device():
+    """--optimizer auto: sparse rows on the CPU, dense Adam on a GPU (measured: the sparse
+    step is slower there, bench/RESULTS.md); the run records the resolved choice."""
+    from dare_kernels.train import default_optimizer
+    assert default_optimizer(torch.device("cpu")) == "rows"
+    assert default_optimizer(torch.device("cuda", 0)) == "dense"
