@@ -24,14 +24,18 @@ def test_row_adam_matches_sparse_adam(coalesced, seed):
     b = a.detach().clone().requires_grad_()
     ours, theirs = RowAdam([a], lr=0.05, betas=(0.8, 0.95), eps=1e-6), \
         torch.optim.SparseAdam([b], lr=0.05, betas=(0.8, 0.95), eps=1e-6)
-    for _ in range(6):
-        grad = _sparse_grad(g, n, d, 30, coalesced).double()
-        a.grad, b.grad = grad.clone(), grad.clone()
-        ours.step()
-        theirs.step()
+    _step_both(ours, theirs, a, b, [_sparse_grad(g, n, d, 30, coalesced).double() for _ in range(6)])
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     for key in ("exp_avg", "exp_avg_sq"):
         torch.testing.assert_close(ours.state[a][key], theirs.state[b][key], rtol=1e-12, atol=1e-12)
+
+
+def _step_both(ours, theirs, a, b, grads):
+    """One step of each optimiser (over a, b) per gradient."""
+    for grad in grads:
+        a.grad, b.grad = grad.clone(), grad.clone()
+        ours.step()
+        theirs.step()
 
 
 def test_row_adam_triton_matches_index_ops(seed):
@@ -44,11 +48,7 @@ def test_row_adam_triton_matches_index_ops(seed):
     a = torch.randn(n, d, generator=g).requires_grad_()
     b = a.detach().clone().requires_grad_()
     ours, theirs = RowAdam([a], lr=0.05, fused=True), RowAdam([b], lr=0.05, fused=False)
-    for _ in range(4):
-        grad = _sparse_grad(g, n, d, 25, coalesced=False)
-        a.grad, b.grad = grad.clone(), grad.clone()
-        ours.step()
-        theirs.step()
+    _step_both(ours, theirs, a, b, [_sparse_grad(g, n, d, 25, coalesced=False) for _ in range(4)])
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     for key in ("exp_avg", "exp_avg_sq"):
         torch.testing.assert_close(ours.state[a][key], theirs.state[b][key], rtol=1e-5, atol=1e-7)

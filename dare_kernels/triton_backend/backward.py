@@ -93,26 +93,26 @@ def sparse_backward(grad, query, tables, ids, indices, scale=1.0, offsets=None, 
     dmax = _pow2(max(widths))
     grad_q = torch.empty(R, D, dtype=torch.float32, device=device)
     entries = R * K
-    sentinel = sum(t.shape[0] for t in tables)  # past every table: padding sorts last
+    # Field f's rows are global rows bases[f] + id; bases[F], past every table, marks padding (sorts last).
+    bases = [sum(t.shape[0] for t in tables[:f]) for f in range(F + 1)]
     rows = torch.empty(F if need_tables else 1, max(entries, 1), dtype=torch.int64, device=device)
     vals = torch.empty(F if need_tables else 1, max(entries, 1), dmax if need_tables else 1, dtype=torch.float32,
                        device=device)
     if R > 0:
         Q = query.reshape(R, D).float().contiguous()
         starts = offsets.long()[:-1].clamp(0, ids[0].shape[0]) if offsets is not None else grad_q
-        meta, base, off = [], 0, 0
-        for t, i in zip(tables, ids):
+        meta, off = [], 0
+        for t, i, base in zip(tables, ids, bases):
             sib, sil = (0, i.stride(0)) if i.dim() == 1 else (i.stride(0), i.stride(1))
             meta += [t.shape[0], t.shape[1], sib, sil, off, base]
             off += t.shape[1]
-            base += t.shape[0]
         meta += [1, 1, 0, 0, 0, 0] * (4 - F)
         fields = [(tables[f], ids[f]) if f < F else (tables[0], ids[0]) for f in range(4)]
         DBs = [_pow2(widths[f]) if f < F else 1 for f in range(4)]
         N = ids[0].shape[0] if offsets is not None else 0
         _backward_kernel[(R,)](
             grad.reshape(R, K).float().contiguous(), indices.reshape(R, K).contiguous(), Q, starts, grad_q, rows,
-            vals, *(x for pair in fields for x in pair), *meta, T, K, D, N, float(scale), sentinel,
+            vals, *(x for pair in fields for x in pair), *meta, T, K, D, N, float(scale), bases[F],
             max(entries, 1), F=F, JAGGED=offsets is not None, BK=_pow2(max(K, 1)), DMAX=dmax,
             DB0=DBs[0], DB1=DBs[1], DB2=DBs[2], DB3=DBs[3], NEED_TABLES=need_tables, num_warps=4)
     gq = grad_q.reshape(query.shape).to(query.dtype)
@@ -123,7 +123,6 @@ def sparse_backward(grad, query, tables, ids, indices, scale=1.0, offsets=None, 
     uniq, inverse = torch.unique(rows[:, :entries].reshape(-1), sorted=True, return_inverse=True)
     sums = torch.zeros(uniq.shape[0], dmax, dtype=torch.float32, device=device)
     sums.index_add_(0, inverse, vals[:, :entries].reshape(-1, dmax))
-    bases = [sum(t.shape[0] for t in tables[:f]) for f in range(F + 1)]
     bounds = torch.searchsorted(uniq, torch.tensor(bases, device=device)).tolist()
     out_rows, out_values = [], []
     for f, t in enumerate(tables):
