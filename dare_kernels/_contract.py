@@ -128,19 +128,43 @@ def selected_rows(ids: torch.Tensor, idx: torch.Tensor, n_rows: int, offsets=Non
     return torch.where(ok, rows, 0), ok
 
 
+def per_slot(device) -> bool:
+    """Whether sparse table gradients on `device` keep one entry per selected slot:
+    on a GPU, yes (uncoalesced, B·T·k rows a table: no host synchronisation, so
+    the backward can be captured in a CUDA graph); elsewhere they are coalesced."""
+    return torch.device(device).type == "cuda"
+
+
+def slot_rows(rows: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+    """Per-slot rows where a padding slot (not ok) repeats the first real slot's row
+    (its value is zero, so coalesce() still sums to exactly the touched rows); with
+    no real slot in the whole batch, row 0. Device-side: no synchronisation."""
+    if rows.numel() == 0:
+        return rows
+    first = ok.to(torch.uint8).argmax().view(1)  # index ops, not t[i]: no .item()
+    return torch.where(ok, rows, torch.where(ok.index_select(0, first), rows.index_select(0, first), 0))
+
+
 def table_gradient(rows: torch.Tensor, values: torch.Tensor, n_rows: int, dtype: torch.dtype,
-                   sparse: bool = False, ok=None) -> torch.Tensor:
+                   sparse: bool = False, ok=None, slots: bool = False) -> torch.Tensor:
     """The gradient of an (n_rows, d) table of `dtype` whose row rows[i] received
     values[i] (float32 or float64, where ok[i]): duplicate rows sum in that
     precision and are rounded once to dtype. Dense, as nn.Embedding's; or, with
     sparse, a coalesced sparse COO tensor of the touched rows alone, as
-    nn.Embedding(sparse=True)'s after coalesce() (the sparse optimisers' input).
-    Building it reads nnz on the host: a synchronisation on a GPU."""
+    nn.Embedding(sparse=True)'s after coalesce() (the sparse optimisers' input;
+    building it reads nnz on the host: a synchronisation on a GPU); or, with
+    sparse and slots, an uncoalesced one with an entry per slot (slot_rows), each
+    value rounded to dtype, summed in float32 by coalesce() or the optimiser."""
     d = values.shape[-1]
     if not sparse:
         if ok is not None:
             values = torch.where(ok[:, None], values, 0.0)
         return values.new_zeros(n_rows, d).index_add_(0, rows, values).to(dtype)
+    if slots:
+        if ok is not None:
+            rows, values = slot_rows(rows, ok), torch.where(ok[:, None], values, 0.0)
+        return torch.sparse_coo_tensor(rows[None], values.to(dtype), (n_rows, d), is_coalesced=False,
+                                       check_invariants=False)
     if ok is not None:
         rows, values = rows[ok], values[ok]
     g = torch.sparse_coo_tensor(rows[None], values, (n_rows, d), check_invariants=False).coalesce()
@@ -156,9 +180,12 @@ BACKWARD_OP = "dare::topk_attention_embedding_backward"
 def backward_formula(grad, query, tables, ids, indices, scale=1.0, offsets=None, sparse=False, need_tables=True):
     """dare::topk_attention_embedding_backward's contract in PyTorch ops: the
     op's CUDA kernel where the library has none and Triton does not take it
-    (backends.register_backward), and the function itself where no library loads. (grad_query, rows, values): per table, with sparse the
-    touched rows (ascending) and their gradients, else no rows and the dense
-    gradient. Only the B·T·k selected behaviours are read (no B×L tensor)."""
+    (backends.register_backward), and the function itself where no library loads.
+    (grad_query, rows, values): per table, with sparse the touched rows (ascending)
+    and their gradients, on a GPU one row and value per slot (per_slot), else no
+    rows and the dense gradient. Only the B·T·k selected behaviours are read (no
+    B×L tensor)."""
+    slots = sparse and per_slot(query.device)
     B = query.shape[0]
     T = query.shape[1] if query.dim() == 3 else 1
     k = indices.shape[-1]
@@ -175,9 +202,9 @@ def backward_formula(grad, query, tables, ids, indices, scale=1.0, offsets=None,
         if need_tables:
             src = gf.view(B, T, k, 1) * q[..., off:off + d].reshape(B, T, 1, d)
             gt = table_gradient(rows.reshape(-1), src.reshape(-1, d), n, table.dtype, sparse,
-                                ok.reshape(-1) if sparse else None)
-            rows_out.append(gt.indices()[0] if sparse else rows.new_empty(0))
-            values_out.append(gt.values() if sparse else gt)
+                                ok.reshape(-1) if sparse else None, slots)
+            rows_out.append(gt._indices()[0] if sparse else rows.new_empty(0))
+            values_out.append(gt._values() if sparse else gt)
         off += d
     return torch.cat(grad_q, -1).reshape(query.shape).to(query.dtype), rows_out, values_out
 
@@ -189,17 +216,16 @@ def topk_attention_embedding_backward(grad: torch.Tensor, query: torch.Tensor, t
     """Gradients of the selected scores w.r.t. the query and the tables, in one
     call of dare::topk_attention_embedding_backward. Only the B·T·k selected
     behaviours are touched: a table's gradient is dense, like nn.Embedding's, or
-    with sparse a coalesced sparse COO tensor of the selected rows (float32
-    accumulation either way: duplicate ids sum exactly as index_add does)."""
-    if sparse and need_tables and query.is_cuda and torch.cuda.is_current_stream_capturing():
-        raise RuntimeError("topk_attention_embedding: sparse=True table gradients cannot be built inside a CUDA "
-                           "graph capture (their number of rows is read on the host); capture with sparse=False")
+    with sparse a sparse COO tensor of the selected rows (float32 accumulation
+    either way: duplicate ids sum exactly as index_add does): coalesced, or on a GPU
+    one entry per slot (per_slot: no host synchronisation, CUDA-graph capturable)."""
     op = torch.ops.dare.topk_attention_embedding_backward if _library.loaded else backward_formula
     gq, rows, values = op(grad, query, list(tables), list(ids), indices, scale, offsets, sparse, need_tables)
     if not need_tables:
         return (gq if need_query else None), None
     if sparse:
-        values = [torch.sparse_coo_tensor(r[None], v, t.shape, is_coalesced=True, check_invariants=False)
+        coalesced = not per_slot(query.device)
+        values = [torch.sparse_coo_tensor(r[None], v, t.shape, is_coalesced=coalesced, check_invariants=False)
                   for r, v, t in zip(rows, values, tables)]
     return (gq if need_query else None), list(values)
 
@@ -208,7 +234,12 @@ def _fake_backward(grad, query, tables, ids, indices, scale=1.0, offsets=None, s
     rows, values = [], []
     if need_tables:
         for t in tables:
-            n = torch.library.get_ctx().new_dynamic_size() if sparse else 0
+            if not sparse:
+                n = 0
+            elif per_slot(query.device):
+                n = indices.numel()
+            else:
+                n = torch.library.get_ctx().new_dynamic_size()
             rows.append(t.new_empty(n, dtype=torch.int64))
             values.append(t.new_empty(n if sparse else t.shape[0], t.shape[1]))
     return query.new_empty(query.shape), rows, values

@@ -109,9 +109,9 @@ def register_stand_ins() -> None:
 
 def register_backward() -> None:
     """The CUDA kernels of both ops' backward where the compiled library has none:
-    Triton's where they apply (sparse table gradients: a few launches and two host
-    synchronisations for every field together; one target per padded row: one fill
-    and one launch), else the PyTorch formulas."""
+    Triton's where they apply (sparse table gradients: a few launches for every
+    field together, one entry per selected slot, no host synchronisation; one
+    target per padded row: one fill and one launch), else the PyTorch formulas."""
     if not _library.loaded:
         return
 

@@ -8,10 +8,12 @@ moments are not decayed and its parameter does not move (dense Adam keeps
 moving a row on its old momentum after its last gradient). That is
 `torch.optim.SparseAdam`'s semantics, and TensorFlow's LazyAdam's.
 
-RowAdam computes SparseAdam's update with a few index ops per table (gather the
-touched rows' moments, update them, scatter them back, add the step to the
-parameter), without SparseAdam's sparse-tensor bookkeeping (a sparse_mask and a
-sparse add per moment, each a coalesce). `make_optimizer` gives a model its
+RowAdam computes SparseAdam's update without SparseAdam's sparse-tensor
+bookkeeping (a sparse_mask and a sparse add per moment, each a coalesce): on a
+GPU in two Triton launches a table that take the gradient as it comes, duplicate
+rows and all (triton_backend/row_adam.py: no sort, no host synchronisation, the
+step count on the device: a training step can be captured in a CUDA graph);
+elsewhere with a few index ops on the coalesced gradient. `make_optimizer` gives a model its
 optimiser: Adam on the dense weights, a row-wise one on the tables.
 """
 from __future__ import annotations
@@ -26,13 +28,15 @@ OPTIMIZERS = ("rows", "sparse_adam", "dense")
 
 class RowAdam(torch.optim.Optimizer):
     """SparseAdam's update (lazy Adam: only the rows a sparse COO gradient holds
-    move; the step count is the parameter's, as SparseAdam's), written with index
-    ops. Takes sparse gradients, coalesced or not (duplicate rows are summed)."""
+    move; the step count is the parameter's, as SparseAdam's). Takes sparse
+    gradients, coalesced or not (duplicate rows are summed). The fused (GPU) update
+    keeps a float32 accumulator the table's size and an int32 per row, zeroed
+    between steps: the memory a dense gradient would take."""
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  fused=None):
-        """fused: update a table in one Triton launch (None: on CUDA tensors when
-        Triton is installed; True also on the CPU under TRITON_INTERPRET=1)."""
+        """fused: the two-launch Triton update (None: on CUDA tensors when Triton is
+        installed; True also on the CPU under TRITON_INTERPRET=1)."""
         self.fused = fused
         if not lr >= 0.0:
             raise ValueError(f"RowAdam: lr must be >= 0, got {lr}")
@@ -59,29 +63,33 @@ class RowAdam(torch.optim.Optimizer):
                                        "topk_attention_embedding(..., sparse=True)); use torch.optim.Adam for dense ones")
                 state = self.state[p]
                 if not state:
-                    state["step"] = 0
+                    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                elif not torch.is_tensor(state["step"]):  # a SparseAdam-style count
+                    state["step"] = torch.tensor(float(state["step"]), device=p.device)
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                if self._fused(p):
+                    from .triton_backend import row_adam
+                    if "row_sums" not in state:
+                        state["row_sums"], state["row_owner"] = row_adam.scratch(p)
+                    row_adam.row_adam_(p, m, v, state["row_sums"], state["row_owner"], state["step"],
+                                       grad._indices()[0], grad._values().contiguous(), lr, beta1, beta2, eps)
+                    continue
                 state["step"] += 1
                 grad = grad if grad.is_coalesced() else grad.coalesce()
                 rows, values = grad.indices()[0], grad.values()
                 if values.numel() == 0:
                     continue
                 values = values.to(p.dtype)
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                step = state["step"]
+                step = float(state["step"])
                 step_size = lr * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
-                if self._fused(p):
-                    from .triton_backend.row_adam import row_adam_
-                    row_adam_(p, m, v, rows, values.contiguous(), beta1, beta2, eps, step_size)
-                    continue
                 m_rows = m.index_select(0, rows).lerp_(values, 1 - beta1)
                 v_rows = v.index_select(0, rows).mul_(beta2).addcmul_(values, values, value=1 - beta2)
                 m.index_copy_(0, rows, m_rows)
                 v.index_copy_(0, rows, v_rows)
                 p.index_add_(0, rows, m_rows.div_(v_rows.sqrt_().add_(eps)), alpha=-step_size)
         return loss
-
 
     def _fused(self, p: torch.Tensor) -> bool:
         if self.fused is not None:
@@ -95,9 +103,11 @@ class ModelOptimizer:
     weights and, for the embedding tables of a model built with sparse_grad, the
     row-wise RowAdam ("rows") or torch.optim.SparseAdam ("sparse_adam"); "dense":
     Adam on everything (the paper's setting; the model must take dense
-    gradients). zero_grad / step / state_dict / load_state_dict as an Optimizer's."""
+    gradients). zero_grad / step / state_dict / load_state_dict as an Optimizer's.
+    capturable: the step can be captured in a CUDA graph (Adam's capturable; the
+    fused RowAdam always is)."""
 
-    def __init__(self, model: torch.nn.Module, lr: float, kind: str = "rows", fused=None):
+    def __init__(self, model: torch.nn.Module, lr: float, kind: str = "rows", fused=None, capturable: bool = False):
         if kind not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {kind!r}")
         sparse = bool(getattr(model, "sparse_grad", False))
@@ -110,7 +120,7 @@ class ModelOptimizer:
         if fused is None:
             fused = all(p.is_cuda for p in rest) and bool(rest)
         self.kind = kind
-        self.optimizers = [torch.optim.Adam(rest, lr=lr, fused=fused or None)]
+        self.optimizers = [torch.optim.Adam(rest, lr=lr, fused=fused or None, capturable=capturable)]
         if tables:
             self.optimizers.append(RowAdam(tables, lr=lr) if kind == "rows" else torch.optim.SparseAdam(tables, lr=lr))
 

@@ -221,25 +221,34 @@ def test_reference_on_gpu_matches_cpu(seed):
     assert torch.equal(a[1], b[1].cpu())
 
 
-def test_sparse_gradients_refuse_graph_capture(seed):
-    """sparse=True table gradients read their row count on the host: inside a CUDA
-    graph capture the backward raises a clear error; sparse=False captures."""
+def test_sparse_gradients_capture_in_a_cuda_graph(seed):
+    """On a GPU sparse=True table gradients have one entry per selected slot (no
+    host synchronisation): forward and backward capture in a CUDA graph, and a
+    replay on new inputs gives the eager gradients."""
     e = embedding_input("emb_shared_positions", torch.float32, "cuda", seed)
     q = e.query.clone().requires_grad_()
     tables = [t.clone().requires_grad_() for t in e.tables]
 
-    def step(sparse):
-        scores = dare_kernels.topk_attention_embedding(q, tables, e.ids, e.k, lengths=e.lengths, sparse=sparse)[0]
-        torch.where(torch.isfinite(scores), scores, 0).sum().backward()
+    def step():
+        scores = dare_kernels.topk_attention_embedding(q, tables, e.ids, e.k, lengths=e.lengths, sparse=True)[0]
+        return torch.autograd.grad(torch.where(torch.isfinite(scores), scores, 0).sum(), [q, *tables])
 
-    for sparse in (False, True):  # warm-up outside the capture
-        step(sparse)
-    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture
+        step()
+    torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        step(False)
+        captured = step()
+    with torch.no_grad():
+        q.copy_(torch.randn_like(q))
+        for t in tables:
+            t.copy_(torch.randn_like(t))
     graph.replay()
     torch.cuda.synchronize()
-    with pytest.raises(RuntimeError, match="sparse=True table gradients cannot be built inside a CUDA graph"):
-        with torch.cuda.graph(torch.cuda.CUDAGraph()):
-            step(True)
+    want = step()
+    assert [g.is_sparse for g in captured] == [False] + [True] * len(tables)
+    for got, ref in zip(captured, want):
+        torch.testing.assert_close(got.to_dense() if got.is_sparse else got,
+                                   ref.to_dense() if ref.is_sparse else ref, rtol=1e-5, atol=1e-5)

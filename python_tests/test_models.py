@@ -474,8 +474,8 @@ def test_model_compiles_with_the_op_in_graph(seed):
 
 def test_table_cast_keeps_sparse_gradients():
     """The search's bfloat16 copy of a wide table passes a sparse gradient back as
-    sparse rows of the table's dtype (torch 2.11's .to() backward refuses them),
-    and a dense one as dense."""
+    sparse rows of the table's dtype, as they come (torch 2.11's .to() backward
+    refuses them), and a dense one as dense."""
     from dare_kernels.models.dare import _Cast
     table = torch.randn(6, 3, requires_grad=True)
     rows = torch.tensor([[1, 4, 1]])
@@ -483,7 +483,7 @@ def test_table_cast_keeps_sparse_gradients():
     assert out.dtype == torch.bfloat16
     grad = torch.sparse_coo_tensor(rows, torch.ones(3, 3, dtype=torch.bfloat16), (6, 3))
     (g,) = torch.autograd.grad(out, table, grad)
-    assert g.is_sparse and g.dtype == torch.float32 and g.is_coalesced()
+    assert g.is_sparse and g.dtype == torch.float32 and not g.is_coalesced() and g._nnz() == 3  # no coalesce
     assert g.to_dense()[1].tolist() == [2.0] * 3 and g.to_dense()[4].tolist() == [1.0] * 3
     (g,) = torch.autograd.grad(_Cast.apply(table, torch.bfloat16), table, torch.ones(6, 3, dtype=torch.bfloat16))
     assert not g.is_sparse and g.dtype == torch.float32 and torch.all(g == 1)

@@ -93,24 +93,48 @@ def test_backward_op(device, name, layout, sparse, seed):
         torch.testing.assert_close(v, vw, rtol=1e-5, atol=1e-5)  # sums of duplicates: another order
 
 
+@pytest.mark.parametrize("slots", [False, True], ids=["coalesced", "per_slot"])
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("name", ["basic", "targets", "lengths", "emb_duplicates", "emb_shared_positions"])
+@pytest.mark.parametrize("name", ["basic", "targets", "lengths", "emb_duplicates", "emb_shared_positions",
+                                  "emb_padding_ids"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_triton_sparse_backward(device, name, layout, seed):
+def test_triton_sparse_backward(device, name, layout, slots, seed, monkeypatch):
     """The Triton sparse backward (the backward op's CUDA kernel for sparse=True)
-    gives the PyTorch formula's touched rows and sums."""
+    gives the PyTorch formula's rows and values in both forms: coalesced (touched
+    rows, float32 sums) and per slot (the GPU's: B·T·k entries, padding slots
+    repeating a real slot's row with value 0), whose coalesce() is the coalesced form."""
     skip_unless_available("triton", device, torch.float32, layout=layout)
     from dare_kernels import _contract
     from dare_kernels.triton_backend.backward import sparse_backward
     e = embedding_input(name, torch.float32, device, seed, layout)
     scores, idx = dare_kernels.topk_attention_embedding(e.query, e.tables, e.ids, e.k, **e.kwargs())
     grad = torch.randn(scores.shape, device=device)
-    want = _contract.backward_formula(grad, e.query, e.tables, e.ids, idx, 0.7, e.offsets, True, True)
-    got = sparse_backward(grad, e.query, e.tables, e.ids, idx, 0.7, e.offsets)
+    args = (grad, e.query, e.tables, e.ids, idx, 0.7, e.offsets, True, True)
+    monkeypatch.setattr(_contract, "per_slot", lambda device: False)
+    coalesced = _contract.backward_formula(*args)
+    monkeypatch.setattr(_contract, "per_slot", lambda device: slots)
+    want = _contract.backward_formula(*args)
+    got = sparse_backward(*args[:-2], need_tables=True, slots=slots)
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
-    for r, v, rw, vw in zip(got[1], got[2], want[1], want[2]):
+    for f, (r, v, rw, vw) in enumerate(zip(got[1], got[2], want[1], want[2])):
         assert torch.equal(r, rw)
         torch.testing.assert_close(v, vw, rtol=1e-5, atol=1e-5)  # sums of duplicates: another order
+        if slots:
+            assert r.shape == (idx.numel(),)
+            g = torch.sparse_coo_tensor(r[None], v, e.tables[f].shape).coalesce()
+            assert torch.equal(g.indices()[0], coalesced[1][f])
+            torch.testing.assert_close(g.values(), coalesced[2][f], rtol=1e-5, atol=1e-5)
+
+
+def test_per_slot_rows_of_padding():
+    """Padding slots repeat the first real slot's row (value 0); a batch with no
+    real slot points every slot at row 0."""
+    from dare_kernels._contract import slot_rows
+    rows = torch.tensor([0, 7, 3, 0, 9])
+    ok = torch.tensor([False, True, True, False, True])
+    assert slot_rows(rows, ok).tolist() == [7, 7, 3, 7, 9]
+    assert slot_rows(torch.tensor([5, 6]), torch.tensor([False, False])).tolist() == [0, 0]
+    assert slot_rows(torch.tensor([], dtype=torch.long), torch.tensor([], dtype=torch.bool)).numel() == 0
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -174,8 +198,9 @@ def _selected_rows(e, idx, f):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", dare_kernels.BACKENDS)
 def test_sparse_gradients_match_reference(backend, device, dtype, name, layout, seed):
-    """sparse=True: each table's gradient is a coalesced sparse COO tensor of the
-    table's dtype holding exactly the rows the real selected positions point at,
+    """sparse=True: each table's gradient is a sparse COO tensor of the table's
+    dtype (coalesced; on a GPU uncoalesced, one entry per slot) holding exactly the
+    rows the real selected positions point at,
     equal to the float64 reference's dense gradient (duplicate ids summed in
     float32, rounded once), and to this backend's own dense gradient."""
     skip_unless_available(backend, device, dtype, EMBEDDING_SAMPLES[name], layout)
@@ -197,9 +222,12 @@ def test_sparse_gradients_match_reference(backend, device, dtype, name, layout, 
     ref = torch.autograd.grad(ref_s, (q_ref, *t_ref), torch.where(ref_i >= 0, g.double(), 0.0), allow_unused=True)
     tol = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
     for f, (got, dense, want) in enumerate(zip(grads[True][1:], grads[False][1:], ref[1:])):
-        assert got.layout == torch.sparse_coo and got.is_coalesced() and got.dtype == dtype
+        # Coalesced, or on a GPU one entry per slot (no host synchronisation).
+        assert got.layout == torch.sparse_coo and got.is_coalesced() == (device == "cpu") and got.dtype == dtype
         assert got.shape == e.tables[f].shape
-        assert set(got.indices()[0].tolist()) == _selected_rows(e, idx, f)
+        if device != "cpu":
+            assert got._nnz() == idx.numel()
+        assert set(got.coalesce().indices()[0].tolist()) == _selected_rows(e, idx, f)
         want = torch.zeros(got.shape, dtype=dtype, device=device) if want is None else want
         torch.testing.assert_close(got.to_dense(), want, rtol=tol, atol=tol)
         torch.testing.assert_close(got.to_dense(), dense, rtol=tol, atol=tol)
@@ -220,7 +248,7 @@ def test_table_gradients_accumulate_in_float32(backend, device, dtype, sparse):
     ids = torch.full((1, L), 1, dtype=torch.int64, device=device)
     scores, idx = dare_kernels.topk_attention_embedding(query, [table], [ids], L, sparse=sparse, backend=backend)
     (grad,) = torch.autograd.grad(scores, table, torch.full_like(scores, 0.1))
-    grad = grad.to_dense() if sparse else grad
+    grad = grad.coalesce().to_dense() if sparse else grad  # a GPU's per-slot entries: coalesce sums in float32
     want = torch.tensor(0.1, dtype=torch.float32) * L
     assert grad[1].float().cpu().tolist() == [float(want.to(dtype))] * 2
     assert torch.all(grad[0] == 0) and torch.all(grad[2] == 0)

@@ -24,9 +24,10 @@ def model_batch(device: torch.device, B: int, L: int, n_items: int, n_cats: int)
             "label": torch.randint(0, 2, (B,), device=device, generator=g).float()}
 
 
-def train_step(model, opt, batch: dict, device: torch.device):
-    """Forward + backward + optimiser step, bf16 autocast on GPU."""
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+def train_step(model, opt, batch: dict, device: torch.device, cache: bool = True):
+    """Forward + backward + optimiser step, bf16 autocast on GPU (cache: autocast's
+    cast cache, which a CUDA-graph capture must go without)."""
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda", cache_enabled=cache):
         logits = model(batch)[0]
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["label"])
     opt.zero_grad(set_to_none=True)
@@ -35,8 +36,25 @@ def train_step(model, opt, batch: dict, device: torch.device):
 
 
 # The training step's optimisers, as dare_kernels.optim names them: "rows" (the
-# default: sparse row gradients, lazy Adam by index ops), "dense" (Adam on every row).
+# default: sparse row gradients, lazy Adam on the touched rows), "dense" (Adam on every row).
 STEP_OPTIMIZERS = ("rows", "dense")
+
+
+def captured_step(model, opt, batch: dict, device: torch.device):
+    """The training step captured once in a CUDA graph (warm-up steps on a side
+    stream first, as torch.cuda.graphs asks); returns the graph's replay, one
+    whole step (forward, backward, optimiser) with no host work. opt must be
+    capturable (ModelOptimizer(..., capturable=True))."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            train_step(model, opt, batch, device, cache=False)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        train_step(model, opt, batch, device, cache=False)
+    return graph.replay
 
 
 def step_phases(model, opt, batch: dict, device: torch.device) -> dict:
@@ -92,7 +110,8 @@ def model_rows_for(device: torch.device, args) -> list:
     on GPU): the search stage (attention lookups of every behaviour + top-k, as
     the forward runs it), the inference forward, the training step (forward +
     backward + optimiser) with each of STEP_OPTIMIZERS, and the phases of the
-    default ("rows") step, each timed alone (see step_phases)."""
+    default ("rows") step, each timed alone (see step_phases); on a GPU also each
+    step captured in a CUDA graph and replayed ("train step (<kind>, graph)")."""
     from ..models import LongSequenceCTR
     from ..optim import ModelOptimizer
     gpu = device.type == "cuda"
@@ -126,7 +145,7 @@ def model_rows_for(device: torch.device, args) -> list:
         step_reps = max(3, reps // 2)
         for kind in STEP_OPTIMIZERS:
             model.set_sparse_grad(kind != "dense")
-            opt = ModelOptimizer(model, 1e-3, kind)
+            opt = ModelOptimizer(model, 1e-3, kind, capturable=gpu)
             if gpu:
                 torch.cuda.reset_peak_memory_stats(device)
             t = time_call(lambda: train_step(model, opt, batch, device), [()], device, reps=step_reps)
@@ -135,6 +154,15 @@ def model_rows_for(device: torch.device, args) -> list:
             if kind == STEP_OPTIMIZERS[0]:
                 for phase, fn in step_phases(model, opt, batch, device).items():
                     found.append((f"phase: {phase}", time_call(fn, [()], device, reps=step_reps)))
+            if gpu:
+                try:
+                    replay = captured_step(model, opt, batch, device)
+                except Exception as e:  # reported, not timed: the eager row stands
+                    say(args, f"  train step ({kind}) not captured: {type(e).__name__}: {str(e)[:300]}")
+                else:
+                    found.append((f"train step ({kind}, graph)", time_call(replay, [()], device, reps=step_reps)))
+                    del replay
+                model.zero_grad(set_to_none=True)
             del opt
         for stage, t, *extra in found:
             rows.append({"stage": stage, **row, "ms": t * 1e3, **(extra[0] if extra else {})})

@@ -101,15 +101,39 @@ def field_widths(d: Widths, widths: str = "split") -> Tuple[int, int, int]:
     return d // 2, d // 4, d // 4
 
 
+class _RowLookup(torch.autograd.Function):
+    """table[ids] whose gradient is a sparse COO tensor with one entry per id
+    (uncoalesced, ids.numel() rows, the padding id's zeroed): nn.Embedding(
+    sparse=True)'s gradient before coalesce(), built without its host
+    synchronisation (it drops the padding ids by a boolean index), so a GPU step
+    can run ahead of the host and be captured in a CUDA graph."""
+
+    @staticmethod
+    def forward(ctx, table, ids, padding_idx):
+        ctx.save_for_backward(ids)
+        ctx.shape, ctx.dtype, ctx.padding_idx = table.shape, table.dtype, padding_idx
+        return nn.functional.embedding(ids, table)
+
+    @staticmethod
+    def backward(ctx, grad):
+        ids, = ctx.saved_tensors
+        rows, values = ids.reshape(-1), grad.reshape(-1, ctx.shape[1])
+        if ctx.padding_idx is not None:
+            values = values.masked_fill((rows == ctx.padding_idx)[:, None], 0)
+        return torch.sparse_coo_tensor(rows[None], values.to(ctx.dtype), ctx.shape, is_coalesced=False,
+                                       check_invariants=False), None, None
+
+
 class FieldEmbeddings(nn.Module):
     """One role's [item, category, position] tables, N(0, std) initialised
     (item and category row 0 = padding, zero); sparse: their lookups' gradients
-    are sparse rows (nn.Embedding(sparse=True))."""
+    are sparse rows, one per looked-up id (_RowLookup)."""
 
     def __init__(self, n_items: int, n_cats: int, n_pos: int, widths: Tuple[int, int, int], std: float,
                  sparse: bool = False):
         super().__init__()
         di, dc, dp = widths
+        # nn.Embedding's sparse flag: DistributedDataParallel reads it to expect sparse gradients.
         self.item = nn.Embedding(n_items + 1, di, padding_idx=0, sparse=sparse)
         self.cat = nn.Embedding(n_cats + 1, dc, padding_idx=0, sparse=sparse)
         self.pos = nn.Embedding(n_pos, dp, sparse=sparse)
@@ -122,7 +146,10 @@ class FieldEmbeddings(nn.Module):
 
     def forward(self, items, cats, pos) -> list:
         """The three fields' embeddings [item, category, position]."""
-        return [self.item(items), self.cat(cats), self.pos(pos)]
+        fields = (self.item, self.cat, self.pos)
+        if self.item.sparse:
+            return [_RowLookup.apply(t.weight, i, t.padding_idx) for t, i in zip(fields, (items, cats, pos))]
+        return [t(i) for t, i in zip(fields, (items, cats, pos))]
 
     def tables(self) -> list:
         """The [item, category, position] tables, in the key's field order."""
@@ -131,8 +158,8 @@ class FieldEmbeddings(nn.Module):
 
 class _Cast(torch.autograd.Function):
     """table.to(dtype) whose gradient may be sparse rows: cast back to the table's
-    dtype as it comes (a sparse gradient stays sparse; torch 2.11's own backward of
-    .to() refuses sparse gradients)."""
+    dtype as it comes (a sparse gradient stays sparse, coalesced or per slot, with
+    no coalesce; torch 2.11's own backward of .to() refuses sparse gradients)."""
 
     @staticmethod
     def forward(ctx, table, dtype):
@@ -142,9 +169,8 @@ class _Cast(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         if grad.is_sparse:
-            g = grad.coalesce() if not grad.is_coalesced() else grad
-            return torch.sparse_coo_tensor(g.indices(), g.values().to(ctx.dtype), g.shape, is_coalesced=True,
-                                           check_invariants=False), None
+            return torch.sparse_coo_tensor(grad._indices(), grad._values().to(ctx.dtype), grad.shape,
+                                           is_coalesced=grad.is_coalesced(), check_invariants=False), None
         return grad.to(ctx.dtype), None
 
 
@@ -172,7 +198,9 @@ class SearchCTR(nn.Module):
     (the tables' N(0, std) init; 0.01 as the public code), aux_loss (the
     auxiliary head over full attention), sparse_grad (default True: every
     embedding table's gradient holds only the rows the batch touched, sparse COO
-    tensors for torch.optim.SparseAdam; False: dense, as the paper's code)."""
+    tensors for torch.optim.SparseAdam or RowAdam: on a GPU one entry per lookup
+    and selected slot, uncoalesced, built with no host synchronisation; False:
+    dense, as the paper's code)."""
 
     variant = None
     uses_d_att = True  # False: the attention widths are not d_att (twin, twin_proj)

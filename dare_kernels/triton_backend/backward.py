@@ -1,15 +1,17 @@
 """topk_attention_embedding's backward with sparse table gradients, on the GPU in
-a few launches and two host synchronisations (the number of touched rows must
-reach the host for the sparse tensors' shapes), whatever the number of fields.
+a few launches whatever the number of fields: one row and value per selected
+slot (the GPU's form, _contract.per_slot: no host synchronisation), or coalesced
+(two host synchronisations: the number of touched rows sets the shapes).
 
 One kernel reads, per target row, its k selected positions: it looks up each
 field's id (jagged rows and shared ids as the forward reads them), adds
 g * table[id] to the query's gradient, and writes each entry's global row
 (field base + id; past every table where the entry is padding or its id is out
 of range) and its gradient row g * q[field's columns], zero padded to the widest
-field. Then one sort-based unique over all fields' rows, one index_add of the
-entries into their rows (float32: duplicates sum exactly as index_add does), and
-the fields' slices. _contract.backward_formula is the same in PyTorch ops."""
+field. Per slot: padding entries take a real slot's row (value zero), as
+_contract.slot_rows. Coalesced: one sort-based unique over all fields' rows, one
+index_add of the entries into their rows (float32: duplicates sum exactly as
+index_add does), and the fields' slices. _contract.backward_formula is the same in PyTorch ops."""
 from __future__ import annotations
 
 import torch
@@ -77,10 +79,13 @@ def _pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-def sparse_backward(grad, query, tables, ids, indices, scale=1.0, offsets=None, need_tables=True):
+def sparse_backward(grad, query, tables, ids, indices, scale=1.0, offsets=None, need_tables=True, slots=None):
     """(grad_query, rows, values) as dare::topk_attention_embedding_backward with
     sparse=True returns them: per table its touched rows (ascending) and their
-    gradients (float32 sums rounded once to the table's dtype)."""
+    gradients (float32 sums rounded once to the table's dtype); with slots (None:
+    on a GPU) one row and value (in the table's dtype) per selected slot."""
+    from .._contract import per_slot, slot_rows
+    slots = per_slot(query.device) if slots is None else slots
     B = query.shape[0]
     T = query.shape[1] if query.dim() == 3 else 1
     K = indices.shape[-1]
@@ -120,6 +125,13 @@ def sparse_backward(grad, query, tables, ids, indices, scale=1.0, offsets=None, 
         return gq, [], []
     if entries == 0:
         return gq, [rows.new_empty(0) for _ in tables], [t.new_empty(0, t.shape[1]) for t in tables]
+    if slots:
+        out_rows, out_values = [], []
+        for f, t in enumerate(tables):
+            r = rows[f, :entries]
+            out_rows.append(slot_rows(r - bases[f], r != bases[F]))
+            out_values.append(vals[f, :entries, :t.shape[1]].to(t.dtype).contiguous())
+        return gq, out_rows, out_values
     uniq, inverse = torch.unique(rows[:, :entries].reshape(-1), sorted=True, return_inverse=True)
     sums = torch.zeros(uniq.shape[0], dmax, dtype=torch.float32, device=device)
     sums.index_add_(0, inverse, vals[:, :entries].reshape(-1, dmax))

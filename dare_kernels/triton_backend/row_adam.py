@@ -1,38 +1,80 @@
-"""RowAdam's update of one table in one launch: each program takes ROWS touched
-rows, reads their gradient rows and the parameter's and moments' rows, and writes
-all three back (the index-op path takes a dozen launches a table)."""
+"""RowAdam's update of one table in two launches, whatever its gradient's form:
+coalesced or one entry per slot with duplicate rows (the search's per-slot
+gradient on a GPU, the lookups'), with no sort, no host synchronisation and the
+step count on the device, so that a training step can be captured in a CUDA graph.
+
+1. accumulate: every entry adds its gradient row into a float32 accumulator the
+   size of the table (atomics: duplicates sum in float32) and elects, by an atomic
+   max, one owner entry per touched row; the first program counts the step.
+2. update: each row's owner reads the summed gradient, applies lazy Adam to the
+   parameter and moments rows, and zeroes its accumulator row and its election,
+   which leaves both ready for the next step without a fill of the table.
+"""
 import torch
 import triton
 import triton.language as tl
 
 
 @triton.jit
-def _row_adam_kernel(param, exp_avg, exp_avg_sq, rows, grad, n, d, stride, grad_stride,
-                     beta1, beta2, eps, step_size, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
-    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+def _accumulate_kernel(rows, grad, sums, owner, step, n, d, grad_stride,
+                       ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid = tl.program_id(0)
+    if pid == 0:
+        tl.store(step, tl.load(step) + 1.0)
+    r = pid * ROWS + tl.arange(0, ROWS)
+    live = r < n
+    row = tl.load(rows + r, mask=live, other=0).to(tl.int64)
     c = tl.arange(0, BLOCK_D)
-    live = (r < n)[:, None] & (c < d)[None, :]
-    row = tl.load(rows + r, mask=r < n, other=0)
+    cells = live[:, None] & (c < d)[None, :]
+    g = tl.load(grad + r.to(tl.int64)[:, None] * grad_stride + c[None, :], mask=cells, other=0.0).to(tl.float32)
+    tl.atomic_add(sums + row[:, None] * d + c[None, :], g, mask=cells)
+    tl.atomic_max(owner + row, r, mask=live)
+
+
+@triton.jit
+def _update_kernel(param, exp_avg, exp_avg_sq, sums, owner, step, rows, n, d, stride,
+                   lr, beta1, beta2, eps, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    live = r < n
+    row = tl.load(rows + r, mask=live, other=0).to(tl.int64)
+    mine = live & (tl.load(owner + row, mask=live, other=-1) == r)
+    c = tl.arange(0, BLOCK_D)
+    cells = mine[:, None] & (c < d)[None, :]
+    acc = sums + row[:, None] * d + c[None, :]
+    g = tl.load(acc, mask=cells, other=0.0)
+    t = tl.load(step)
+    # lr · sqrt(1 - beta2^t) / (1 - beta1^t), SparseAdam's step size, from the device's step count.
+    step_size = lr * tl.sqrt(1.0 - tl.exp(t * tl.log(beta2))) / (1.0 - tl.exp(t * tl.log(beta1)))
     at = row[:, None] * stride + c[None, :]
-    g = tl.load(grad + r[:, None] * grad_stride + c[None, :], mask=live, other=0.0).to(tl.float32)
-    m = tl.load(exp_avg + at, mask=live, other=0.0)
-    v = tl.load(exp_avg_sq + at, mask=live, other=0.0)
+    m = tl.load(exp_avg + at, mask=cells, other=0.0)
+    v = tl.load(exp_avg_sq + at, mask=cells, other=0.0)
     m = m + (1 - beta1) * (g - m)
     v = beta2 * v + (1 - beta2) * (g * g)
-    p = tl.load(param + at, mask=live, other=0.0)
-    tl.store(exp_avg + at, m, mask=live)
-    tl.store(exp_avg_sq + at, v, mask=live)
-    tl.store(param + at, p - step_size * (m / (tl.sqrt(v) + eps)), mask=live)
+    p = tl.load(param + at, mask=cells, other=0.0)
+    tl.store(exp_avg + at, m, mask=cells)
+    tl.store(exp_avg_sq + at, v, mask=cells)
+    tl.store(param + at, p - step_size * (m / (tl.sqrt(v) + eps)), mask=cells)
+    tl.store(acc, tl.zeros_like(g), mask=cells)
+    tl.store(owner + row, tl.full([ROWS], -1, tl.int32), mask=mine)
 
 
-def row_adam_(param: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, rows: torch.Tensor,
-              values: torch.Tensor, beta1: float, beta2: float, eps: float, step_size: float) -> None:
-    """In place: the lazy Adam update of param's `rows` (unique) by gradient rows `values`."""
+def scratch(param: torch.Tensor):
+    """(sums, owner): the float32 accumulator (the table's shape, as a dense
+    gradient) and the owner election (int32 per row, -1), both kept zeroed."""
+    return (torch.zeros(param.shape, dtype=torch.float32, device=param.device),
+            torch.full((param.shape[0],), -1, dtype=torch.int32, device=param.device))
+
+
+def row_adam_(param, exp_avg, exp_avg_sq, sums, owner, step, rows, values, lr, beta1, beta2, eps) -> None:
+    """In place: count a step (step, a float32 scalar tensor) and apply lazy Adam to
+    param's touched rows, rows[i] receiving values[i] (duplicates summed)."""
     n, d = values.shape
-    if n == 0:
-        return
-    block_d = triton.next_power_of_2(d)
-    rows_per_program = max(1, min(64, 2048 // block_d))
-    _row_adam_kernel[(triton.cdiv(n, rows_per_program),)](
-        param, exp_avg, exp_avg_sq, rows, values, n, d, param.stride(0), values.stride(0),
-        beta1, beta2, eps, step_size, ROWS=rows_per_program, BLOCK_D=block_d)
+    if n >= 2 ** 31:
+        raise ValueError(f"RowAdam: a gradient of {n} entries; at most 2**31 - 1 fit the owner election")
+    block_d = triton.next_power_of_2(max(d, 1))
+    per = max(1, min(64, 2048 // block_d))
+    _accumulate_kernel[(max(1, triton.cdiv(n, per)),)](rows, values, sums, owner, step, n, d, values.stride(0),
+                                                        ROWS=per, BLOCK_D=block_d)
+    if n:
+        _update_kernel[(triton.cdiv(n, per),)](param, exp_avg, exp_avg_sq, sums, owner, step, rows, n, d,
+                                               param.stride(0), lr, beta1, beta2, eps, ROWS=per, BLOCK_D=block_d)
