@@ -29,4 +29,10 @@ TORCH_LIBRARY(dare, m) {
       "topk_attention_embedding_backward(Tensor grad, Tensor query, Tensor[] tables, Tensor[] ids, "
       "Tensor indices, float scale=1.0, Tensor? offsets=None, bool sparse=False, bool need_tables=True) "
       "-> (Tensor grad_query, Tensor[] rows, Tensor[] values)");
+  // Lazy Adam (torch.optim.SparseAdam's update) of a table's touched rows, in place:
+  // row rows[i] receives values[i] (rows may repeat: they are summed in float32);
+  // step, a float32 scalar, counts this step first. dare_kernels.optim.RowAdam calls it.
+  m.def(
+      "row_adam_(Tensor(a!) param, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, Tensor(d!) step, Tensor rows, "
+      "Tensor values, float lr, float beta1, float beta2, float eps) -> ()");
 }

@@ -306,3 +306,4 @@ def register_compiled():
         register_autograd(f"dare::{op}", op)
     torch.library.register_fake(BACKWARD_OP, _fake_backward)
     torch.library.register_fake(KEYS_BACKWARD_OP, _fake_keys_backward)
+    torch.library.register_fake("dare::row_adam_", lambda *args: None)  # in place, no outputs

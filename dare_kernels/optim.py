@@ -12,8 +12,10 @@ RowAdam computes SparseAdam's update without SparseAdam's sparse-tensor
 bookkeeping (a sparse_mask and a sparse add per moment, each a coalesce): on a
 GPU in two Triton launches a table that take the gradient as it comes, duplicate
 rows and all (triton_backend/row_adam.py: no sort, no host synchronisation, the
-step count on the device: a training step can be captured in a CUDA graph);
-elsewhere with a few index ops on the coalesced gradient. `make_optimizer` gives a model its
+step count on the device: a training step can be captured in a CUDA graph); on
+the CPU in one C++ call a table (dare::row_adam_: one sort of the entries, each
+touched row read and written once); without either, with index ops on the
+coalesced gradient. `make_optimizer` gives a model its
 optimiser: Adam on the dense weights, a row-wise one on the tables.
 """
 from __future__ import annotations
@@ -22,6 +24,8 @@ import math
 from typing import Iterable
 
 import torch
+
+from . import _library
 
 OPTIMIZERS = ("rows", "sparse_adam", "dense")
 
@@ -35,8 +39,9 @@ class RowAdam(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  fused=None):
-        """fused: the two-launch Triton update (None: on CUDA tensors when Triton is
-        installed; True also on the CPU under TRITON_INTERPRET=1)."""
+        """fused: None picks the one-call update (Triton on CUDA tensors, the compiled
+        dare::row_adam_ on the CPU) where available, else index ops; True: Triton
+        (also on the CPU under TRITON_INTERPRET=1); False: index ops."""
         self.fused = fused
         if not lr >= 0.0:
             raise ValueError(f"RowAdam: lr must be >= 0, got {lr}")
@@ -75,6 +80,10 @@ class RowAdam(torch.optim.Optimizer):
                         state["row_sums"], state["row_owner"] = row_adam.scratch(p)
                     row_adam.row_adam_(p, m, v, state["row_sums"], state["row_owner"], state["step"],
                                        grad._indices()[0], grad._values().contiguous(), lr, beta1, beta2, eps)
+                    continue
+                if self.fused is None and p.device.type == "cpu" and _library.loaded:
+                    torch.ops.dare.row_adam_(p, m, v, state["step"], grad._indices()[0],
+                                             grad._values().to(p.dtype), lr, beta1, beta2, eps)
                     continue
                 state["step"] += 1
                 grad = grad if grad.is_coalesced() else grad.coalesce()

@@ -6,6 +6,8 @@ import torch
 from dare_kernels.models import LongSequenceCTR
 from dare_kernels.optim import ModelOptimizer, RowAdam
 
+from conftest import skip_unless_compiled
+
 
 def _sparse_grad(g, n, d, nnz, coalesced):
     rows = torch.randint(0, n, (nnz,), generator=g)
@@ -39,7 +41,8 @@ def _step_both(ours, theirs, a, b, grads):
 
 
 def test_row_adam_triton_matches_index_ops(seed):
-    """The one-launch Triton update gives the index-op update (float32 rounding)."""
+    """The two-launch Triton update (duplicate rows summed by float32 atomics, one
+    owner per row) gives the index-op update (float32 rounding)."""
     from dare_kernels import triton_backend
     if triton_backend.unavailable("cpu") is not None:
         pytest.skip(triton_backend.unavailable("cpu"))
@@ -50,8 +53,43 @@ def test_row_adam_triton_matches_index_ops(seed):
     ours, theirs = RowAdam([a], lr=0.05, fused=True), RowAdam([b], lr=0.05, fused=False)
     _step_both(ours, theirs, a, b, [_sparse_grad(g, n, d, 25, coalesced=False) for _ in range(4)])
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # Its accumulator and row election are left cleared for the next step (no fill).
+    assert torch.all(ours.state[a]["row_sums"] == 0) and torch.all(ours.state[a]["row_owner"] == -1)
+    assert float(ours.state[a]["step"]) == 4
     for key in ("exp_avg", "exp_avg_sq"):
         torch.testing.assert_close(ours.state[a][key], theirs.state[b][key], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_row_adam_compiled_matches_index_ops(dtype, seed):
+    """The CPU's one-call update (dare::row_adam_: sort once, each touched row read
+    and written once) gives the index-op update, duplicate rows summed; an empty
+    gradient still counts the step, as SparseAdam's."""
+    skip_unless_compiled("cpu")
+    g = torch.Generator().manual_seed(seed)
+    n, d = 60, 13
+    a = torch.randn(n, d, generator=g, dtype=dtype).requires_grad_()
+    b = a.detach().clone().requires_grad_()
+    ours, theirs = RowAdam([a], lr=0.05, betas=(0.8, 0.95)), RowAdam([b], lr=0.05, betas=(0.8, 0.95), fused=False)
+    grads = [_sparse_grad(g, n, d, 80, coalesced=i % 2 == 0).to(dtype) for i in range(4)]
+    grads.insert(2, torch.sparse_coo_tensor(torch.zeros(1, 0, dtype=torch.long), torch.zeros(0, d, dtype=dtype),
+                                            (n, d)))
+    _step_both(ours, theirs, a, b, grads)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a, b, **tol)
+    assert float(ours.state[a]["step"]) == float(theirs.state[b]["step"]) == 5
+    for key in ("exp_avg", "exp_avg_sq"):
+        torch.testing.assert_close(ours.state[a][key], theirs.state[b][key], **tol)
+
+
+def test_row_adam_compiled_refuses_bad_rows():
+    skip_unless_compiled("cpu")
+    p = torch.zeros(5, 2)
+    m, v, step = torch.zeros_like(p), torch.zeros_like(p), torch.zeros(())
+    with pytest.raises(ValueError, match=r"rows must be in \[0, 5\), got 7"):
+        torch.ops.dare.row_adam_(p, m, v, step, torch.tensor([1, 7]), torch.ones(2, 2), 0.1, 0.9, 0.999, 1e-8)
+    with pytest.raises(ValueError, match=r"values must have shape \(nnz, d\) = \(2, 2\)"):
+        torch.ops.dare.row_adam_(p, m, v, step, torch.tensor([1, 2]), torch.ones(2, 3), 0.1, 0.9, 0.999, 1e-8)
 
 
 def test_row_adam_leaves_untouched_rows():
