@@ -58,7 +58,8 @@ void row_adam_cpu(at::Tensor param, at::Tensor exp_avg, at::Tensor exp_avg_sq, a
     scalar_t* m = exp_avg.data_ptr<scalar_t>();
     scalar_t* s2 = exp_avg_sq.data_ptr<scalar_t>();
     const scalar_t* g = v.data_ptr<scalar_t>();
-    const acc b1 = acc(beta1), b2 = acc(beta2), e = acc(eps), ss = acc(step_size);
+    // 1 - beta in double first: float(0.999) is 1.3e-5 off in 1 - beta2 (SparseAdam's are double).
+    const acc c1 = acc(1.0 - beta1), c2 = acc(1.0 - beta2), e = acc(eps), ss = acc(step_size);
     at::parallel_for(0, int64_t(starts.size()) - 1, 64, [&](int64_t u0, int64_t u1) {
       std::vector<acc> sum(static_cast<size_t>(d));
       for (int64_t u = u0; u < u1; ++u) {
@@ -70,8 +71,9 @@ void row_adam_cpu(at::Tensor param, at::Tensor exp_avg, at::Tensor exp_avg_sq, a
         const int64_t base = row[order[starts[u]]] * d;
         for (int64_t c = 0; c < d; ++c) {
           const acc gc = acc(scalar_t(sum[c]));  // the coalesced gradient, in the table's dtype
-          const acc mc = acc(m[base + c]) + (1 - b1) * (gc - acc(m[base + c]));
-          const acc vc = b2 * acc(s2[base + c]) + (1 - b2) * gc * gc;
+          // SparseAdam's forms: moment + (1 - beta) * (target - moment).
+          const acc mc = acc(m[base + c]) + c1 * (gc - acc(m[base + c]));
+          const acc vc = acc(s2[base + c]) + c2 * (gc * gc - acc(s2[base + c]));
           m[base + c] = scalar_t(mc);
           s2[base + c] = scalar_t(vc);
           p[base + c] = scalar_t(acc(p[base + c]) - ss * (acc(scalar_t(mc)) / (std::sqrt(acc(scalar_t(vc))) + e)));

@@ -10,6 +10,8 @@ step count on the device, so that a training step can be captured in a CUDA grap
    parameter and moments rows, and zeroes its accumulator row and its election,
    which leaves both ready for the next step without a fill of the table.
 """
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -32,8 +34,17 @@ def _accumulate_kernel(rows, grad, sums, owner, step, n, d, grad_stride,
 
 
 @triton.jit
+def _one_minus_pow(t, log_beta):
+    """1 - beta^t = -expm1(t · log(beta)) in float32 without 1 - exp's cancellation
+    (a series where t · log(beta) is small: the first steps, beta2 = 0.999)."""
+    x = t * log_beta
+    series = -x * (1 + x * (0.5 + x * (1 / 6 + x * (1 / 24 + x * (1 / 120 + x / 720)))))
+    return tl.where(x > -0.1, series, 1 - tl.exp(x))
+
+
+@triton.jit
 def _update_kernel(param, exp_avg, exp_avg_sq, sums, owner, step, rows, n, d, stride,
-                   lr, beta1, beta2, eps, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+                   lr, c1, c2, log_beta1, log_beta2, eps, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
     r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     live = r < n
     row = tl.load(rows + r, mask=live, other=0).to(tl.int64)
@@ -44,18 +55,23 @@ def _update_kernel(param, exp_avg, exp_avg_sq, sums, owner, step, rows, n, d, st
     g = tl.load(acc, mask=cells, other=0.0)
     t = tl.load(step)
     # lr · sqrt(1 - beta2^t) / (1 - beta1^t), SparseAdam's step size, from the device's step count.
-    step_size = lr * tl.sqrt(1.0 - tl.exp(t * tl.log(beta2))) / (1.0 - tl.exp(t * tl.log(beta1)))
+    step_size = lr * tl.sqrt(_one_minus_pow(t, log_beta2)) / _one_minus_pow(t, log_beta1)
     at = row[:, None] * stride + c[None, :]
     m = tl.load(exp_avg + at, mask=cells, other=0.0)
     v = tl.load(exp_avg_sq + at, mask=cells, other=0.0)
-    m = m + (1 - beta1) * (g - m)
-    v = beta2 * v + (1 - beta2) * (g * g)
+    m = m + c1 * (g - m)  # SparseAdam's forms; c = 1 - beta, formed in double on the host
+    v = v + c2 * (g * g - v)
     p = tl.load(param + at, mask=cells, other=0.0)
     tl.store(exp_avg + at, m, mask=cells)
     tl.store(exp_avg_sq + at, v, mask=cells)
     tl.store(param + at, p - step_size * (m / (tl.sqrt(v) + eps)), mask=cells)
     tl.store(acc, tl.zeros_like(g), mask=cells)
     tl.store(owner + row, tl.full([ROWS], -1, tl.int32), mask=mine)
+
+
+def _log(beta: float) -> float:
+    """log(beta) in double (log1p of beta - 1: exact near 1); beta = 0 gives -inf (beta^t = 0)."""
+    return math.log1p(beta - 1) if beta > 0 else float("-inf")
 
 
 def scratch(param: torch.Tensor):
@@ -77,4 +93,5 @@ def row_adam_(param, exp_avg, exp_avg_sq, sums, owner, step, rows, values, lr, b
                                                         ROWS=per, BLOCK_D=block_d)
     if n:
         _update_kernel[(triton.cdiv(n, per),)](param, exp_avg, exp_avg_sq, sums, owner, step, rows, n, d,
-                                               param.stride(0), lr, beta1, beta2, eps, ROWS=per, BLOCK_D=block_d)
+                                               param.stride(0), lr, 1.0 - beta1, 1.0 - beta2, _log(beta1),
+                                               _log(beta2), eps, ROWS=per, BLOCK_D=block_d)
