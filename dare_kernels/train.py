@@ -7,7 +7,8 @@
 
 Defaults follow the DARE paper's public code (batch 2048, 2 epochs, lr 0.01,
 embeddings N(0, 0.01), L2 1e-6 on the dense weights, not the embedding tables,
-not biases, every field d wide) but for the optimiser of the tables: their
+not biases, every field d wide; --init normal and --positions raw are the public
+code's initialisation and positions, not the defaults) but for the optimiser of the tables: their
 gradients are sparse rows and a lazy Adam updates only the rows a batch touched
 (--optimizer rows, the default on the CPU; --optimizer dense, the paper's Adam on every row, is the
 default on a GPU, where PyTorch's sparse tensors still cost more than the rows they save: see
@@ -18,7 +19,8 @@ behaviours, 19 training targets per user and a time-ordered validation (second
 to last) and test (last) target, 2 negatives per positive. --seed seeds the
 model (initialisation, batch order), --data-seed the data (generation,
 split, negatives; default: --seed); --seeds runs each seed and reports mean ±
-std. Progress is printed for people; the metrics go to a JSON file
+std. --data synthetic defaults to data that learn on a laptop CPU in seconds
+(3000 users x 20 impressions, histories up to 300, batch 512). Progress is printed for people; the metrics go to a JSON file
 (--metrics-json; default under the system's temporary directory). AMP (bf16)
 on GPU, DistributedDataParallel under torchrun, checkpoint save/resume.
 """
@@ -129,10 +131,40 @@ def build_model(args, data: Interactions):
     if args.d_att is not None and not cls.uses_d_att:
         warnings.warn(f"--d-att {args.d_att} is not used by --model {args.model} (its attention width is --d-rep)")
     d_att = 16 if args.d_att is None else args.d_att
+    if args.position_cap is not None and args.position_cap < 1:
+        raise ValueError(f"--position-cap must be a positive number of positions, got {args.position_cap}")
+    if args.position_cap is not None and args.positions != "raw":
+        raise ValueError(f"--position-cap applies to --positions raw only (got --positions {args.positions})")
+    if args.identity_maps and args.model != "twin_proj":
+        raise ValueError(f"--identity-maps applies to --model twin_proj only (got --model {args.model})")
+    extra = {"identity_maps": True} if args.identity_maps else {}
     return LongSequenceCTR(args.model, data.n_items, data.n_cats, data.history_len, d_att=d_att,
                            d_rep=args.d_rep, k=args.k, widths=args.widths, search_backend=args.backend,
                            embedding_std=args.embedding_std, aux_loss=args.aux_loss,
-                           sparse_grad=args.optimizer != "dense")
+                           sparse_grad=args.optimizer != "dense", positions=args.positions,
+                           position_cap=2000 if args.position_cap is None else args.position_cap,
+                           init=args.init, **extra)
+
+
+def model_line(args, model) -> str:
+    """What was built, with how the widths came from the flags: a key is three
+    fields wide (item, category, position), so --d-att 16 with --widths field
+    is a 48-wide attention key."""
+    def width(role, widths, flag):
+        value = getattr(args, flag[2:].replace("-", "_"))
+        value = 16 if value is None else value  # --d-att's default
+        how = (f"--widths field: every field {flag} {value} wide" if args.widths == "field"
+               else f"--widths split: {flag} {value} divided among the fields")
+        return (f"{role} {sum(widths)} wide (item {widths[0]} + category {widths[1]} + position {widths[2]}; "
+                f"{how})")
+    shared = not type(model).uses_d_att
+    att = width("attention" + (" (the shared tables)" if shared else ""), model.att_widths,
+                "--d-rep" if shared else "--d-att")
+    options = f"{args.positions} positions" + (f" (cap {model.position_cap})" if args.positions == "raw" else "")
+    options += f", {args.init} init" + (", identity maps" if args.identity_maps else "")
+    return (f"model: {args.model}: {att}; {width('representation', model.rep_widths, '--d-rep')}; "
+            f"the search reads {model.d_search}-wide rows; {options}; "
+            f"{sum(p.numel() for p in model.parameters())} parameters")
 
 
 def default_optimizer(device: torch.device) -> str:
@@ -154,12 +186,12 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     and there is one (None and False defaults say nothing)."""
 
     def _get_help_string(self, action):
-        if "default" in (action.help or "") or action.default in (None, False, argparse.SUPPRESS):
+        if "default" in (action.help or "") or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
             return action.help
         return super()._get_help_string(action)
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dare_kernels.train", description=__doc__.split("\n\n")[0],
                                 formatter_class=_HelpFormatter)
     models = "; ".join(f"{n}: {MODEL_HELP.get(n, MODELS[n].__doc__.splitlines()[0])}" for n in MODELS)
@@ -175,11 +207,26 @@ def parse_args(argv=None):
                    help="add the public code's auxiliary loss (a second head on softmax attention over all "
                         "behaviours: builds the B x L scores)")
     g.add_argument("--embedding-std", type=float, default=0.01, help="embedding tables' N(0, std) init")
+    g.add_argument("--init", choices=["torch", "normal"], default="torch",
+                   help="initialisation of every parameter but the tables: torch (PyTorch's own; the default) or "
+                        "normal (every non-bias parameter, Linear weights, BatchNorm scales and PReLU slopes "
+                        "included, from N(0, 0.01), as the authors' public code)")
+    g.add_argument("--positions", choices=["log", "raw"], default="log",
+                   help="position field: log (the distance to the target log-bucketed, 1 + floor(2 log2 "
+                        "distance); the default) or raw (one table row per distance up to --position-cap, as "
+                        "the authors' public code)")
+    g.add_argument("--position-cap", type=int,
+                   help="with --positions raw: the farthest distance with a row of its own; farther behaviours "
+                        "share it (default 2000, the public code's table)")
+    g.add_argument("--identity-maps", action="store_true",
+                   help="twin_proj: start the query, key, target and value maps at the identity (the model "
+                        "starts as TWIN) instead of --init's random maps")
     g = p.add_argument_group("data")
     g.add_argument("--data", default="synthetic", help="synthetic | taobao:PATH | tmall:PATH")
-    g.add_argument("--max-len", type=int, help="history length kept (up to 10000+; default 1000)")
-    g.add_argument("--users", type=int, help="synthetic: number of users (default 5000)")
-    g.add_argument("--targets", type=int, help="synthetic: impressions per user (default 4)")
+    g.add_argument("--max-len", type=int,
+                   help="history length kept (up to 10000+; default 1000 on public data, 300 on synthetic)")
+    g.add_argument("--users", type=int, help="synthetic: number of users (default 3000)")
+    g.add_argument("--targets", type=int, help="synthetic: impressions per user (default 20)")
     g.add_argument("--items", type=int, help="synthetic: number of items (default 5000)")
     g.add_argument("--categories", type=int, help="synthetic: number of categories (default 100)")
     g.add_argument("--task", choices=["category", "conflict"],
@@ -201,7 +248,9 @@ def parse_args(argv=None):
                         "sparse_adam: the same with torch.optim.SparseAdam; dense: Adam on every row of every "
                         "table each step (the paper's setting; untouched rows keep moving on their momentum); "
                         "auto (default): rows on the CPU, dense on a GPU (where the sparse step measured slower)")
-    g.add_argument("--batch-size", type=int, default=2048, help="training impressions per step (per process)")
+    g.add_argument("--batch-size", type=int,
+                   help="training impressions per step (per process) (default 2048, the paper's; 512 with --data "
+                        "synthetic, whose generated data are ~100x smaller than Taobao's)")
     g.add_argument("--epochs", type=float, default=2, help="passes over the training impressions")
     g.add_argument("--steps", type=int, help="train this many steps instead of --epochs")
     g.add_argument("--l2", type=float, default=1e-6, help="L2 penalty on the dense weights")
@@ -212,7 +261,7 @@ def parse_args(argv=None):
     g.add_argument("--seed", type=int, default=0, help="model seed (initialisation, batch order)")
     g.add_argument("--seeds", type=int, nargs="+", help="run once per model seed; report mean ± std")
     g.add_argument("--checkpoint", help="save here (and resume from here with --resume)")
-    g.add_argument("--resume", action="store_true")
+    g.add_argument("--resume", action="store_true", help="continue the run saved in --checkpoint (if it exists)")
     g = p.add_argument_group("run")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu, cuda or cuda:N (default: cuda when a GPU is present, else cpu)")
@@ -221,7 +270,15 @@ def parse_args(argv=None):
     g.add_argument("--metrics-json", help="write the metrics here (default: a new file under "
                                           f"{os.path.join(tempfile.gettempdir(), RUNS_FOLDER)})")
     g.add_argument("--quiet", action="store_true", help="print nothing but warnings and errors")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.batch_size is None:  # the data's default: 2048 (the paper's), 512 on the small synthetic data
+        name = args.data.partition(":")[0]
+        args.batch_size = LOADERS[name].batch_size if name in LOADERS else 2048
+    return args
 
 
 def _say(args, rank, *lines):
@@ -247,15 +304,8 @@ def train_one(args, seed: int, world: int, rank: int, device) -> dict:
         raise ValueError(f"{len(train)} training impressions do not fill one batch of {args.batch_size}"
                          f"{f' per process ({world})' if world > 1 else ''}: lower --batch-size")
     total = args.steps if args.steps is not None else max(1, int(round(args.epochs * per_epoch)))
-    def widths_text(name, widths):
-        return f"{name} {sum(widths)}" + (f" ({' + '.join(map(str, widths))}: item, category, position)"
-                                         if len(set(widths)) > 1 or args.widths == "field" else "")
-
-    _say(args, rank, f"model: {args.model} ({widths_text('d_att', model.att_widths)}, {widths_text('d_rep', model.rep_widths)}, "
-                     f"search reads "
-                     f"{model.d_search}-wide rows), {sum(p.numel() for p in model.parameters())} parameters; "
-                     f"{total} steps of {args.batch_size} ({per_epoch} per epoch), model seed {seed}, "
-                     f"data seed {data_seed}")
+    _say(args, rank, model_line(args, model), f"  {total} steps of {args.batch_size} ({per_epoch} per epoch), "
+                                               f"model seed {seed}, data seed {data_seed}")
     step, history, best, stale = 0, [], {"step": None, "auc": -math.inf, "state": None, "validation": None}, 0
     if args.resume and args.checkpoint and os.path.exists(args.checkpoint):
         state = torch.load(args.checkpoint, map_location=device, weights_only=False)
@@ -339,7 +389,9 @@ def train_one(args, seed: int, world: int, rank: int, device) -> dict:
     return {"seed": seed, "data_seed": data_seed, "device": str(device), "seconds": seconds,
             "train_ms_per_step": 1e3 * train_seconds / max(1, steps_run),
             "model": {"variant": args.model, "d_att": model.d_att, "d_rep": model.d_rep, "d_search": model.d_search,
-                      "att_widths": list(model.att_widths), "rep_widths": list(model.rep_widths)},
+                      "att_widths": list(model.att_widths), "rep_widths": list(model.rep_widths),
+                      "positions": model.position_mode, "position_rows": model.n_pos, "init": model.init_mode,
+                      "identity_maps": bool(getattr(model, "identity_maps", False))},
             "data": {"description": data.description, "impressions": len(data),
                      "split": {"train": len(train), "validation": len(valid), "test": len(test)},
                      "history_len": data.history_len, "n_items": data.n_items, "n_cats": data.n_cats},

@@ -487,3 +487,137 @@ def test_table_cast_keeps_sparse_gradients():
     assert g.to_dense()[1].tolist() == [2.0] * 3 and g.to_dense()[4].tolist() == [1.0] * 3
     (g,) = torch.autograd.grad(_Cast.apply(table, torch.bfloat16), table, torch.ones(6, 3, dtype=torch.bfloat16))
     assert not g.is_sparse and g.dtype == torch.float32 and torch.all(g == 1)
+
+
+def test_raw_positions(seed):
+    """positions="raw": one row per distance up to position_cap (the public code's), the
+    farther ones sharing the last; the search is still the exact top-k of the keys."""
+    data, batch = _batch(seed, max_len=60)
+    m = LongSequenceCTR("dare", data.n_items, data.n_cats, 60, d_att=8, d_rep=8, k=8, positions="raw",
+                        position_cap=40, embedding_std=0.3)
+    assert m.n_pos == 41 and m.att.pos.weight.shape[0] == 41 and m.position_mode == "raw"
+    assert torch.equal(m.positions(60, "cpu"), torch.arange(1, 61).clamp(max=40))
+    assert dare_kernels.models.dare.raw_positions(5, 3).tolist() == [1, 2, 3, 3, 3]
+    # Uncapped (cap above max_len): max_len + 1 rows, distance j + 1 for behaviour j.
+    full = LongSequenceCTR("twin", data.n_items, data.n_cats, 60, d_rep=8, k=8, positions="raw")
+    assert full.n_pos == 61 and torch.equal(full.positions(60, "cpu"), torch.arange(1, 61))
+    assert LongSequenceCTR("dare", 50, 5, 60, d_att=8, d_rep=8).n_pos == 13  # log buckets (default)
+    with torch.no_grad():
+        query, keys, lengths, pos = m.search_inputs(batch)
+        assert torch.equal(pos[0], m.positions(keys.shape[1], "cpu"))
+        stage = m.search_stage(batch)
+        explicit = dare_kernels.topk_attention(query, keys, 8, lengths=lengths)
+        logits = m(batch)[0]
+    torch.testing.assert_close(stage[0], explicit[0], atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(logits).all()
+    with pytest.raises(ValueError, match=r"positions must be one of \('log', 'raw'\), got 'linear'"):
+        LongSequenceCTR("dare", 50, 5, 60, positions="linear")
+    for cap in (0, 2.5, True):
+        with pytest.raises(ValueError, match="position_cap must be a positive int"):
+            LongSequenceCTR("dare", 50, 5, 60, positions="raw", position_cap=cap)
+
+
+def test_normal_init():
+    """init="normal": every non-bias parameter but the tables from N(0, 0.01) (the public
+    code's), biases and tables as before; "torch" (default) keeps PyTorch's."""
+    torch.manual_seed(0)
+    m = LongSequenceCTR("twin_proj", 5000, 50, 60, d_rep=64, widths="field", init="normal", aux_loss=True)
+    torch.manual_seed(0)
+    default = LongSequenceCTR("twin_proj", 5000, 50, 60, d_rep=64, widths="field", aux_loss=True)
+    assert m.init_mode == "normal" and default.init_mode == "torch"
+    tables = {id(t) for t in m.table_parameters()}
+    checked = set()
+    for (name, p), (_, q) in zip(m.named_parameters(), default.named_parameters()):
+        is_table, p, q = id(p) in tables, p.detach(), q.detach()
+        if is_table:
+            assert 0.009 < float(p[1:].std()) < 0.011, name  # embedding_std, as before
+        elif name.endswith("bias"):
+            assert torch.equal(p, q), name  # PyTorch's
+        else:
+            checked.add(type(m.get_submodule(name.rsplit(".", 1)[0])).__name__)
+            assert float(p.abs().max()) < 0.07 and not torch.equal(p, q), name
+            if p.numel() >= 1000:
+                assert 0.009 < float(p.std()) < 0.011, name
+    assert checked == {"Linear", "BatchNorm1d", "PReLU"}
+    assert torch.all(default.mlp[0].weight == 1) and torch.all(default.mlp[2].weight == 0.25)
+    with pytest.raises(ValueError, match=r"init must be one of \('torch', 'normal'\), got 'xavier'"):
+        LongSequenceCTR("dare", 50, 5, 60, init="xavier")
+
+
+def test_identity_maps_start_twin_proj_as_twin(seed):
+    """identity_maps=True: every square map is the identity, so with TWIN's tables and
+    MLP twin_proj computes TWIN's logits, search and gradients to the tables."""
+    data, batch = _batch(seed, max_len=60)
+    twin = LongSequenceCTR("twin", data.n_items, data.n_cats, 60, d_rep=8, k=8, widths="field", embedding_std=0.3)
+    proj = LongSequenceCTR("twin_proj", data.n_items, data.n_cats, 60, d_rep=8, k=8, widths="field",
+                           embedding_std=0.3, identity_maps=True, init="normal")
+    assert proj.identity_maps and all(torch.equal(m.weight, torch.eye(8)) for ms in
+                                      (proj.query_maps, proj.key_maps, proj.target_maps, proj.value_maps) for m in ms)
+    missing = proj.load_state_dict(twin.state_dict(), strict=False).missing_keys
+    assert missing and all(k.split(".")[0].endswith("_maps") for k in missing)
+    twin.eval(), proj.eval()
+    a, b = twin(batch), proj(batch)
+    torch.testing.assert_close(b[0], a[0])
+    assert torch.equal(b[2], a[2])
+    with pytest.raises(ValueError, match="identity_maps must be True or False"):
+        LongSequenceCTR("twin_proj", 50, 5, 60, identity_maps="yes")
+    with pytest.raises(TypeError):
+        LongSequenceCTR("twin", 50, 5, 60, identity_maps=True)
+
+
+def test_cli_positions_init_and_identity_maps(tmp_path, capsys):
+    out = tmp_path / "m.json"
+    r = train.main(_small("twin_proj") + ["--model", "twin_proj", "--positions", "raw", "--position-cap", "100",
+                                          "--init", "normal", "--identity-maps", "--steps", "3", "--metrics-json",
+                                          str(out)])
+    assert r["model"]["positions"] == "raw" and r["model"]["position_rows"] == 101
+    assert r["model"]["init"] == "normal" and r["model"]["identity_maps"]
+    assert json.loads(out.read_text())["args"]["positions"] == "raw"
+    args = train.parse_args(SMALL)
+    assert (args.positions, args.position_cap, args.init, args.identity_maps) == ("log", None, "torch", False)
+    with pytest.raises(ValueError, match="--position-cap applies to --positions raw only"):
+        train.build_model(train.parse_args(SMALL + ["--position-cap", "5"]), _batch(0, 40)[0])
+    with pytest.raises(ValueError, match="--position-cap must be a positive number of positions, got 0"):
+        train.build_model(train.parse_args(SMALL + ["--positions", "raw", "--position-cap", "0"]), _batch(0, 40)[0])
+    with pytest.raises(ValueError, match="--identity-maps applies to --model twin_proj only"):
+        train.build_model(train.parse_args(SMALL + ["--identity-maps"]), _batch(0, 40)[0])
+    for bad, accepted in ((["--positions", "linear"], "'log', 'raw'"), (["--init", "xavier"], "'torch', 'normal'")):
+        with pytest.raises(SystemExit):
+            train.parse_args(bad)
+        assert f"argument {bad[0]}: invalid choice: '{bad[1]}' (choose from {accepted})" in capsys.readouterr().err
+
+
+def test_help_gives_each_default_once(capsys):
+    """Every option has help; a default is stated once (never "(default: None)"), 0 included."""
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text and "(default 16; not used by twin and twin_proj)" in text
+    assert "model seed (initialisation, batch order) (default: 0)" in text
+    assert os.path.join(tempfile.gettempdir(), train.RUNS_FOLDER) in text
+    parser = train.build_parser()
+    formatter = train._HelpFormatter("python -m dare_kernels.train")
+    for action in parser._actions:
+        assert action.help, action.option_strings
+        help_text = formatter._get_help_string(action).replace("%(default)s", str(action.default))
+        assert help_text.count("default") <= 1, action.option_strings
+
+
+def test_synthetic_defaults_and_batch_size():
+    """--data synthetic defaults to data and a batch that learn on a CPU in seconds; public
+    data keep the paper's batch 2048; an explicit --batch-size wins."""
+    assert train.parse_args([]).batch_size == 512
+    assert train.parse_args(["--data", "taobao:x.csv"]).batch_size == 2048
+    assert train.parse_args(["--batch-size", "64"]).batch_size == 64
+    d = LOADERS["synthetic"].defaults
+    assert (d["users"], d["targets"], d["max_len"]) == (3000, 20, 300)
+
+
+def test_model_line_explains_the_widths(capsys):
+    train.main(["--steps", "1", "--users", "200", "--metrics-json", os.devnull, "--d-att", "16"])
+    line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("model:"))
+    assert "attention 48 wide (item 16 + category 16 + position 16; --widths field: every field --d-att 16 wide)" in line
+    train.main(["--steps", "1", "--users", "200", "--metrics-json", os.devnull, "--model", "twin", "--widths", "split",
+                "--d-rep", "32"])
+    line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("model:"))
+    assert "attention (the shared tables) 32 wide (item 16 + category 8 + position 8; --widths split: --d-rep 32" in line

@@ -4,8 +4,11 @@ TWIN baselines, with the search stage on torch.ops.dare.topk_attention_embedding
 building the (B, L, d) keys).
 
 A behaviour (and the target) has three fields: an item id, a category id and a
-relative position (distance to the target, log-bucketed; the target is
-position 0). Each field has an embedding table of its own width; a behaviour's
+relative position, the distance to the target (the target is position 0):
+`positions="log"` (default) buckets it, 1 + floor(2·log2(distance)), so a
+10,000-long history has 28 position rows; `positions="raw"` gives every
+distance up to `position_cap` (default 2000, as the authors' public code's
+2000-row table) its own row, farther ones sharing the last. Each field has an embedding table of its own width; a behaviour's
 embedding is [item | category | position]. Widths: `widths="field"` makes every
 field d wide (the paper's Table-1 setting and public code: d = 16 is a 48-wide
 key); `widths="split"` reads d as the key's total width, item d/2, category d/4,
@@ -81,6 +84,18 @@ def position_buckets(n: int, device=None) -> torch.Tensor:
 
 def num_position_buckets(max_len: int) -> int:
     return 2 + int(2 * math.log2(max(max_len, 1)))
+
+
+POSITIONS = ("log", "raw")
+INITS = ("torch", "normal")
+NORMAL_INIT_STD = 0.01  # init="normal": the public code's N(0, 0.01) of every non-bias parameter
+
+
+def raw_positions(n: int, cap: int, device=None) -> torch.Tensor:
+    """Row of behaviour j (0 = most recent) with positions="raw": its distance
+    j + 1 to the target, capped at `cap` (farther behaviours share row cap);
+    the target is row 0."""
+    return torch.arange(1, n + 1, device=device).clamp(max=cap)
 
 
 def field_widths(d: Widths, widths: str = "split") -> Tuple[int, int, int]:
@@ -195,7 +210,12 @@ class SearchCTR(nn.Module):
 
     Options: d_att, d_rep (int or (item, category, position) widths), widths
     ("split" or "field", how an int is read), k, search_backend, embedding_std
-    (the tables' N(0, std) init; 0.01 as the public code), aux_loss (the
+    (the tables' N(0, std) init; 0.01 as the public code), positions ("log":
+    log-bucketed distances, default; "raw": one row per distance up to
+    position_cap, the public code's), init ("torch": PyTorch's initialisation
+    of the dense weights, default; "normal": every non-bias parameter but the
+    tables, Linear weights, BatchNorm scales and PReLU slopes included, drawn
+    from N(0, 0.01), the public code's), aux_loss (the
     auxiliary head over full attention), sparse_grad (default True: every
     embedding table's gradient holds only the rows the batch touched, sparse COO
     tensors for torch.optim.SparseAdam or RowAdam: on a GPU one entry per lookup
@@ -207,9 +227,18 @@ class SearchCTR(nn.Module):
 
     def __init__(self, n_items: int, n_cats: int, max_len: int, *, d_att: Widths = 16, d_rep: Widths = 128,
                  k: int = 64, widths: str = "split", search_backend: Optional[str] = None,
-                 embedding_std: float = 0.01, aux_loss: bool = False, sparse_grad: bool = True):
+                 embedding_std: float = 0.01, aux_loss: bool = False, sparse_grad: bool = True,
+                 positions: str = "log", position_cap: int = 2000, init: str = "torch"):
         super().__init__()
-        self.n_items, self.n_cats, self.n_pos, self.std = n_items, n_cats, num_position_buckets(max_len), embedding_std
+        if positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+        if isinstance(position_cap, bool) or not isinstance(position_cap, int) or position_cap < 1:
+            raise ValueError(f"position_cap must be a positive int, got {position_cap!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        self.position_mode, self.position_cap, self.init_mode = positions, position_cap, init
+        n_pos = num_position_buckets(max_len) if positions == "log" else min(max(max_len, 1), position_cap) + 1
+        self.n_items, self.n_cats, self.n_pos, self.std = n_items, n_cats, n_pos, embedding_std
         self.sparse_grad = sparse_grad
         rep_widths = field_widths(d_rep, widths)
         self.rep = self.tables_of(rep_widths)
@@ -225,6 +254,18 @@ class SearchCTR(nn.Module):
         self.search = HardSearch(k, scale=1.0, sparse=sparse_grad, backend=search_backend)
         self.mlp = _head(3 * self.d_rep)
         self.aux_head = _head(3 * self.d_rep, (200,)) if aux_loss else None
+        if init == "normal":
+            self.normal_init_(NORMAL_INIT_STD)
+
+    @torch.no_grad()
+    def normal_init_(self, std: float = NORMAL_INIT_STD):
+        """The public code's initialisation of everything but the tables: every
+        non-bias parameter (Linear weights, the square maps, BatchNorm scales,
+        PReLU slopes) from N(0, std); biases keep PyTorch's."""
+        tables = {id(t) for t in self.table_parameters()}
+        for name, p in self.named_parameters():
+            if id(p) not in tables and not name.endswith("bias"):
+                p.normal_(0.0, std)
 
     def tables_of(self, widths) -> FieldEmbeddings:
         return FieldEmbeddings(self.n_items, self.n_cats, self.n_pos, widths, self.std, self.sparse_grad)
@@ -252,11 +293,14 @@ class SearchCTR(nn.Module):
         return self.score_scales
 
     def positions(self, L: int, device) -> torch.Tensor:
-        """position_buckets(L) on `device`, computed once per length."""
+        """The position rows of L behaviours (position_buckets(L), or
+        raw_positions(L, position_cap) with positions="raw") on `device`,
+        computed once per length."""
         cache = self.__dict__.setdefault("_positions", {})
         key = (L, torch.device(device))
         if key not in cache:
-            cache[key] = position_buckets(L, device)
+            cache[key] = position_buckets(L, device) if self.position_mode == "log" else \
+                raw_positions(L, self.position_cap, device)
         return cache[key]
 
     def _query(self, batch: dict):
@@ -395,7 +439,24 @@ def _square_maps(widths):
 @register("twin_proj")
 class TWINProjection(TWIN):
     """The paper's TWIN with projection: shared tables; per field, square maps
-    (no bias) for the query, the key, the target representation and the value."""
+    (no bias) for the query, the key, the target representation and the value.
+    identity_maps=True starts every map at the identity (the model starts as
+    TWIN); default: the maps keep the `init` option's initialisation. (The
+    authors' public script for this baseline, scripts/taobao.sh's `-model_name
+    projection -mlp_position_after_concat`, maps the concatenated [item |
+    category | position] with one d -> d Linear, with bias, per role instead;
+    that form is not implemented here.)"""
+
+    def __init__(self, *args, identity_maps: bool = False, **options):
+        super().__init__(*args, **options)
+        if not isinstance(identity_maps, bool):
+            raise ValueError(f"identity_maps must be True or False, got {identity_maps!r}")
+        self.identity_maps = identity_maps
+        if identity_maps:
+            with torch.no_grad():
+                for maps in (self.query_maps, self.key_maps, self.target_maps, self.value_maps):
+                    for m in maps:
+                        m.weight.copy_(torch.eye(m.weight.shape[0]))
 
     def build(self, att_widths, rep_widths):
         self.query_maps, self.key_maps = _square_maps(rep_widths), _square_maps(rep_widths)
@@ -470,7 +531,8 @@ class TWIN4E(DARE):
 
 def LongSequenceCTR(variant: str, n_items: int, n_cats: int, max_len: int, **options) -> SearchCTR:
     """The registered variant MODELS[variant]; options as SearchCTR's (d_att,
-    d_rep, k, widths, search_backend, embedding_std, aux_loss)."""
+    d_rep, k, widths, search_backend, embedding_std, aux_loss, sparse_grad,
+    positions, position_cap, init) and, for twin_proj, identity_maps."""
     if variant not in MODELS:
         raise ValueError(f"variant must be one of {tuple(MODELS)}, got {variant!r}")
     return MODELS[variant](n_items, n_cats, max_len, **options)
