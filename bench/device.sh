@@ -34,11 +34,11 @@ if [ -n "${TRAIN:-}" ]; then
   # The reference models on the GPU: AMP, each variant, then DDP through torchrun.
   for cfg in "dare 16" "twin 128" "twin_proj 16"; do
     set -- $cfg
-    python3 -m dare_kernels.train --model $1 --d-att $2 --amp --users 20000 --max-len 2000 --k 64 \
+    python3 -m dare_kernels.train --model $1 --d-att $2 --amp --users 20000 --targets 4 --max-len 2000 --k 64 \
       --batch-size 512 --steps 300 --eval-every 300 --quiet --metrics-json "$OUT/train.json" > "$OUT/train.tmp" 2>&1
     summary "train $1 d_att=$2 (H200, AMP) rc=$? $(python3 -c "import json; r=json.load(open('$OUT/train.json')); print(round(r['seconds'],1), 's', {k: round(v, 4) for k, v in r['test'].items()})" 2>&1 | tail -1)"
   done
-  torchrun --standalone --nproc-per-node 1 -m dare_kernels.train --model dare --amp --users 5000 --max-len 1000 \
+  torchrun --standalone --nproc-per-node 1 -m dare_kernels.train --model dare --amp --users 5000 --targets 4 --max-len 1000 --batch-size 2048 \
     --steps 50 --eval-every 50 --quiet > "$OUT/train.tmp" 2>&1
   summary "torchrun DDP x1 rc=$? $(tail -1 "$OUT/train.tmp")"
   rm -f "$OUT/train.tmp" "$OUT/train.json"
