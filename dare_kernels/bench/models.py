@@ -83,8 +83,7 @@ def step_phases(model, opt, batch: dict, device: torch.device) -> dict:
     def representation():
         model.zero_grad(set_to_none=True)
         items, cats = batch["history_items"], batch["history_cats"]
-        from ..models.dare import position_buckets
-        pos = position_buckets(items.shape[1], device)
+        pos = model.positions(items.shape[1], device)
         with autocast:
             rep = model.representation(items.gather(1, idx), cats.gather(1, idx), pos[idx])
             target_pos = torch.zeros_like(batch["target_item"])
