@@ -29,11 +29,20 @@ def skip_unless_compiled(device):
         pytest.skip(why)
 
 
-def skip_unless_available(backend, device, dtype, large=False, layout="padded"):
+# The heaviest samples under the Triton interpreter (10-26 s a case): they run padded and
+# jagged there; "mask" and "left" are the masked-load path the light samples run.
+INTERPRETER_TWO_LAYOUTS = frozenset({"targets_mma", "targets_mma_exact", "duplicates_targets", "emb_duplicates"})
+
+
+def skip_unless_available(backend, device, dtype, large=False, layout="padded", name=None, backward=False):
     """Skips unless `backend` runs on `device`; the Triton interpreter (CPU tensors)
     has no bfloat16 and is too slow for the large samples, and runs the other
     layouts in float32 only (each layout is one address computation, not a dtype
-    path: float16 would add minutes of interpretation and no code)."""
+    path: float16 would add minutes of interpretation and no code), the samples of
+    INTERPRETER_TWO_LAYOUTS (`name`) padded and jagged only, and a gradient test
+    (`backward`) padded in float32 only: on CPU tensors the backward is the shared
+    compiled op, the same for every backend, so the other cases would interpret the
+    Triton forward again for no backward code."""
     from dare_kernels.ops import backend_status
     why = backend_status(backend, device)
     if why is not None:
@@ -45,6 +54,10 @@ def skip_unless_available(backend, device, dtype, large=False, layout="padded"):
             pytest.skip("too large for the Triton interpreter")
         if layout != "padded" and dtype != torch.float32:
             pytest.skip("other layouts run in float32 under the Triton interpreter")
+        if name in INTERPRETER_TWO_LAYOUTS and layout in ("mask", "left"):
+            pytest.skip("a heavy sample: padded and jagged only under the Triton interpreter")
+        if backward and (layout != "padded" or dtype != torch.float32):
+            pytest.skip("the backward is the shared op's: padded float32 only under the Triton interpreter")
 
 
 NO_GPU_NOTE = ("no CUDA device here: the tests of the CUDA and Triton backends on GPU tensors skip or are not "

@@ -20,7 +20,7 @@ from samples import DTYPES, LAYOUTS, SAMPLES, sample_input
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", dare_kernels.BACKENDS)
 def test_matches_reference(backend, device, dtype, name, layout, seed):
-    skip_unless_available(backend, device, dtype, SAMPLES[name][1], layout)
+    skip_unless_available(backend, device, dtype, SAMPLES[name][1], layout, name=name)
     s = sample_input(name, dtype, device, seed, layout)
     out = dare_kernels.topk_attention(s.query, s.keys, s.k, **s.kwargs(), backend=backend)
     assert_matches_reference(out, s)
@@ -42,7 +42,7 @@ def test_fp8_keys_match_reference(backend, device, name, layout, seed):
     if interpreted and name == "nan_inf":
         pytest.skip("the Triton interpreter reads fp8 NaN as a number")
     qdtype = torch.float32 if interpreted else torch.bfloat16  # the interpreter has no bfloat16
-    skip_unless_available(backend, device, qdtype, SAMPLES[name][1], layout)
+    skip_unless_available(backend, device, qdtype, SAMPLES[name][1], layout, name=name)
     s = sample_input(name, qdtype, device, seed, layout)
     s.keys = s.keys.to(torch.float8_e4m3fn)  # the oracle scores these rounded keys, exactly representable
     out = dare_kernels.topk_attention(s.query, s.keys, s.k, **s.kwargs(), backend=backend)
@@ -138,7 +138,7 @@ def test_torch_compile_fullgraph(device, seed):
 @pytest.mark.parametrize("backend", dare_kernels.BACKENDS)
 def test_gradients_match_reference(backend, device, name, layout, seed):
     """In every layout: the NaN keys of positions that take no part get zero gradients."""
-    skip_unless_available(backend, device, torch.float32, SAMPLES[name][1], layout)
+    skip_unless_available(backend, device, torch.float32, SAMPLES[name][1], layout, name=name, backward=True)
     s = sample_input(name, torch.float32, device, seed, layout)
     q = s.query.clone().requires_grad_()
     K = s.keys.clone().requires_grad_()

@@ -21,7 +21,7 @@ from samples import DTYPES, EMBEDDING_SAMPLES, LAYOUTS, embedding_input
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", dare_kernels.BACKENDS)
 def test_matches_reference(backend, device, dtype, name, layout, seed):
-    skip_unless_available(backend, device, dtype, EMBEDDING_SAMPLES[name], layout)
+    skip_unless_available(backend, device, dtype, EMBEDDING_SAMPLES[name], layout, name=name)
     e = embedding_input(name, dtype, device, seed, layout)
     out = dare_kernels.topk_attention_embedding(e.query, e.tables, e.ids, e.k, **e.kwargs(), backend=backend)
     assert_matches_reference(out, e.as_sample())
@@ -160,7 +160,7 @@ def test_gradients_match_reference(backend, device, name, layout, seed):
     """Query and table gradients equal the float64 reference's through an
     explicit lookup; duplicate ids among the selected accumulate; in every
     layout (out-of-range ids of positions that take no part reach no row)."""
-    skip_unless_available(backend, device, torch.float32, EMBEDDING_SAMPLES[name], layout)
+    skip_unless_available(backend, device, torch.float32, EMBEDDING_SAMPLES[name], layout, name=name, backward=True)
     e = embedding_input(name, torch.float32, device, seed, layout)
     q = e.query.clone().requires_grad_()
     tables = [t.clone().requires_grad_() for t in e.tables]
@@ -203,7 +203,7 @@ def test_sparse_gradients_match_reference(backend, device, dtype, name, layout, 
     rows the real selected positions point at,
     equal to the float64 reference's dense gradient (duplicate ids summed in
     float32, rounded once), and to this backend's own dense gradient."""
-    skip_unless_available(backend, device, dtype, EMBEDDING_SAMPLES[name], layout)
+    skip_unless_available(backend, device, dtype, EMBEDDING_SAMPLES[name], layout, name=name, backward=True)
     e = embedding_input(name, dtype, device, seed, layout)
     g = None
     grads = {}
@@ -241,7 +241,7 @@ def test_sparse_gradients_match_reference(backend, device, dtype, name, layout, 
 def test_table_gradients_accumulate_in_float32(backend, device, dtype, sparse):
     """A 16-bit row selected 400 times with upstream 0.1 gets 40 (float32 sums,
     rounded once), not 32 (the sum stalls in bfloat16)."""
-    skip_unless_available(backend, device, dtype)
+    skip_unless_available(backend, device, dtype, backward=True)
     L = 400
     query = torch.ones(1, 2, dtype=dtype, device=device)
     table = torch.ones(3, 2, dtype=dtype, device=device, requires_grad=True)
