@@ -167,3 +167,45 @@ def test_train_cli_optimizer_default_by_device():
     from dare_kernels.train import default_optimizer
     assert default_optimizer(torch.device("cpu")) == "rows"
     assert default_optimizer(torch.device("cuda", 0)) == "dense"
+
+
+def test_triton_model_step_as_on_a_gpu(seed, monkeypatch):
+    """The GPU's training step, run on the CPU under the Triton interpreter: the
+    search's per-slot sparse gradients (_contract.per_slot forced on, the backward
+    formula), the lookups' per-id rows and the two-launch Triton RowAdam give
+    SparseAdam's step on the coalesced gradients."""
+    from dare_kernels import _contract, triton_backend
+    if triton_backend.unavailable("cpu") is not None:
+        pytest.skip(triton_backend.unavailable("cpu"))
+    torch.manual_seed(seed)
+    L, B = 30, 5
+    model = LongSequenceCTR("dare", 200, 12, L, d_att=8, d_rep=8, k=6, widths="field")
+    g = torch.Generator().manual_seed(seed)
+    batch = {"history_items": torch.randint(1, 201, (B, L), generator=g),
+             "history_cats": torch.randint(1, 13, (B, L), generator=g),
+             "lengths": torch.tensor([L, 3, 0, 17, 6]),  # short rows: padding slots
+             "target_item": torch.randint(1, 201, (B,), generator=g),
+             "target_cat": torch.randint(1, 13, (B,), generator=g),
+             "label": torch.randint(0, 2, (B,), generator=g).float()}
+    states, slots = {}, {}
+    for kind in ("gpu_path", "sparse_adam"):
+        m = LongSequenceCTR("dare", 200, 12, L, d_att=8, d_rep=8, k=6, widths="field")
+        m.load_state_dict(model.state_dict())
+        opt = ModelOptimizer(m, 0.01, "sparse_adam")
+        if kind == "gpu_path":
+            monkeypatch.setattr(_contract, "per_slot", lambda device: True)
+            monkeypatch.setattr(_contract._library, "loaded", False)  # the formula, not the CPU's C++ op
+            opt.optimizers[1] = RowAdam(m.table_parameters(), lr=0.01, fused=True)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(m(batch)[0], batch["label"])
+        opt.zero_grad()
+        loss.backward()
+        slots[kind] = [t.grad.is_coalesced() for t in m.att.tables()]
+        if kind == "sparse_adam":
+            for t in m.table_parameters():
+                t.grad = t.grad.coalesce()
+        opt.step()
+        monkeypatch.undo()
+        states[kind] = m.state_dict()
+    assert not any(slots["gpu_path"])  # per-slot and per-id entries, summed by the optimiser
+    for name, value in states["gpu_path"].items():
+        torch.testing.assert_close(value, states["sparse_adam"][name], rtol=1e-5, atol=2e-6, msg=name)
