@@ -152,3 +152,14 @@ def test_fp8_suite_rows_name_their_keys(tmp_path):
     line = next(l for l in summary.splitlines() if l.startswith("| B=64"))
     assert "float32 query, float32 keys (fp8 columns: float8_e4m3fn keys)" in line
     assert "cpu on fp8 keys" in summary
+
+
+def test_models_argument():
+    """--models picks the reference models (TWIN-128 joins: every row is a ratio to it);
+    a bad value names the form expected."""
+    import argparse
+    from dare_kernels.bench.models import model_config
+    assert model_config("dare:16") == ("dare", 16) and model_config("twin:128") == ("twin", 128)
+    for bad in ("dare", "dare:x", "bert:16", "dare:2"):
+        with pytest.raises(argparse.ArgumentTypeError, match="VARIANT:D_ATT"):
+            model_config(bad)

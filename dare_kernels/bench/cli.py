@@ -69,6 +69,9 @@ def parse_args(argv=None):
     p.add_argument("--json", help="write the results here (e.g. bench/results/<device>.json)")
     p.add_argument("--plot", help="write a PNG plot here (needs matplotlib)")
     p.add_argument("--no-model", action="store_true", help="skip the reference models' rows")
+    p.add_argument("--models", nargs="+", type=models.model_config, metavar="VARIANT:D_ATT",
+                   help="the reference models to time, e.g. dare:16 twin:128 (default: "
+                        + " ".join(f"{v}:{d}" for v, d in models.MODEL_CONFIGS) + ")")
     p.add_argument("--no-ids", action="store_true", help="skip the search-from-ids rows")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)

@@ -4,6 +4,8 @@ each optimiser and the phases of the default step (see model_rows_for).
 bench/tools/profile_model.py profiles the same batch and step."""
 from __future__ import annotations
 
+import argparse
+
 import torch
 
 from .timing import say, time_call, time_graph
@@ -11,6 +13,15 @@ from .timing import say, time_call, time_graph
 MODEL_CONFIGS = [("twin", 128), ("dare", 64), ("dare", 32), ("dare", 16)]
 
 MODEL_ITEMS, MODEL_CATS = 1_000_000, 10_000
+
+
+def model_config(text: str):
+    """("dare", 16) from "dare:16" (the --models argument)."""
+    variant, _, d = text.partition(":")
+    if variant not in ("dare", "twin") or not d.isdigit() or int(d) < 4:
+        raise argparse.ArgumentTypeError(f"--models takes VARIANT:D_ATT with VARIANT dare or twin and D_ATT an "
+                                         f"int >= 4, e.g. dare:16 twin:128; got {text!r}")
+    return variant, int(d)
 
 
 def model_batch(device: torch.device, B: int, L: int, n_items: int, n_cats: int) -> dict:
@@ -120,7 +131,10 @@ def model_rows_for(device: torch.device, args) -> list:
     rows = []
     reps = max(5, args.reps // (2 if gpu else 10))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=gpu)
-    for variant, d_att in MODEL_CONFIGS:
+    configs = getattr(args, "models", None) or MODEL_CONFIGS
+    if not any(v == "twin" for v, _ in configs):  # every row is a ratio to TWIN's
+        configs = [("twin", 128), *configs]
+    for variant, d_att in configs:
         say(args, f"model {variant} d_att={d_att}: search stage, inference, training step, phases")
         model = LongSequenceCTR(variant, n_items, n_cats, L, d_att=d_att, d_rep=128, k=args.k).to(device)
         row = {"model": variant, "d_att": model.d_att, "B": B, "L": L, "k": args.k}
