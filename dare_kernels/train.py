@@ -44,6 +44,7 @@ import torch.distributed as dist
 from . import metrics
 from .data import LOADERS, Interactions, batches, to_device
 from .models import MODELS, LongSequenceCTR
+from .models.dare import INITS, POSITIONS
 from .optim import ModelOptimizer
 
 RUNS_FOLDER = "dare-kernels-runs"  # under the temp directory; not the package's name: it would shadow it
@@ -207,11 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add the public code's auxiliary loss (a second head on softmax attention over all "
                         "behaviours: builds the B x L scores)")
     g.add_argument("--embedding-std", type=float, default=0.01, help="embedding tables' N(0, std) init")
-    g.add_argument("--init", choices=["torch", "normal"], default="torch",
+    g.add_argument("--init", choices=INITS, default="torch",
                    help="initialisation of every parameter but the tables: torch (PyTorch's own; the default) or "
                         "normal (every non-bias parameter, Linear weights, BatchNorm scales and PReLU slopes "
                         "included, from N(0, 0.01), as the authors' public code)")
-    g.add_argument("--positions", choices=["log", "raw"], default="log",
+    g.add_argument("--positions", choices=POSITIONS, default="log",
                    help="position field: log (the distance to the target log-bucketed, 1 + floor(2 log2 "
                         "distance); the default) or raw (one table row per distance up to --position-cap, as "
                         "the authors' public code)")
@@ -244,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=0.01, help="learning rate of every optimiser")
     g.add_argument("--optimizer", choices=["auto", "rows", "sparse_adam", "dense"], default="auto",
                    help="rows: the embedding tables take sparse row gradients and a lazy Adam (SparseAdam's update, "
-                        "written with index ops) moves only the rows a batch touched, Adam the dense weights; "
+                        "one call a table) moves only the rows a batch touched, Adam the dense weights; "
                         "sparse_adam: the same with torch.optim.SparseAdam; dense: Adam on every row of every "
                         "table each step (the paper's setting; untouched rows keep moving on their momentum); "
                         "auto (default): rows on the CPU, dense on a GPU (where the sparse step measured slower)")

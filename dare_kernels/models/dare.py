@@ -261,11 +261,9 @@ class SearchCTR(nn.Module):
     def normal_init_(self, std: float = NORMAL_INIT_STD):
         """The public code's initialisation of everything but the tables: every
         non-bias parameter (Linear weights, the square maps, BatchNorm scales,
-        PReLU slopes) from N(0, std); biases keep PyTorch's."""
-        tables = {id(t) for t in self.table_parameters()}
-        for name, p in self.named_parameters():
-            if id(p) not in tables and not name.endswith("bias"):
-                p.normal_(0.0, std)
+        PReLU slopes: dense_parameters()) from N(0, std); biases keep PyTorch's."""
+        for p in self.dense_parameters():
+            p.normal_(0.0, std)
 
     def tables_of(self, widths) -> FieldEmbeddings:
         return FieldEmbeddings(self.n_items, self.n_cats, self.n_pos, widths, self.std, self.sparse_grad)
