@@ -29,9 +29,15 @@ def skip_unless_compiled(device):
         pytest.skip(why)
 
 
-# The heaviest samples under the Triton interpreter (10-26 s a case): they run padded and
-# jagged there; "mask" and "left" are the masked-load path the light samples run.
-INTERPRETER_TWO_LAYOUTS = frozenset({"targets_mma", "targets_mma_exact", "duplicates_targets", "emb_duplicates"})
+# Samples built for the CUDA many-targets (MMA) kernel: the Triton backend scores each
+# target as a row of its own, the path "targets" runs, so under the interpreter (7-14 s
+# a case) targets_mma runs padded float32 alone. emb_duplicates (ties across tiles) runs
+# padded float32: other layouts and dtypes are the address and load code light samples run.
+INTERPRETER_MANY_TARGETS = frozenset({"targets_mma", "targets_mma_exact", "duplicates_targets"})
+INTERPRETER_HEAVY = INTERPRETER_MANY_TARGETS | {"emb_duplicates"}
+# A gradient test under the interpreter checks the Triton op's autograd wiring (on CPU
+# tensors the backward is the shared compiled op): one target and several.
+INTERPRETER_GRADIENT_SAMPLES = frozenset({"basic", "targets"})
 
 
 def skip_unless_available(backend, device, dtype, large=False, layout="padded", name=None, backward=False):
@@ -39,10 +45,9 @@ def skip_unless_available(backend, device, dtype, large=False, layout="padded", 
     has no bfloat16 and is too slow for the large samples, and runs the other
     layouts in float32 only (each layout is one address computation, not a dtype
     path: float16 would add minutes of interpretation and no code), the samples of
-    INTERPRETER_TWO_LAYOUTS (`name`) padded and jagged only, and a gradient test
-    (`backward`) padded in float32 only: on CPU tensors the backward is the shared
-    compiled op, the same for every backend, so the other cases would interpret the
-    Triton forward again for no backward code."""
+    INTERPRETER_HEAVY (`name`) padded float32 only, of INTERPRETER_MANY_TARGETS
+    targets_mma alone, and a gradient test (`backward`) padded float32 on
+    INTERPRETER_GRADIENT_SAMPLES."""
     from dare_kernels.ops import backend_status
     why = backend_status(backend, device)
     if why is not None:
@@ -54,10 +59,13 @@ def skip_unless_available(backend, device, dtype, large=False, layout="padded", 
             pytest.skip("too large for the Triton interpreter")
         if layout != "padded" and dtype != torch.float32:
             pytest.skip("other layouts run in float32 under the Triton interpreter")
-        if name in INTERPRETER_TWO_LAYOUTS and layout in ("mask", "left"):
-            pytest.skip("a heavy sample: padded and jagged only under the Triton interpreter")
-        if backward and (layout != "padded" or dtype != torch.float32):
-            pytest.skip("the backward is the shared op's: padded float32 only under the Triton interpreter")
+        if name in INTERPRETER_MANY_TARGETS and name != "targets_mma":
+            pytest.skip("a CUDA many-targets sample: Triton scores a target as a row (targets_mma runs it)")
+        if name in INTERPRETER_HEAVY and (layout, dtype) != ("padded", torch.float32):
+            pytest.skip("a heavy sample: padded float32 only under the Triton interpreter")
+        if backward and (layout != "padded" or dtype != torch.float32
+                         or (name is not None and name not in INTERPRETER_GRADIENT_SAMPLES)):
+            pytest.skip("the backward is the shared op's: its autograd wiring only under the Triton interpreter")
 
 
 NO_GPU_NOTE = ("no CUDA device here: the tests of the CUDA and Triton backends on GPU tensors skip or are not "

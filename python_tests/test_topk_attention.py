@@ -41,6 +41,8 @@ def test_fp8_keys_match_reference(backend, device, name, layout, seed):
     interpreted = backend == "triton" and device == "cpu"
     if interpreted and name == "nan_inf":
         pytest.skip("the Triton interpreter reads fp8 NaN as a number")
+    if interpreted and (layout != "padded" or name == "targets_mma"):
+        pytest.skip("fp8 keys change the load alone: padded single-target rows under the Triton interpreter")
     qdtype = torch.float32 if interpreted else torch.bfloat16  # the interpreter has no bfloat16
     skip_unless_available(backend, device, qdtype, SAMPLES[name][1], layout, name=name)
     s = sample_input(name, qdtype, device, seed, layout)
