@@ -188,3 +188,20 @@ def test_hash_codes_search_is_hamming_topk(g):
         assert torch.equal(hash_distance(scores[b, :m], bits), ref_dist[b, :m])
         assert torch.equal(idx[b, :m], order[b, :m])
         assert bool((idx[b, m:] == -1).all()) and bool(torch.isinf(hash_distance(scores[b, m:], bits)).all())
+
+
+def test_docs_weight_mapping_loads_twin_into_generic_layer(g):
+    """docs/layers.md's table: TWIN's W_q, W_h, W_v, W_o loaded into TopKMultiHeadAttention
+    (d_head = attention_dim / H, d_out = input_dim, bias=False) give the same outputs."""
+    B, L, D, A, H, k = 7, 30, 12, 16, 4, 6
+    twin = MultiHeadTopKAttention(D, 0, 4, A, k, H)
+    hd = A // H
+    mh = TopKMultiHeadAttention(k, D, D, H, d_head=hd, d_out=D, bias=False)
+    with torch.no_grad():
+        mh.q_proj.weight.copy_(twin.W_q.weight)
+        mh.key_weight.copy_(twin.W_h.weight.view(H, hd, D))
+        mh.value_weight.copy_(twin.W_v.weight.view(H, hd, D).transpose(1, 2))
+        mh.out_proj.weight.copy_(twin.W_o.weight)
+    mask = left_padded(B, L, k, g)
+    target, seq = torch.randn(B, D, generator=g), torch.randn(B, L, D, generator=g)
+    torch.testing.assert_close(mh(target, seq, mask=mask > 0).output, twin(target, seq, mask), atol=1e-5, rtol=1e-5)
