@@ -137,7 +137,7 @@ def topk_search(query: torch.Tensor, keys: Optional[torch.Tensor], k: int, *,
                 ids: Optional[Sequence[torch.Tensor]] = None,
                 mask: Optional[torch.Tensor] = None, lengths: Optional[torch.Tensor] = None,
                 offsets: Optional[torch.Tensor] = None, mask_layout: str = "any", scale: float = 1.0,
-                sparse: bool = False, backend: Optional[str] = None):
+                sparse: bool = False, backend: Optional[str] = None, padding_score: Optional[float] = None):
     """``topk_attention`` (keys (B, L, d)) or ``topk_attention_embedding`` (keys=None,
     tables + ids) with the history in the caller's layout: a (B, L) bool validity
     mask (any pattern) and / or lengths, or jagged rows (offsets (B+1,), keys (N, d)
@@ -147,7 +147,13 @@ def topk_search(query: torch.Tensor, keys: Optional[torch.Tensor], k: int, *,
     the op's, checked by its checks with its messages. Returns (scores, indices) as
     the op's: positions in the row (jagged: from the row's start); scores are
     differentiable w.r.t. query and keys / tables (sparse: the tables' gradients as
-    sparse rows, the op's sparse=True; no effect with keys)."""
+    sparse rows, the op's sparse=True; no effect with keys).
+
+    padding_score: None (the default) excludes masked positions; a number makes them
+    compete as if each scored it (FuxiCTR's SIM multiplies its scores by the mask:
+    padding_score=0.0), so a valid position ranked below them is dropped where the
+    row's padding fills its slot. Padding still comes out as index -1 (score -inf),
+    behind the kept positions; a valid score equal to padding_score ranks first."""
     check_mask_layout(mask_layout)
     if (keys is None) == (tables is None):
         raise ValueError("give keys, or tables and ids (not both)")
@@ -155,6 +161,9 @@ def topk_search(query: torch.Tensor, keys: Optional[torch.Tensor], k: int, *,
         raise ValueError("tables need ids")
     if offsets is not None and (mask is not None or lengths is not None):
         raise ValueError("jagged rows (offsets) take no mask or lengths")
+    if padding_score is not None and mask is None and lengths is None:
+        raise ValueError("padding_score needs padded rows with a mask and / or lengths: "
+                         "jagged rows and unmasked rows have no padding")
     op = "topk_attention" if keys is not None else "topk_attention_embedding"
     k = check_k_type(op, k)
     n = k  # what the op searches
@@ -162,6 +171,7 @@ def topk_search(query: torch.Tensor, keys: Optional[torch.Tensor], k: int, *,
     if L is not None and 1 <= L < k:  # the one rule: k > L pads, as jagged rows shorter than k
         check_k(op, k, L, jagged=True)  # 1 <= k < 2**31
         n = L
+    given_mask, given_lengths = mask, lengths  # the "right" layout below turns the mask into lengths
     if mask is not None and lengths is None and mask_layout == "right":
         # The kernels stop at the length: the padding is never read. The op's check first,
         # on the mask as given (its type and shape), with the op's messages.
@@ -175,10 +185,35 @@ def topk_search(query: torch.Tensor, keys: Optional[torch.Tensor], k: int, *,
         scores, indices = ops.topk_attention(query, keys, n, **kw)
     else:
         scores, indices = ops.topk_attention_embedding(query, tables, ids, n, sparse=sparse, **kw)
+    if padding_score is not None and L is not None:  # after the op: its checks have passed
+        n_pad = L - _valid_count(given_mask, given_lengths, L)
+        scores, indices = _drop_below_padding(scores, indices, n_pad, float(padding_score))
     if n < k:
         scores = nn.functional.pad(scores, (0, k - n), value=float("-inf"))
         indices = nn.functional.pad(indices, (0, k - n), value=-1)
     return scores, indices
+
+
+def _valid_count(mask, lengths, L: int) -> torch.Tensor:
+    """(B,) positions that take part: the mask's and the lengths' (both: where both allow)."""
+    take = None
+    if mask is not None:
+        take = _bool_mask(mask)
+    if lengths is not None:
+        within = torch.arange(L, device=lengths.device) < lengths.reshape(-1, 1)
+        take = within if take is None else take & within
+    return take.sum(1)
+
+
+def _drop_below_padding(scores, indices, n_pad, padding_score: float):
+    """The top-n as if each of a row's n_pad masked positions scored padding_score:
+    they fill the slots from rank n - n_pad on, so a valid position there that scores
+    below them (NaN ranks first, as in the op) becomes padding."""
+    n = scores.shape[-1]
+    n_pad = n_pad.reshape(-1, *([1] * (scores.dim() - 1)))
+    rank = torch.arange(n, device=scores.device)
+    beaten = ~((scores >= padding_score) | scores.isnan()) & (rank >= n - n_pad) & (indices >= 0)
+    return scores.masked_fill(beaten, float("-inf")), indices.masked_fill(beaten, -1)
 
 
 def _select_values(values: Values, idx: torch.Tensor, keys, tables, ids, offsets=None) -> torch.Tensor:
@@ -231,8 +266,11 @@ def _check_values(values: Values, B: int, keys, ids, offsets, d_value: Optional[
     else:
         L = keys.shape[1] if keys is not None else ids[0].shape[-1]
         if values.dim() != 3 or shape[:2] != (B, L):
+            # forward(target, sequence, mask), FuxiCTR's order, with a float mask: say so
+            hint = (": a (B, L) mask's shape; the third positional argument is values, pass the mask as "
+                    "mask=... (a bool tensor)") if shape == (B, L) else ""
             raise ValueError(f"values must have shape (B, L, d_v) with B={B}, L={L} (one row per key), "
-                             f"got shape {shape}")
+                             f"got shape {shape}{hint}")
     if d_value is not None and shape[-1] != d_value:
         raise ValueError(f"values must have shape {'(N, d_value)' if offsets is not None else '(B, L, d_value)'} "
                          f"with the layer's d_value={d_value}, got shape {shape}")
@@ -248,6 +286,12 @@ def _attention_weights(scores: torch.Tensor, indices: torch.Tensor, temperature:
     s = scores if temperature == 1.0 else scores / temperature
     s = s.masked_fill(empty, 0.0)  # finite, so an empty row has no NaN in forward or backward
     return torch.softmax(s, dim=-1).masked_fill(pad, 0.0)
+
+
+def _check_dropout(dropout) -> float:
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+    return float(dropout)
 
 
 def _attend(weights: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
@@ -283,11 +327,15 @@ class HardSearch(nn.Module):
     always k wide, padding weighs 0, a row with no valid position gives zeros).
     ``scale`` None is d ** -0.5. ``mask_layout``: "any" (default) or "right" (a
     right-padded mask, run as lengths). ``sparse``: with tables + ids, the tables'
-    gradients are sparse rows (the op's sparse=True, for SparseAdam / RowAdam)."""
+    gradients are sparse rows (the op's sparse=True, for SparseAdam / RowAdam).
+    ``dropout``: on the attention weights in training, as nn.Dropout after a softmax
+    (FuxiCTR's attention_dropout); ``weights(scores, indices)`` gives them."""
 
     def __init__(self, k: int, *, scale: Optional[float] = None, temperature: float = 1.0,
-                 mask_layout: str = "any", sparse: bool = False, backend: Optional[str] = None):
+                 mask_layout: str = "any", sparse: bool = False, backend: Optional[str] = None,
+                 dropout: float = 0.0):
         super().__init__()
+        self.dropout = _check_dropout(dropout)
         k = check_k_type(type(self).__name__, k)  # an int or integer-like (numpy.int64), not bool
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -298,7 +346,13 @@ class HardSearch(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"k={self.k}, scale={self.scale}, temperature={self.temperature}, mask_layout={self.mask_layout!r}, "
-                f"sparse={self.sparse}, backend={self.backend!r}")
+                f"sparse={self.sparse}, backend={self.backend!r}, dropout={self.dropout}")
+
+    def weights(self, scores: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """The attention weights over the k slots: softmax(scores / temperature), padding
+        0, then dropout (training only; the survivors scaled by 1 / (1 - p), as nn.Dropout)."""
+        w = _attention_weights(scores, indices, self.temperature)
+        return nn.functional.dropout(w, self.dropout, self.training) if self.dropout else w
 
     def search(self, query, keys=None, *, mask=None, lengths=None, offsets=None, tables=None,
                ids=None) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -314,7 +368,7 @@ class HardSearch(nn.Module):
         _check_values(values, B, keys, ids, offsets)
         picked = _select_values(values, idx.reshape(B, -1), keys, tables, ids, offsets)
         picked = picked.reshape(*idx.shape, picked.shape[-1])
-        out = _attend(_attention_weights(scores, idx, self.temperature), picked)
+        out = _attend(self.weights(scores, idx), picked)
         return TopKAttentionOutput(out, scores, idx)
 
 
@@ -344,13 +398,15 @@ class TopKMultiHeadAttention(nn.Module):
     sparse and backend are its search's (``self.search``, a HardSearch).
 
     Defaults: d_head = d_key, d_value = d_key (values=None reuses the keys),
-    d_out = H · (d_head if value_proj else d_value), scale = d_head ** -0.5."""
+    d_out = H · (d_head if value_proj else d_value), scale = d_head ** -0.5, dropout = 0
+    (on the attention weights, in training). FuxiCTR's TWIN layer (its parameter names
+    and defaults): dare_kernels.fuxictr.MultiHeadTopKAttention."""
 
     def __init__(self, k: int, d_query: int, d_key: int, num_heads: int, *, d_head: Optional[int] = None,
                  d_value: Optional[int] = None, d_out: Optional[int] = None, key_proj: bool = True,
                  value_proj: bool = True, bias: bool = True, scale: Optional[float] = None,
                  temperature: float = 1.0, mask_layout: str = "any", sparse: bool = False,
-                 backend: Optional[str] = None):
+                 backend: Optional[str] = None, dropout: float = 0.0):
         super().__init__()
         k = check_k_type(type(self).__name__, k)
         d_head = d_key if d_head is None else d_head
@@ -358,7 +414,7 @@ class TopKMultiHeadAttention(nn.Module):
             raise ValueError(f"key_proj=False needs d_head == d_key={d_key}, got {d_head}")
         d_value = d_key if d_value is None else d_value
         self.search = HardSearch(k, scale=d_head ** -0.5 if scale is None else scale, temperature=temperature,
-                                 mask_layout=mask_layout, sparse=sparse, backend=backend)
+                                 mask_layout=mask_layout, sparse=sparse, backend=backend, dropout=dropout)
         self.num_heads, self.d_head, self.d_key, self.d_value = num_heads, d_head, d_key, d_value
         self.q_proj = nn.Linear(d_query, num_heads * d_head, bias=bias)
         self.key_weight = nn.Parameter(torch.empty(num_heads, d_head, d_key)) if key_proj else None
@@ -404,5 +460,5 @@ class TopKMultiHeadAttention(nn.Module):
             picked = torch.einsum("bhkv,hve->bhke", picked.to(self.value_weight.dtype), self.value_weight)
             if self.value_bias is not None:
                 picked = picked + self.value_bias[:, None, :]
-        heads = _attend(_attention_weights(scores, idx, self.search.temperature), picked)
+        heads = _attend(self.search.weights(scores, idx), picked)
         return TopKAttentionOutput(self.out_proj(heads.reshape(B, -1)), scores, idx)
