@@ -12,10 +12,10 @@ git log -1 --format='commit %h %s' 2>/dev/null | tee -a "$OUT/summary.txt"
 t0=$(date +%s)
 python3 -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/summary.txt"; rm -f "$OUT/build.log"
-timeout ${BENCH_TIMEOUT:-240} python3 -m dare_kernels.bench --no-ids --backends bmm+topk cuda --d ${BENCH_D:-16 128} ${BENCH_MODELS:+--models $BENCH_MODELS} \
-  --json "$OUT/bench.json" --quiet ${BENCH_ARGS:-} > "$OUT/bench.txt" 2>&1
+TQDM_DISABLE=1 timeout ${BENCH_TIMEOUT:-240} python3 -m dare_kernels.bench --no-ids --backends bmm+topk cuda --d ${BENCH_D:-16 128} ${BENCH_MODELS:+--models $BENCH_MODELS} \
+  --json "$OUT/bench.json" ${BENCH_ARGS:-} > "$OUT/bench.txt" 2>&1  # progress and each model's rows as they come
 echo "bench rc=$?" | tee -a "$OUT/summary.txt"
-grep -E "^\| (search|inference|train|phase)" "$OUT/bench.txt"
+grep -E "^\| (search|inference|train|phase)|^  (search|not)|not captured" "$OUT/bench.txt"
 if [ "${BACKWARD:-1}" = 1 ]; then
   timeout ${BACKWARD_TIMEOUT:-90} python3 bench/tools/profile_backward.py > "$OUT/backward.txt" 2>&1
   grep "backward:" "$OUT/backward.txt" || tail -20 "$OUT/backward.txt"

@@ -179,6 +179,7 @@ def model_rows_for(device: torch.device, args) -> list:
             del opt
         for stage, t, *extra in found:
             rows.append({"stage": stage, **row, "ms": t * 1e3, **(extra[0] if extra else {})})
+        say(args, "  " + "; ".join(f"{stage} {t * 1e3:.3f} ms" for stage, t, *_ in found))
         del model
         if gpu:
             torch.cuda.empty_cache()
