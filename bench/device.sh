@@ -95,18 +95,18 @@ if [ -n "${SPAN_SWEEP:-}" ]; then
   # Small batches: keys per CTA when rows are split (DARE_CUDA_MIN_SPAN).
   for c in $SPAN_SWEEP; do
     echo "DARE_CUDA_MIN_SPAN=$c" >> "$OUT/bench_extra.txt"
-    DARE_CUDA_MIN_SPAN=$c python3 -m dare_kernels.bench --backends cuda --B 8 --d 16 32 128 --no-model --quiet >> "$OUT/bench_extra.txt" 2>&1
+    DARE_CUDA_MIN_SPAN=$c python3 -m dare_kernels.bench --backends cuda --B 8 --d 16 32 128 --no-model --no-serving --quiet >> "$OUT/bench_extra.txt" 2>&1
   done
 fi
 
 [ -n "${SKIP_BENCH:-}" ] && exit 0
 python3 -m dare_kernels.bench --json "$OUT/bench.json" --plot "$OUT/bench.png" --quiet ${BENCH_ARGS:-} > "$OUT/bench.txt" 2>&1
-python3 -m dare_kernels.bench --B 8 --d 16 32 128 --quiet >> "$OUT/bench_extra.txt" 2>&1
+python3 -m dare_kernels.bench --B 8 --d 16 32 128 --no-serving --quiet >> "$OUT/bench_extra.txt" 2>&1
 # Many targets of one sequence: the many-targets kernel, then the streaming kernel on the same shapes.
-python3 -m dare_kernels.bench --B 1 --T 1024 --quiet --no-model >> "$OUT/bench_extra.txt" 2>&1
-python3 -m dare_kernels.bench --B 128 --T 64 --d 32 128 --quiet --no-model >> "$OUT/bench_extra.txt" 2>&1
+python3 -m dare_kernels.bench --B 1 --T 1024 --quiet --no-model --no-serving >> "$OUT/bench_extra.txt" 2>&1
+python3 -m dare_kernels.bench --B 128 --T 64 --d 32 128 --quiet --no-model --no-serving >> "$OUT/bench_extra.txt" 2>&1
 echo "DARE_CUDA_TARGETS=0 (streaming kernel)" >> "$OUT/bench_extra.txt"
-DARE_CUDA_TARGETS=0 python3 -m dare_kernels.bench --backends cuda --B 1 --T 1024 --quiet --no-model >> "$OUT/bench_extra.txt" 2>&1
+DARE_CUDA_TARGETS=0 python3 -m dare_kernels.bench --backends cuda --B 1 --T 1024 --quiet --no-model --no-serving >> "$OUT/bench_extra.txt" 2>&1
 python3 bench/tools/graph_time.py --B 8 --d 16 32 128 >> "$OUT/bench_extra.txt" 2>&1  # GPU time alone (graph replay)
 python3 bench/tools/graph_time.py --B 1 --T 1024 --d 32 128 >> "$OUT/bench_extra.txt" 2>&1
 if [ -n "${PYTEST_BENCH:-}" ]; then

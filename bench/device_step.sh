@@ -2,7 +2,7 @@
 # One call on the GPU machine for the training step (issue 24): build, the main job's
 # reference-model rows, the backward of both ops, the sparse-gradient and optimiser
 # tests on CUDA, a profile of the training step. Short summary printed last.
-#   bash bench/device_step.sh    (ENV: SKIP_TESTS=1, PROFILE=0, BACKWARD=0, BENCH_D="16 128", BENCH_ARGS=...)
+#   bash bench/device_step.sh    (ENV: SKIP_TESTS=1, PROFILE=0, BACKWARD=0, SERVING=1, BENCH_D="16 128", BENCH_MODELS="twin:128 dare:16", BENCH_ARGS=...)
 set -uo pipefail
 OUT=${OUT:-/tmp/dare-out}; mkdir -p "$OUT"
 export MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} DARE_BUILD_CUDA=1 PYTHONUNBUFFERED=1
@@ -12,7 +12,7 @@ git log -1 --format='commit %h %s' 2>/dev/null | tee -a "$OUT/summary.txt"
 t0=$(date +%s)
 python3 -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/summary.txt"; rm -f "$OUT/build.log"
-TQDM_DISABLE=1 timeout ${BENCH_TIMEOUT:-240} python3 -m dare_kernels.bench --no-ids --backends bmm+topk cuda --d ${BENCH_D:-16 128} ${BENCH_MODELS:+--models $BENCH_MODELS} \
+TQDM_DISABLE=1 timeout ${BENCH_TIMEOUT:-240} python3 -m dare_kernels.bench --no-ids $([ "${SERVING:-0}" = 1 ] || echo --no-serving) --backends bmm+topk cuda --d ${BENCH_D:-16 128} ${BENCH_MODELS:+--models $BENCH_MODELS} \
   --json "$OUT/bench.json" ${BENCH_ARGS:-} > "$OUT/bench.txt" 2>&1  # progress and each model's rows as they come
 echo "bench rc=$?" | tee -a "$OUT/summary.txt"
 grep -E "^\| (search|inference|train|phase)|^  (search|not)|not captured" "$OUT/bench.txt"

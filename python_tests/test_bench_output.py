@@ -95,8 +95,12 @@ def test_main_job_writes_json_and_renders_it(tmp_path, monkeypatch, capsys):
     assert stages[:2] == ["search", "inference"] and "train step (rows)" in stages and "train step (dense)" in stages
     assert any(s.startswith("phase: ") for s in stages)
     assert "| backend " in out and "Reference models" in out
+    serving = run["serving_rows"]
+    assert [(r["model"], r["T"]) for r in serving] == [(m, T) for m in ("twin", "dare") for T in (1, 64, 256, 1024)]
+    assert all(0 < r["p50_ms"] <= r["p99_ms"] and r["reps"] >= 10 for r in serving)
+    assert "Serving (one request" in out and "p99 ms" in out
     block = render.markdown([(str(path), run)])
-    assert "| d | bmm+topk ms" in block and "train step (dense)" in block
+    assert "| d | bmm+topk ms" in block and "train step (dense)" in block and "p50 ms" in block
 
 
 def test_rows_above_copy_bandwidth_are_explained():

@@ -621,3 +621,42 @@ def test_model_line_explains_the_widths(capsys):
                 "--d-rep", "32"])
     line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("model:"))
     assert "attention (the shared tables) 32 wide (item 16 + category 8 + position 8; --widths split: --d-rep 32" in line
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_many_candidates_score_as_rows_of_their_own(model, seed):
+    """Serving: target_item (B, T) scores T candidates against each history in one
+    pass; each candidate gets what it gets as a row of its own (history repeated)."""
+    data, batch = _batch(seed, max_len=120)
+    B, T = 5, 7
+    m = LongSequenceCTR(model, data.n_items, data.n_cats, 120, d_att=8, d_rep=16, k=12, embedding_std=0.3).eval()
+    g = torch.Generator().manual_seed(seed)
+    hist = {key: batch[key][:B] for key in ("history_items", "history_cats", "lengths")}
+    hist["lengths"] = hist["lengths"].clone()
+    hist["lengths"][1] = 0  # a user with no history
+    hist["lengths"][2] = 5  # fewer behaviours than k
+    cands = {"target_item": torch.randint(1, data.n_items + 1, (B, T), generator=g),
+             "target_cat": torch.randint(1, data.n_cats + 1, (B, T), generator=g)}
+    rows = {key: v.repeat_interleave(T, 0) for key, v in hist.items()}
+    rows.update({key: v.reshape(-1) for key, v in cands.items()})
+    with torch.no_grad():
+        logits, scores, idx = m({**hist, **cands})
+        want_logits, want_scores, want_idx = m(rows)
+    assert logits.shape == (B, T) and scores.shape == idx.shape == (B, T, 12)
+    assert torch.equal(idx.reshape(B * T, 12), want_idx)
+    torch.testing.assert_close(scores.reshape(B * T, 12), want_scores)
+    torch.testing.assert_close(logits.reshape(-1), want_logits)
+
+
+def test_candidates_shape_is_checked():
+    m = LongSequenceCTR("dare", 50, 5, 20, d_att=8, d_rep=8, k=4).eval()
+    batch = {"history_items": torch.ones(3, 20, dtype=torch.long), "history_cats": torch.ones(3, 20, dtype=torch.long),
+             "lengths": torch.full((3,), 20), "target_item": torch.ones(3, 2, dtype=torch.long),
+             "target_cat": torch.ones(3, dtype=torch.long)}
+    with pytest.raises(ValueError, match=r"target_item and target_cat must both have shape \(B,\) or \(B, T\)"):
+        m(batch)
+    batch["target_cat"] = torch.ones(3, 2, dtype=torch.long)
+    assert m(batch)[0].shape == (3, 2)
+    aux = LongSequenceCTR("dare", 50, 5, 20, d_att=8, d_rep=8, k=4, aux_loss=True).eval()
+    with pytest.raises(ValueError, match="aux=True needs one target a row"):
+        aux(batch, aux=True)

@@ -15,7 +15,7 @@ import sys
 import torch
 
 from .. import ops
-from . import ids, models, render, results, search
+from . import ids, models, render, results, search, serving
 from .timing import DTYPES, copy_bandwidth, default_device, environment, say
 
 
@@ -51,7 +51,9 @@ def run(args) -> dict:
                   "tables), search stage, inference, training steps and phases each (building the models takes "
                   "a while)")
     model_rows = [] if args.no_model else models.model_rows_for(device, args)
+    serving_rows = [] if args.no_serving else serving.serving_rows(device, args)
     return {"env": env, "copy_GBps": bw / 1e9, "rows": rows, "ids_rows": ids_rows, "model_rows": model_rows,
+            "serving_rows": serving_rows,
             "command": " ".join(["python -m dare_kernels.bench"] + sys.argv[1:]), **results.provenance()}
 
 
@@ -73,6 +75,9 @@ def parse_args(argv=None):
                    help="the reference models to time, e.g. dare:16 twin:128 (default: "
                         + " ".join(f"{v}:{d}" for v, d in models.MODEL_CONFIGS) + ")")
     p.add_argument("--no-ids", action="store_true", help="skip the search-from-ids rows")
+    p.add_argument("--no-serving", action="store_true",
+                   help="skip the serving rows (one request: a user's L-long history against T = "
+                        + "/".join(map(str, serving.CANDIDATES)) + " candidates, p50/p99 latency)")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
 

@@ -32,6 +32,9 @@ SECTION_TITLES = {
                   "inference: the forward; (graph): captured once in a CUDA graph and replayed; train step: forward "
                   "+ backward + optimiser, rows = sparse row gradients + lazy Adam, dense = Adam on every row; "
                   "phase: one part of the rows step timed alone)",
+    "serving_rows": "Serving (one request: one user's L-long history from ids against T candidates, the reference "
+                    "model's inference forward for all T; each request timed alone: p50 and p99 latency; graph: "
+                    "each request one CUDA-graph replay)",
     "suite_rows": "pytest suites (`pytest bench/ --benchmark`): median ms per shape and backend; (Nx) = the row's "
                   "baseline ms / this backend's, above 1 is faster",
 }
@@ -49,6 +52,8 @@ NOTES = {
                  "this row."),
     "model_rows": ("Models: ms per batch of the stage; x vs TWIN d=128 = TWIN's ms at the same stage / this row's "
                    "(higher = faster)."),
+    "serving_rows": ("Serving: p50 / p99 ms of one request over reps requests; x vs TWIN d=128 = TWIN's p50 at the "
+                     "same T / this row's."),
 }
 HEADERS = {"GBps": "GB/s", "pct_copy_bw": "% copy BW", "x_vs_d128": "x vs d=128", "x_vs_bmm_topk": "x vs bmm+topk",
            "x_vs_twin128": "x vs TWIN d=128", "d_att": "d_att"}
@@ -400,7 +405,7 @@ def format_table(result: dict) -> str:
     line = headline(result)
     if line:
         text += "\n" + line
-    for name in ("ids_rows", "model_rows"):
+    for name in ("ids_rows", "model_rows", "serving_rows"):
         if result.get(name):
             text += (f"\n\n{SECTION_TITLES[name]}:\n" + generic_table(result[name], align=True)
                      + "\n" + indent(NOTES[name]))
@@ -483,7 +488,7 @@ def markdown(runs: list) -> str:
     else:
         head += ("Times in ms: pytest-benchmark medians of the suites in bench/ (on a GPU each call is timed to "
                  "its synchronisation, so one launch + synchronise more than the main job's).")
-    notes = [NOTES[name] for name in ("ids_rows", "model_rows") if any(r.get(name) for _, r in runs)]
+    notes = [NOTES[name] for name in ("ids_rows", "model_rows", "serving_rows") if any(r.get(name) for _, r in runs)]
     if notes:
         head += "\n\n" + " ".join(notes)
     return head + "\n\n" + "\n\n".join(markdown_run(r, p) for p, r in runs)

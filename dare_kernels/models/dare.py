@@ -352,7 +352,20 @@ class SearchCTR(nn.Module):
 
     def forward(self, batch: dict, aux: bool = False):
         """(logits (B,), search scores (B, k), search indices (B, k)), and with
-        aux=True (a model built with aux_loss) the auxiliary head's logits (B,)."""
+        aux=True (a model built with aux_loss) the auxiliary head's logits (B,).
+
+        Serving: target_item and target_cat (B, T) give each history T candidates,
+        scored in one pass as the op's many-targets form (the history's rows are
+        read once for all T): logits (B, T), scores and indices (B, T, k); each
+        candidate's result is the one it gets as a row of its own (up to the
+        float32 rounding of its score sums). aux needs one target a row."""
+        if batch["target_item"].shape != batch["target_cat"].shape or batch["target_item"].dim() not in (1, 2) \
+                or batch["target_item"].shape[0] != batch["history_items"].shape[0]:
+            raise ValueError(f"target_item and target_cat must both have shape (B,) or (B, T) with B = "
+                             f"history_items.shape[0] = {batch['history_items'].shape[0]}, got "
+                             f"{tuple(batch['target_item'].shape)} and {tuple(batch['target_cat'].shape)}")
+        if aux and batch["target_item"].dim() == 2:
+            raise ValueError("aux=True needs one target a row: target_item of shape (B,)")
         query, tables, ids, lengths = self.search_ids_inputs(batch)
         items, cats, pos = ids
 
@@ -361,7 +374,9 @@ class SearchCTR(nn.Module):
 
         interest, scores, idx = self.search(query, values=selected_values, tables=tables, ids=ids, lengths=lengths)
         target_rep = self._target_rep(batch)
-        logits = self.mlp(self._target_aware(target_rep, interest)).squeeze(-1)
+        features = self._target_aware(target_rep, interest)
+        # The head's BatchNorm1d takes (N, C): T candidates a row are N = B·T rows.
+        logits = self.mlp(features.reshape(-1, features.shape[-1])).reshape(features.shape[:-1])
         if not aux:
             return logits, scores, idx
         return logits, scores, idx, self.aux_logits(batch, target_rep)
