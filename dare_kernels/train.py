@@ -41,7 +41,7 @@ import warnings
 import torch
 import torch.distributed as dist
 
-from . import metrics
+from . import distributed, metrics
 from .data import LOADERS, Interactions, batches, to_device
 from .models import MODELS, LongSequenceCTR
 from .models.dare import INITS, POSITIONS
@@ -175,6 +175,21 @@ def default_optimizer(device: torch.device) -> str:
     return "dense" if device.type == "cuda" else "rows"
 
 
+def step_objective(net, b: dict, args, device, dense) -> tuple:
+    """(loss, objective) of a training batch: the mean log loss over the (local)
+    batch, and what is differentiated: with the auxiliary loss and the L2 penalty
+    on `dense` (model.dense_parameters())."""
+    with _autocast(args, device):
+        out = net(b, aux=True) if args.aux_loss else net(b)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(out[0].float(), b["label"])
+    objective = loss
+    if args.aux_loss:
+        objective = objective + torch.nn.functional.binary_cross_entropy_with_logits(out[3].float(), b["label"])
+    if args.l2:
+        objective = objective + args.l2 * sum(p.pow(2).sum() for p in dense)
+    return loss, objective
+
+
 def _fmt(m: dict, k: int) -> str:
     s = f"AUC {m['auc']:.4f}  GAUC {m['gauc']:.4f} ({m['gauc_users']} users)  logloss {m['logloss']:.4f}"
     if f"ndcg@{k}" in m:
@@ -298,6 +313,8 @@ def train_one(args, seed: int, world: int, rank: int, device) -> dict:
     _say(args, rank, describe(data, parts, args))
     torch.manual_seed(seed)
     model = build_model(args, data).to(device)
+    if world > 1:  # before the optimiser: the swap makes new BatchNorm parameters
+        distributed.convert_sync_batchnorm(model)
     opt = ModelOptimizer(model, args.lr, args.optimizer)
     dense = model.dense_parameters()
     per_epoch = len(train) // (args.batch_size * world)
@@ -314,7 +331,8 @@ def train_one(args, seed: int, world: int, rank: int, device) -> dict:
         opt.load_state_dict(state["optimizer"])
         step, history, best, stale = state["step"], state["history"], state["best"], state["stale"]
     start_step = step
-    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    net = distributed.wrap(model, device) if world > 1 else model
+    sync_tables = world > 1 and model.sparse_grad
 
     from tqdm import tqdm
     # A progress bar only on a terminal: in a log file its carriage returns run into the lines.
@@ -329,16 +347,11 @@ def train_one(args, seed: int, world: int, rank: int, device) -> dict:
         for batch in itertools.islice(epoch_batches, skip, None):
             t_step = time.time()
             b = to_device(batch, device)
-            with _autocast(args, device):
-                out = net(b, aux=True) if args.aux_loss else net(b)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(out[0].float(), b["label"])
-            objective = loss
-            if args.aux_loss:
-                objective = objective + torch.nn.functional.binary_cross_entropy_with_logits(out[3].float(), b["label"])
-            if args.l2:
-                objective = objective + args.l2 * sum(p.pow(2).sum() for p in dense)
+            loss, objective = step_objective(net, b, args, device, dense)
             opt.zero_grad(set_to_none=True)
             objective.backward()
+            if sync_tables:
+                distributed.sync_sparse_grads(model.table_parameters())
             opt.step()
             step += 1
             train_seconds += time.time() - t_step
@@ -379,6 +392,7 @@ def train_one(args, seed: int, world: int, rank: int, device) -> dict:
                 break
     progress.close()
     seconds = time.time() - t0
+    replicas = distributed.replica_difference(model) if world > 1 else None
     if rank != 0:
         return {}
     if best["state"] is not None:
@@ -396,6 +410,9 @@ def train_one(args, seed: int, world: int, rank: int, device) -> dict:
             "data": {"description": data.description, "impressions": len(data),
                      "split": {"train": len(train), "validation": len(valid), "test": len(test)},
                      "history_len": data.history_len, "n_items": data.n_items, "n_cats": data.n_cats},
+            "world_size": world,
+            **({"replica_max_abs_diff": replicas, "table_gradients": "all-gather of touched rows" if sync_tables
+                else "DDP all-reduce (dense)"} if world > 1 else {}),
             "steps": step, "best_step": best["step"], "best_validation": best["validation"],
             "validation": history, "test": test_metrics}
 
@@ -429,6 +446,8 @@ def main(argv=None) -> dict:
         if device.type == "cuda":
             device = torch.device("cuda", local)
             torch.cuda.set_device(device)
+        if device.type == "cuda":
+            distributed.set_nccl_defaults()
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     seeds = args.seeds or [args.seed]
     if len(seeds) > 1 and args.checkpoint:

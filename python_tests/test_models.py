@@ -1,4 +1,5 @@
 """The reference DARE/TWIN models, data and training loop (CPU, small)."""
+import copy
 import json
 import os
 import subprocess
@@ -458,6 +459,61 @@ def test_distributed_data_parallel_on_cpu(tmp_path):
     result = json.loads(out.read_text())
     # Early stopping reaches every rank (no hang): stopped at step 20 with patience 1.
     assert result["validation"][-1]["step"] == 20 and result["test"]["auc"] == result["test"]["auc"]
+    # The default (sparse rows) exchanges the tables' rows outside DDP; the replicas end identical.
+    assert result["world_size"] == 2 and result["table_gradients"] == "all-gather of touched rows"
+    assert result["replica_max_abs_diff"] == 0.0
+
+
+def test_data_parallel_matches_one_process_on_cpu(tmp_path):
+    """2 processes (gloo) x B/2 against 1 process x B, the CLI's default step (sparse
+    rows + RowAdam, SyncBatchNorm): bench/tools/ddp_scaling.py check. Each step, rank
+    0's exchanged gradients equal those of a copy of its replica run on the whole
+    batch; the replicas end bit-identical; 2 free-running steps later all but a few
+    elements (those whose gradient is rounding, which Adam moves by up to lr) equal a
+    one-process run's. Without SyncBatchNorm, the 1 / world of the rows or the rows'
+    exchange the gradients differ by ~100% (measured)."""
+    out = tmp_path / "check.json"
+    tool = os.path.join(os.path.dirname(__file__), "..", "bench", "tools", "ddp_scaling.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", tool, "check",
+           "--device", "cpu", "--items", "500", "--categories", "20", "--L", "150", "--B", "32", "--d-att", "8",
+           "--d-rep", "16", "--k", "16", "--steps", "2", "--json", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(dare_kernels.__file__)),
+                                          os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["world_size"] == 2 and result["config"]["optimizer"] == "rows"
+    check = result["result"]
+    assert check["grad_max_rel_diff_worst"] < 1e-4, check["grad_max_rel_diff"]  # measured ~2e-6
+    assert check["replica_max_abs_diff"] == 0.0
+    assert check["param_fraction_apart"] < 0.01, check["param_max_diff_over_lr"]  # measured 0.07%
+    assert max(check["buffer_max_abs_diff"].values()) < 1e-4  # BatchNorm's running statistics: the whole batch's
+
+
+def test_sync_batchnorm_is_batchnorm_in_one_process():
+    """Without a process group SyncBatchNorm is BatchNorm1d; the swap keeps the
+    state_dict (checkpoints load either way) and the parameters' values."""
+    from dare_kernels import distributed
+    torch.manual_seed(0)
+    m = LongSequenceCTR("dare", 50, 5, 20, d_att=8, d_rep=8, k=4)
+    with torch.no_grad():
+        m.mlp[0].weight.uniform_(0.5, 1.5)
+    x = torch.randn(16, m.mlp[0].num_features)
+    plain = copy.deepcopy(m.mlp[0])
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    distributed.convert_sync_batchnorm(m)
+    assert isinstance(m.mlp[0], distributed.SyncBatchNorm)
+    after = m.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    torch.testing.assert_close(m.mlp[0](x), plain(x))
+    torch.testing.assert_close(m.mlp[0].running_var, plain.running_var)
+
+
+def test_nccl_defaults_keep_what_the_user_set():
+    from dare_kernels import distributed
+    env = {"NCCL_NVLS_ENABLE": "1"}
+    assert distributed.set_nccl_defaults(env) == {"NCCL_NVLS_ENABLE": "1", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
 
 
 def test_model_compiles_with_the_op_in_graph(seed):
