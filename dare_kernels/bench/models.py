@@ -5,6 +5,9 @@ bench/tools/profile_model.py profiles the same batch and step."""
 from __future__ import annotations
 
 import argparse
+import os
+import traceback
+from typing import Optional
 
 import torch
 
@@ -66,6 +69,24 @@ def captured_step(model, opt, batch: dict, device: torch.device):
     with torch.cuda.graph(graph):
         train_step(model, opt, batch, device, cache=False)
     return graph.replay
+
+
+def first_sync(fn) -> Optional[str]:
+    """Where fn() first makes the host wait for the GPU (what a CUDA-graph capture
+    refuses), found by running it once with torch.cuda's sync debug mode set to
+    error: the message and the innermost frames; None if it never waits."""
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fn()
+    except RuntimeError as e:
+        frames = traceback.extract_tb(e.__traceback__)[-4:]
+        return (str(e).splitlines()[0][:160] + " at "
+                + " <- ".join(f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in reversed(frames)))
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+        torch.cuda.synchronize()
+    return None
 
 
 def step_phases(model, opt, batch: dict, device: torch.device) -> dict:
@@ -171,7 +192,9 @@ def model_rows_for(device: torch.device, args) -> list:
                 try:
                     replay = captured_step(model, opt, batch, device)
                 except Exception as e:  # reported, not timed: the eager row stands
-                    say(args, f"  train step ({kind}) not captured: {type(e).__name__}: {str(e)[:300]}")
+                    where = first_sync(lambda: train_step(model, opt, batch, device))
+                    say(args, f"  train step ({kind}) not captured: {type(e).__name__}: {str(e)[:300]}"
+                        + (f"\n  its first host synchronisation: {where}" if where else ""))
                 else:
                     found.append((f"train step ({kind}, graph)", time_call(replay, [()], device, reps=step_reps)))
                     del replay
