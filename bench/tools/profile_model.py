@@ -6,7 +6,7 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from dare_kernels.bench.models import MODEL_CATS, MODEL_ITEMS, model_batch, train_step
+from dare_kernels.bench.models import MODEL_CATS, MODEL_ITEMS, first_sync, model_batch, train_step
 from dare_kernels.bench.timing import time_call
 from dare_kernels.models import LongSequenceCTR
 from dare_kernels.optim import ModelOptimizer
@@ -40,7 +40,9 @@ for spec in args.models:
             for _ in range(3):
                 step()
             torch.cuda.synchronize()
-        print(f"== {variant} d_att={d_att} train step ({kind}): {ms:.3f} ms (median); profile of 3 steps")
+        where = first_sync(step)  # what would stop a CUDA-graph capture of the step
+        print(f"== {variant} d_att={d_att} train step ({kind}): {ms:.3f} ms (median); profile of 3 steps; "
+              f"first host synchronisation: {where or 'none'}")
         avg = prof.key_averages()
         print(avg.table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=55))
         print(avg.table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=55))
