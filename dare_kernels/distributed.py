@@ -138,7 +138,8 @@ def wrap(model: nn.Module, device: torch.device, group=None) -> nn.Module:
 
 def sync_sparse_grads(tables, group=None, coalesce=None) -> None:
     """Replace each table's sparse gradient by the mean over processes: the
-    entries of every process (rank order), values / world, uncoalesced. Three
+    entries of every process (rank order), values / world, uncoalesced (a dense
+    gradient, a small table's, is all-reduced: the mean). Three
     collectives for all the tables together: the entry counts (and a host
     synchronisation to read them), the rows, the flattened values (each padded
     to the largest process's). A table without a gradient counts 0 entries.
@@ -153,14 +154,18 @@ def sync_sparse_grads(tables, group=None, coalesce=None) -> None:
         return
     device = tables[0].device
     rows, values, counts = [], [], []
+    dense = [t.grad for t in tables if t.grad is not None and not t.grad.is_sparse]
+    for g in dense:  # the mean, as DDP's all-reduce takes it
+        dist.all_reduce(g, group=group)
+        g.div_(world)
     for t in tables:
         g = t.grad
         if g is None:
             rows.append(torch.zeros(0, dtype=torch.long, device=device))
             values.append(torch.zeros(0, dtype=t.dtype, device=device))
-        elif not g.is_sparse:
-            raise RuntimeError("sync_sparse_grads takes sparse table gradients (a model built with sparse_grad); "
-                               "dense ones go through DDP's all-reduce")
+        elif not g.is_sparse:  # a small table's (the models' sparse_min_rows): all-reduced below
+            rows.append(torch.zeros(0, dtype=torch.long, device=device))
+            values.append(torch.zeros(0, dtype=t.dtype, device=device))
         else:
             rows.append(g._indices()[0])
             values.append(g._values().reshape(-1))
@@ -187,6 +192,8 @@ def sync_sparse_grads(tables, group=None, coalesce=None) -> None:
             starts_v[w] += n * t.shape[1]
         r = torch.cat(r_parts)
         v = torch.cat(v_parts).view(-1, t.shape[1]).div(world)
+        if t.grad is not None and not t.grad.is_sparse:
+            continue
         g = torch.sparse_coo_tensor(r[None], v, t.shape, is_coalesced=False, check_invariants=False)
         t.grad = g.coalesce() if coalesce else g
 

@@ -33,7 +33,9 @@ OPTIMIZERS = ("rows", "sparse_adam", "dense")
 class RowAdam(torch.optim.Optimizer):
     """SparseAdam's update (lazy Adam: only the rows a sparse COO gradient holds
     move; the step count is the parameter's, as SparseAdam's). Takes sparse
-    gradients, coalesced or not (duplicate rows are summed). The fused (GPU) update
+    gradients, coalesced or not (duplicate rows are summed), or dense ones (a small
+    table's, see the models' sparse_min_rows: the rows with a nonzero gradient are
+    the touched ones, updated elementwise). The fused (GPU) update
     keeps a float32 accumulator the table's size and an int32 per row, zeroed
     between steps: the memory a dense gradient would take."""
 
@@ -63,9 +65,6 @@ class RowAdam(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 grad = p.grad
-                if not grad.is_sparse:
-                    raise RuntimeError("RowAdam takes sparse gradients (nn.Embedding(sparse=True), "
-                                       "topk_attention_embedding(..., sparse=True)); use torch.optim.Adam for dense ones")
                 state = self.state[p]
                 if not state:
                     state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
@@ -74,6 +73,9 @@ class RowAdam(torch.optim.Optimizer):
                 elif not torch.is_tensor(state["step"]):  # a SparseAdam-style count
                     state["step"] = torch.tensor(float(state["step"]), device=p.device)
                 m, v = state["exp_avg"], state["exp_avg_sq"]
+                if not grad.is_sparse:
+                    _dense_rows(p, grad, m, v, state["step"], lr, beta1, beta2, eps)
+                    continue
                 if self._fused(p):
                     from .triton_backend import row_adam
                     if "row_sums" not in state:
@@ -107,6 +109,20 @@ class RowAdam(torch.optim.Optimizer):
         return p.is_cuda and p.is_contiguous() and triton_backend.unavailable(p.device) is None
 
 
+def _dense_rows(p, grad, m, v, step, lr, beta1, beta2, eps):
+    """SparseAdam's update from a dense gradient: the touched rows are those with a
+    nonzero gradient (a small table's: the models' sparse_min_rows), the others keep
+    their moments and values. Elementwise on the device, no synchronisation."""
+    step += 1
+    s = step.double()
+    step_size = lr * (1 - beta2 ** s).sqrt() / (1 - beta1 ** s)
+    g = grad.to(p.dtype)
+    touched = (g != 0).any(1, keepdim=True)
+    m.copy_(torch.where(touched, m * beta1 + g * (1 - beta1), m))
+    v.copy_(torch.where(touched, v * beta2 + g * g * (1 - beta2), v))
+    p.sub_(torch.where(touched, m / (v.sqrt() + eps) * step_size.to(p.dtype), 0))
+
+
 class ModelOptimizer:
     """One optimiser object over a model's parameter groups: Adam on the dense
     weights and, for the embedding tables of a model built with sparse_grad, the
@@ -130,8 +146,14 @@ class ModelOptimizer:
             fused = all(p.is_cuda for p in rest) and bool(rest)
         self.kind = kind
         self.optimizers = [torch.optim.Adam(rest, lr=lr, fused=fused or None, capturable=capturable)]
-        if tables:
-            self.optimizers.append(RowAdam(tables, lr=lr) if kind == "rows" else torch.optim.SparseAdam(tables, lr=lr))
+        if kind == "rows" and tables:
+            self.optimizers.append(RowAdam(tables, lr=lr))
+        elif tables:  # SparseAdam takes sparse gradients only: tables with dense ones (small) to RowAdam, alike
+            rows = {id(t) for t in getattr(model, "sparse_table_parameters", model.table_parameters)()}
+            sparse_tables = [t for t in tables if id(t) in rows]
+            dense_tables = [t for t in tables if id(t) not in rows]
+            self.optimizers += ([torch.optim.SparseAdam(sparse_tables, lr=lr)] if sparse_tables else []) + \
+                ([RowAdam(dense_tables, lr=lr)] if dense_tables else [])
 
     def zero_grad(self, set_to_none: bool = True):
         for o in self.optimizers:

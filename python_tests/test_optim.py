@@ -106,11 +106,27 @@ def test_row_adam_leaves_untouched_rows():
     assert torch.all(opt.state[p]["exp_avg"][[0, 1, 3, 4, 5, 6, 8, 9]] == 0)
 
 
-def test_row_adam_refuses_dense_gradients():
-    p = torch.randn(4, 2).requires_grad_()
-    p.grad = torch.ones(4, 2)
-    with pytest.raises(RuntimeError, match="RowAdam takes sparse gradients"):
-        RowAdam([p]).step()
+@pytest.mark.parametrize("fused", [None, False])
+def test_row_adam_dense_gradients_move_their_nonzero_rows(fused, seed):
+    """A dense gradient (a small table's): SparseAdam's step on its nonzero rows,
+    the other rows' values and moments untouched, the step counted every step."""
+    g = torch.Generator().manual_seed(seed)
+    n, d = 12, 3
+    a = torch.randn(n, d, generator=g, dtype=torch.float64).requires_grad_()
+    b = a.detach().clone().requires_grad_()
+    ours = RowAdam([a], lr=0.05, betas=(0.8, 0.95), eps=1e-6, fused=fused)
+    theirs = torch.optim.SparseAdam([b], lr=0.05, betas=(0.8, 0.95), eps=1e-6)
+    for step in range(5):
+        rows = torch.randperm(n, generator=g)[: 4 + step]
+        dense = torch.zeros(n, d, dtype=torch.float64)
+        dense[rows] = torch.randn(len(rows), d, generator=g, dtype=torch.float64)
+        a.grad, b.grad = dense, dense.to_sparse()
+        ours.step()
+        theirs.step()
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-12, atol=1e-12)
+    for key in ("exp_avg", "exp_avg_sq"):
+        torch.testing.assert_close(ours.state[a][key], theirs.state[b][key], rtol=1e-12, atol=1e-12)
+    assert float(ours.state[a]["step"]) == 5
 
 
 def _batch(g, B: int, L: int, n_items: int, n_cats: int, lengths=None) -> dict:
@@ -130,12 +146,12 @@ def test_model_tables_take_sparse_rows(variant, seed):
     the tables (rows, sparse_adam) and gives the same parameters."""
     torch.manual_seed(seed)
     L, B = 40, 6
-    model = LongSequenceCTR(variant, 300, 20, L, d_att=8, d_rep=8, k=5, widths="field")
+    model = LongSequenceCTR(variant, 300, 20, L, d_att=8, d_rep=8, k=5, widths="field", sparse_min_rows=0)
     g = torch.Generator().manual_seed(seed)
     batch = _batch(g, B, L, 300, 20)
     states = {}
     for kind in ("rows", "sparse_adam"):
-        m = LongSequenceCTR(variant, 300, 20, L, d_att=8, d_rep=8, k=5, widths="field")
+        m = LongSequenceCTR(variant, 300, 20, L, d_att=8, d_rep=8, k=5, widths="field", sparse_min_rows=0)
         m.load_state_dict(model.state_dict())
         opt = ModelOptimizer(m, 0.01, kind)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(m(batch)[0], batch["label"])
@@ -156,6 +172,46 @@ def test_model_tables_take_sparse_rows(variant, seed):
         states[kind] = m.state_dict()
     for name, value in states["rows"].items():
         torch.testing.assert_close(value, states["sparse_adam"][name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("variant", ["dare", "twin"])
+def test_small_tables_take_dense_gradients_and_the_same_step(variant, seed):
+    """Tables under sparse_min_rows rows take dense gradients (no sparse add of their
+    many duplicate rows), the others sparse ones; the rows step (lazy Adam on the rows
+    with a nonzero gradient) equals the all-sparse model's, as do the losses."""
+    torch.manual_seed(seed)
+    L, B, n_items, n_cats = 40, 6, 300, 20
+    g = torch.Generator().manual_seed(seed)
+    batch = _batch(g, B, L, n_items, n_cats)
+    base = LongSequenceCTR(variant, n_items, n_cats, L, d_att=8, d_rep=8, k=5, widths="field", sparse_min_rows=0)
+    states = {}
+    for min_rows in (0, 250):  # 250: the item tables (301 rows) sparse, categories (21) and positions dense
+        m = LongSequenceCTR(variant, n_items, n_cats, L, d_att=8, d_rep=8, k=5, widths="field",
+                            sparse_min_rows=min_rows)
+        m.load_state_dict(base.state_dict())
+        opt = ModelOptimizer(m, 0.01, "rows")
+        # eps 1e-3 and one step: a position row's duplicates sum in another order (index_add
+        # against coalesce); where they cancel to ~1e-7, Adam's first step g / (|g| + eps) with
+        # eps 1e-8 would send the rounding to a whole lr (ill-conditioned), with 1e-3 it does
+        # not; a second step's forward would carry such differences on.
+        for group in (gr for o in opt.optimizers for gr in o.param_groups):
+            group["eps"] = 1e-3
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(m(batch)[0], batch["label"])
+        opt.zero_grad()
+        loss.backward()
+        sparse = {id(t) for t in m.sparse_table_parameters()}
+        for t in m.table_parameters():
+            assert t.grad.is_sparse == (id(t) in sparse) == (t.shape[0] >= min_rows)
+            if t.grad.is_sparse:
+                t.grad = t.grad.coalesce()  # one summation order for both runs
+        opt.step()
+        states[min_rows] = (m.state_dict(), loss.detach())
+    assert len({t.shape[0] for t in base.table_parameters()} - {301}) >= 2
+    assert torch.equal(states[0][1], states[250][1])
+    for name, value in states[0][0].items():
+        torch.testing.assert_close(value, states[250][0][name], rtol=1e-5, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="sparse_min_rows must be an int >= 0"):
+        LongSequenceCTR(variant, n_items, n_cats, L, sparse_min_rows=-1)
 
 
 def test_dense_optimizer_needs_a_dense_model():
@@ -184,32 +240,34 @@ def test_triton_model_step_as_on_a_gpu(seed, monkeypatch):
         pytest.skip(triton_backend.unavailable("cpu"))
     torch.manual_seed(seed)
     L, B = 30, 5
-    model = LongSequenceCTR("dare", 200, 12, L, d_att=8, d_rep=8, k=6, widths="field")
+    model = LongSequenceCTR("dare", 200, 12, L, d_att=8, d_rep=8, k=6, widths="field", sparse_min_rows=0)
     g = torch.Generator().manual_seed(seed)
     batch = _batch(g, B, L, 200, 12, lengths=torch.tensor([L, 3, 0, 17, 6]))  # short rows: padding slots
     states, slots = {}, {}
     for kind in ("gpu_path", "sparse_adam"):
-        m = LongSequenceCTR("dare", 200, 12, L, d_att=8, d_rep=8, k=6, widths="field")
+        # The GPU path as the models run it: the item tables (201 rows) sparse, the small ones dense.
+        m = LongSequenceCTR("dare", 200, 12, L, d_att=8, d_rep=8, k=6, widths="field",
+                            sparse_min_rows=100 if kind == "gpu_path" else 0)
         m.load_state_dict(model.state_dict())
         opt = ModelOptimizer(m, 0.01, "sparse_adam")
         # eps 1e-3: the GPU path sums a position row's many duplicates in another order than
         # coalesce(); where they cancel to ~1e-7, Adam's first step g / (|g| + eps) with eps
         # 1e-8 would tell the orders apart (ill-conditioned), with 1e-3 it does not.
-        opt.optimizers[1] = RowAdam(m.table_parameters(), lr=0.01, eps=1e-3, fused=True) if kind == "gpu_path" \
-            else torch.optim.SparseAdam(m.table_parameters(), lr=0.01, eps=1e-3)
+        opt.optimizers[1:] = [RowAdam(m.table_parameters(), lr=0.01, eps=1e-3, fused=True) if kind == "gpu_path"
+                              else torch.optim.SparseAdam(m.table_parameters(), lr=0.01, eps=1e-3)]
         if kind == "gpu_path":
             monkeypatch.setattr(_contract, "per_slot", lambda device: True)
             monkeypatch.setattr(_contract._library, "loaded", False)  # the formula, not the CPU's C++ op
         loss = torch.nn.functional.binary_cross_entropy_with_logits(m(batch)[0], batch["label"])
         opt.zero_grad()
         loss.backward()
-        slots[kind] = [t.grad.is_coalesced() for t in m.att.tables()]
+        slots[kind] = [t.grad.is_coalesced() for t in m.sparse_table_parameters()]
         if kind == "sparse_adam":
             for t in m.table_parameters():
                 t.grad = t.grad.coalesce()
         opt.step()
         monkeypatch.undo()
         states[kind] = m.state_dict()
-    assert not any(slots["gpu_path"])  # per-slot and per-id entries, summed by the optimiser
+    assert len(slots["gpu_path"]) == 2 and not any(slots["gpu_path"])  # per-slot and per-id entries, summed by the optimiser
     for name, value in states["gpu_path"].items():
         torch.testing.assert_close(value, states["sparse_adam"][name], rtol=1e-5, atol=2e-6, msg=name)

@@ -139,19 +139,47 @@ class _RowLookup(torch.autograd.Function):
                                        check_invariants=False), None, None
 
 
+# Tables with fewer rows take dense gradients (still updated lazily: RowAdam moves only
+# rows with a nonzero gradient). A step touches ~B·k rows of each table; of a table of a
+# few thousand rows (categories, positions) that is every row, many times: its sparse
+# gradient outnumbers its elements, and PyTorch's sparse add (two lookups of one table)
+# then coalesces (a sort and a host synchronisation, which also stops a CUDA-graph
+# capture). A dense gradient of such a table costs less than its row bookkeeping.
+SPARSE_MIN_ROWS = 1 << 16
+
+
+class _DenseGrad(torch.autograd.Function):
+    """The table itself, whose gradient reaches it dense: a sparse gradient (the
+    search's rows, per slot on a GPU) summed into the table's shape in float32
+    (index_add), so the table's gradients add as dense ones (no sparse add)."""
+
+    @staticmethod
+    def forward(ctx, table):
+        ctx.shape, ctx.dtype = table.shape, table.dtype
+        return table.view_as(table)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not grad.is_sparse:
+            return grad
+        total = torch.zeros(ctx.shape, dtype=torch.float32, device=grad.device)
+        return total.index_add_(0, grad._indices()[0], grad._values().float()).to(ctx.dtype)
+
+
 class FieldEmbeddings(nn.Module):
     """One role's [item, category, position] tables, N(0, std) initialised
-    (item and category row 0 = padding, zero); sparse: their lookups' gradients
-    are sparse rows, one per looked-up id (_RowLookup)."""
+    (item and category row 0 = padding, zero); sparse: the lookups' gradients of
+    the tables of at least min_rows rows are sparse rows, one per looked-up id
+    (_RowLookup); smaller tables' are dense (SPARSE_MIN_ROWS)."""
 
     def __init__(self, n_items: int, n_cats: int, n_pos: int, widths: Tuple[int, int, int], std: float,
-                 sparse: bool = False):
+                 sparse: bool = False, min_rows: int = SPARSE_MIN_ROWS):
         super().__init__()
         di, dc, dp = widths
         # nn.Embedding's sparse flag: DistributedDataParallel reads it to expect sparse gradients.
-        self.item = nn.Embedding(n_items + 1, di, padding_idx=0, sparse=sparse)
-        self.cat = nn.Embedding(n_cats + 1, dc, padding_idx=0, sparse=sparse)
-        self.pos = nn.Embedding(n_pos, dp, sparse=sparse)
+        self.item = nn.Embedding(n_items + 1, di, padding_idx=0, sparse=sparse and n_items + 1 >= min_rows)
+        self.cat = nn.Embedding(n_cats + 1, dc, padding_idx=0, sparse=sparse and n_cats + 1 >= min_rows)
+        self.pos = nn.Embedding(n_pos, dp, sparse=sparse and n_pos >= min_rows)
         for table in (self.item, self.cat, self.pos):
             nn.init.normal_(table.weight, std=std)
             if table.padding_idx is not None:
@@ -162,9 +190,8 @@ class FieldEmbeddings(nn.Module):
     def forward(self, items, cats, pos) -> list:
         """The three fields' embeddings [item, category, position]."""
         fields = (self.item, self.cat, self.pos)
-        if self.item.sparse:
-            return [_RowLookup.apply(t.weight, i, t.padding_idx) for t, i in zip(fields, (items, cats, pos))]
-        return [t(i) for t, i in zip(fields, (items, cats, pos))]
+        return [_RowLookup.apply(t.weight, i, t.padding_idx) if t.sparse else t(i)
+                for t, i in zip(fields, (items, cats, pos))]
 
     def tables(self) -> list:
         """The [item, category, position] tables, in the key's field order."""
@@ -220,7 +247,9 @@ class SearchCTR(nn.Module):
     embedding table's gradient holds only the rows the batch touched, sparse COO
     tensors for torch.optim.SparseAdam or RowAdam: on a GPU one entry per lookup
     and selected slot, uncoalesced, built with no host synchronisation; False:
-    dense, as the paper's code)."""
+    dense, as the paper's code), sparse_min_rows (default SPARSE_MIN_ROWS: with
+    sparse_grad, tables of fewer rows take dense gradients, still updated
+    row-wise by RowAdam: only rows with a nonzero gradient move)."""
 
     variant = None
     uses_d_att = True  # False: the attention widths are not d_att (twin, twin_proj)
@@ -228,8 +257,12 @@ class SearchCTR(nn.Module):
     def __init__(self, n_items: int, n_cats: int, max_len: int, *, d_att: Widths = 16, d_rep: Widths = 128,
                  k: int = 64, widths: str = "split", search_backend: Optional[str] = None,
                  embedding_std: float = 0.01, aux_loss: bool = False, sparse_grad: bool = True,
-                 positions: str = "log", position_cap: int = 2000, init: str = "torch"):
+                 positions: str = "log", position_cap: int = 2000, init: str = "torch",
+                 sparse_min_rows: int = SPARSE_MIN_ROWS):
         super().__init__()
+        if isinstance(sparse_min_rows, bool) or not isinstance(sparse_min_rows, int) or sparse_min_rows < 0:
+            raise ValueError(f"sparse_min_rows must be an int >= 0, got {sparse_min_rows!r}")
+        self.sparse_min_rows = sparse_min_rows
         if positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
         if isinstance(position_cap, bool) or not isinstance(position_cap, int) or position_cap < 1:
@@ -266,7 +299,8 @@ class SearchCTR(nn.Module):
             p.normal_(0.0, std)
 
     def tables_of(self, widths) -> FieldEmbeddings:
-        return FieldEmbeddings(self.n_items, self.n_cats, self.n_pos, widths, self.std, self.sparse_grad)
+        return FieldEmbeddings(self.n_items, self.n_cats, self.n_pos, widths, self.std, self.sparse_grad,
+                               self.sparse_min_rows)
 
     # -- what a variant defines ------------------------------------------------
     def build(self, att_widths, rep_widths):
@@ -314,6 +348,8 @@ class SearchCTR(nn.Module):
         items, cats = batch["history_items"], batch["history_cats"]
         pos = self.positions(items.shape[1], items.device)
         query, tables = self.fold_query(self._query(batch)), self.search_tables()
+        if self.sparse_grad and torch.is_grad_enabled():  # small tables: dense gradients (SPARSE_MIN_ROWS)
+            tables = [t if t.shape[0] >= self.sparse_min_rows else _DenseGrad.apply(t) for t in tables]
         if torch.is_autocast_enabled() and query.is_cuda and max(t.shape[1] for t in tables) * 4 > SECTOR:
             # Wide rows: the search reads them at bfloat16, half the bytes, for a cast
             # of each attention table (differentiable) per call, N·d elements whatever
@@ -401,11 +437,16 @@ class SearchCTR(nn.Module):
         self.sparse_grad = self.search.sparse = bool(sparse)
         for m in self.modules():
             if isinstance(m, nn.Embedding):
-                m.sparse = bool(sparse)
+                m.sparse = bool(sparse) and m.num_embeddings >= self.sparse_min_rows
 
     def table_parameters(self):
-        """The embedding tables (sparse row gradients when sparse_grad)."""
+        """The embedding tables (row-wise updates when sparse_grad: sparse row
+        gradients, or dense ones for tables under sparse_min_rows rows)."""
         return [m.weight for m in self.modules() if isinstance(m, nn.Embedding)]
+
+    def sparse_table_parameters(self):
+        """The tables whose gradients are sparse rows (sparse_grad, at least sparse_min_rows rows)."""
+        return [m.weight for m in self.modules() if isinstance(m, nn.Embedding) and m.sparse]
 
     def dense_parameters(self):
         """The weights an L2 penalty applies to (the public code's): every
@@ -545,7 +586,7 @@ class TWIN4E(DARE):
 def LongSequenceCTR(variant: str, n_items: int, n_cats: int, max_len: int, **options) -> SearchCTR:
     """The registered variant MODELS[variant]; options as SearchCTR's (d_att,
     d_rep, k, widths, search_backend, embedding_std, aux_loss, sparse_grad,
-    positions, position_cap, init) and, for twin_proj, identity_maps."""
+    positions, position_cap, init, sparse_min_rows) and, for twin_proj, identity_maps."""
     if variant not in MODELS:
         raise ValueError(f"variant must be one of {tuple(MODELS)}, got {variant!r}")
     return MODELS[variant](n_items, n_cats, max_len, **options)
