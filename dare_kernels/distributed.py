@@ -163,7 +163,7 @@ def sync_sparse_grads(tables, group=None, coalesce=None) -> None:
         if g is None:
             rows.append(torch.zeros(0, dtype=torch.long, device=device))
             values.append(torch.zeros(0, dtype=t.dtype, device=device))
-        elif not g.is_sparse:  # a small table's (the models' sparse_min_rows): all-reduced below
+        elif not g.is_sparse:  # a small table's (the models' sparse_min_rows): all-reduced above
             rows.append(torch.zeros(0, dtype=torch.long, device=device))
             values.append(torch.zeros(0, dtype=t.dtype, device=device))
         else:

@@ -281,6 +281,7 @@ def main(argv=None):
                 f.write(text)
         print(text, flush=True)
     if world > 1:
+        dist.barrier()  # every rank done before the group goes: a rank leaving early can abort a peer's gloo threads
         dist.destroy_process_group()
     return out
 
