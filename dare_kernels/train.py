@@ -469,6 +469,7 @@ def main(argv=None) -> dict:
             json.dump(result, f, indent=1)
         _say(args, rank, f"metrics: {path}")
     if world > 1:
+        dist.barrier()  # every rank done before the group goes: a rank leaving early can abort a peer's gloo threads
         dist.destroy_process_group()
     return result
 
