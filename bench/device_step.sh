@@ -2,7 +2,7 @@
 # One call on the GPU machine for the training step (issue 24): build, the main job's
 # reference-model rows, the backward of both ops, the sparse-gradient and optimiser
 # tests on CUDA, a profile of the training step. Short summary printed last.
-#   bash bench/device_step.sh    (ENV: SKIP_TESTS=1, PROFILE=0, BACKWARD=0, SERVING=1, BENCH_D="16 128", BENCH_MODELS="twin:128 dare:16", BENCH_ARGS=...)
+#   bash bench/device_step.sh    (ENV: SKIP_TESTS=1, PROFILE=0, BACKWARD=0, SERVING=1, FUXICTR=1 (carry .fx), BENCH_D="16 128", BENCH_MODELS="twin:128 dare:16", BENCH_ARGS=...)
 set -uo pipefail
 OUT=${OUT:-/tmp/dare-out}; mkdir -p "$OUT"
 export MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} DARE_BUILD_CUDA=1 PYTHONUNBUFFERED=1
@@ -31,4 +31,12 @@ if [ "${PROFILE:-1}" = 1 ]; then
   timeout ${PROFILE_TIMEOUT:-90} python3 bench/tools/profile_model.py --models dare:16 twin:128 --optimizers rows \
     > "$OUT/profile.txt" 2>&1
   grep "==" "$OUT/profile.txt"
+fi
+if [ "${FUXICTR:-0}" = 1 ]; then
+  # Issue 28's GPU rows: FuxiCTR's whole TWIN, as shipped vs swapped. The machine has no network:
+  # the wheel and model_zoo/LongCTR travel in .fx/ (git-ignored; pass carry: [".fx"]).
+  python3 -m pip install -q --no-deps --target /tmp/fx .fx/fuxictr-*.whl > /dev/null 2>&1 \
+    && PYTHONPATH=.:/tmp/fx FUXICTR_MODEL_ZOO=.fx/LongCTR timeout ${FUXICTR_TIMEOUT:-120} python3 bench/tools/fuxictr_twin_time.py \
+      --device cuda --B 1024 --L 10000 --emb 8 32 --repeat 10 --json "$OUT/fuxictr_twin.json" > "$OUT/fuxictr.txt" 2>&1
+  echo "fuxictr rc=$?" | tee -a "$OUT/summary.txt"; tail -6 "$OUT/fuxictr.txt"
 fi
