@@ -160,10 +160,7 @@ def sync_sparse_grads(tables, group=None, coalesce=None) -> None:
         g.div_(world)
     for t in tables:
         g = t.grad
-        if g is None:
-            rows.append(torch.zeros(0, dtype=torch.long, device=device))
-            values.append(torch.zeros(0, dtype=t.dtype, device=device))
-        elif not g.is_sparse:  # a small table's (the models' sparse_min_rows): all-reduced above
+        if g is None or not g.is_sparse:  # none, or a small table's dense one (all-reduced above): 0 entries
             rows.append(torch.zeros(0, dtype=torch.long, device=device))
             values.append(torch.zeros(0, dtype=t.dtype, device=device))
         else:
@@ -182,6 +179,8 @@ def sync_sparse_grads(tables, group=None, coalesce=None) -> None:
     starts_r = torch.zeros(world, dtype=torch.long)
     starts_v = torch.zeros(world, dtype=torch.long)
     for i, t in enumerate(tables):
+        if t.grad is not None and not t.grad.is_sparse:  # all-reduced above; it sent 0 entries
+            continue
         r_parts, v_parts = [], []
         for w in range(world):
             n = int(every[w, i])
@@ -192,8 +191,6 @@ def sync_sparse_grads(tables, group=None, coalesce=None) -> None:
             starts_v[w] += n * t.shape[1]
         r = torch.cat(r_parts)
         v = torch.cat(v_parts).view(-1, t.shape[1]).div(world)
-        if t.grad is not None and not t.grad.is_sparse:
-            continue
         g = torch.sparse_coo_tensor(r[None], v, t.shape, is_coalesced=False, check_invariants=False)
         t.grad = g.coalesce() if coalesce else g
 

@@ -4,7 +4,7 @@
     pytest bench/ --benchmark                                                    # the pytest suites
     python -m dare_kernels.bench.report bench/results/*.json --results bench/RESULTS.md --readme README.md
 
-- timing.py: inputs that miss the cache, the timers (time_call, time_graph, cuda_clock),
+- timing.py: inputs that miss the cache, the timers (time_call, time_graph, capture, cuda_clock),
   copy bandwidth, the machine's description. The main job and the suites time with it.
 - search.py: the search stage's rows (each backend against bmm+topk).
 - ids.py: search from ids (topk_attention_embedding against F.embedding + bmm + topk).

@@ -7,13 +7,12 @@ p99 latency (on a GPU each request is one CUDA-graph replay, as a serving proces
 that captured its shapes runs it; on a CPU one eager call)."""
 from __future__ import annotations
 
-import statistics
 import time
 
 import torch
 
 from . import models as model_rows  # its table sizes, read at call time
-from .timing import say
+from .timing import capture, say
 
 SERVING_CONFIGS = [("twin", 128), ("dare", 16)]
 CANDIDATES = (1, 64, 256, 1024)
@@ -53,17 +52,6 @@ def latencies(fn, device: torch.device, reps: int, warmup: int = 3) -> list:
     return out
 
 
-def percentile(values: list, q: float) -> float:
-    """The q-th percentile (0..100) of values, by linear interpolation (numpy's default)."""
-    v = sorted(values)
-    if len(v) == 1:
-        return v[0]
-    pos = (len(v) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
-
-
 def serving_rows(device: torch.device, args, candidates=CANDIDATES, configs=SERVING_CONFIGS) -> list:
     """A row per (model, T): p50 and p99 ms of one request (L = args.L, k = args.k,
     d_rep 128, 1M items, bf16 autocast on a GPU), and p50 as a ratio to TWIN
@@ -85,19 +73,12 @@ def serving_rows(device: torch.device, args, candidates=CANDIDATES, configs=SERV
                                                      cache_enabled=False):
                     return model(batch)[0]
 
-            if gpu:  # captured once, each request a replay: no host work but the launch
-                forward()
-                torch.cuda.synchronize(device)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    forward()
-                times = latencies(graph.replay, device, reps)
-                del graph
-            else:
-                times = latencies(forward, device, reps)
+            # On a GPU captured once, each request a replay: no host work but the launch.
+            times = latencies(capture(forward, device) if gpu else forward, device, reps)
+            quantiles = torch.tensor([0.5, 0.99], dtype=torch.float64)  # linear interpolation, as numpy's
+            p50, p99 = (torch.tensor(times, dtype=torch.float64).quantile(quantiles) * 1e3).tolist()
             rows.append({"stage": "request", "model": variant, "d_att": model.d_att, "T": T, "L": args.L,
-                         "k": args.k, "graph": gpu, "p50_ms": percentile(times, 50) * 1e3,
-                         "p99_ms": percentile(times, 99) * 1e3, "reps": len(times)})
+                         "k": args.k, "graph": gpu, "p50_ms": p50, "p99_ms": p99, "reps": len(times)})
             say(args, f"  T={T}: p50 {rows[-1]['p50_ms']:.3f} ms, p99 {rows[-1]['p99_ms']:.3f} ms")
         del model
         if gpu:

@@ -137,16 +137,21 @@ def time_call(fn: Callable, inputs: list, device: torch.device, reps: int = 50, 
     return statistics.median(times)
 
 
-def time_graph(fn: Callable, device: torch.device, reps: int = 100) -> float:
-    """Median seconds per replay of a CUDA graph of one fn() call: the GPU work
-    alone, without the host's launch cost (fn is called once first, outside the
-    capture, for warm-up and allocations)."""
+def capture(fn: Callable, device: torch.device) -> Callable:
+    """One fn() call captured in a CUDA graph (fn is called once first, outside the
+    capture, for warm-up and allocations); returns the graph's replay."""
     fn()
     torch.cuda.synchronize(device)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    return time_call(graph.replay, [()], device, reps=reps)
+    return graph.replay
+
+
+def time_graph(fn: Callable, device: torch.device, reps: int = 100) -> float:
+    """Median seconds per replay of a CUDA graph of one fn() call (capture): the GPU
+    work alone, without the host's launch cost."""
+    return time_call(capture(fn, device), [()], device, reps=reps)
 
 
 def copy_bandwidth(device: torch.device, nbytes: Optional[int] = None) -> float:

@@ -59,6 +59,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from .._contract import table_gradient
 from ..layers import HardSearch
 
 MODELS: Dict[str, type] = {}
@@ -162,24 +163,22 @@ class _DenseGrad(torch.autograd.Function):
     def backward(ctx, grad):
         if not grad.is_sparse:
             return grad
-        total = torch.zeros(ctx.shape, dtype=torch.float32, device=grad.device)
-        return total.index_add_(0, grad._indices()[0], grad._values().float()).to(ctx.dtype)
+        return table_gradient(grad._indices()[0], grad._values().float(), ctx.shape[0], ctx.dtype)
 
 
 class FieldEmbeddings(nn.Module):
     """One role's [item, category, position] tables, N(0, std) initialised
-    (item and category row 0 = padding, zero); sparse: the lookups' gradients of
-    the tables of at least min_rows rows are sparse rows, one per looked-up id
-    (_RowLookup); smaller tables' are dense (SPARSE_MIN_ROWS)."""
+    (item and category row 0 = padding, zero). A table whose nn.Embedding is
+    sparse (the model's set_sparse_grad decides) takes its lookups' gradients as
+    sparse rows, one per looked-up id (_RowLookup); the others dense."""
 
-    def __init__(self, n_items: int, n_cats: int, n_pos: int, widths: Tuple[int, int, int], std: float,
-                 sparse: bool = False, min_rows: int = SPARSE_MIN_ROWS):
+    def __init__(self, n_items: int, n_cats: int, n_pos: int, widths: Tuple[int, int, int], std: float):
         super().__init__()
         di, dc, dp = widths
         # nn.Embedding's sparse flag: DistributedDataParallel reads it to expect sparse gradients.
-        self.item = nn.Embedding(n_items + 1, di, padding_idx=0, sparse=sparse and n_items + 1 >= min_rows)
-        self.cat = nn.Embedding(n_cats + 1, dc, padding_idx=0, sparse=sparse and n_cats + 1 >= min_rows)
-        self.pos = nn.Embedding(n_pos, dp, sparse=sparse and n_pos >= min_rows)
+        self.item = nn.Embedding(n_items + 1, di, padding_idx=0)
+        self.cat = nn.Embedding(n_cats + 1, dc, padding_idx=0)
+        self.pos = nn.Embedding(n_pos, dp)
         for table in (self.item, self.cat, self.pos):
             nn.init.normal_(table.weight, std=std)
             if table.padding_idx is not None:
@@ -285,6 +284,7 @@ class SearchCTR(nn.Module):
         self.d_search = sum(t.shape[1] for t in self.search_tables())
         # The search + attention layer: the op from ids, the scales folded into the query (scale 1).
         self.search = HardSearch(k, scale=1.0, sparse=sparse_grad, backend=search_backend)
+        self.set_sparse_grad(sparse_grad)  # every table built above: which take sparse rows
         self.mlp = _head(3 * self.d_rep)
         self.aux_head = _head(3 * self.d_rep, (200,)) if aux_loss else None
         if init == "normal":
@@ -299,8 +299,7 @@ class SearchCTR(nn.Module):
             p.normal_(0.0, std)
 
     def tables_of(self, widths) -> FieldEmbeddings:
-        return FieldEmbeddings(self.n_items, self.n_cats, self.n_pos, widths, self.std, self.sparse_grad,
-                               self.sparse_min_rows)
+        return FieldEmbeddings(self.n_items, self.n_cats, self.n_pos, widths, self.std)
 
     # -- what a variant defines ------------------------------------------------
     def build(self, att_widths, rep_widths):
@@ -349,7 +348,7 @@ class SearchCTR(nn.Module):
         pos = self.positions(items.shape[1], items.device)
         query, tables = self.fold_query(self._query(batch)), self.search_tables()
         if self.sparse_grad and torch.is_grad_enabled():  # small tables: dense gradients (SPARSE_MIN_ROWS)
-            tables = [t if t.shape[0] >= self.sparse_min_rows else _DenseGrad.apply(t) for t in tables]
+            tables = [t if self._sparse_rows(t.shape[0]) else _DenseGrad.apply(t) for t in tables]
         if torch.is_autocast_enabled() and query.is_cuda and max(t.shape[1] for t in tables) * 4 > SECTOR:
             # Wide rows: the search reads them at bfloat16, half the bytes, for a cast
             # of each attention table (differentiable) per call, N·d elements whatever
@@ -437,7 +436,11 @@ class SearchCTR(nn.Module):
         self.sparse_grad = self.search.sparse = bool(sparse)
         for m in self.modules():
             if isinstance(m, nn.Embedding):
-                m.sparse = bool(sparse) and m.num_embeddings >= self.sparse_min_rows
+                m.sparse = self._sparse_rows(m.num_embeddings)
+
+    def _sparse_rows(self, n_rows: int) -> bool:
+        """Whether a table of n_rows rows takes sparse row gradients (SPARSE_MIN_ROWS)."""
+        return self.sparse_grad and n_rows >= self.sparse_min_rows
 
     def table_parameters(self):
         """The embedding tables (row-wise updates when sparse_grad: sparse row
