@@ -109,16 +109,17 @@ def register_stand_ins() -> None:
 
 def register_backward() -> None:
     """The CUDA kernels of both ops' backward where the compiled library has none:
-    Triton's where they apply (sparse table gradients: a few launches for every
-    field together, one entry per selected slot, no host synchronisation; one
-    target per padded row: one fill and one launch), else the PyTorch formulas."""
+    Triton's where they apply (tables + ids: one launch for every field together,
+    the tables' gradients per slot (sparse: no host synchronisation) or summed in
+    the kernel (dense); one target per padded row: one fill and one launch), else
+    the PyTorch formulas."""
     if not _library.loaded:
         return
 
     def kernel(grad, query, tables, ids, indices, scale=1.0, offsets=None, sparse=False, need_tables=True):
-        if sparse and _triton.unavailable(query.device) is None:
-            from .triton_backend.backward import sparse_backward
-            return sparse_backward(grad, query, tables, ids, indices, scale, offsets, need_tables)
+        if _triton.unavailable(query.device) is None:
+            from .triton_backend.backward import embedding_backward
+            return embedding_backward(grad, query, tables, ids, indices, scale, offsets, sparse, need_tables)
         return _contract.backward_formula(grad, query, tables, ids, indices, scale, offsets, sparse, need_tables)
 
     if not torch._C._dispatch_has_kernel_for_dispatch_key(_contract.BACKWARD_OP, "CUDA"):

@@ -10,9 +10,9 @@ embeddings N(0, 0.01), L2 1e-6 on the dense weights, not the embedding tables,
 not biases, every field d wide; --init normal and --positions raw are the public
 code's initialisation and positions, not the defaults) but for the optimiser of the tables: their
 gradients are sparse rows and a lazy Adam updates only the rows a batch touched
-(--optimizer rows, the default on the CPU; --optimizer dense, the paper's Adam on every row, is the
-default on a GPU, where PyTorch's sparse tensors still cost more than the rows they save: see
-bench/RESULTS.md); validation every --eval-every steps
+(--optimizer rows, the default; --optimizer dense is the paper's Adam on every row, and the default
+on a GPU only with --graph off: see bench/RESULTS.md). On a GPU each training step is one CUDA-graph
+replay (--graph auto, captured once per batch shape). Validation every --eval-every steps
 and at each epoch's end, and the test at the best-validation-AUC step
 (--patience stops early). Public data: page views only, users with >= 210
 behaviours, 19 training targets per user and a time-ordered validation (second
@@ -45,6 +45,7 @@ from . import distributed, metrics
 from .data import LOADERS, Interactions, batches, to_device
 from .models import MODELS, LongSequenceCTR
 from .models.dare import INITS, POSITIONS
+from .graphs import GraphedStep
 from .optim import ModelOptimizer
 
 RUNS_FOLDER = "dare-kernels-runs"  # under the temp directory; not the package's name: it would shadow it
@@ -93,9 +94,11 @@ def describe(data: Interactions, parts, args) -> str:
             f"  split ({how}): {split}")
 
 
-def _autocast(args, device):
-    """bf16 autocast when --amp is given and the device is a GPU."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp and device.type == "cuda")
+def _autocast(args, device, cache: bool = True):
+    """bf16 autocast when --amp is given and the device is a GPU (cache: autocast's
+    cast cache, which a CUDA-graph capture must go without)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp and device.type == "cuda",
+                          cache_enabled=cache)
 
 
 @torch.no_grad()
@@ -168,18 +171,27 @@ def model_line(args, model) -> str:
             f"{sum(p.numel() for p in model.parameters())} parameters")
 
 
-def default_optimizer(device: torch.device) -> str:
-    """--optimizer auto: sparse rows on the CPU (12.6x faster steps than dense Adam for DARE-16);
-    dense Adam on a GPU, where the sparse step measured 6x slower (PyTorch's CUDA coalesce of
-    sparse gradients; bench/RESULTS.md, H100)."""
-    return "dense" if device.type == "cuda" else "rows"
+def default_optimizer(device: torch.device, graph: bool = False) -> str:
+    """--optimizer auto: sparse rows on the CPU (11x faster steps than dense Adam for DARE-16),
+    and on a GPU where the step is replayed from a CUDA graph (--graph auto: DARE-16's step
+    2.4 ms against dense Adam's 3.9, H100); dense Adam on a GPU stepping eagerly, where the
+    rows step's ~300 small launches cost more host time than dense Adam's few (bench/RESULTS.md)."""
+    return "rows" if device.type != "cuda" or graph else "dense"
 
 
-def step_objective(net, b: dict, args, device, dense) -> tuple:
+def uses_graph(args, device: torch.device, world: int) -> bool:
+    """--graph auto: the training step is captured in a CUDA graph on a GPU, in one
+    process, with an optimiser that can be captured (not SparseAdam: it coalesces,
+    a host synchronisation)."""
+    return args.graph == "auto" and device.type == "cuda" and world == 1 and args.optimizer != "sparse_adam"
+
+
+def step_objective(net, b: dict, args, device, dense, cache: bool = True) -> tuple:
     """(loss, objective) of a training batch: the mean log loss over the (local)
     batch, and what is differentiated: with the auxiliary loss and the L2 penalty
-    on `dense` (model.dense_parameters())."""
-    with _autocast(args, device):
+    on `dense` (model.dense_parameters()). cache: autocast's cast cache (off
+    under CUDA-graph capture)."""
+    with _autocast(args, device, cache):
         out = net(b, aux=True) if args.aux_loss else net(b)
     loss = torch.nn.functional.binary_cross_entropy_with_logits(out[0].float(), b["label"])
     objective = loss
@@ -263,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "one call a table) moves only the rows a batch touched, Adam the dense weights; "
                         "sparse_adam: the same with torch.optim.SparseAdam; dense: Adam on every row of every "
                         "table each step (the paper's setting; untouched rows keep moving on their momentum); "
-                        "auto (default): rows on the CPU, dense on a GPU (where the sparse step measured slower)")
+                        "auto (default): rows on the CPU and on a GPU with --graph auto; dense on a GPU stepping "
+                        "eagerly (where the rows step's many small launches cost more than dense Adam's)")
     g.add_argument("--batch-size", type=int,
                    help="training impressions per step (per process) (default 2048, the paper's; 512 with --data "
                         "synthetic, whose generated data are ~100x smaller than Taobao's)")
@@ -283,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu, cuda or cuda:N (default: cuda when a GPU is present, else cpu)")
     g.add_argument("--amp", action="store_true", help="bf16 autocast on GPU")
     g.add_argument("--backend", help="force the search backend (cpu, cuda, triton, reference)")
+    g.add_argument("--graph", choices=["auto", "off"], default="auto",
+                   help="auto (default): on a GPU, in one process, each training step is one CUDA-graph replay "
+                        "(captured once per batch shape; not with --optimizer sparse_adam); off: eager steps")
     g.add_argument("--metrics-json", help="write the metrics here (default: a new file under "
                                           f"{os.path.join(tempfile.gettempdir(), RUNS_FOLDER)})")
     g.add_argument("--quiet", action="store_true", help="print nothing but warnings and errors")
@@ -315,7 +331,8 @@ def train_one(args, seed: int, world: int, rank: int, device) -> dict:
     model = build_model(args, data).to(device)
     if world > 1:  # before the optimiser: the swap makes new BatchNorm parameters
         distributed.convert_sync_batchnorm(model)
-    opt = ModelOptimizer(model, args.lr, args.optimizer)
+    graph = uses_graph(args, device, world)
+    opt = ModelOptimizer(model, args.lr, args.optimizer, capturable=graph)
     dense = model.dense_parameters()
     per_epoch = len(train) // (args.batch_size * world)
     if per_epoch == 0:
@@ -334,6 +351,17 @@ def train_one(args, seed: int, world: int, rank: int, device) -> dict:
     net = distributed.wrap(model, device) if world > 1 else model
     sync_tables = world > 1 and model.sparse_grad
 
+    def train_step(b):
+        loss, objective = step_objective(net, b, args, device, dense, cache=not graph)
+        opt.zero_grad(set_to_none=True)
+        objective.backward()
+        if sync_tables:
+            distributed.sync_sparse_grads(model.table_parameters())
+        opt.step()
+        return loss.detach()
+
+    run_step = GraphedStep(train_step, model, opt.optimizers) if graph else train_step
+
     from tqdm import tqdm
     # A progress bar only on a terminal: in a log file its carriage returns run into the lines.
     progress = tqdm(total=total, initial=step, disable=args.quiet or rank != 0 or not sys.stdout.isatty(),
@@ -346,13 +374,7 @@ def train_one(args, seed: int, world: int, rank: int, device) -> dict:
                                 world_size=world, drop_last=True)
         for batch in itertools.islice(epoch_batches, skip, None):
             t_step = time.time()
-            b = to_device(batch, device)
-            loss, objective = step_objective(net, b, args, device, dense)
-            opt.zero_grad(set_to_none=True)
-            objective.backward()
-            if sync_tables:
-                distributed.sync_sparse_grads(model.table_parameters())
-            opt.step()
+            loss = run_step(batch if graph else to_device(batch, device))  # a graph copies it in
             step += 1
             train_seconds += time.time() - t_step
             running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
@@ -403,6 +425,7 @@ def train_one(args, seed: int, world: int, rank: int, device) -> dict:
                      f"test at the best step: {_fmt(test_metrics, args.k)}")
     return {"seed": seed, "data_seed": data_seed, "device": str(device), "seconds": seconds,
             "train_ms_per_step": 1e3 * train_seconds / max(1, steps_run),
+            "graph": bool(graph) and getattr(run_step, "failed", None) is None, "optimizer": args.optimizer,
             "model": {"variant": args.model, "d_att": model.d_att, "d_rep": model.d_rep, "d_search": model.d_search,
                       "att_widths": list(model.att_widths), "rep_widths": list(model.rep_widths),
                       "positions": model.position_mode, "position_rows": model.n_pos, "init": model.init_mode,
@@ -440,7 +463,7 @@ def main(argv=None) -> dict:
     rank = int(os.environ.get("RANK", "0"))
     device = torch.device(args.device)
     if args.optimizer == "auto":
-        args.optimizer = default_optimizer(device)
+        args.optimizer = default_optimizer(device, args.graph == "auto" and world == 1)
     if world > 1:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if device.type == "cuda":

@@ -135,8 +135,11 @@ def _all_grads(m, loss):
 def test_search_layer_keeps_the_models_numbers(model, seed):
     """model.search is layers.HardSearch (k, sparse and backend its attributes). On the
     model's batches (right-padded rows, and full rows; k <= L), for sparse and dense
-    gradients, with and without autocast, the logits, the search's scores and indices
-    and every parameter's gradient equal, bit for bit, those of the block it replaced."""
+    gradients, with and without autocast, the search's scores and indices equal, bit
+    for bit, those of the block it replaced; the logits and every parameter's gradient
+    equal its up to the order of the float32 sums (the interest is summed by embedding
+    bags, model.attend); under autocast the logits to bfloat16's precision (twin_proj's
+    value maps now map the float32 sum), the gradients are compared without it."""
     data, batch = _batch(seed)
     full = dict(batch, lengths=torch.full_like(batch["lengths"], batch["history_items"].shape[1]))
     w = torch.randn(len(batch["label"]), generator=torch.Generator().manual_seed(seed))
@@ -151,14 +154,19 @@ def test_search_layer_keeps_the_models_numbers(model, seed):
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
                     got, want = m(b), _replaced_block(m, b)
                     stage = m.search_stage(b)
-                for x, y in zip(got, want):
-                    assert torch.equal(x, y)
+                tol = dict(rtol=2e-2, atol=2e-3) if amp else dict(rtol=1e-4, atol=1e-6)
+                torch.testing.assert_close(got[0].float(), want[0].float(), **tol)
+                assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
                 assert torch.equal(stage[0], got[1]) and torch.equal(stage[1], got[2])
+                if amp:
+                    continue
                 g_got = _all_grads(m, (got[0].float() * w).sum())
                 g_want = _all_grads(m, (want[0].float() * w).sum())
                 assert g_got.keys() == g_want.keys() and len(g_got) > 5
                 for name in g_got:
-                    assert torch.equal(g_got[name], g_want[name]), name
+                    scale = g_want[name].abs().max().item()
+                    torch.testing.assert_close(g_got[name], g_want[name], rtol=1e-4, atol=1e-4 * scale + 1e-6,
+                                               msg=name)
     m.set_sparse_grad(not m.search.sparse)
     assert m.search.sparse == m.sparse_grad == (not sparse)
 
@@ -175,7 +183,8 @@ def test_model_short_batches_and_empty_rows(seed):
     short["lengths"][1] = 0
     m = LongSequenceCTR("dare", data.n_items, data.n_cats, 300, d_att=8, d_rep=16, k=k, embedding_std=0.3)
     interest = []
-    m.search.register_forward_hook(lambda mod, args, out: interest.append(out.output))
+    attend = m.attend
+    m.attend = lambda *args: interest.append(attend(*args)) or interest[-1]
     logits, scores, idx = m(short)
     scores.retain_grad()
     B = len(batch["label"])

@@ -223,11 +223,20 @@ def test_dense_optimizer_needs_a_dense_model():
 
 
 def test_train_cli_optimizer_default_by_device():
-    """--optimizer auto: sparse rows on the CPU, dense Adam on a GPU (measured: the sparse
-    step is slower there, bench/RESULTS.md); the run records the resolved choice."""
-    from dare_kernels.train import default_optimizer
-    assert default_optimizer(torch.device("cpu")) == "rows"
-    assert default_optimizer(torch.device("cuda", 0)) == "dense"
+    """--optimizer auto: sparse rows on the CPU and on a GPU whose steps are CUDA-graph
+    replays (--graph auto: one process, a capturable optimiser); dense Adam on a GPU
+    stepping eagerly (measured: the rows step's launches cost more there, bench/RESULTS.md)."""
+    from dare_kernels.train import default_optimizer, parse_args, uses_graph
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert default_optimizer(cpu) == default_optimizer(cpu, True) == "rows"
+    assert default_optimizer(cuda, graph=True) == "rows" and default_optimizer(cuda) == "dense"
+    args = parse_args([])
+    assert args.graph == "auto" and args.optimizer == "auto"
+    args.optimizer = "rows"
+    assert uses_graph(args, cuda, 1) and not uses_graph(args, cuda, 2) and not uses_graph(args, cpu, 1)
+    for optimizer, graph, want in (("sparse_adam", "auto", False), ("dense", "auto", True), ("rows", "off", False)):
+        args.optimizer, args.graph = optimizer, graph
+        assert uses_graph(args, cuda, 1) == want, (optimizer, graph)
 
 
 def test_triton_model_step_as_on_a_gpu(seed, monkeypatch):

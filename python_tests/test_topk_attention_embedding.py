@@ -93,29 +93,37 @@ def test_backward_op(device, name, layout, sparse, seed):
         torch.testing.assert_close(v, vw, rtol=1e-5, atol=1e-5)  # sums of duplicates: another order
 
 
-@pytest.mark.parametrize("slots", [False, True], ids=["coalesced", "per_slot"])
+@pytest.mark.parametrize("form", ["dense", "coalesced", "per_slot"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("name", ["basic", "targets", "lengths", "emb_duplicates", "emb_shared_positions",
                                   "emb_padding_ids"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_triton_sparse_backward(device, name, layout, slots, seed, monkeypatch):
-    """The Triton sparse backward (the backward op's CUDA kernel for sparse=True)
-    gives the PyTorch formula's rows and values in both forms: coalesced (touched
-    rows, float32 sums) and per slot (the GPU's: B·T·k entries, padding slots
-    repeating a real slot's row with value 0), whose coalesce() is the coalesced form."""
+def test_triton_embedding_backward(device, name, layout, form, seed, monkeypatch):
+    """The Triton backward (the backward op's CUDA kernel) gives the PyTorch
+    formula's gradients in every form: dense (float32 sums in the kernel),
+    coalesced (touched rows, float32 sums) and per slot (the GPU's sparse form:
+    B·T·k entries, padding slots repeating a real slot's row with value 0), whose
+    coalesce() is the coalesced form; the query's gradient is bit-identical
+    across the forms, and no two outputs share memory (the op's contract)."""
     skip_unless_available("triton", device, torch.float32, layout=layout)
     from dare_kernels import _contract
-    from dare_kernels.triton_backend.backward import sparse_backward
+    from dare_kernels.triton_backend.backward import embedding_backward
     e = embedding_input(name, torch.float32, device, seed, layout)
     scores, idx = dare_kernels.topk_attention_embedding(e.query, e.tables, e.ids, e.k, **e.kwargs())
     grad = torch.randn(scores.shape, device=device)
-    args = (grad, e.query, e.tables, e.ids, idx, 0.7, e.offsets, True, True)
+    sparse, slots = form != "dense", form == "per_slot"
+    args = (grad, e.query, e.tables, e.ids, idx, 0.7, e.offsets, sparse, True)
     monkeypatch.setattr(_contract, "per_slot", lambda device: False)
-    coalesced = _contract.backward_formula(*args)
+    coalesced = _contract.backward_formula(*args[:-2], True, True)
     monkeypatch.setattr(_contract, "per_slot", lambda device: slots)
     want = _contract.backward_formula(*args)
-    got = sparse_backward(*args[:-2], need_tables=True, slots=slots)
+    got = embedding_backward(*args, slots=slots)
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
+    other = embedding_backward(*args[:-2], not sparse, True, slots=False)
+    assert torch.equal(got[0], other[0]), "the query's gradient depends on the tables' form"
+    outputs = [got[0], *got[1], *got[2]]
+    storages = [o.untyped_storage().data_ptr() for o in outputs if o.numel()]
+    assert len(set(storages)) == len(storages), "outputs alias each other"
     for f, (r, v, rw, vw) in enumerate(zip(got[1], got[2], want[1], want[2])):
         assert torch.equal(r, rw)
         torch.testing.assert_close(v, vw, rtol=1e-5, atol=1e-5)  # sums of duplicates: another order

@@ -1,5 +1,6 @@
 """Where the reference models' search stage and training step spend GPU and host
-time (torch.profiler; kernels by GPU time, then ops by host time), for each
+time (torch.profiler; GPU kernels by their own time per step, ops by GPU time, then
+ops by host time), for each
 optimiser: python bench/tools/profile_model.py [--models dare:16 twin:128] [--optimizers rows dense]"""
 import argparse
 
@@ -44,6 +45,13 @@ for spec in args.models:
         print(f"== {variant} d_att={d_att} train step ({kind}): {ms:.3f} ms (median); profile of 3 steps; "
               f"first host synchronisation: {where or 'none'}")
         avg = prof.key_averages()
+        kernels = [e for e in avg if e.device_type == torch.autograd.DeviceType.CUDA]
+        own = lambda e: getattr(e, "self_device_time_total", None) or e.self_cuda_time_total  # noqa: E731
+        total = sum(own(e) for e in kernels)
+        print(f"GPU kernels: {sum(e.count for e in kernels) / 3:.0f} launches, {total / 3e3:.3f} ms a step; "
+              f"by own time a step:")
+        for e in sorted(kernels, key=own, reverse=True)[:2 * args.rows]:
+            print(f"  {own(e) / 3e3:8.3f} ms {100 * own(e) / total:5.1f}% x{e.count / 3:5.0f}  {e.key[:110]}")
         print(avg.table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=55))
         print(avg.table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=55))
         del opt

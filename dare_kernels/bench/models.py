@@ -47,6 +47,7 @@ def train_step(model, opt, batch: dict, device: torch.device, cache: bool = True
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
+    return loss.detach()
 
 
 # The training step's optimisers, as dare_kernels.optim names them: "rows" (the
@@ -55,20 +56,13 @@ STEP_OPTIMIZERS = ("rows", "dense")
 
 
 def captured_step(model, opt, batch: dict, device: torch.device):
-    """The training step captured once in a CUDA graph (warm-up steps on a side
-    stream first, as torch.cuda.graphs asks); returns the graph's replay, one
-    whole step (forward, backward, optimiser) with no host work. opt must be
+    """The training step captured once in a CUDA graph (dare_kernels.graphs: warm-up
+    steps first, undone after); returns the graph's replay, one whole step (forward,
+    backward, optimiser) with no host work, on `batch` itself. opt must be
     capturable (ModelOptimizer(..., capturable=True))."""
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            train_step(model, opt, batch, device, cache=False)
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        train_step(model, opt, batch, device, cache=False)
-    return graph.replay
+    from ..graphs import GraphedStep
+    step = GraphedStep(lambda b: train_step(model, opt, b, device, cache=False), model, opt.optimizers)
+    return step.capture(batch, copy=False)[1].replay
 
 
 def first_sync(fn) -> Optional[str]:
@@ -92,8 +86,8 @@ def first_sync(fn) -> Optional[str]:
 def step_phases(model, opt, batch: dict, device: torch.device) -> dict:
     """Callables for the training step's phases, each run and timed alone
     (forward and backward of that phase, gradients cleared each call): search
-    forward, search forward + backward, the representation lookup of the k
-    selected behaviours and the target (forward + backward), the MLP (forward +
+    forward, search forward + backward, the representation of the k selected
+    behaviours summed with their weights and of the target (forward + backward), the MLP (forward +
     backward), the optimiser step (on the gradients of one full step)."""
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     B = batch["history_items"].shape[0]
@@ -101,6 +95,7 @@ def step_phases(model, opt, batch: dict, device: torch.device) -> dict:
     g = torch.Generator(device=device).manual_seed(1)
     idx = torch.randint(0, batch["history_items"].shape[1], (B, k), device=device, generator=g)
     x = torch.randn(B, 3 * model.d_rep, device=device, generator=g, requires_grad=True)
+    weights = torch.softmax(torch.randn(B, k, device=device, generator=g), -1).requires_grad_()
 
     def search_forward():
         with autocast:
@@ -117,10 +112,10 @@ def step_phases(model, opt, batch: dict, device: torch.device) -> dict:
         items, cats = batch["history_items"], batch["history_cats"]
         pos = model.positions(items.shape[1], device)
         with autocast:
-            rep = model.representation(items.gather(1, idx), cats.gather(1, idx), pos[idx])
+            interest = model.attend(items, cats, pos, weights, idx)
             target_pos = torch.zeros_like(batch["target_item"])
             target = model.representation(batch["target_item"], batch["target_cat"], target_pos, target=True).float()
-        (rep.float().sum() + target.sum()).backward()
+        (interest.sum() + target.sum()).backward()
 
     def mlp():
         model.zero_grad(set_to_none=True)

@@ -19,8 +19,9 @@ behaviour j is
 
 (sem = [item | category]), one op call with both scales folded into the query.
 The k best behaviours are attended with softmax over their (differentiable)
-scores; their representation embeddings are looked up only for those k. Search
-and attention are one ``dare_kernels.layers.HardSearch`` (``model.search``), with
+scores; their representation embeddings are read only for those k, straight
+into the weighted sum (embedding bags, ``model.attend``). The search and the
+attention weights are ``dare_kernels.layers.HardSearch``'s (``model.search``), with
 its rule for short rows: results are k wide even where a batch's longest history
 is shorter than k (padding: score -inf, index -1, weight 0), and a row with no
 history has a zero interest (zero gradients). The
@@ -196,6 +197,20 @@ class FieldEmbeddings(nn.Module):
         """The [item, category, position] tables, in the key's field order."""
         return [self.item.weight, self.cat.weight, self.pos.weight]
 
+    def bag(self, items, cats, pos, weights) -> list:
+        """Per field, Σ_j weights[:, j] · table[ids[:, j]]: (N, width) float32 from
+        ids and weights (N, n) (an embedding bag: each selected row is read once
+        into its sum, the (N, n, width) rows are never built). Gradients as
+        forward's lookups: sparse rows (one per id, uncoalesced, no host
+        synchronisation) for a sparse table, dense otherwise; the padding id adds
+        nothing and receives nothing."""
+        out = []
+        for t, i in zip((self.item, self.cat, self.pos), (items, cats, pos)):
+            w = weights if t.padding_idx is None else weights.masked_fill(i == t.padding_idx, 0.0)
+            out.append(nn.functional.embedding_bag(i, t.weight, per_sample_weights=w.to(t.weight.dtype),
+                                                   mode="sum", sparse=t.sparse))
+        return out
+
 
 class _Cast(torch.autograd.Function):
     """table.to(dtype) whose gradient may be sparse rows: cast back to the table's
@@ -317,6 +332,14 @@ class SearchCTR(nn.Module):
     def representation(self, items, cats, pos, target: bool = False):
         return torch.cat(self.rep(items, cats, pos), -1)
 
+    def interest(self, items, cats, pos, weights):
+        """Σ_j weights[:, j] · representation(behaviour j), (N, d_rep) float32, from
+        the selected behaviours' ids and the attention weights (N, n), without
+        building their (N, n, d_rep) representations (FieldEmbeddings.bag). A
+        variant whose representation maps the looked-up rows linearly maps the
+        sum instead (the same value: Σ w·(M e) = M Σ w·e)."""
+        return torch.cat(self.rep.bag(items, cats, pos, weights), -1)
+
     # -- shared ---------------------------------------------------------------
     def _scales(self) -> torch.Tensor:
         """Per-dimension score scale: 1/sqrt(d_sem) on [item | category],
@@ -402,12 +425,8 @@ class SearchCTR(nn.Module):
         if aux and batch["target_item"].dim() == 2:
             raise ValueError("aux=True needs one target a row: target_item of shape (B,)")
         query, tables, ids, lengths = self.search_ids_inputs(batch)
-        items, cats, pos = ids
-
-        def selected_values(idx):  # float32 (under autocast too): the interest is summed and kept in float32
-            return self.representation(items.gather(1, idx), cats.gather(1, idx), pos[idx]).float()
-
-        interest, scores, idx = self.search(query, values=selected_values, tables=tables, ids=ids, lengths=lengths)
+        scores, idx = self.search.search(query, tables=tables, ids=ids, lengths=lengths)
+        interest = self.attend(*ids, self.search.weights(scores, idx), idx)
         target_rep = self._target_rep(batch)
         features = self._target_aware(target_rep, interest)
         # The head's BatchNorm1d takes (N, C): T candidates a row are N = B·T rows.
@@ -415,6 +434,18 @@ class SearchCTR(nn.Module):
         if not aux:
             return logits, scores, idx
         return logits, scores, idx, self.aux_logits(batch, target_rep)
+
+    def attend(self, items, cats, pos, weights, idx):
+        """The attention's output: the selected behaviours' representations (idx
+        (B, [T,] k), -1 padding, into the (B, L) ids and the (L,) positions) summed
+        with their weights (padding weighs 0): (B, [T,] d_rep), float32 (under
+        autocast too: the interest is summed and kept in float32)."""
+        B, n = idx.shape[0], idx.shape[-1]
+        slot = idx.reshape(B, -1).clamp(min=0)
+        selected = [f.gather(1, slot).reshape(-1, n) for f in (items, cats)] + [pos[slot].reshape(-1, n)]
+        with torch.autocast(idx.device.type, enabled=False):
+            out = self.interest(*selected, weights.reshape(-1, n).float()).float()
+        return out.reshape(*idx.shape[:-1], out.shape[-1])
 
     def aux_logits(self, batch: dict, target_rep=None):
         """The auxiliary head on softmax attention over every valid behaviour
@@ -535,6 +566,9 @@ class TWINProjection(TWIN):
     def representation(self, items, cats, pos, target=False):
         return torch.cat(self._map(self.target_maps if target else self.value_maps, self.rep(items, cats, pos)), -1)
 
+    def interest(self, items, cats, pos, weights):
+        return torch.cat(self._map(self.value_maps, self.rep.bag(items, cats, pos, weights)), -1)
+
 
 @register("twin_compress")
 class TWINCompress(TWIN):
@@ -566,6 +600,9 @@ class TWINCompress(TWIN):
 
     def representation(self, items, cats, pos, target=False):
         return self.proj_rep(super().representation(items, cats, pos, target))
+
+    def interest(self, items, cats, pos, weights):
+        return self.proj_rep(super().interest(items, cats, pos, weights))
 
 
 @register("twin_4e")

@@ -1,0 +1,103 @@
+"""A training step replayed from a CUDA graph: the whole step (forward, backward,
+both optimisers) is one graph launch, so the host's ~300 kernel launches and
+autograd's bookkeeping (milliseconds a step: the GPU's step is ~2.4 ms for DARE-16
+at B=1024, L=10k on an H100, the eager one ~6 ms, bench/RESULTS.md) leave the
+step. What capture needs, the models and optimisers here give: no host
+synchronisation (sparse rows per slot, RowAdam on the device, Adam capturable),
+static shapes (one graph per batch shape) and state that lives in place.
+
+Capture runs a few warm-up steps first (lazy state: the optimisers' moments,
+Triton's compilation, cuBLAS workspaces); those steps would train the model on
+the first batch, so the model's parameters and buffers and every optimiser
+state tensor are put back afterwards, in place (the graph holds their
+addresses): a state that the warm-up created starts at zero, as a fresh
+optimiser's does (Adam's and RowAdam's step counts and moments)."""
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Dict, Optional
+
+import torch
+
+WARMUP_STEPS = 3
+
+
+def _state_tensors(model: torch.nn.Module, optimizers) -> Dict[tuple, torch.Tensor]:
+    out = {("model", i): t for i, t in enumerate([*model.parameters(), *model.buffers()])}
+    for n, o in enumerate(optimizers):
+        for p, state in o.state.items():
+            for key, t in state.items():
+                if torch.is_tensor(t):
+                    out[("opt", n, id(p), key)] = t
+    return out
+
+
+def _on_gpu(batch: dict) -> dict:
+    device = torch.device("cuda", torch.cuda.current_device())
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+class GraphedStep:
+    """step(batch) -> loss as `fn(batch)` returns it, each batch shape captured
+    once into a CUDA graph and replayed (the batch, on the CPU or the GPU, copied
+    into the graph's static tensors first). fn(batch) must run one whole training step (zero_grad,
+    forward, backward, optimiser step) and return the loss tensor; `optimizers`
+    are the torch.optim optimisers fn steps (their state is put back after the
+    warm-up). A shape beyond max_graphs, or any after a capture failed, runs fn
+    eagerly; a failed capture warns once with its cause (.failed holds it)."""
+
+    def __init__(self, fn: Callable[[dict], torch.Tensor], model: torch.nn.Module, optimizers, max_graphs: int = 4):
+        self.fn, self.model, self.optimizers, self.max_graphs = fn, model, list(optimizers), max_graphs
+        self.graphs: Dict[tuple, tuple] = {}
+        self.failed: Optional[BaseException] = None
+
+    @staticmethod
+    def signature(batch: dict) -> tuple:
+        return tuple((k, tuple(v.shape), v.dtype, v.device) for k, v in sorted(batch.items()))
+
+    def __call__(self, batch: dict) -> torch.Tensor:
+        key = self.signature(batch)
+        entry = self.graphs.get(key)
+        if entry is None:
+            if self.failed is not None or len(self.graphs) >= self.max_graphs:
+                return self.fn(_on_gpu(batch))
+            try:
+                entry = self.graphs[key] = self.capture(batch)
+            except Exception as e:  # the step runs eagerly from here on
+                self.failed = e
+                warnings.warn(f"the training step could not be captured in a CUDA graph; it runs eagerly: "
+                              f"{type(e).__name__}: {str(e)[:300]}", stacklevel=2)
+                return self.fn(_on_gpu(batch))
+        static, graph, loss = entry
+        for k, v in batch.items():  # a CPU batch goes straight into the graph's inputs
+            static[k].copy_(v, non_blocking=True)
+        graph.replay()
+        return loss
+
+    def capture(self, batch: dict, copy: bool = True) -> tuple:
+        """(static batch, graph, loss): fn captured on `batch` (on the GPU, or copied
+        there), after the warm-up steps; copy=False: the batch's own tensors are the
+        graph's inputs. The model's and optimisers' state is put back whether or not
+        the capture succeeds; its exception propagates."""
+        before = {k: t.detach().clone() for k, t in _state_tensors(self.model, self.optimizers).items()}
+        static = {k: v.clone() for k, v in _on_gpu(batch).items()} if copy else batch
+        stream = torch.cuda.current_stream()
+        side = torch.cuda.Stream()
+        side.wait_stream(stream)
+        try:
+            with torch.cuda.stream(side):
+                for _ in range(WARMUP_STEPS):
+                    self.fn(static)
+            stream.wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                loss = self.fn(static)
+        finally:
+            torch.cuda.synchronize()
+            with torch.no_grad():
+                for k, t in _state_tensors(self.model, self.optimizers).items():
+                    if k in before:
+                        t.copy_(before[k])
+                    else:  # created by the warm-up: a fresh optimiser's zeros
+                        t.zero_()
+        return static, graph, loss
