@@ -725,3 +725,35 @@ def test_candidates_shape_is_checked():
     aux = LongSequenceCTR("dare", 50, 5, 20, d_att=8, d_rep=8, k=4, aux_loss=True).eval()
     with pytest.raises(ValueError, match="aux=True needs one target a row"):
         aux(batch, aux=True)
+
+
+@pytest.mark.parametrize("n_rows", [20, 300], ids=["tiny_matmul", "index_add"])
+def test_dense_bag_and_lookup_gradients(n_rows, seed):
+    """The dense-gradient lookups of the model's small tables (models.dare._Bag,
+    _Lookup) give the forward and the gradients of PyTorch's embedding_bag /
+    embedding (padding_idx) in float64, in both of their ways of summing rows."""
+    from dare_kernels.models.dare import _Bag, _Lookup
+    g = torch.Generator().manual_seed(seed)
+    table = torch.randn(n_rows, 6, generator=g)
+    ids = torch.randint(0, n_rows, (9, 7), generator=g)
+    ids[0, :3] = 0  # the padding id, repeated
+    w = torch.rand(9, 7, generator=g)
+    out_grad = torch.randn(9, 6, generator=g)
+    t, ww = table.clone().requires_grad_(), w.clone().requires_grad_()
+    got = _Bag.apply(t, ids, ww)
+    got.backward(out_grad)
+    t64, w64 = table.double().requires_grad_(), w.double().requires_grad_()
+    want = torch.nn.functional.embedding_bag(ids, t64, per_sample_weights=w64, mode="sum")
+    want.backward(out_grad.double())
+    torch.testing.assert_close(got, want.float())
+    torch.testing.assert_close(t.grad, t64.grad.float())
+    torch.testing.assert_close(ww.grad, w64.grad.float())
+    t = table.clone().requires_grad_()
+    got = _Lookup.apply(t, ids, 0)
+    got.backward(torch.randn(got.shape, generator=g.manual_seed(seed)))
+    t64 = table.double().requires_grad_()
+    want = torch.nn.functional.embedding(ids, t64, padding_idx=0)
+    want.backward(torch.randn(want.shape, generator=g.manual_seed(seed)).double())
+    torch.testing.assert_close(got, want.float())
+    torch.testing.assert_close(t.grad, t64.grad.float())
+    assert torch.all(t.grad[0] == 0)

@@ -60,7 +60,6 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .._contract import table_gradient
 from ..layers import HardSearch
 
 MODELS: Dict[str, type] = {}
@@ -153,7 +152,7 @@ SPARSE_MIN_ROWS = 1 << 16
 class _DenseGrad(torch.autograd.Function):
     """The table itself, whose gradient reaches it dense: a sparse gradient (the
     search's rows, per slot on a GPU) summed into the table's shape in float32
-    (index_add), so the table's gradients add as dense ones (no sparse add)."""
+    (_dense_table_grad), so the table's gradients add as dense ones (no sparse add)."""
 
     @staticmethod
     def forward(ctx, table):
@@ -164,14 +163,80 @@ class _DenseGrad(torch.autograd.Function):
     def backward(ctx, grad):
         if not grad.is_sparse:
             return grad
-        return table_gradient(grad._indices()[0], grad._values().float(), ctx.shape[0], ctx.dtype)
+        rows, values = grad._indices()[0][:, None], grad._values()
+        ones = torch.ones(rows.shape, dtype=torch.float32, device=rows.device)
+        return _dense_table_grad(ctx.shape[0], rows, ones, values).to(ctx.dtype)
+
+
+TINY_ROWS = 256  # a dense table this small sums its gradient by one matmul (positions: ~30 rows)
+TINY_MATRIX = 1 << 24  # ... when its (N, rows) weight matrix stays this small (64 MiB of float32)
+
+
+def _dense_table_grad(n_rows: int, ids: torch.Tensor, weights: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Σ_{b, j} weights[b, j] · grad[b] into row ids[b, j]: (n_rows, d) float32, from
+    ids and weights (N, n) and grad (N, d). A tiny table (TINY_ROWS): each row's
+    weight per b, H (N, n_rows), then Hᵀ · grad (thousands of ids share each
+    row: atomics on them would queue). Else an index_add of the N·n rows (atomics
+    on rows few ids share; nn.Embedding's dense backward sorts them instead)."""
+    grad = grad.float()
+    if n_rows <= TINY_ROWS and ids.shape[0] * n_rows <= TINY_MATRIX:
+        h = grad.new_zeros(ids.shape[0], n_rows).scatter_add_(1, ids, weights.float())
+        return h.t() @ grad
+    rows = (weights.float()[..., None] * grad[:, None, :]).reshape(-1, grad.shape[-1])
+    return grad.new_zeros(n_rows, grad.shape[-1]).index_add_(0, ids.reshape(-1), rows)
+
+
+class _Bag(torch.autograd.Function):
+    """Σ_j weights[:, j] · table[ids[:, j]] (N, d) for a table with a dense
+    gradient (_dense_table_grad), and the weights' gradient table[ids] · grad."""
+
+    @staticmethod
+    def forward(ctx, table, ids, weights):
+        ctx.save_for_backward(table, ids, weights)
+        return nn.functional.embedding_bag(ids, table, per_sample_weights=weights, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad):
+        table, ids, weights = ctx.saved_tensors
+        g_table = g_weights = None
+        if ctx.needs_input_grad[0]:
+            g_table = _dense_table_grad(table.shape[0], ids, weights, grad).to(table.dtype)
+        if ctx.needs_input_grad[2]:
+            if table.shape[0] <= TINY_ROWS and ids.shape[0] * table.shape[0] <= TINY_MATRIX:  # each row's, then each id's
+                g_weights = torch.gather(grad.float() @ table.float().t(), 1, ids)
+            else:
+                g_weights = (table[ids].float() * grad.float()[:, None, :]).sum(-1)
+            g_weights = g_weights.to(weights.dtype)
+        return g_table, None, g_weights
+
+
+class _Lookup(torch.autograd.Function):
+    """table[ids] for a table with a dense gradient (_dense_table_grad; the padding
+    id's rows receive nothing, as nn.Embedding's padding_idx)."""
+
+    @staticmethod
+    def forward(ctx, table, ids, padding_idx):
+        ctx.save_for_backward(ids)
+        ctx.shape, ctx.dtype, ctx.padding_idx = table.shape, table.dtype, padding_idx
+        return nn.functional.embedding(ids, table)
+
+    @staticmethod
+    def backward(ctx, grad):
+        ids, = ctx.saved_tensors
+        flat = ids.reshape(-1, 1)
+        w = torch.ones(flat.shape, dtype=torch.float32, device=ids.device)
+        if ctx.padding_idx is not None:
+            w = w.masked_fill(flat == ctx.padding_idx, 0.0)
+        g = _dense_table_grad(ctx.shape[0], flat, w, grad.reshape(-1, ctx.shape[1]))
+        return g.to(ctx.dtype), None, None
 
 
 class FieldEmbeddings(nn.Module):
     """One role's [item, category, position] tables, N(0, std) initialised
     (item and category row 0 = padding, zero). A table whose nn.Embedding is
     sparse (the model's set_sparse_grad decides) takes its lookups' gradients as
-    sparse rows, one per looked-up id (_RowLookup); the others dense."""
+    sparse rows, one per looked-up id (_RowLookup); the others dense (_Lookup,
+    _Bag: float32 sums of the touched rows, no sort)."""
 
     def __init__(self, n_items: int, n_cats: int, n_pos: int, widths: Tuple[int, int, int], std: float):
         super().__init__()
@@ -190,7 +255,7 @@ class FieldEmbeddings(nn.Module):
     def forward(self, items, cats, pos) -> list:
         """The three fields' embeddings [item, category, position]."""
         fields = (self.item, self.cat, self.pos)
-        return [_RowLookup.apply(t.weight, i, t.padding_idx) if t.sparse else t(i)
+        return [(_RowLookup if t.sparse else _Lookup).apply(t.weight, i, t.padding_idx)
                 for t, i in zip(fields, (items, cats, pos))]
 
     def tables(self) -> list:
@@ -207,8 +272,9 @@ class FieldEmbeddings(nn.Module):
         out = []
         for t, i in zip((self.item, self.cat, self.pos), (items, cats, pos)):
             w = weights if t.padding_idx is None else weights.masked_fill(i == t.padding_idx, 0.0)
-            out.append(nn.functional.embedding_bag(i, t.weight, per_sample_weights=w.to(t.weight.dtype),
-                                                   mode="sum", sparse=t.sparse))
+            w = w.to(t.weight.dtype)
+            out.append(nn.functional.embedding_bag(i, t.weight, per_sample_weights=w, mode="sum", sparse=True)
+                       if t.sparse else _Bag.apply(t.weight, i, w))
         return out
 
 
