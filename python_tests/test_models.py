@@ -139,7 +139,7 @@ def test_search_layer_keeps_the_models_numbers(model, seed):
     for bit, those of the block it replaced; the logits and every parameter's gradient
     equal its up to the order of the float32 sums (the interest is summed by embedding
     bags, model.attend); under autocast the logits to bfloat16's precision (twin_proj's
-    value maps now map the float32 sum), the gradients are compared without it."""
+    value maps now map the sum), the gradients are compared without it."""
     data, batch = _batch(seed)
     full = dict(batch, lengths=torch.full_like(batch["lengths"], batch["history_items"].shape[1]))
     w = torch.randn(len(batch["label"]), generator=torch.Generator().manual_seed(seed))

@@ -509,8 +509,7 @@ class SearchCTR(nn.Module):
         B, n = idx.shape[0], idx.shape[-1]
         slot = idx.reshape(B, -1).clamp(min=0)
         selected = [f.gather(1, slot).reshape(-1, n) for f in (items, cats)] + [pos[slot].reshape(-1, n)]
-        with torch.autocast(idx.device.type, enabled=False):
-            out = self.interest(*selected, weights.reshape(-1, n).float()).float()
+        out = self.interest(*selected, weights.reshape(-1, n).float()).float()  # bags: autocast leaves them float32
         return out.reshape(*idx.shape[:-1], out.shape[-1])
 
     def aux_logits(self, batch: dict, target_rep=None):
