@@ -757,3 +757,23 @@ def test_dense_bag_and_lookup_gradients(n_rows, seed):
     torch.testing.assert_close(got, want.float())
     torch.testing.assert_close(t.grad, t64.grad.float())
     assert torch.all(t.grad[0] == 0)
+
+
+def test_bag_of_few_sums_gathers(seed, monkeypatch):
+    """FieldEmbeddings.bag gives the same sums and gradients whether it gathers the
+    rows (fewer than BAG_MIN_SUMS sums: a serving request) or runs embedding bags."""
+    from dare_kernels.models import dare
+    m = LongSequenceCTR("dare", 50, 9, 40, d_att=8, d_rep=16, k=6, embedding_std=0.3)
+    g = torch.Generator().manual_seed(seed)
+    ids = [torch.randint(0, n, (5, 6), generator=g) for n in (51, 10, m.n_pos)]
+    w = torch.rand(5, 6, generator=g)
+    results = []
+    for low in (1, 1000):
+        monkeypatch.setattr(dare, "BAG_MIN_SUMS", low)
+        m.zero_grad(set_to_none=True)
+        out = torch.cat(m.rep.bag(*ids, w), -1)
+        out.square().sum().backward()
+        results.append((out, [t.grad.to_dense() for t in m.rep.tables()]))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b)
