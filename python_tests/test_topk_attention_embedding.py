@@ -77,20 +77,26 @@ def test_opcheck(device, name, seed):
 @pytest.mark.parametrize("device", DEVICES)
 def test_backward_op(device, name, layout, sparse, seed):
     """The one-call backward op: opcheck, and its result equals the formula in
-    PyTorch ops (_contract.backward_formula) it is the kernel of."""
+    PyTorch ops (_contract.backward_formula) it is the kernel of, up to the order of
+    float32 sums (a GPU's dense table gradients sum duplicates with atomics, in any
+    order: at most n·u·Σ|term| apart, n the selected slots)."""
     skip_unless_compiled(device)
     from dare_kernels import _contract
     e = embedding_input(name, torch.float32, device, seed, layout)
     scores, idx = dare_kernels.topk_attention_embedding(e.query, e.tables, e.ids, e.k, **e.kwargs())
     grad = torch.randn(scores.shape, device=device)
     args = (grad, e.query, e.tables, e.ids, idx, 0.7, e.offsets, sparse, True)
-    torch.library.opcheck(torch.ops.dare.topk_attention_embedding_backward, args)
+    # Σ|term| of every output element: the same formula on absolute values.
+    magnitude = _contract.backward_formula(grad.abs(), e.query.abs(), [t.abs() for t in e.tables], *args[3:])
+    order = idx.numel() * 2.0 ** -24
+    slack = max([1e-5] + [order * m.abs().max().item() for m in magnitude[2] if m.numel()])
+    torch.library.opcheck(torch.ops.dare.topk_attention_embedding_backward, args, rtol=1e-5, atol=slack)
     got = torch.ops.dare.topk_attention_embedding_backward(*args)
     want = _contract.backward_formula(*args)
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
-    for r, v, rw, vw in zip(got[1], got[2], want[1], want[2]):
+    for r, v, rw, vw, m in zip(got[1], got[2], want[1], want[2], magnitude[2]):
         assert torch.equal(r, rw)
-        torch.testing.assert_close(v, vw, rtol=1e-5, atol=1e-5)  # sums of duplicates: another order
+        assert ((v - vw).abs() <= 1e-5 + 1e-5 * vw.abs() + order * m).all()
 
 
 @pytest.mark.parametrize("form", ["dense", "coalesced", "per_slot"])
@@ -207,7 +213,7 @@ def _selected_rows(e, idx, f):
 @pytest.mark.parametrize("backend", dare_kernels.BACKENDS)
 def test_sparse_gradients_match_reference(backend, device, dtype, name, layout, seed):
     """sparse=True: each table's gradient is a sparse COO tensor of the table's
-    dtype (coalesced; on a GPU uncoalesced, one entry per slot) holding exactly the
+    dtype (coalesced; from the op on a GPU uncoalesced, one entry per slot) holding exactly the
     rows the real selected positions point at,
     equal to the float64 reference's dense gradient (duplicate ids summed in
     float32, rounded once; per slot, each slot's value rounded once and summed in
@@ -231,11 +237,13 @@ def test_sparse_gradients_match_reference(backend, device, dtype, name, layout, 
     assert torch.equal(idx, ref_i), "selection differs from the float64 reference"
     ref = torch.autograd.grad(ref_s, (q_ref, *t_ref), torch.where(ref_i >= 0, g.double(), 0.0), allow_unused=True)
     tol = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+    # Coalesced, or from the op on a GPU one entry per slot (no host synchronisation); the
+    # reference backend (PyTorch ops) coalesces everywhere.
+    slots = device != "cpu" and backend != "reference"
     for f, (got, dense, want) in enumerate(zip(grads[True][1:], grads[False][1:], ref[1:])):
-        # Coalesced, or on a GPU one entry per slot (no host synchronisation).
-        assert got.layout == torch.sparse_coo and got.is_coalesced() == (device == "cpu") and got.dtype == dtype
+        assert got.layout == torch.sparse_coo and got.is_coalesced() == (not slots) and got.dtype == dtype
         assert got.shape == e.tables[f].shape
-        if device != "cpu":
+        if slots:
             assert got._nnz() == idx.numel()
         assert set(got.coalesce().indices()[0].tolist()) == _selected_rows(e, idx, f)
         want = torch.zeros(got.shape, dtype=dtype, device=device) if want is None else want
@@ -243,7 +251,7 @@ def test_sparse_gradients_match_reference(backend, device, dtype, name, layout, 
         # them in float32: on top of the tolerance, one rounding (unit u) of each summand.
         summed = torch.sparse_coo_tensor(got._indices(), got._values().float(), got.shape).to_dense()
         slack = 0.0
-        if device != "cpu":
+        if slots:
             u = {torch.float32: 2.0 ** -24, torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}[dtype]
             slack = u * torch.sparse_coo_tensor(got._indices(), got._values().float().abs(), got.shape).to_dense()
         for other in (want, dense):
