@@ -11,7 +11,7 @@ moving a row on its old momentum after its last gradient). That is
 RowAdam computes SparseAdam's update without SparseAdam's sparse-tensor
 bookkeeping (a sparse_mask and a sparse add per moment, each a coalesce): on a
 GPU in two Triton launches a table that take the gradient as it comes, duplicate
-rows and all (triton_backend/row_adam.py: no sort, no host synchronisation, the
+rows and all (a small table's dense gradient: one launch and the step's count) (triton_backend/row_adam.py: no sort, no host synchronisation, the
 step count on the device: a training step can be captured in a CUDA graph); on
 the CPU in one C++ call a table (dare::row_adam_: one sort of the entries, each
 touched row read and written once); without either, with index ops on the
@@ -74,7 +74,11 @@ class RowAdam(torch.optim.Optimizer):
                     state["step"] = torch.tensor(float(state["step"]), device=p.device)
                 m, v = state["exp_avg"], state["exp_avg_sq"]
                 if not grad.is_sparse:
-                    _dense_rows(p, grad, m, v, state["step"], lr, beta1, beta2, eps)
+                    if self._fused(p) and p.dtype == torch.float32:
+                        from .triton_backend import row_adam
+                        row_adam.dense_row_adam_(p, m, v, state["step"], grad, lr, beta1, beta2, eps)
+                    else:
+                        _dense_rows(p, grad, m, v, state["step"], lr, beta1, beta2, eps)
                     continue
                 if self._fused(p):
                     from .triton_backend import row_adam

@@ -95,3 +95,41 @@ def row_adam_(param, exp_avg, exp_avg_sq, sums, owner, step, rows, values, lr, b
         _update_kernel[(triton.cdiv(n, per),)](param, exp_avg, exp_avg_sq, sums, owner, step, rows, n, d,
                                                param.stride(0), lr, 1.0 - beta1, 1.0 - beta2, _log(beta1),
                                                _log(beta2), eps, ROWS=per, BLOCK_D=block_d)
+
+
+@triton.jit
+def _dense_update_kernel(param, exp_avg, exp_avg_sq, grad, step, n, d, stride, grad_stride,
+                         lr, c1, c2, log_beta1, log_beta2, eps, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    r = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
+    c = tl.arange(0, BLOCK_D)
+    cells = (r < n)[:, None] & (c < d)[None, :]
+    g = tl.load(grad + r[:, None] * grad_stride + c[None, :], mask=cells, other=0.0).to(tl.float32)
+    touched = tl.max((g != 0).to(tl.int32), axis=1) > 0  # NaN counts: it is != 0
+    cells = cells & touched[:, None]
+    t = tl.load(step) + 1.0  # this step's count; the wrapper stores it after the launch
+    step_size = lr * tl.sqrt(_one_minus_pow(t, log_beta2)) / _one_minus_pow(t, log_beta1)
+    at = r[:, None] * stride + c[None, :]
+    m = tl.load(exp_avg + at, mask=cells, other=0.0)
+    v = tl.load(exp_avg_sq + at, mask=cells, other=0.0)
+    m = m + c1 * (g - m)
+    v = v + c2 * (g * g - v)
+    p = tl.load(param + at, mask=cells, other=0.0)
+    tl.store(exp_avg + at, m, mask=cells)
+    tl.store(exp_avg_sq + at, v, mask=cells)
+    tl.store(param + at, p - step_size * (m / (tl.sqrt(v) + eps)), mask=cells)
+
+
+def dense_row_adam_(param, exp_avg, exp_avg_sq, step, grad, lr, beta1, beta2, eps) -> None:
+    """In place, from a dense gradient (a small table's): count a step and apply
+    lazy Adam to the rows whose gradient is nonzero (the touched ones), the others
+    untouched: one launch over the table and the step's increment (the ~25
+    elementwise launches of optim._dense_rows in two)."""
+    n, d = param.shape
+    grad = grad if grad.stride(-1) == 1 else grad.contiguous()
+    block_d = triton.next_power_of_2(max(d, 1))
+    per = max(1, min(64, 2048 // block_d))
+    if n:
+        _dense_update_kernel[(triton.cdiv(n, per),)](param, exp_avg, exp_avg_sq, grad, step, n, d, param.stride(0),
+                                                     grad.stride(0), lr, 1.0 - beta1, 1.0 - beta2, _log(beta1),
+                                                     _log(beta2), eps, ROWS=per, BLOCK_D=block_d)
+    step.add_(1)
