@@ -134,9 +134,13 @@ class ModelOptimizer:
     Adam on everything (the paper's setting; the model must take dense
     gradients). zero_grad / step / state_dict / load_state_dict as an Optimizer's.
     capturable: the step can be captured in a CUDA graph (Adam's capturable; the
-    fused RowAdam always is)."""
+    fused RowAdam always is). l2: the paper's L2 penalty l2·Σp² on the model's
+    dense_parameters() (weights, not biases or tables), applied as Adam's
+    weight_decay = 2·l2 (its gradient, added inside the fused update: no extra
+    launches, the same step as the penalty in the loss)."""
 
-    def __init__(self, model: torch.nn.Module, lr: float, kind: str = "rows", fused=None, capturable: bool = False):
+    def __init__(self, model: torch.nn.Module, lr: float, kind: str = "rows", fused=None, capturable: bool = False,
+                 l2: float = 0.0):
         if kind not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {kind!r}")
         sparse = bool(getattr(model, "sparse_grad", False))
@@ -149,7 +153,11 @@ class ModelOptimizer:
         if fused is None:
             fused = all(p.is_cuda for p in rest) and bool(rest)
         self.kind = kind
-        self.optimizers = [torch.optim.Adam(rest, lr=lr, fused=fused or None, capturable=capturable)]
+        decayed = {id(p) for p in getattr(model, "dense_parameters", lambda: [])()} if l2 else set()
+        groups = [{"params": [p for p in rest if id(p) in decayed], "weight_decay": 2.0 * l2},
+                  {"params": [p for p in rest if id(p) not in decayed], "weight_decay": 0.0}]
+        self.optimizers = [torch.optim.Adam([gr for gr in groups if gr["params"]], lr=lr, fused=fused or None,
+                                            capturable=capturable)]
         if kind == "rows" and tables:
             self.optimizers.append(RowAdam(tables, lr=lr))
         elif tables:  # SparseAdam takes sparse gradients only: tables with dense ones (small) to RowAdam, alike

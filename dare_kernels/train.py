@@ -186,10 +186,10 @@ def uses_graph(args, device: torch.device, world: int) -> bool:
     return args.graph == "auto" and device.type == "cuda" and world == 1 and args.optimizer != "sparse_adam"
 
 
-def step_objective(net, b: dict, args, device, dense, cache: bool = True) -> tuple:
+def step_objective(net, b: dict, args, device, cache: bool = True) -> tuple:
     """(loss, objective) of a training batch: the mean log loss over the (local)
-    batch, and what is differentiated: with the auxiliary loss and the L2 penalty
-    on `dense` (model.dense_parameters()). cache: autocast's cast cache (off
+    batch, and what is differentiated: with the auxiliary loss (the L2 penalty is
+    the optimiser's: ModelOptimizer(l2=...)). cache: autocast's cast cache (off
     under CUDA-graph capture)."""
     with _autocast(args, device, cache):
         out = net(b, aux=True) if args.aux_loss else net(b)
@@ -197,8 +197,6 @@ def step_objective(net, b: dict, args, device, dense, cache: bool = True) -> tup
     objective = loss
     if args.aux_loss:
         objective = objective + torch.nn.functional.binary_cross_entropy_with_logits(out[3].float(), b["label"])
-    if args.l2:
-        objective = objective + args.l2 * sum(p.pow(2).sum() for p in dense)
     return loss, objective
 
 
@@ -332,8 +330,7 @@ def train_one(args, seed: int, world: int, rank: int, device) -> dict:
     if world > 1:  # before the optimiser: the swap makes new BatchNorm parameters
         distributed.convert_sync_batchnorm(model)
     graph = uses_graph(args, device, world)
-    opt = ModelOptimizer(model, args.lr, args.optimizer, capturable=graph)
-    dense = model.dense_parameters()
+    opt = ModelOptimizer(model, args.lr, args.optimizer, capturable=graph, l2=args.l2)
     per_epoch = len(train) // (args.batch_size * world)
     if per_epoch == 0:
         raise ValueError(f"{len(train)} training impressions do not fill one batch of {args.batch_size}"
@@ -352,7 +349,7 @@ def train_one(args, seed: int, world: int, rank: int, device) -> dict:
     sync_tables = world > 1 and model.sparse_grad
 
     def train_step(b):
-        loss, objective = step_objective(net, b, args, device, dense, cache=not graph)
+        loss, objective = step_objective(net, b, args, device, cache=not graph)
         opt.zero_grad(set_to_none=True)
         objective.backward()
         if sync_tables:
@@ -499,3 +496,5 @@ def main(argv=None) -> dict:
 
 if __name__ == "__main__":
     main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        distributed.exit_process(0)

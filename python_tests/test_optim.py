@@ -1,5 +1,7 @@
 """RowAdam gives torch.optim.SparseAdam's result; the model's optimiser groups
 its parameters by gradient layout."""
+import copy
+
 import pytest
 import torch
 
@@ -286,3 +288,25 @@ def test_triton_model_step_as_on_a_gpu(seed, monkeypatch):
     assert len(slots["gpu_path"]) == 2 and not any(slots["gpu_path"])  # per-slot and per-id entries, summed by the optimiser
     for name, value in states["gpu_path"].items():
         torch.testing.assert_close(value, states["sparse_adam"][name], rtol=1e-5, atol=2e-6, msg=name)
+
+
+def test_l2_as_weight_decay_is_the_penalty_in_the_loss(seed):
+    """ModelOptimizer(l2=...) (Adam's weight_decay 2·l2 on dense_parameters(): no
+    extra launches) takes the steps of l2·Σp² on those weights added to the loss."""
+    g = torch.Generator().manual_seed(seed)
+    batch = _batch(g, 6, 20, 50, 9)
+    torch.manual_seed(seed)
+    a = LongSequenceCTR("dare", 50, 9, 20, d_att=8, d_rep=16, k=5, embedding_std=0.3)
+    b = copy.deepcopy(a)
+    l2 = 0.05
+    opt_a, opt_b = ModelOptimizer(a, 0.01, "rows", l2=l2), ModelOptimizer(b, 0.01, "rows")
+    assert len(opt_a.optimizers[0].param_groups) == 2
+    for _ in range(3):
+        for m, opt, penalty in ((a, opt_a, 0.0), (b, opt_b, l2)):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(m(batch)[0], batch["label"])
+            loss = loss + penalty * sum(p.pow(2).sum() for p in m.dense_parameters())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)

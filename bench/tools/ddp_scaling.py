@@ -113,16 +113,16 @@ def run_check(args, world, rank, device) -> dict:
     model = build(args, device)
     if rank == 0:
         probe, ref = copy.deepcopy(model), copy.deepcopy(model)  # plain BatchNorm: one process
-        ref_opt = ModelOptimizer(ref, args.lr, args.optimizer)
+        ref_opt = ModelOptimizer(ref, args.lr, args.optimizer, l2=args.l2)
     distributed.convert_sync_batchnorm(model)
-    opt = ModelOptimizer(model, args.lr, args.optimizer)
+    opt = ModelOptimizer(model, args.lr, args.optimizer, l2=args.l2)
     net = distributed.wrap(model, device) if world > 1 else model
     names = [n for n, _ in model.named_parameters()]
     worst = {n: 0.0 for n in names}
     for step in range(args.steps):
         full = global_batch(step, args, world, device)
         local = shard(full, rank, world)
-        _, objective = step_objective(net, local, args, device, model.dense_parameters())
+        _, objective = step_objective(net, local, args, device)
         opt.zero_grad(set_to_none=True)
         objective.backward()
         if world > 1 and model.sparse_grad:
@@ -130,13 +130,13 @@ def run_check(args, world, rank, device) -> dict:
         if rank == 0:
             probe.load_state_dict(model.state_dict())
             probe.zero_grad(set_to_none=True)
-            step_objective(probe, full, args, device, probe.dense_parameters())[1].backward()
+            step_objective(probe, full, args, device)[1].backward()
             for (n, p), q in zip(model.named_parameters(), probe.parameters()):
                 want = dense_grad(q)
                 scale = float(want.abs().max()) or 1.0
                 worst[n] = max(worst[n], float((dense_grad(p) - want).abs().max()) / scale)
             ref_opt.zero_grad(set_to_none=True)
-            step_objective(ref, full, args, device, ref.dense_parameters())[1].backward()
+            step_objective(ref, full, args, device)[1].backward()
             ref_opt.step()
         opt.step()
     replicas = distributed.replica_difference(model) if world > 1 else 0.0
@@ -157,10 +157,9 @@ def run_check(args, world, rank, device) -> dict:
 def run_time(args, world, rank, device) -> dict:
     model = build(args, device)
     distributed.convert_sync_batchnorm(model)
-    opt = ModelOptimizer(model, args.lr, args.optimizer)
+    opt = ModelOptimizer(model, args.lr, args.optimizer, l2=args.l2)
     net = distributed.wrap(model, device) if world > 1 else model
     local = global_batch(10_000 + rank, args, 1, device)  # a batch of B of this process's own
-    dense = model.dense_parameters()
     tables = model.table_parameters()
     exchange = world > 1 and model.sparse_grad
 
@@ -168,7 +167,7 @@ def run_time(args, world, rank, device) -> dict:
         """One step; returns the seconds of the table gradients' exchange (0 without)."""
         ctx = net.no_sync() if world > 1 and not communicate else _Null()
         with ctx:
-            _, objective = step_objective(net, local, args, device, dense)
+            _, objective = step_objective(net, local, args, device)
             opt.zero_grad(set_to_none=True)
             objective.backward()
         seconds = 0.0
@@ -287,4 +286,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() is not None else 1)
+    code = 0 if main() is not None else 1
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        distributed.exit_process(code)
+    sys.exit(code)
