@@ -777,3 +777,37 @@ def test_bag_of_few_sums_gathers(seed, monkeypatch):
     torch.testing.assert_close(results[0][0], results[1][0])
     for a, b in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_fused_bag_matches_pytorch(sparse, seed, monkeypatch):
+    """FieldEmbeddings.bag through the Triton kernels (the GPU's path; here under the
+    interpreter) gives PyTorch's sums and gradients: weights, sparse per-slot rows
+    (padding ids zero) and dense tables, padding ids adding nothing."""
+    from dare_kernels import triton_backend
+    from dare_kernels.models import dare
+    if triton_backend.unavailable("cpu") is not None:
+        pytest.skip(triton_backend.unavailable("cpu"))
+    m = LongSequenceCTR("dare", 50, 9, 40, d_att=8, d_rep=(8, 4, 2), k=6, embedding_std=0.3, sparse_grad=sparse,
+                        sparse_min_rows=20)
+    g = torch.Generator().manual_seed(seed)
+    ids = [torch.randint(0, n, (5, 6), generator=g) for n in (51, 10, m.n_pos)]
+    ids[0][0, :2] = 0  # the item's padding id
+    ids[1][1, 3] = 0
+    w = torch.rand(5, 6, generator=g)
+    results = []
+    for fused in (True, False):
+        monkeypatch.setattr(dare, "FUSED_BAG", fused)
+        m.zero_grad(set_to_none=True)
+        ww = w.clone().requires_grad_()
+        out = torch.cat(m.rep.bag(*ids, ww), -1)
+        (out * torch.arange(out.numel(), dtype=torch.float32).reshape(out.shape).cos()).sum().backward()
+        grads = [t.grad for t in m.rep.tables()]
+        assert [gr.is_sparse for gr in grads] == [m.rep.item.sparse, m.rep.cat.sparse, m.rep.pos.sparse]
+        results.append((out.detach(), ww.grad, [gr.to_dense() for gr in grads]))
+    assert m.rep.item.sparse == sparse  # 51 rows >= sparse_min_rows: the item table takes sparse rows
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+    for a, b in zip(results[0][2], results[1][2]):
+        torch.testing.assert_close(a, b)
+    assert torch.all(results[0][2][0][0] == 0)  # the padding row receives nothing

@@ -250,9 +250,11 @@ def test_train_cli_optimizer_default_by_device():
 def test_triton_model_step_as_on_a_gpu(seed, monkeypatch):
     """The GPU's training step, run on the CPU under the Triton interpreter: the
     search's per-slot sparse gradients (_contract.per_slot forced on, the backward
-    formula), the lookups' per-id rows and the two-launch Triton RowAdam give
+    formula), the lookups' per-id rows, the attention's sums in the Triton bag
+    kernels and the Triton RowAdam give
     SparseAdam's step on the coalesced gradients."""
     from dare_kernels import _contract, triton_backend
+    from dare_kernels.models import dare
     if triton_backend.unavailable("cpu") is not None:
         pytest.skip(triton_backend.unavailable("cpu"))
     torch.manual_seed(seed)
@@ -275,6 +277,9 @@ def test_triton_model_step_as_on_a_gpu(seed, monkeypatch):
         if kind == "gpu_path":
             monkeypatch.setattr(_contract, "per_slot", lambda device: True)
             monkeypatch.setattr(_contract._library, "loaded", False)  # the formula, not the CPU's C++ op
+            monkeypatch.setattr(dare, "FUSED_BAG", True)  # the attention's sums in the Triton kernels
+        else:
+            monkeypatch.setattr(dare, "FUSED_BAG", False)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(m(batch)[0], batch["label"])
         opt.zero_grad()
         loss.backward()

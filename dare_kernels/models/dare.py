@@ -235,6 +235,53 @@ class _Lookup(torch.autograd.Function):
 # or few sums of k rows (serving, T = 1) take longer than gathering the rows (measured
 # on an H100: one user, T = 1, 0.106 -> 0.163 ms with bags). Under this many sums, gather.
 BAG_MIN_SUMS = 128
+# FieldEmbeddings.bag through triton_backend.bag (every field in one launch each way):
+# None on CUDA tensors where Triton runs; True wherever Triton runs (the interpreter's
+# tests); False never.
+FUSED_BAG = None
+
+
+def _fused_bag(device: torch.device) -> bool:
+    if FUSED_BAG is False or (FUSED_BAG is None and device.type != "cuda"):
+        return False
+    from .. import triton_backend
+    return triton_backend.unavailable(device) is None
+
+
+class _FusedBag(torch.autograd.Function):
+    """FieldEmbeddings.bag in two Triton launches (triton_backend.bag): forward, every
+    field's weighted sum; backward, the weights' gradient and the sparse fields'
+    per-slot rows (uncoalesced sparse COO, one entry per slot, as _RowLookup's); the
+    dense fields' gradients by _dense_table_grad."""
+
+    @staticmethod
+    def forward(ctx, weights, ids, pads, sparse, *tables):
+        from ..triton_backend.bag import bag_forward
+        ctx.save_for_backward(weights, *ids, *tables)
+        ctx.pads, ctx.sparse, ctx.F = pads, sparse, len(tables)
+        return bag_forward(tables, ids, weights, pads)
+
+    @staticmethod
+    def backward(ctx, grad):
+        from ..triton_backend.bag import bag_backward
+        weights, *rest = ctx.saved_tensors
+        ids, tables = rest[:ctx.F], rest[ctx.F:]
+        need = [ctx.needs_input_grad[4 + f] for f in range(ctx.F)]
+        g_w, vals = bag_backward(grad, tables, ids, weights, ctx.pads, [s and n for s, n in zip(ctx.sparse, need)],
+                                 need_weights=ctx.needs_input_grad[0])
+        grads, off = [], 0
+        for f, (t, i) in enumerate(zip(tables, ids)):
+            d = t.shape[1]
+            if not need[f]:
+                grads.append(None)
+            elif ctx.sparse[f]:
+                grads.append(torch.sparse_coo_tensor(i.reshape(1, -1), vals[f].to(t.dtype), t.shape,
+                                                     is_coalesced=False, check_invariants=False))
+            else:
+                w = weights if ctx.pads[f] is None else weights.masked_fill(i == ctx.pads[f], 0.0)
+                grads.append(_dense_table_grad(t.shape[0], i, w, grad[:, off:off + d]).to(t.dtype))
+            off += d
+        return (g_w, None, None, None, *grads)
 
 
 class FieldEmbeddings(nn.Module):
@@ -277,6 +324,11 @@ class FieldEmbeddings(nn.Module):
         nothing and receives nothing."""
         fields = (self.item, self.cat, self.pos)
         ids = (items, cats, pos)
+        if _fused_bag(weights.device):
+            out = _FusedBag.apply(weights.float().contiguous(), tuple(i.long().contiguous() for i in ids),
+                                  tuple(t.padding_idx for t in fields), tuple(t.sparse for t in fields),
+                                  *(t.weight for t in fields))
+            return list(out.split(list(self.widths), -1))
         weights = [weights if t.padding_idx is None else weights.masked_fill(i == t.padding_idx, 0.0)
                    for t, i in zip(fields, ids)]
         if items.shape[0] < BAG_MIN_SUMS:  # few sums of many rows: gathered rows, summed in parallel
