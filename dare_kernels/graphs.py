@@ -1,6 +1,6 @@
 """A training step replayed from a CUDA graph: the whole step (forward, backward,
 both optimisers) is one graph launch, so the host's ~300 kernel launches and
-autograd's bookkeeping (milliseconds a step: the GPU's step is ~2.4 ms for DARE-16
+autograd's bookkeeping (milliseconds a step: the GPU's step is ~2 ms for DARE-16
 at B=1024, L=10k on an H100, the eager one ~6 ms, bench/RESULTS.md) leave the
 step. What capture needs, the models and optimisers here give: no host
 synchronisation (sparse rows per slot, RowAdam on the device, Adam capturable),
@@ -10,8 +10,9 @@ Capture runs a few warm-up steps first (lazy state: the optimisers' moments,
 Triton's compilation, cuBLAS workspaces); those steps would train the model on
 the first batch, so the model's parameters and buffers and every optimiser
 state tensor are put back afterwards, in place (the graph holds their
-addresses): a state that the warm-up created starts at zero, as a fresh
-optimiser's does (Adam's and RowAdam's step counts and moments)."""
+addresses): a state that the warm-up created is made fresh, as a new
+optimiser holds it (zeros: Adam's and RowAdam's step counts and moments;
+RowAdam.fresh_state_ for its scratch)."""
 from __future__ import annotations
 
 import warnings
@@ -22,14 +23,27 @@ import torch
 WARMUP_STEPS = 3
 
 
-def _state_tensors(model: torch.nn.Module, optimizers) -> Dict[tuple, torch.Tensor]:
-    out = {("model", i): t for i, t in enumerate([*model.parameters(), *model.buffers()])}
+def _state_tensors(model: torch.nn.Module, optimizers) -> Dict[tuple, tuple]:
+    """key -> (tensor, how to make it fresh: None, or (optimizer, param, state key))."""
+    out = {("model", i): (t, None) for i, t in enumerate([*model.parameters(), *model.buffers()])}
     for n, o in enumerate(optimizers):
         for p, state in o.state.items():
             for key, t in state.items():
                 if torch.is_tensor(t):
-                    out[("opt", n, id(p), key)] = t
+                    out[("opt", n, id(p), key)] = (t, (o, p, key))
     return out
+
+
+def _make_fresh(t: torch.Tensor, owner) -> None:
+    """A state tensor the warm-up created, as a fresh optimiser holds it: the
+    optimiser's fresh_state_(param, key, tensor) where it has one (RowAdam: its
+    owner election starts at -1), else zeros (Adam's step count and moments)."""
+    o, p, key = owner
+    fresh = getattr(o, "fresh_state_", None)
+    if fresh is not None:
+        fresh(p, key, t)
+    else:
+        t.zero_()
 
 
 def _on_gpu(batch: dict) -> dict:
@@ -79,7 +93,7 @@ class GraphedStep:
         there), after the warm-up steps; copy=False: the batch's own tensors are the
         graph's inputs. The model's and optimisers' state is put back whether or not
         the capture succeeds; its exception propagates."""
-        before = {k: t.detach().clone() for k, t in _state_tensors(self.model, self.optimizers).items()}
+        before = {k: t.detach().clone() for k, (t, _) in _state_tensors(self.model, self.optimizers).items()}
         static = {k: v.clone() for k, v in _on_gpu(batch).items()} if copy else batch
         stream = torch.cuda.current_stream()
         side = torch.cuda.Stream()
@@ -95,9 +109,9 @@ class GraphedStep:
         finally:
             torch.cuda.synchronize()
             with torch.no_grad():
-                for k, t in _state_tensors(self.model, self.optimizers).items():
+                for k, (t, owner) in _state_tensors(self.model, self.optimizers).items():
                     if k in before:
                         t.copy_(before[k])
-                    else:  # created by the warm-up: a fresh optimiser's zeros
-                        t.zero_()
+                    else:  # created by the warm-up
+                        _make_fresh(t, owner)
         return static, graph, loss

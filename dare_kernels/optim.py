@@ -106,6 +106,12 @@ class RowAdam(torch.optim.Optimizer):
                 p.index_add_(0, rows, m_rows.div_(v_rows.sqrt_().add_(eps)), alpha=-step_size)
         return loss
 
+    @torch.no_grad()
+    def fresh_state_(self, p: torch.Tensor, key: str, t: torch.Tensor) -> None:
+        """Puts state[p][key] back, in place, to what a fresh step would create
+        (dare_kernels.graphs undoes its warm-up steps so)."""
+        t.fill_(-1 if key == "row_owner" else 0)
+
     def _fused(self, p: torch.Tensor) -> bool:
         if self.fused is not None:
             return bool(self.fused)

@@ -319,3 +319,19 @@ def test_l2_as_weight_decay_is_the_penalty_in_the_loss(seed):
             opt.step()
     for (n, p), q in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_row_adam_fresh_state_is_a_new_steps():
+    """RowAdam.fresh_state_ (how dare_kernels.graphs undoes its warm-up) puts each
+    state tensor back to what a new step creates: zero moments and count, the
+    Triton update's zeroed accumulator and its owner election at -1."""
+    pytest.importorskip("triton")
+    from dare_kernels.triton_backend import row_adam
+    p = torch.zeros(4, 3)
+    opt = RowAdam([p])
+    sums, owner = row_adam.scratch(p)
+    for key, want in (("row_sums", sums), ("row_owner", owner), ("exp_avg", torch.zeros(4, 3)),
+                      ("step", torch.zeros(()))):
+        t = torch.full_like(want, 7)
+        opt.fresh_state_(p, key, t)
+        assert torch.equal(t, want), key
