@@ -9,14 +9,15 @@ moving a row on its old momentum after its last gradient). That is
 `torch.optim.SparseAdam`'s semantics, and TensorFlow's LazyAdam's.
 
 RowAdam computes SparseAdam's update without SparseAdam's sparse-tensor
-bookkeeping (a sparse_mask and a sparse add per moment, each a coalesce): on a
-GPU in two Triton launches a table that take the gradient as it comes, duplicate
-rows and all (a small table's dense gradient: one launch and the step's count) (triton_backend/row_adam.py: no sort, no host synchronisation, the
-step count on the device: a training step can be captured in a CUDA graph); on
-the CPU in one C++ call a table (dare::row_adam_: one sort of the entries, each
-touched row read and written once); without either, with index ops on the
-coalesced gradient. `make_optimizer` gives a model its
-optimiser: Adam on the dense weights, a row-wise one on the tables.
+bookkeeping (a sparse_mask and a sparse add per moment, each a coalesce). On a
+GPU (triton_backend/row_adam.py: no sort, no host synchronisation, the step count
+on the device, so a training step can be captured in a CUDA graph): two Triton
+launches a table, which take the sparse gradient as it comes, duplicate rows and
+all; one launch and the step's count for a small table's dense gradient. On the
+CPU: one C++ call a table (dare::row_adam_: one sort of the entries, each touched
+row read and written once). Without either: index ops on the coalesced gradient.
+`make_optimizer` gives a model its optimiser: Adam on the dense weights, a
+row-wise one on the tables.
 """
 from __future__ import annotations
 
@@ -35,9 +36,9 @@ class RowAdam(torch.optim.Optimizer):
     move; the step count is the parameter's, as SparseAdam's). Takes sparse
     gradients, coalesced or not (duplicate rows are summed), or dense ones (a small
     table's, see the models' sparse_min_rows: the rows with a nonzero gradient are
-    the touched ones, updated elementwise). The fused (GPU) update
-    keeps a float32 accumulator the table's size and an int32 per row, zeroed
-    between steps: the memory a dense gradient would take."""
+    the touched ones). The fused (GPU) update of a sparse gradient keeps a float32
+    accumulator the table's size and an int32 per row, cleared between steps: the
+    memory a dense gradient would take."""
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  fused=None):
@@ -74,7 +75,7 @@ class RowAdam(torch.optim.Optimizer):
                     state["step"] = torch.tensor(float(state["step"]), device=p.device)
                 m, v = state["exp_avg"], state["exp_avg_sq"]
                 if not grad.is_sparse:
-                    if self._fused(p) and p.dtype == torch.float32:
+                    if self._fused(p) and p.dtype == torch.float32 and p.is_contiguous() and m.is_contiguous():
                         from .triton_backend import row_adam
                         row_adam.dense_row_adam_(p, m, v, state["step"], grad, lr, beta1, beta2, eps)
                     else:
@@ -159,7 +160,10 @@ class ModelOptimizer:
         if fused is None:
             fused = all(p.is_cuda for p in rest) and bool(rest)
         self.kind = kind
-        decayed = {id(p) for p in getattr(model, "dense_parameters", lambda: [])()} if l2 else set()
+        if l2 and not hasattr(model, "dense_parameters"):
+            raise ValueError("l2 needs a model with dense_parameters() (the weights it applies to)")
+        decayed = {id(p) for p in model.dense_parameters()} if l2 else set()
+        self.capturable = capturable
         groups = [{"params": [p for p in rest if id(p) in decayed], "weight_decay": 2.0 * l2},
                   {"params": [p for p in rest if id(p) not in decayed], "weight_decay": 0.0}]
         self.optimizers = [torch.optim.Adam([gr for gr in groups if gr["params"]], lr=lr, fused=fused or None,
@@ -188,7 +192,14 @@ class ModelOptimizer:
         if state.get("kind") != self.kind:
             raise ValueError(f"checkpoint optimizer {state.get('kind')!r} differs from {self.kind!r}")
         for o, s in zip(self.optimizers, state["optimizers"]):
+            if len(s["param_groups"]) != len(o.param_groups):
+                raise ValueError(f"checkpoint's {type(o).__name__} has {len(s['param_groups'])} parameter groups, "
+                                 f"this one {len(o.param_groups)}: saved with --l2 0 and resumed with a nonzero --l2 "
+                                 f"(or the reverse), or saved before the L2 penalty moved into Adam's weight decay")
             o.load_state_dict(s)
+            for group in o.param_groups:  # as this run needs them, not as the checkpoint's run did
+                if "capturable" in group:
+                    group["capturable"] = self.capturable
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, kind: str = "rows") -> ModelOptimizer:

@@ -12,7 +12,7 @@ code's initialisation and positions, not the defaults) but for the optimiser of 
 gradients are sparse rows and a lazy Adam updates only the rows a batch touched
 (--optimizer rows, the default; --optimizer dense is the paper's Adam on every row, and the default
 on a GPU only with --graph off: see bench/RESULTS.md). On a GPU each training step is one CUDA-graph
-replay (--graph auto, captured once per batch shape). Validation every --eval-every steps
+replay (--graph auto; every batch keeps the history length, one shape). Validation every --eval-every steps
 and at each epoch's end, and the test at the best-validation-AUC step
 (--patience stops early). Public data: page views only, users with >= 210
 behaviours, 19 training targets per user and a time-ordered validation (second
@@ -296,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backend", help="force the search backend (cpu, cuda, triton, reference)")
     g.add_argument("--graph", choices=["auto", "off"], default="auto",
                    help="auto (default): on a GPU, in one process, each training step is one CUDA-graph replay "
-                        "(captured once per batch shape; not with --optimizer sparse_adam); off: eager steps")
+                        "(captured once: every batch keeps the data's history length, padding masked; not with "
+                        "--optimizer sparse_adam); off: eager steps, each batch cut to its longest history")
     g.add_argument("--metrics-json", help="write the metrics here (default: a new file under "
                                           f"{os.path.join(tempfile.gettempdir(), RUNS_FOLDER)})")
     g.add_argument("--quiet", action="store_true", help="print nothing but warnings and errors")
@@ -357,7 +358,7 @@ def train_one(args, seed: int, world: int, rank: int, device) -> dict:
         opt.step()
         return loss.detach()
 
-    run_step = GraphedStep(train_step, model, opt.optimizers) if graph else train_step
+    run_step = GraphedStep(train_step, model, opt.optimizers, device) if graph else train_step
 
     from tqdm import tqdm
     # A progress bar only on a terminal: in a log file its carriage returns run into the lines.
@@ -368,7 +369,7 @@ def train_one(args, seed: int, world: int, rank: int, device) -> dict:
     while not stop:
         epoch, skip = divmod(step, per_epoch)
         epoch_batches = batches(train, args.batch_size, shuffle=True, seed=seed * 100003 + epoch, rank=rank,
-                                world_size=world, drop_last=True)
+                                world_size=world, drop_last=True, fixed_width=graph)  # a graph: one shape
         for batch in itertools.islice(epoch_batches, skip, None):
             t_step = time.time()
             loss = run_step(batch if graph else to_device(batch, device))  # a graph copies it in
@@ -422,7 +423,8 @@ def train_one(args, seed: int, world: int, rank: int, device) -> dict:
                      f"test at the best step: {_fmt(test_metrics, args.k)}")
     return {"seed": seed, "data_seed": data_seed, "device": str(device), "seconds": seconds,
             "train_ms_per_step": 1e3 * train_seconds / max(1, steps_run),
-            "graph": bool(graph) and getattr(run_step, "failed", None) is None, "optimizer": args.optimizer,
+            "optimizer": args.optimizer, "graph": bool(graph) and run_step.replays > 0,
+            **({"graph_replays": run_step.replays, "eager_steps": run_step.eager_steps} if graph else {}),
             "model": {"variant": args.model, "d_att": model.d_att, "d_rep": model.d_rep, "d_search": model.d_search,
                       "att_widths": list(model.att_widths), "rep_widths": list(model.rep_widths),
                       "positions": model.position_mode, "position_rows": model.n_pos, "init": model.init_mode,
@@ -461,6 +463,8 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
     if args.optimizer == "auto":
         args.optimizer = default_optimizer(device, args.graph == "auto" and world == 1)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # kernels (Triton's, a graph's streams) launch on the current device
     if world > 1:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if device.type == "cuda":

@@ -256,15 +256,17 @@ def test_sparse_gradients_capture_in_a_cuda_graph(seed):
 
 @pytest.mark.parametrize("optimizer", ["rows", "dense"])
 def test_train_graph_replay_trains_as_eager(optimizer, tmp_path):
-    """--graph auto (each step one CUDA-graph replay, the warm-up steps undone) trains
-    as --graph off does: the same validation losses step by step, up to the
-    float32 atomics' summation order, and the run says it replayed."""
+    """--graph auto (each step one CUDA-graph replay, the warm-up steps undone, every
+    batch one shape) trains as --graph off does (each batch cut to its longest
+    history): the same validation losses step by step, up to the float32 atomics'
+    summation order, and the run says every step replayed."""
     from dare_kernels import train
     common = ["--model", "dare", "--data", "synthetic", "--users", "300", "--steps", "12", "--eval-every", "4",
               "--batch-size", "128", "--optimizer", optimizer, "--quiet", "--device", "cuda", "--seed", "1"]
     runs = {g: train.main(common + ["--graph", g, "--metrics-json", str(tmp_path / f"{g}.json")])
             for g in ("auto", "off")}
     assert runs["auto"]["graph"] and not runs["off"]["graph"]
+    assert runs["auto"]["graph_replays"] == 12 and runs["auto"]["eager_steps"] == 0  # one shape: every step replays
     for got, want in zip(runs["auto"]["validation"], runs["off"]["validation"]):
         assert got["step"] == want["step"]
         assert got["logloss"] == pytest.approx(want["logloss"], rel=1e-3, abs=1e-4)

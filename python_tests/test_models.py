@@ -811,3 +811,21 @@ def test_fused_bag_matches_pytorch(sparse, seed, monkeypatch):
     for a, b in zip(results[0][2], results[1][2]):
         torch.testing.assert_close(a, b)
     assert torch.all(results[0][2][0][0] == 0)  # the padding row receives nothing
+
+
+def test_fixed_width_batches_give_the_same_model_outputs(seed):
+    """batches(fixed_width=True) (the training CLI's batches under a CUDA graph): every
+    batch has the data's history length, and the model's logits, search scores and
+    indices equal those of the batch cut to its longest history (padding is masked)."""
+    data = generate(SyntheticConfig(users=40, n_items=300, n_categories=10, max_len=120, min_len=5, seed=seed))
+    m = LongSequenceCTR("dare", data.n_items, data.n_cats, 120, d_att=8, d_rep=16, k=24).eval()
+    cut = list(batches(data, 16))
+    fixed = list(batches(data, 16, fixed_width=True))
+    assert {b["history_items"].shape[1] for b in fixed} == {data.history_len}
+    assert any(b["history_items"].shape[1] < data.history_len for b in cut)
+    with torch.no_grad():
+        for a, b in zip(cut, fixed):
+            assert torch.equal(a["lengths"], b["lengths"])
+            got, want = m(b), m(a)
+            torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
+            assert torch.equal(got[2], want[2]) and torch.equal(got[1], want[1])

@@ -335,3 +335,15 @@ def test_row_adam_fresh_state_is_a_new_steps():
         t = torch.full_like(want, 7)
         opt.fresh_state_(p, key, t)
         assert torch.equal(t, want), key
+
+
+def test_model_optimizer_checkpoint_of_other_groups_is_refused():
+    """A checkpoint whose Adam has other parameter groups (saved with --l2 0, resumed
+    with a nonzero --l2) is refused with the reason, not loaded askew."""
+    m = LongSequenceCTR("dare", 50, 9, 20, d_att=8, d_rep=16, k=5)
+    saved = ModelOptimizer(m, 0.01, "rows").state_dict()
+    ModelOptimizer(m, 0.01, "rows").load_state_dict(saved)
+    with pytest.raises(ValueError, match="parameter groups"):
+        ModelOptimizer(m, 0.01, "rows", l2=1e-6).load_state_dict(saved)
+    with pytest.raises(ValueError, match="dense_parameters"):
+        ModelOptimizer(torch.nn.Linear(2, 2), 0.01, "dense", l2=1e-6)

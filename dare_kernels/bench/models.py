@@ -61,8 +61,8 @@ def captured_step(model, opt, batch: dict, device: torch.device):
     backward, optimiser) with no host work, on `batch` itself. opt must be
     capturable (ModelOptimizer(..., capturable=True))."""
     from ..graphs import GraphedStep
-    step = GraphedStep(lambda b: train_step(model, opt, b, device, cache=False), model, opt.optimizers)
-    return step.capture(batch, copy=False)[1].replay
+    step = GraphedStep(lambda b: train_step(model, opt, b, device, cache=False), model, opt.optimizers, device)
+    return step.capture(batch, copy_batch=False)[1].replay
 
 
 def first_sync(fn) -> Optional[str]:

@@ -75,9 +75,12 @@ class Interactions:
 
 
 def batches(data: Interactions, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-            rank: int = 0, world_size: int = 1, drop_last: bool = False) -> Iterator[Dict[str, torch.Tensor]]:
+            rank: int = 0, world_size: int = 1, drop_last: bool = False,
+            fixed_width: bool = False) -> Iterator[Dict[str, torch.Tensor]]:
     """Dict batches; with world_size > 1 each rank takes a disjoint stride. The
-    history columns are cut to the batch's longest history."""
+    history columns are cut to the batch's longest history, or with fixed_width
+    kept at the data's history_len (padding: every batch one shape, which a CUDA
+    graph needs; the lengths mask it, the results are the same)."""
     n = len(data)
     order = (torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle
              else torch.arange(n))[rank::world_size]
@@ -90,12 +93,12 @@ def batches(data: Interactions, batch_size: int, *, shuffle: bool = False, seed:
         lengths = data.lengths[user]
         if data.start is None:
             lengths = lengths.clamp(max=data.history_len)
-            width = max(1, int(lengths.max()))
+            width = min(data.history_len, W) if fixed_width else max(1, int(lengths.max()))
             items, cats = data.history_items[user, :width], data.history_cats[user, :width]
         else:
             offset = data.start[index]
             lengths = (lengths - offset).clamp(0, data.history_len)
-            width = max(1, int(lengths.max()))
+            width = data.history_len if fixed_width else max(1, int(lengths.max()))
             cols = (offset[:, None] + torch.arange(width)[None, :]).clamp(max=W - 1)
             valid = torch.arange(width)[None, :] < lengths[:, None]
             items = data.history_items[user[:, None], cols] * valid

@@ -11,7 +11,7 @@ g * table[id] to the query's gradient. Sparse: it writes each entry's row
 (base + id; `sentinel`, past every table, where the entry is padding or its id
 is out of range) and its gradient row g * q[field's columns] into the field's
 own buffers (the op's outputs: no two alias). Dense: it adds that row into a
-float32 zeroed copy of the table (atomics). Per slot: padding entries take a real
+zeroed float32 buffer of the table's shape (atomics). Per slot: padding entries take a real
 slot's row (value zero), as _contract.slot_rows. Coalesced: a sort-based unique
 per field, one index_add of its entries into their rows (float32: duplicates sum
 exactly as index_add does). _contract.backward_formula is the same in PyTorch ops,

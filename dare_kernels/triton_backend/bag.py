@@ -107,6 +107,7 @@ def bag_forward(tables, ids, weights, pads) -> torch.Tensor:
     """[Σ_j weights[:, j] · tables[f][ids[f][:, j]]]_f, (N, Σ d_f) float32; ids (N, n)
     in range, weights (N, n); pads[f]: field f's padding id (adds nothing), or -1."""
     N, K = weights.shape
+    tables = [t.contiguous() for t in tables]  # rows at table + id·d
     D = sum(t.shape[1] for t in tables)
     out = torch.empty(N, D, dtype=torch.float32, device=weights.device)
     if N == 0:
@@ -128,6 +129,7 @@ def bag_backward(grad, tables, ids, weights, pads, sparse, need_weights=True):
     N, K = weights.shape
     D = grad.shape[1]
     dev = weights.device
+    tables = [t.contiguous() for t in tables]
     grad = grad.float().contiguous()
     grad_w = torch.zeros(N, K, dtype=torch.float32, device=dev) if need_weights else grad
     vals = [torch.empty(N * K, t.shape[1], dtype=torch.float32, device=dev) if s else grad
