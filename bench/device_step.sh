@@ -22,8 +22,9 @@ if [ "${BACKWARD:-1}" = 1 ]; then
 fi
 if [ -z "${SKIP_TESTS:-}" ]; then
   timeout ${TEST_TIMEOUT:-240} python3 -m pytest python_tests/test_topk_attention_embedding.py python_tests/test_optim.py \
-    python_tests/test_topk_attention.py python_tests/test_gpu.py -q -rf -p no:cacheprovider --maxfail=5 \
-    -k "${TEST_K:-((sparse or backward or gradients or capture) and (cuda or capture)) or graph_replay}" > "$OUT/tests.log" 2>&1
+    python_tests/test_topk_attention.py python_tests/test_gpu.py python_tests/test_models.py -q -rf -p no:cacheprovider \
+    --maxfail=5 -k "${TEST_K:-((sparse or backward or gradients or capture) and (cuda or capture)) or graph_replay or (fused_bag and cuda)}" \
+    > "$OUT/tests.log" 2>&1
   echo "tests rc=$?: $(tail -1 "$OUT/tests.log")" | tee -a "$OUT/summary.txt"
   grep -E "^(FAILED|ERROR)|^E  " "$OUT/tests.log" | head -20
 fi

@@ -780,28 +780,31 @@ def test_bag_of_few_sums_gathers(seed, monkeypatch):
 
 
 @pytest.mark.parametrize("sparse", [True, False])
-def test_fused_bag_matches_pytorch(sparse, seed, monkeypatch):
-    """FieldEmbeddings.bag through the Triton kernels (the GPU's path; here under the
-    interpreter) gives PyTorch's sums and gradients: weights, sparse per-slot rows
-    (padding ids zero) and dense tables, padding ids adding nothing."""
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_fused_bag_matches_pytorch(device, sparse, seed, monkeypatch):
+    """FieldEmbeddings.bag through the Triton kernels (the GPU's path; on CPU tensors
+    under the interpreter) gives PyTorch's sums and gradients: weights, sparse
+    per-slot rows (padding ids zero) and dense tables, padding ids adding nothing;
+    many sums (the embedding_bag path) and few (the gathered one)."""
     from dare_kernels import triton_backend
     from dare_kernels.models import dare
-    if triton_backend.unavailable("cpu") is not None:
-        pytest.skip(triton_backend.unavailable("cpu"))
+    if triton_backend.unavailable(device) is not None:
+        pytest.skip(triton_backend.unavailable(device))
     m = LongSequenceCTR("dare", 50, 9, 40, d_att=8, d_rep=(8, 4, 2), k=6, embedding_std=0.3, sparse_grad=sparse,
-                        sparse_min_rows=20)
+                        sparse_min_rows=20).to(device)
     g = torch.Generator().manual_seed(seed)
-    ids = [torch.randint(0, n, (5, 6), generator=g) for n in (51, 10, m.n_pos)]
+    N = 5 if device == "cpu" else 300  # on a GPU past BAG_MIN_SUMS: PyTorch's embedding_bag as the reference
+    ids = [torch.randint(0, n, (N, 6), generator=g).to(device) for n in (51, 10, m.n_pos)]
     ids[0][0, :2] = 0  # the item's padding id
     ids[1][1, 3] = 0
-    w = torch.rand(5, 6, generator=g)
+    w = torch.rand(N, 6, generator=g).to(device)
     results = []
     for fused in (True, False):
         monkeypatch.setattr(dare, "FUSED_BAG", fused)
         m.zero_grad(set_to_none=True)
         ww = w.clone().requires_grad_()
         out = torch.cat(m.rep.bag(*ids, ww), -1)
-        (out * torch.arange(out.numel(), dtype=torch.float32).reshape(out.shape).cos()).sum().backward()
+        (out * torch.arange(out.numel(), dtype=torch.float32, device=device).reshape(out.shape).cos()).sum().backward()
         grads = [t.grad for t in m.rep.tables()]
         assert [gr.is_sparse for gr in grads] == [m.rep.item.sparse, m.rep.cat.sparse, m.rep.pos.sparse]
         results.append((out.detach(), ww.grad, [gr.to_dense() for gr in grads]))
