@@ -749,7 +749,7 @@ def test_dense_bag_and_lookup_gradients(n_rows, seed):
     torch.testing.assert_close(t.grad, t64.grad.float())
     torch.testing.assert_close(ww.grad, w64.grad.float())
     t = table.clone().requires_grad_()
-    got = _Lookup.apply(t, ids, 0)
+    got = _Lookup.apply(t, ids, 0, False)
     got.backward(torch.randn(got.shape, generator=g.manual_seed(seed)))
     t64 = table.double().requires_grad_()
     want = torch.nn.functional.embedding(ids, t64, padding_idx=0)

@@ -117,27 +117,33 @@ def field_widths(d: Widths, widths: str = "split") -> Tuple[int, int, int]:
     return d // 2, d // 4, d // 4
 
 
-class _RowLookup(torch.autograd.Function):
-    """table[ids] whose gradient is a sparse COO tensor with one entry per id
-    (uncoalesced, ids.numel() rows, the padding id's zeroed): nn.Embedding(
-    sparse=True)'s gradient before coalesce(), built without its host
-    synchronisation (it drops the padding ids by a boolean index), so a GPU step
-    can run ahead of the host and be captured in a CUDA graph."""
+class _Lookup(torch.autograd.Function):
+    """table[ids] (nn.Embedding's forward; the padding id's rows receive nothing, as
+    its padding_idx). sparse: the gradient is a sparse COO tensor with one entry per
+    id (uncoalesced, ids.numel() rows, the padding id's zeroed): nn.Embedding(
+    sparse=True)'s before coalesce(), built without its host synchronisation (it
+    drops the padding ids by a boolean index), so a GPU step can run ahead of the
+    host and be captured in a CUDA graph. Else dense, by _dense_table_grad."""
 
     @staticmethod
-    def forward(ctx, table, ids, padding_idx):
+    def forward(ctx, table, ids, padding_idx, sparse):
         ctx.save_for_backward(ids)
-        ctx.shape, ctx.dtype, ctx.padding_idx = table.shape, table.dtype, padding_idx
+        ctx.shape, ctx.dtype, ctx.padding_idx, ctx.sparse = table.shape, table.dtype, padding_idx, sparse
         return nn.functional.embedding(ids, table)
 
     @staticmethod
     def backward(ctx, grad):
         ids, = ctx.saved_tensors
         rows, values = ids.reshape(-1), grad.reshape(-1, ctx.shape[1])
+        if ctx.sparse:
+            if ctx.padding_idx is not None:
+                values = values.masked_fill((rows == ctx.padding_idx)[:, None], 0)
+            return torch.sparse_coo_tensor(rows[None], values.to(ctx.dtype), ctx.shape, is_coalesced=False,
+                                           check_invariants=False), None, None, None
+        w = torch.ones(rows.shape[0], 1, dtype=torch.float32, device=ids.device)
         if ctx.padding_idx is not None:
-            values = values.masked_fill((rows == ctx.padding_idx)[:, None], 0)
-        return torch.sparse_coo_tensor(rows[None], values.to(ctx.dtype), ctx.shape, is_coalesced=False,
-                                       check_invariants=False), None, None
+            w = w.masked_fill((rows == ctx.padding_idx)[:, None], 0.0)
+        return _dense_table_grad(ctx.shape[0], rows[:, None], w, values).to(ctx.dtype), None, None, None
 
 
 # Tables with fewer rows take dense gradients (still updated lazily: RowAdam moves only
@@ -202,33 +208,13 @@ class _Bag(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             g_table = _dense_table_grad(table.shape[0], ids, weights, grad).to(table.dtype)
         if ctx.needs_input_grad[2]:
-            if table.shape[0] <= TINY_ROWS and ids.shape[0] * table.shape[0] <= TINY_MATRIX:  # each row's, then each id's
+            # A tiny table: every row's score, then each id's.
+            if table.shape[0] <= TINY_ROWS and ids.shape[0] * table.shape[0] <= TINY_MATRIX:
                 g_weights = torch.gather(grad.float() @ table.float().t(), 1, ids)
             else:
                 g_weights = (table[ids].float() * grad.float()[:, None, :]).sum(-1)
             g_weights = g_weights.to(weights.dtype)
         return g_table, None, g_weights
-
-
-class _Lookup(torch.autograd.Function):
-    """table[ids] for a table with a dense gradient (_dense_table_grad; the padding
-    id's rows receive nothing, as nn.Embedding's padding_idx)."""
-
-    @staticmethod
-    def forward(ctx, table, ids, padding_idx):
-        ctx.save_for_backward(ids)
-        ctx.shape, ctx.dtype, ctx.padding_idx = table.shape, table.dtype, padding_idx
-        return nn.functional.embedding(ids, table)
-
-    @staticmethod
-    def backward(ctx, grad):
-        ids, = ctx.saved_tensors
-        flat = ids.reshape(-1, 1)
-        w = torch.ones(flat.shape, dtype=torch.float32, device=ids.device)
-        if ctx.padding_idx is not None:
-            w = w.masked_fill(flat == ctx.padding_idx, 0.0)
-        g = _dense_table_grad(ctx.shape[0], flat, w, grad.reshape(-1, ctx.shape[1]))
-        return g.to(ctx.dtype), None, None
 
 
 # PyTorch's CUDA embedding_bag walks each sum's rows one after another: a request's one
@@ -251,7 +237,7 @@ def _fused_bag(device: torch.device) -> bool:
 class _FusedBag(torch.autograd.Function):
     """FieldEmbeddings.bag in two Triton launches (triton_backend.bag): forward, every
     field's weighted sum; backward, the weights' gradient and the sparse fields'
-    per-slot rows (uncoalesced sparse COO, one entry per slot, as _RowLookup's); the
+    per-slot rows (uncoalesced sparse COO, one entry per slot, as _Lookup's sparse ones); the
     dense fields' gradients by _dense_table_grad."""
 
     @staticmethod
@@ -288,8 +274,8 @@ class FieldEmbeddings(nn.Module):
     """One role's [item, category, position] tables, N(0, std) initialised
     (item and category row 0 = padding, zero). A table whose nn.Embedding is
     sparse (the model's set_sparse_grad decides) takes its lookups' gradients as
-    sparse rows, one per looked-up id (_RowLookup); the others dense (_Lookup,
-    _Bag: float32 sums of the touched rows, no sort)."""
+    sparse rows, one per looked-up id (_Lookup); the others dense (_Lookup, _Bag:
+    float32 sums of the touched rows, no sort)."""
 
     def __init__(self, n_items: int, n_cats: int, n_pos: int, widths: Tuple[int, int, int], std: float):
         super().__init__()
@@ -308,8 +294,7 @@ class FieldEmbeddings(nn.Module):
     def forward(self, items, cats, pos) -> list:
         """The three fields' embeddings [item, category, position]."""
         fields = (self.item, self.cat, self.pos)
-        return [(_RowLookup if t.sparse else _Lookup).apply(t.weight, i, t.padding_idx)
-                for t, i in zip(fields, (items, cats, pos))]
+        return [_Lookup.apply(t.weight, i, t.padding_idx, t.sparse) for t, i in zip(fields, (items, cats, pos))]
 
     def tables(self) -> list:
         """The [item, category, position] tables, in the key's field order."""

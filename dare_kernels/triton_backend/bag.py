@@ -85,11 +85,11 @@ def _pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-def _fields(tables, ids, extra):
-    """The kernels' per-field arguments, padded to 4 fields."""
-    F = len(tables)
-    pad = [(tables[0], ids[0], extra[0])] * (4 - F)
-    return [x for field in list(zip(tables, ids, extra)) + pad for x in field]
+def _fields(*columns):
+    """The kernels' per-field pointer arguments (one column a kind: tables, ids,
+    ...), field by field, padded to 4 fields with the first one's."""
+    fields = list(zip(*columns))
+    return [x for field in fields + fields[:1] * (4 - len(fields)) for x in field]
 
 
 def _pads(pads):
@@ -115,10 +115,8 @@ def bag_forward(tables, ids, weights, pads) -> torch.Tensor:
     if K == 0:
         return out.zero_()
     widths, offs, dbs = _meta(tables)
-    _forward_kernel[(N,)](out, weights, *[x for t, i in zip(tables, ids) for x in (t, i)],
-                          *[x for _ in range(4 - len(tables)) for x in (tables[0], ids[0])],
-                          *widths, *offs, *_pads(pads), K, D, F=len(tables), BK=_pow2(K),
-                          DB0=dbs[0], DB1=dbs[1], DB2=dbs[2], DB3=dbs[3], num_warps=4)
+    _forward_kernel[(N,)](out, weights, *_fields(tables, ids), *widths, *offs, *_pads(pads), K, D,
+                          F=len(tables), BK=_pow2(K), DB0=dbs[0], DB1=dbs[1], DB2=dbs[2], DB3=dbs[3], num_warps=4)
     return out
 
 
@@ -140,8 +138,4 @@ def bag_backward(grad, tables, ids, weights, pads, sparse, need_weights=True):
         _backward_kernel[(N,)](grad, weights, grad_w, *_fields(tables, ids, vals), *widths, *offs, *_pads(pads), K, D,
                                F=len(tables), BK=_pow2(K), S0=flags[0], S1=flags[1], S2=flags[2], S3=flags[3],
                                DB0=dbs[0], DB1=dbs[1], DB2=dbs[2], DB3=dbs[3], NEED_W=need_weights, num_warps=4)
-    elif K:
-        for v in vals:
-            if v is not grad:
-                v.zero_()
     return (grad_w if need_weights else None), [v if s else None for v, s in zip(vals, sparse)]
