@@ -269,11 +269,14 @@ def test_triton_model_step_as_on_a_gpu(seed, monkeypatch):
                             sparse_min_rows=100 if kind == "gpu_path" else 0)
         m.load_state_dict(model.state_dict())
         opt = ModelOptimizer(m, 0.01, "sparse_adam")
-        # eps 1e-3: the GPU path sums a position row's many duplicates in another order than
-        # coalesce(); where they cancel to ~1e-7, Adam's first step g / (|g| + eps) with eps
-        # 1e-8 would tell the orders apart (ill-conditioned), with 1e-3 it does not.
+        # eps 1e-3: the GPU path sums a position row's many duplicates (and the attention's
+        # sums, hence the MLP's gradients) in another order than the CPU path; where they
+        # cancel to ~1e-7, Adam's first step g / (|g| + eps) with eps 1e-8 would tell the
+        # orders apart (ill-conditioned), with 1e-3 it does not: for the tables and the weights.
         opt.optimizers[1:] = [RowAdam(m.table_parameters(), lr=0.01, eps=1e-3, fused=True) if kind == "gpu_path"
                               else torch.optim.SparseAdam(m.table_parameters(), lr=0.01, eps=1e-3)]
+        for group in opt.optimizers[0].param_groups:
+            group["eps"] = 1e-3
         if kind == "gpu_path":
             monkeypatch.setattr(_contract, "per_slot", lambda device: True)
             monkeypatch.setattr(_contract._library, "loaded", False)  # the formula, not the CPU's C++ op
