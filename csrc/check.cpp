@@ -256,4 +256,13 @@ std::tuple<at::Tensor, at::Tensor> empty_outputs(const at::Tensor& like, const S
   return {at::empty(shape, like.options().dtype(at::kFloat)), at::empty(shape, like.options().dtype(at::kLong))};
 }
 
+int64_t check_selection(const char* op, const at::Tensor& grad, const at::Tensor& query, const at::Tensor& indices) {
+  TORCH_CHECK_VALUE(indices.dim() == query.dim() && indices.scalar_type() == at::kLong, op,
+                    ": indices must be int64 of shape (B, k) or (B, T, k) as the query's, got ", indices.sizes(),
+                    " ", indices.scalar_type());
+  TORCH_CHECK_VALUE(grad.sizes() == indices.sizes(), op, ": grad must have indices' shape ", indices.sizes(),
+                    ", got ", grad.sizes());
+  return indices.size(-1);
+}
+
 }  // namespace dare

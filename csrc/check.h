@@ -37,6 +37,10 @@ Shape check_embedding_inputs(const at::Tensor& query, const at::TensorList& tabl
 // scores by it: 1e39 would make every score inf). Called before check_inputs.
 void check_scale(double scale, const char* op = "topk_attention");
 
+// The forward's selection as a backward op receives it: indices (B, k) or (B, T, k)
+// int64 as the query's rank, grad of the same shape. Returns k.
+int64_t check_selection(const char* op, const at::Tensor& grad, const at::Tensor& query, const at::Tensor& indices);
+
 // Uninitialised (scores float32, indices int64) of shape (B, k) or (B, T, k).
 std::tuple<at::Tensor, at::Tensor> empty_outputs(const at::Tensor& like, const Shape& s, int64_t k);
 

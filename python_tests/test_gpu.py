@@ -198,17 +198,23 @@ def test_many_targets_share_one_sequence(backend, seed):
                              Sample(q, K, 128, lengths))
 
 
-def test_many_targets_kernel_on_the_sample_matrix():
-    """The CUDA many-targets kernel takes a batch only when its CTAs fill the
-    GPU, which the sample matrix's small batches do not: run the matrix's
-    T > 1 samples again with the kernel forced (DARE_CUDA_TARGETS=3: three
-    targets per CTA, so groups end part-full)."""
+@pytest.mark.parametrize("env, files", [
+    # The CUDA many-targets kernel takes a batch only when its CTAs fill the GPU, which
+    # the sample matrix's small batches do not: forced, three targets per CTA (groups
+    # end part-full), for the op and for the ids op's many targets (keys gathered once).
+    ({"DARE_CUDA_TARGETS": "3"}, ["test_topk_attention.py", "test_topk_attention_embedding.py"]),
+    # The ids op's many targets without the gathered keys: the fused kernel per target
+    # (what keys over kGatherMaxBytes take).
+    ({"DARE_CUDA_IDS_GATHER": "0"}, ["test_topk_attention_embedding.py"]),
+], ids=["targets_forced", "ids_fused_targets"])
+def test_many_targets_paths_on_the_sample_matrix(env, files):
+    """The matrix's T > 1 samples again on the CUDA paths the default choice skips
+    at the matrix's sizes (see the parameters)."""
     _need("cuda")
-    env = dict(os.environ, DARE_CUDA_TARGETS="3")
     here = os.path.dirname(__file__)
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
-                          os.path.join(here, "test_topk_attention.py"), "-k", "cuda and targets"],
-                         env=env, capture_output=True, text=True, cwd=here)
+                          *(os.path.join(here, f) for f in files), "-k", "cuda and targets"],
+                         env=dict(os.environ, **env), capture_output=True, text=True, cwd=here)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert " passed" in run.stdout.splitlines()[-1], run.stdout[-500:]
 

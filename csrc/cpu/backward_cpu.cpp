@@ -125,17 +125,6 @@ void row_sums(const Touched& t, const float* g, const float* Q, int64_t D, int64
   });
 }
 
-// The forward's selection as the backward receives it: indices (B, k) or (B, T, k)
-// int64 as the query's rank, grad of the same shape. Returns k.
-int64_t check_selection(const char* op, const at::Tensor& grad, const at::Tensor& query, const at::Tensor& indices) {
-  TORCH_CHECK_VALUE(indices.dim() == query.dim() && indices.scalar_type() == at::kLong, op,
-                    ": indices must be int64 of shape (B, k) or (B, T, k) as the query's, got ", indices.sizes(),
-                    " ", indices.scalar_type());
-  TORCH_CHECK_VALUE(grad.sizes() == indices.sizes(), op, ": grad must have indices' shape ", indices.sizes(),
-                    ", got ", grad.sizes());
-  return indices.size(-1);
-}
-
 // (R = B*T, indices (R, k), grad * scale (R, k) float32, query (R, d) float32), contiguous.
 std::tuple<int64_t, at::Tensor, at::Tensor, at::Tensor> selection(const at::Tensor& grad, const at::Tensor& query,
                                                                   const at::Tensor& indices, const Shape& s,

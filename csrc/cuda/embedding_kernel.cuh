@@ -200,6 +200,33 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) embedding_kernel(EmbedPa
   finish_row(p, s.row, s.c, s.buf, s.cand, st, sh);
 }
 
+// The keys of the many-targets path: key p = [table_f[ids_f(p)]]_f for the
+// `positions` positions of B rows of L (jagged: the N of the stream, L = N), one
+// thread per UB-byte vector (consecutive threads: consecutive vectors of a key,
+// then consecutive keys: coalesced writes). An id out of [0, n) writes a NaN
+// vector, as the fused kernel reads it.
+template <typename T, int UB>
+__global__ void gather_keys_kernel(EmbedParams ep, int64_t positions, int64_t L, void* keys) {
+  using Unit = typename UnitOf<UB>::type;
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= positions * ep.units) return;
+  const int64_t pos = i / ep.units;
+  const int u = int(i - pos * ep.units);
+  const int64_t b = pos / L, j = pos - b * L;
+#pragma unroll
+  for (int f = 0; f < kMaxFields; ++f) {
+    const EmbedField& fd = ep.fields[f];
+    if (f < ep.F && u >= fd.start && u < fd.start + fd.units) {
+      const int64_t at = b * fd.stride_b + j * fd.stride_l;
+      const int64_t id = fd.ids64 ? int64_t(__ldg(static_cast<const long long*>(fd.ids) + at))
+                                  : int64_t(__ldg(static_cast<const int*>(fd.ids) + at));
+      static_cast<Unit*>(keys)[i] = id >= 0 && id < fd.n
+                                        ? __ldg(static_cast<const Unit*>(fd.table) + id * fd.units + (u - fd.start))
+                                        : fill_unit<Unit>(nan_word<T>());
+    }
+  }
+}
+
 }  // namespace
 
 template <typename T, int UB>
@@ -214,6 +241,18 @@ void launch_embedding(const EmbedParams& p, int unit_bytes, int64_t rows, size_t
   if (unit_bytes == 16) launch_ub<T, 16>(p, grid, smem, stream);
   else if (unit_bytes == 8) launch_ub<T, 8>(p, grid, smem, stream);
   else launch_ub<T, 4>(p, grid, smem, stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T>
+void launch_gather_keys(const EmbedParams& p, int unit_bytes, int64_t positions, int64_t L, void* keys,
+                        cudaStream_t stream) {
+  const int64_t threads = positions * p.units;
+  if (threads == 0) return;
+  const dim3 grid(unsigned((threads + kThreads - 1) / kThreads));
+  if (unit_bytes == 16) gather_keys_kernel<T, 16><<<grid, kThreads, 0, stream>>>(p, positions, L, keys);
+  else if (unit_bytes == 8) gather_keys_kernel<T, 8><<<grid, kThreads, 0, stream>>>(p, positions, L, keys);
+  else gather_keys_kernel<T, 4><<<grid, kThreads, 0, stream>>>(p, positions, L, keys);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -66,6 +66,8 @@ void launch_targets(const Params& p, int64_t B, size_t smem, cudaStream_t stream
 // vectors of UB bytes (16, 8 or 4: what every field's row size and table
 // alignment allow); G lanes (a power of two, 2..32, G >= units) score one key.
 constexpr int kMaxUnits = 32;  // units per key of the fused path; wider keys take the looked-up path
+// Many targets (T >= kMinTargets) gather the keys once when they take at most this many bytes.
+constexpr int64_t kGatherMaxBytes = int64_t(1) << 30;
 
 struct EmbedField {
   const void* table;           // (n, row) contiguous rows
@@ -86,5 +88,56 @@ struct EmbedParams {
 // memory and checks the launch.
 template <typename T>
 void launch_embedding(const EmbedParams& p, int unit_bytes, int64_t rows, size_t smem, cudaStream_t stream);
+
+// Writes the keys themselves, (positions, units * unit_bytes bytes) contiguous:
+// position p of row b = p / L, index j = p % L (jagged: L = positions, the ids'
+// stream), out-of-range ids as NaN vectors; one launch, checked.
+template <typename T>
+void launch_gather_keys(const EmbedParams& p, int unit_bytes, int64_t positions, int64_t L, void* keys,
+                        cudaStream_t stream);
+
+// Both ops' backward (backward_kernel.cu): one CTA of kThreads per target row r
+// (R = B*T rows) over its k selected entries. The query's gradient in float32,
+// summed in a fixed order (deterministic); a table's gradient (embedding op) or
+// the keys' (keys op) in one of four forms: none; dense float32 sums (atomics
+// into a zeroed buffer of the table's shape); per slot (one row index and value
+// row per entry, in the table's dtype; a padding entry's row -1, which
+// launch_fix_slot_rows then replaces); written (each entry's row stored once, in
+// the table's dtype, into a zeroed gradient: the keys op with one target per
+// padded row, where no two entries share a key).
+enum class TableGrad : int { kNone = 0, kDense = 1, kPerSlot = 2, kWrite = 3 };
+
+struct BackwardField {
+  const void* table;  // (n, d) contiguous rows (keys op: the keys viewed as (B*L or N, d))
+  const void* ids;    // int32 or int64 as EmbedField's; nullptr: the keys op (row = b * L + j, jagged start + j)
+  int64_t n, stride_b, stride_l;
+  int d, off;  // width; first column in the query
+  bool ids64;
+  int64_t* rows;                     // per slot: (R*k,)
+  void* values;                      // per slot: (R*k, d) of the table's dtype; dense: (n, d) float32; written: (n, d)
+  unsigned long long* first;         // per slot: the first real entry (atomicMin), initially ~0
+};
+
+struct BackwardParams {
+  const float* grad;       // (R, k) the scores' gradient
+  const int64_t* indices;  // (R, k), -1 padding
+  const float* query;      // (R, D) float32
+  const int64_t* starts;   // jagged: (B,) clamped row starts, else nullptr
+  float* grad_query;       // (R, D) float32
+  int64_t R, T, K, D, L;   // L: positions of a padded row (keys op), or N, the jagged stream's length
+  float scale;
+  int F, cols;  // fields; columns per pass (a power of two <= kThreads)
+  TableGrad mode;
+  BackwardField fields[kMaxFields];
+};
+
+// Launches the backward for tables (or keys) of type T (float, __half,
+// __nv_bfloat16, __nv_fp8_e4m3: no table gradient) and checks the launch.
+template <typename T>
+void launch_backward(const BackwardParams& p, cudaStream_t stream);
+
+// Per slot: each field's padding rows (-1) become its first real entry's row (0 if
+// none), as dare_kernels._contract.slot_rows. One launch for every field, checked.
+void launch_fix_slot_rows(const BackwardParams& p, cudaStream_t stream);
 
 }  // namespace dare

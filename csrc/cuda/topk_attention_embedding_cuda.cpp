@@ -4,6 +4,7 @@
 // than kMaxUnits vectors, 16-bit fields of odd width). Plain C++; the kernel is
 // in embedding_kernel.cuh.
 #include <algorithm>
+#include <cstdlib>
 #include <cstdint>
 #include <limits>
 #include <vector>
@@ -23,6 +24,17 @@
 namespace dare {
 namespace {
 
+// dare::topk_attention, which scores keys given as a tensor.
+const c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, int64_t,
+                                                                  const Opt&, double, const Opt&, const Opt&)>&
+dense_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("dare::topk_attention", "")
+                             .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, int64_t,
+                                                                       const Opt&, double, const Opt&, const Opt&)>();
+  return op;
+}
+
 // Exact for any shape: the keys looked up (an out-of-range id's row reads as
 // NaN, as in the kernel: at a position that takes no part it is never selected),
 // then topk_attention, in the same layout.
@@ -39,11 +51,7 @@ std::tuple<at::Tensor, at::Tensor> looked_up(const at::Tensor& query, at::Tensor
     parts.push_back(at::where(ok.unsqueeze(-1), rows.view(shape),
                               at::full({}, std::numeric_limits<float>::quiet_NaN(), rows.options())));
   }
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("dare::topk_attention", "")
-                             .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, int64_t,
-                                                                       const Opt&, double, const Opt&, const Opt&)>();
-  return op.call(query, at::cat(parts, -1), k, lengths, scale, mask, offsets);
+  return dense_op().call(query, at::cat(parts, -1), k, lengths, scale, mask, offsets);
 }
 
 std::tuple<at::Tensor, at::Tensor> topk_attention_embedding_cuda(const at::Tensor& query, at::TensorList tables,
@@ -73,17 +81,7 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_embedding_cuda(const at::Tenso
   if (unit < 4 || units > kMaxUnits || k > kMaxK)
     return looked_up(query, tables, ids, k, lengths, scale, mask, offsets, s);
 
-  auto [scores, indices] = empty_outputs(query, s, k);
-  const at::Tensor Q = query.reshape({rows, s.d}).contiguous();
-  at::Tensor len;
-  if (lengths.has_value()) len = lengths->to(at::kLong).contiguous();
-  int kpow2 = 1;
-  while (kpow2 < k) kpow2 *= 2;
   EmbedParams ep{};
-  ep.base = Params{nullptr, Q.const_data_ptr(), len.defined() ? len.const_data_ptr<int64_t>() : nullptr,
-                   scores.mutable_data_ptr<float>(), indices.mutable_data_ptr<int64_t>(), nullptr, nullptr,
-                   s.T, s.L, s.d, int(k), 0, 1, kpow2, 0, static_cast<float>(scale)};
-  const at::Tensor off = set_layout(ep.base, mask, offsets);
   int start = 0;
   for (int64_t f = 0; f < F; ++f) {
     EmbedField& fd = ep.fields[f];
@@ -100,12 +98,49 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_embedding_cuda(const at::Tenso
   }
   ep.F = int(F);
   ep.units = units;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+
+  // Many targets of one history (serving: T candidates of a user): the fused kernel
+  // would gather every key's rows again for each target. Instead the keys are
+  // gathered once (one launch) and the dense op scores them: the same scores (a key
+  // is its rows, in the same order, float32 sums; NaN where an id is out of range),
+  // each row's keys read once per group of targets, on the tensor cores where it
+  // takes 16-bit keys. DARE_CUDA_IDS_GATHER=0 turns it off (to measure).
+  static const bool gather = [] {
+    const char* env = std::getenv("DARE_CUDA_IDS_GATHER");
+    return !(env && std::atoll(env) == 0);
+  }();
+  const int64_t positions = s.jagged ? ids[0].size(0) : s.B * s.L;
+  if (gather && s.T >= kMinTargets && positions * units * unit <= kGatherMaxBytes) {
+    at::Tensor keys = s.jagged ? at::empty({positions, s.d}, query.options())
+                               : at::empty({s.B, s.L, s.d}, query.options());
+    switch (query.scalar_type()) {
+      case at::kFloat: launch_gather_keys<float>(ep, unit, positions, s.jagged ? positions : s.L,
+                                                 keys.mutable_data_ptr(), stream); break;
+      case at::kHalf: launch_gather_keys<__half>(ep, unit, positions, s.jagged ? positions : s.L,
+                                                 keys.mutable_data_ptr(), stream); break;
+      case at::kBFloat16: launch_gather_keys<__nv_bfloat16>(ep, unit, positions, s.jagged ? positions : s.L,
+                                                            keys.mutable_data_ptr(), stream); break;
+      default: TORCH_CHECK(false, "topk_attention_embedding: unreachable dtype");
+    }
+    return dense_op().call(query, keys, k, lengths, scale, mask, offsets);
+  }
+
+  auto [scores, indices] = empty_outputs(query, s, k);
+  const at::Tensor Q = query.reshape({rows, s.d}).contiguous();
+  at::Tensor len;
+  if (lengths.has_value()) len = lengths->to(at::kLong).contiguous();
+  int kpow2 = 1;
+  while (kpow2 < k) kpow2 *= 2;
+  ep.base = Params{nullptr, Q.const_data_ptr(), len.defined() ? len.const_data_ptr<int64_t>() : nullptr,
+                   scores.mutable_data_ptr<float>(), indices.mutable_data_ptr<int64_t>(), nullptr, nullptr,
+                   s.T, s.L, s.d, int(k), 0, 1, kpow2, 0, static_cast<float>(scale)};
+  const at::Tensor off = set_layout(ep.base, mask, offsets);
   ep.group = 2;
   while (ep.group < units) ep.group *= 2;
 
   const at::Tensor workspace = plan_spans(ep.base, rows, plan_length(ep.base, s.B), int64_t(units) * unit, query);
   const size_t smem = smem_bytes(ep.base);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   switch (query.scalar_type()) {
     case at::kFloat: launch_embedding<float>(ep, unit, rows, smem, stream); break;
     case at::kHalf: launch_embedding<__half>(ep, unit, rows, smem, stream); break;
