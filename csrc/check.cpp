@@ -257,11 +257,17 @@ std::tuple<at::Tensor, at::Tensor> empty_outputs(const at::Tensor& like, const S
 }
 
 int64_t check_selection(const char* op, const at::Tensor& grad, const at::Tensor& query, const at::Tensor& indices) {
-  TORCH_CHECK_VALUE(indices.dim() == query.dim() && indices.scalar_type() == at::kLong, op,
-                    ": indices must be int64 of shape (B, k) or (B, T, k) as the query's, got ", indices.sizes(),
-                    " ", indices.scalar_type());
-  TORCH_CHECK_VALUE(grad.sizes() == indices.sizes(), op, ": grad must have indices' shape ", indices.sizes(),
-                    ", got ", grad.sizes());
+  const std::string name(op);
+  const bool shaped = indices.dim() == query.dim() && indices.dim() >= 1 &&
+                      indices.sizes().slice(0, indices.dim() - 1) == query.sizes().slice(0, query.dim() - 1);
+  TORCH_CHECK_VALUE(shaped && indices.scalar_type() == at::kLong,
+                    name + ": indices must be int64 of shape (B, k) or (B, T, k) as the query's (B, [T,] d) " +
+                        shape_str(query) + ", got " + shape_str(indices) + " " + dtype_name(indices.scalar_type()));
+  TORCH_CHECK_VALUE(grad.sizes() == indices.sizes(),
+                    name + ": grad must have indices' shape " + shape_str(indices) + ", got " + shape_str(grad));
+  TORCH_CHECK_VALUE(grad.device() == query.device() && indices.device() == query.device(),
+                    name + ": grad and indices must be on the query's device " + query.device().str() + ", got " +
+                        grad.device().str() + " and " + indices.device().str());
   return indices.size(-1);
 }
 

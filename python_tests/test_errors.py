@@ -248,3 +248,24 @@ def test_python_backends_work_without_the_library(monkeypatch):
     assert scores.shape == (B, 3)
     with pytest.raises(RuntimeError, match=r"backend 'cpu' is not available: dare_kernels._C is not built \(test\)"):
         dare_kernels.topk_attention(q, K, 3, backend="cpu")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_ops_check_the_selection(device):
+    """Both backward ops (raw: autograd calls them with the forward's own outputs)
+    name a bad indices or grad before any kernel runs."""
+    skip_unless_compiled(device)
+    q, K = _ok(device)
+    tables, ids = [K.reshape(-1, d)], [torch.arange(B * L, device=device).reshape(B, L)]
+    idx = torch.zeros(B, 3, dtype=torch.int64, device=device)
+    g = torch.ones(B, 3, device=device)
+    calls = {"keys": lambda grad, i: torch.ops.dare.topk_attention_backward(grad, q, K, i),
+             "ids": lambda grad, i: torch.ops.dare.topk_attention_embedding_backward(grad, q, tables, ids, i)}
+    for op, call in calls.items():
+        with pytest.raises(ValueError, match=r"indices must be int64 of shape \(B, k\) or \(B, T, k\) as the "
+                                             r"query's \(B, \[T,\] d\) \[4, 5\], got \[3, 3\] torch.int64"):
+            call(g[:3], idx[:3])
+        with pytest.raises(ValueError, match=r"got \[4, 3\] torch.int32"):
+            call(g, idx.int())
+        with pytest.raises(ValueError, match=r"grad must have indices' shape \[4, 3\], got \[4, 2\]"):
+            call(g[:, :2], idx)

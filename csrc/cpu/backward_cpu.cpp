@@ -47,8 +47,9 @@ std::vector<int64_t> selected_rows(const int64_t* idx, int64_t R, int64_t T, int
       for (int64_t kk = 0; kk < K; ++kk) {
         const int64_t j = idx[r * K + kk];
         int64_t row = -1;
-        if (j >= 0) {
-          const int64_t pos = starts ? std::min(starts[b] + j, std::max<int64_t>(N - 1, 0)) : j;
+        // Padded positions past L, jagged rows of an empty stream: no key (the GPU's rule).
+        if (j >= 0 && (starts ? N > 0 : j < N)) {
+          const int64_t pos = starts ? std::min(starts[b] + j, N - 1) : j;
           const int64_t id = ids.at(starts ? 0 : b, pos);
           if (id >= 0 && id < n) row = id;
         }
@@ -198,7 +199,8 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_backward_cpu(const at::Tensor&
         const int64_t b = r / s.T;
         for (int64_t kk = 0; kk < K; ++kk) {
           const int64_t j = ix[r * K + kk];
-          rows[size_t(r * K + kk)] = j < 0 ? -1 : st ? std::min(st[b] + j, std::max<int64_t>(n - 1, 0)) : b * s.L + j;
+          rows[size_t(r * K + kk)] = j < 0 || (st ? n == 0 : j >= s.L) ? -1
+                                     : st ? std::min(st[b] + j, n - 1) : b * s.L + j;
         }
       }
     });

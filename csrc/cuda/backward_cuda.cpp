@@ -47,6 +47,7 @@ Selection selection(const at::Tensor& grad, const at::Tensor& query, const at::T
                     int64_t K, double scale, const Opt& offsets) {
   Selection sel;
   const int64_t R = s.B * s.T;
+  TORCH_CHECK_VALUE(R < (int64_t(1) << 31), "backward: B*T must be below 2^31 (one CTA per target row)");
   sel.grad = grad.reshape({R, K}).to(at::kFloat).contiguous();
   sel.indices = indices.reshape({R, K}).contiguous();
   sel.query = query.reshape({R, s.d}).to(at::kFloat).contiguous();
@@ -138,7 +139,7 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_backward_cuda(const at::Tensor
                          : at::zeros(keys.sizes(), once ? keys.options() : keys.options().dtype(at::kFloat));
   BackwardField& fd = p.fields[0];
   fd.table = flat.const_data_ptr();
-  fd.ids = nullptr;
+  p.keys = true;
   fd.n = flat.numel() / std::max<int64_t>(s.d, 1);
   fd.d = int(s.d);
   fd.off = 0;

@@ -58,9 +58,9 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(BackwardParams p) {
       for (int64_t kk = e; kk < p.K; kk += E) {
         const int64_t j = idx[kk];
         int64_t row = -1;
-        if (j >= 0 && (p.starts == nullptr || p.L > 0)) {
+        if (j >= 0 && (p.starts != nullptr ? p.L > 0 : j < p.L)) {
           const int64_t pos = p.starts ? min(p.starts[b] + j, max(p.L - 1, int64_t(0))) : j;
-          if (fd.ids == nullptr) {
+          if (p.keys) {
             row = p.starts ? pos : b * p.L + pos;
             row = row < fd.n ? row : -1;
           } else {
@@ -79,7 +79,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(BackwardParams p) {
             if (row >= 0) static_cast<T*>(fd.values)[row * fd.d + cf] = from_float<T>(w * q);
           } else if (p.mode == TableGrad::kPerSlot) {
             const int64_t entry = r * p.K + kk;
-            static_cast<T*>(fd.values)[entry * fd.d + cf] = from_float<T>(w * q);
+            static_cast<T*>(fd.values)[entry * fd.d + cf] = from_float<T>(row >= 0 ? w * q : 0.f);
             if (cf == 0) {
               fd.rows[entry] = row;
               if (row >= 0 && first_ok < 0) first_ok = entry;

@@ -109,7 +109,7 @@ enum class TableGrad : int { kNone = 0, kDense = 1, kPerSlot = 2, kWrite = 3 };
 
 struct BackwardField {
   const void* table;  // (n, d) contiguous rows (keys op: the keys viewed as (B*L or N, d))
-  const void* ids;    // int32 or int64 as EmbedField's; nullptr: the keys op (row = b * L + j, jagged start + j)
+  const void* ids;    // int32 or int64 as EmbedField's (the embedding op)
   int64_t n, stride_b, stride_l;
   int d, off;  // width; first column in the query
   bool ids64;
@@ -128,6 +128,7 @@ struct BackwardParams {
   float scale;
   int F, cols;  // fields; columns per pass (a power of two <= kThreads)
   TableGrad mode;
+  bool keys;  // the keys op: entry j of row b reads key row b * L + j (jagged: start + j), no ids
   BackwardField fields[kMaxFields];
 };
 

@@ -102,10 +102,11 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_embedding_cuda(const at::Tenso
 
   // Many targets of one history (serving: T candidates of a user): the fused kernel
   // would gather every key's rows again for each target. Instead the keys are
-  // gathered once (one launch) and the dense op scores them: the same scores (a key
-  // is its rows, in the same order, float32 sums; NaN where an id is out of range),
-  // each row's keys read once per group of targets, on the tensor cores where it
-  // takes 16-bit keys. DARE_CUDA_IDS_GATHER=0 turns it off (to measure).
+  // gathered once (one launch; NaN where an id is out of range, as the fused kernel
+  // reads it) and the dense op scores them: each row's keys read once per group of
+  // targets, on the tensor cores where it takes 16-bit keys. Its float32 sums run in
+  // its own order (docs/contract.md). Ids shared by every row ((L,)) are gathered per
+  // row all the same. DARE_CUDA_IDS_GATHER=0 turns it off (to measure).
   static const bool gather = [] {
     const char* env = std::getenv("DARE_CUDA_IDS_GATHER");
     return !(env && std::atoll(env) == 0);
