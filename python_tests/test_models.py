@@ -832,3 +832,16 @@ def test_fixed_width_batches_give_the_same_model_outputs(seed):
             got, want = m(b), m(a)
             torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
             assert torch.equal(got[2], want[2]) and torch.equal(got[1], want[1])
+
+
+def test_head_runs_in_float32_under_autocast():
+    """The MLP head ignores autocast (small, launch-bound GEMMs: bfloat16 would only
+    add casts): the same float32 logits with autocast on as off."""
+    from dare_kernels.models.dare import _head
+    torch.manual_seed(0)
+    head = _head(12).eval()
+    x = torch.randn(5, 12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = head(x.bfloat16())
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, head(x.bfloat16().float()), rtol=0, atol=0)

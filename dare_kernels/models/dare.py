@@ -341,12 +341,23 @@ class _Cast(torch.autograd.Function):
         return grad.to(ctx.dtype), None
 
 
-def _head(d_in: int, hidden=(200, 80)) -> nn.Sequential:
+class Head(nn.Sequential):
+    """BatchNorm -> (Linear -> PReLU)* -> Linear, in float32 whatever autocast says:
+    its GEMMs are small (N x 384 x 200 at most) and launch-bound, so bfloat16 would buy
+    no time and add a cast launch per weight and input each call, forward and backward
+    (a replayed step pays each launch: issue 24)."""
+
+    def forward(self, x):
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
+def _head(d_in: int, hidden=(200, 80)) -> Head:
     layers, d = [nn.BatchNorm1d(d_in)], d_in
     for h in hidden:
         layers += [nn.Linear(d, h), nn.PReLU()]
         d = h
-    return nn.Sequential(*layers, nn.Linear(d, 1))
+    return Head(*layers, nn.Linear(d, 1))
 
 
 class SearchCTR(nn.Module):
