@@ -1,6 +1,8 @@
 """The backward of the selected scores alone, fused ops against bmm + topk, B = 1024,
 L = 10000, k = 128, bf16: GPU time (CUDA-event median of back-to-back calls) and
-host time (median wall time of issuing one backward call, GPU not awaited):
+host time (median wall time of issuing one backward call, GPU not awaited), of
+torch.autograd.grad (the autograd engine, the loss's backward and the op's autograd
+function included) and, for the fused ops, of the backward op called alone:
     python bench/tools/profile_backward.py [--profile]"""
 import statistics
 import sys
@@ -17,27 +19,32 @@ B, L, k, N = 1024, 10000, 128, 1_000_000
 g = torch.Generator(device=dev).manual_seed(0)
 
 
-def measure(name, forward, inputs):
-    def backward(loss):
-        return torch.autograd.grad(loss, inputs)
-
+def timed(name, call, prepare=lambda: None):
+    """GPU and host medians of call(prepare()), prepare untimed (see the module docstring)."""
     for _ in range(3):
-        backward(forward())
+        call(prepare())
     torch.cuda.synchronize()
     gpu, host = [], []
     for _ in range(20):
-        loss = forward()
+        arg = prepare()
         torch.cuda.synchronize()
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
         t0 = time.perf_counter()
-        backward(loss)
+        call(arg)
         host.append(time.perf_counter() - t0)
         b.record()
         torch.cuda.synchronize()
         gpu.append(a.elapsed_time(b))
     print(f"{name:44s} backward: GPU {statistics.median(gpu):.3f} ms, host {1e3 * statistics.median(host):.3f} ms",
           flush=True)
+
+
+def measure(name, forward, inputs):
+    def backward(loss):
+        return torch.autograd.grad(loss, inputs)
+
+    timed(name, backward, forward)
     if "--profile" in sys.argv:
         with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
             for _ in range(3):
@@ -51,9 +58,20 @@ for d in (16, 128):
     K = torch.randn(B, L, d, device=dev, generator=g).bfloat16().requires_grad_()
     measure(f"keys d={d} bmm+topk", lambda: baseline(q, K, k)[0].float().sum(), (q, K))
     measure(f"keys d={d} cuda", lambda: dare_kernels.topk_attention(q, K, k, backend="cuda")[0].sum(), (q, K))
+    with torch.no_grad():
+        scores, idx = dare_kernels.topk_attention(q, K, k, backend="cuda")
+    grad = torch.ones_like(scores)
+    qd, Kd = q.detach(), K.detach()
+    timed(f"keys d={d} cuda, the op alone", lambda _: torch.ops.dare.topk_attention_backward(grad, qd, Kd, idx))
     table = torch.randn(N, d, device=dev, generator=g).bfloat16().requires_grad_()
     ids = torch.randint(0, N, (B, L), device=dev, generator=g)
     for sparse in (False, True):
         measure(f"ids d={d} cuda sparse={sparse}",
                 lambda: dare_kernels.topk_attention_embedding(q, [table], [ids], k, sparse=sparse,
                                                               backend="cuda")[0].sum(), (q, table))
+        with torch.no_grad():
+            scores, idx = dare_kernels.topk_attention_embedding(q, [table], [ids], k, backend="cuda")
+        grad = torch.ones_like(scores)
+        op_args = (grad, q.detach(), [table.detach()], [ids], idx, 1.0, None, sparse, True)
+        timed(f"ids d={d} cuda sparse={sparse}, the op alone",
+              lambda _: torch.ops.dare.topk_attention_embedding_backward(*op_args))
