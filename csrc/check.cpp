@@ -271,4 +271,9 @@ int64_t check_selection(const char* op, const at::Tensor& grad, const at::Tensor
   return indices.size(-1);
 }
 
+at::Tensor jagged_starts(const Opt& offsets, const Shape& s) {
+  if (!offsets.has_value()) return at::Tensor();
+  return offsets->to(at::kLong).slice(0, 0, s.B).clamp(0, s.L).contiguous();
+}
+
 }  // namespace dare

@@ -41,6 +41,10 @@ void check_scale(double scale, const char* op = "topk_attention");
 // int64 as the query's rank, grad of the same shape. Returns k.
 int64_t check_selection(const char* op, const at::Tensor& grad, const at::Tensor& query, const at::Tensor& indices);
 
+// Jagged rows' starts as every kernel reads them, clamp(offsets[b], 0, N) for b < B, int64
+// contiguous; undefined without offsets.
+at::Tensor jagged_starts(const Opt& offsets, const Shape& s);
+
 // Uninitialised (scores float32, indices int64) of shape (B, k) or (B, T, k).
 std::tuple<at::Tensor, at::Tensor> empty_outputs(const at::Tensor& like, const Shape& s, int64_t k);
 

@@ -284,8 +284,8 @@ def test_backward_op(device, name, layout, dtype, seed):
 @pytest.mark.parametrize("name", ["basic", "lengths", "duplicates", "noncontiguous", "k_eq_L", "nan_inf"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_triton_keys_backward(device, name, dtype, seed):
-    """The Triton backward of one target per padded row (the CUDA kernel of the
-    backward op there) gives the PyTorch formula's gradients."""
+    """The Triton backward of one target per padded row (the backward op's kernel
+    there where the library was built without CUDA) gives the PyTorch formula's gradients."""
     skip_unless_available("triton", device, dtype)
     from dare_kernels import _contract
     from dare_kernels.triton_backend.backward import keys_backward

@@ -114,7 +114,8 @@ def test_backward_op(device, name, layout, sparse, dtype, seed):
                                   "emb_padding_ids"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_triton_embedding_backward(device, name, layout, form, seed, monkeypatch):
-    """The Triton backward (the backward op's CUDA kernel) gives the PyTorch
+    """The Triton backward (the backward op's kernel on CUDA tensors where the library
+    was built without CUDA) gives the PyTorch
     formula's gradients in every form: dense (float32 sums in the kernel),
     coalesced (touched rows, float32 sums) and per slot (the GPU's sparse form:
     B·T·k entries, padding slots repeating a real slot's row with value 0), whose

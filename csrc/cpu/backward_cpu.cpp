@@ -143,8 +143,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> topk_at
   const Shape s = check_embedding_inputs(query, tables, ids, K, std::nullopt, scale, std::nullopt, offsets,
                                          /*check_length_values=*/false);
   const auto [R, idx, G, Q] = selection(grad, query, indices, s, K, scale);
-  at::Tensor starts;  // jagged: start = clamp(offsets[b], 0, N), as every kernel clamps a row
-  if (offsets.has_value()) starts = offsets->to(at::kLong).slice(0, 0, s.B).clamp(0, s.L).contiguous();
+  const at::Tensor starts = jagged_starts(offsets, s);
   const float* g = G.const_data_ptr<float>();
   at::Tensor acc = at::zeros({R, s.d}, query.options().dtype(at::kFloat));
   std::vector<at::Tensor> out_rows, out_values;
@@ -191,8 +190,7 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_backward_cpu(const at::Tensor&
   std::vector<int64_t> rows(size_t(R * K));
   {
     const int64_t* ix = idx.const_data_ptr<int64_t>();
-    at::Tensor starts;
-    if (offsets.has_value()) starts = offsets->to(at::kLong).slice(0, 0, s.B).clamp(0, s.L).contiguous();
+    const at::Tensor starts = jagged_starts(offsets, s);
     const int64_t* st = starts.defined() ? starts.const_data_ptr<int64_t>() : nullptr;
     at::parallel_for(0, R, 64, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {

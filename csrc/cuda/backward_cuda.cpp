@@ -51,7 +51,7 @@ Selection selection(const at::Tensor& grad, const at::Tensor& query, const at::T
   sel.grad = grad.reshape({R, K}).to(at::kFloat).contiguous();
   sel.indices = indices.reshape({R, K}).contiguous();
   sel.query = query.reshape({R, s.d}).to(at::kFloat).contiguous();
-  if (offsets.has_value()) sel.starts = offsets->to(at::kLong).slice(0, 0, s.B).clamp(0, s.L).contiguous();
+  sel.starts = jagged_starts(offsets, s);
   sel.grad_query = at::empty({R, s.d}, query.options().dtype(at::kFloat));
   BackwardParams& p = sel.p;
   p.grad = sel.grad.const_data_ptr<float>();
