@@ -75,6 +75,9 @@ def parse_args(argv=None):
     p.add_argument("--timing-steps", type=int, default=40,
                    help="then time this many training steps per task and model, one run at a time (0: skip)")
     p.add_argument("--reuse", help="a previous --json: its runs are not run again")
+    p.add_argument("--time-limit", type=float,
+                   help="seconds: start no run that would end past it (judged by the longest run so far); the "
+                        "runs done are in --json, and a later call goes on with --reuse")
     p.add_argument("--json", help="write every run and the summary here")
     return p.parse_args(argv)
 
@@ -136,6 +139,20 @@ def table(summary: list, k: int) -> str:
     return "\n".join(lines)
 
 
+def runs_json(results: dict, timing: dict) -> dict:
+    return {"runs": [{"key": list(k), **{n: v for n, v in r.items() if n != "args"}} for k, r in results.items()],
+            "timing": [{"key": list(k), **{n: v for n, v in r.items() if n != "args"}} for k, r in timing.items()]}
+
+
+def save_partial(args, results: dict, timing: dict) -> None:
+    """The runs so far, in --json, after each run: a study cut short (a device
+    call's time limit) resumes from it with --reuse."""
+    if args.json:
+        with open(args.json + ".tmp", "w") as f:
+            json.dump({"argv": sys.argv[1:], "args": vars(args), "partial": True, **runs_json(results, timing)}, f, indent=1)
+        os.replace(args.json + ".tmp", args.json)
+
+
 def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.work, exist_ok=True)
@@ -174,19 +191,40 @@ def main(argv=None):
                 extra = ["--steps", str(args.timing_steps), "--eval-every", str(10 ** 9)]
                 timing_jobs.append((key, command(task, model, d_att, d_rep, 0, f"time-{task}-{model}-{d_att or d_rep}-{d_rep}", extra)))
     t0 = time.time()
+    longest = [0.0]
+
+    def run_in_time(cmd):
+        if args.time_limit is not None and time.time() - t0 + longest[0] > args.time_limit:
+            return None
+        r = run_one(cmd, env)
+        longest[0] = max(longest[0], r["wall_seconds"])
+        return r
+
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        futures = {pool.submit(run_one, cmd, env): key for key, cmd in jobs}
+        futures = {pool.submit(run_in_time, cmd): key for key, cmd in jobs}
         for i, fut in enumerate(concurrent.futures.as_completed(futures)):
             key = futures[fut]
-            r = results[key] = fut.result()
+            r = fut.result()
+            if r is None:
+                continue
+            results[key] = r
             print(f"[{i + 1}/{len(jobs)} {time.time() - t0:.0f} s] {key[0]} {key[1]} ({key[3] or key[4]}/{key[4]}) "
                   f"seed {key[5]}: test AUC {r['test']['auc']:.4f} at best step {r['best_step']}/{r['steps']}"
                   f" ({r['wall_seconds']:.0f} s)", flush=True)
+            save_partial(args, results, timing)
     # Time per step, one run at a time (the study's runs share the machine with each other).
     for key, cmd in timing_jobs:
-        r = timing[key] = run_one(cmd, env)
+        r = run_in_time(cmd)
+        if r is None:
+            continue
+        timing[key] = r
         print(f"[timing] {key[0]} {key[1]} ({key[3] or key[4]}/{key[4]}): {r['train_ms_per_step']:.1f} ms/step",
               flush=True)
+        save_partial(args, results, timing)
+    missing = [key for key, _ in jobs if key not in results] + [key for key, _ in timing_jobs if key not in timing]
+    if missing:
+        print(f"--time-limit: {len(missing)} runs left for a later call (--reuse {args.json})", flush=True)
+        return
     summary = []
     for task in args.tasks:
         for label, model, d_att, d_rep in configs:
@@ -213,11 +251,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"argv": sys.argv[1:], "args": vars(args), "summary": summary, "oracle": oracles,
-                       "wall_seconds": time.time() - t0,
-                       "runs": [{"key": list(k), **{n: v for n, v in r.items() if n != "args"}}
-                                for k, r in results.items()],
-                       "timing": [{"key": list(k), **{n: v for n, v in r.items() if n != "args"}}
-                                  for k, r in timing.items()]}, f, indent=1)
+                       "wall_seconds": time.time() - t0, **runs_json(results, timing)}, f, indent=1)
 
 
 if __name__ == "__main__":
