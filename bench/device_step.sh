@@ -2,7 +2,7 @@
 # One call on the GPU machine for the training step (issue 24): build, the main job's
 # reference-model rows, the backward of both ops, the sparse-gradient and optimiser
 # tests on CUDA, a profile of the training step. Short summary printed last.
-#   bash bench/device_step.sh    (ENV: SKIP_TESTS=1, PROFILE=0, BACKWARD=0, SERVING=1, FUXICTR=1 (carry .fx), BENCH_D="16 128", BENCH_MODELS="twin:128 dare:16", BENCH_ARGS=...)
+#   bash bench/device_step.sh    (ENV: SKIP_TESTS=1, PROFILE=0, BACKWARD=0, BACKWARD_AB=1, SERVING=1, FUXICTR=1 (carry .fx), BENCH_D="16 128", BENCH_MODELS="twin:128 dare:16", BENCH_ARGS=...)
 set -uo pipefail
 OUT=${OUT:-/tmp/dare-out}; mkdir -p "$OUT"
 export MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} DARE_BUILD_CUDA=1 PYTHONUNBUFFERED=1
@@ -19,6 +19,10 @@ grep -E "^\| (search|inference|train|phase)|^  (search|not)|not captured" "$OUT/
 if [ "${BACKWARD:-1}" = 1 ]; then
   timeout ${BACKWARD_TIMEOUT:-90} python3 bench/tools/profile_backward.py > "$OUT/backward.txt" 2>&1
   grep "backward:" "$OUT/backward.txt" || tail -20 "$OUT/backward.txt"
+  if [ "${BACKWARD_AB:-0}" = 1 ]; then  # the same with the ops' Python autograd (A/B of the C++ one)
+    timeout ${BACKWARD_TIMEOUT:-90} python3 bench/tools/profile_backward.py --python-autograd > "$OUT/backward-python.txt" 2>&1
+    grep "backward:" "$OUT/backward-python.txt" | sed 's/^/python autograd: /' || tail -20 "$OUT/backward-python.txt"
+  fi
 fi
 if [ -z "${SKIP_TESTS:-}" ]; then
   timeout ${TEST_TIMEOUT:-240} python3 -m pytest python_tests/test_topk_attention_embedding.py python_tests/test_optim.py \

@@ -1,6 +1,6 @@
 // The one schema of each op. Which positions take part: lengths (right padding)
 // and/or mask (B, L) bool, or jagged rows (offsets (B+1,); keys (N, d), ids (N,)). Backends register implementations against it:
-// csrc/cpu (CPU), csrc/cuda (CUDA); fake and autograd come from
+// csrc/cpu (CPU), csrc/cuda (CUDA), autograd csrc/autograd.cpp; fake (and the Triton ops' autograd) from
 // dare_kernels/_contract.py, the Triton backend from dare_kernels/triton_backend.
 #include <torch/library.h>
 

@@ -300,10 +300,13 @@ def register_autograd(qualname: str, op: str):
 
 
 def register_compiled():
-    """Fake and autograd of the compiled library's ops (dare::<op>)."""
+    """Fake of the compiled library's ops (dare::<op>); their autograd is the
+    library's own (csrc/autograd.cpp: the same formula, without the Python
+    wrapper's host time), this one where a library built before it has none."""
     for op, fake in FAKES.items():
         torch.library.register_fake(f"dare::{op}", fake)
-        register_autograd(f"dare::{op}", op)
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(f"dare::{op}", "Autograd"):
+            register_autograd(f"dare::{op}", op)
     torch.library.register_fake(BACKWARD_OP, _fake_backward)
     torch.library.register_fake(KEYS_BACKWARD_OP, _fake_keys_backward)
     torch.library.register_fake("dare::row_adam_", lambda *args: None)  # in place, no outputs

@@ -2,8 +2,11 @@
 L = 10000, k = 128, bf16: GPU time (CUDA-event median of back-to-back calls) and
 host time (median wall time of issuing one backward call, GPU not awaited), of
 torch.autograd.grad (the autograd engine, the loss's backward and the op's autograd
-function included) and, for the fused ops, of the backward op called alone:
-    python bench/tools/profile_backward.py [--profile]"""
+function included) and, for the fused ops, of the backward op called alone;
+--python-autograd: the ops' autograd as the Python formula (torch.library.register_autograd,
+the Triton ops' path) instead of the library's C++ one, for an A/B of its host time:
+    python bench/tools/profile_backward.py [--profile] [--python-autograd]"""
+import warnings
 import statistics
 import sys
 import time
@@ -14,6 +17,13 @@ from torch.profiler import ProfilerActivity, profile
 import dare_kernels
 from dare_kernels.bench.search import baseline
 
+if "--python-autograd" in sys.argv:
+    from dare_kernels import _contract
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "overriding a previously registered kernel"
+        for op in ("topk_attention", "topk_attention_embedding"):
+            _contract.register_autograd(f"dare::{op}", op)
+    print("the ops' autograd: the Python formula (torch.library.register_autograd)")
 dev = torch.device("cuda")
 B, L, k, N = 1024, 10000, 128, 1_000_000
 g = torch.Generator(device=dev).manual_seed(0)
