@@ -29,10 +29,11 @@ def skip_unless_compiled(device):
         pytest.skip(why)
 
 
-# Samples built for the CUDA many-targets (MMA) kernel: the Triton backend scores each
-# target as a row of its own, the path "targets" runs, so under the interpreter (7-14 s
-# a case) targets_mma runs padded float32 alone. emb_duplicates (ties across tiles) runs
-# padded float32: other layouts and dtypes are the address and load code light samples run.
+# Samples of T >= 8 targets: the many-targets paths (CUDA's MMA kernel; Triton's tl.dot
+# tiles, search.TARGETS_MIN). Under the interpreter they run float32 alone, targets_mma in
+# every layout (the score kernel's row addressing) and the ties / NaN / duplicates samples
+# padded. emb_duplicates (ties across tiles) runs padded float32: other layouts and dtypes
+# are the address and load code light samples run.
 INTERPRETER_MANY_TARGETS = frozenset({"targets_mma", "targets_mma_exact", "duplicates_targets"})
 INTERPRETER_HEAVY = INTERPRETER_MANY_TARGETS | {"emb_duplicates"}
 # A gradient test under the interpreter checks the Triton op's autograd wiring (on CPU
@@ -45,8 +46,8 @@ def skip_unless_available(backend, device, dtype, large=False, layout="padded", 
     has no bfloat16 and is too slow for the large samples, and runs the other
     layouts in float32 only (each layout is one address computation, not a dtype
     path: float16 would add minutes of interpretation and no code), the samples of
-    INTERPRETER_HEAVY (`name`) padded float32 only, of INTERPRETER_MANY_TARGETS
-    targets_mma alone, and a gradient test (`backward`) padded float32 on
+    INTERPRETER_HEAVY (`name`) padded float32 only but targets_mma, which runs every
+    layout in float32, and a gradient test (`backward`) padded float32 on
     INTERPRETER_GRADIENT_SAMPLES."""
     from dare_kernels.ops import backend_status
     why = backend_status(backend, device)
@@ -59,9 +60,9 @@ def skip_unless_available(backend, device, dtype, large=False, layout="padded", 
             pytest.skip("too large for the Triton interpreter")
         if layout != "padded" and dtype != torch.float32:
             pytest.skip("other layouts run in float32 under the Triton interpreter")
-        if name in INTERPRETER_MANY_TARGETS and name != "targets_mma":
-            pytest.skip("a CUDA many-targets sample: Triton scores a target as a row (targets_mma runs it)")
-        if name in INTERPRETER_HEAVY and (layout, dtype) != ("padded", torch.float32):
+        if name == "targets_mma" and dtype != torch.float32:
+            pytest.skip("a heavy sample: float32 only under the Triton interpreter")
+        elif name in INTERPRETER_HEAVY and name != "targets_mma" and (layout, dtype) != ("padded", torch.float32):
             pytest.skip("a heavy sample: padded float32 only under the Triton interpreter")
         if backward and (layout != "padded" or dtype != torch.float32
                          or (name is not None and name not in INTERPRETER_GRADIENT_SAMPLES)):

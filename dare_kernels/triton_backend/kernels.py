@@ -340,3 +340,73 @@ def _search_ids_kernel(q_ptr, len_ptr, m_ptr, off_ptr, out_s_ptr, out_i_ptr, oke
         gmax = tl.maximum(gmax, okey)
     _finish(okey_row, gmax, n, k, scratch_ptr, scratch_stride, out_s_ptr, out_i_ptr, gmax_ptr, ticket_ptr, r,
             tl.program_id(1), C, C2, W, CG, G, K_PAD, P_CAP, M_S, SPLIT)
+
+
+# ---------------------------------------------------------------------------
+# Many targets sharing one sequence (query (B, T, d), T >= TARGETS_MIN): two launches.
+# _targets_score_kernel: one program per (row b, tile of TT targets, split) reads each chunk
+# of the row's keys once for the tile's TT targets and scores them with tl.dot (tensor cores
+# for 16-bit keys; float32 keys in IEEE float32, not TF32), storing every target's order
+# keys and publishing each target's group maxima. _targets_select_kernel: one program per
+# (b, t) selects as a split row's last program does (_finish). The order keys are the ones
+# _search_kernel stores, so selection, ties and NaN are shared; the summation order is
+# tl.dot's, the same at every position (a key's score depends on the query and the key
+# alone within a call), and may differ in the last bits from a one-target call's.
+
+@triton.jit
+def _targets_score_kernel(q_ptr, k_ptr, len_ptr, m_ptr, off_ptr, okey_ptr, gmax_ptr,
+                          T, L, D, span, scale, stride_kb, stride_kl, stride_mb, stride_ml,
+                          DB: tl.constexpr, TT: tl.constexpr, C: tl.constexpr, CG: tl.constexpr,
+                          HAS_LEN: tl.constexpr, HAS_MASK: tl.constexpr, JAGGED: tl.constexpr,
+                          IEEE: tl.constexpr):
+    b = tl.program_id(0)
+    s = tl.program_id(2)
+    n_split = tl.num_programs(2)
+    t = tl.program_id(1) * TT + tl.arange(0, TT)
+    t_ok = t < T
+    r = b.to(tl.int64) * T + t
+    row0 = 0
+    n = L
+    if JAGGED:
+        row0 = tl.minimum(tl.maximum(tl.load(off_ptr + b).to(tl.int64), 0), L)
+        n = (tl.minimum(tl.maximum(tl.load(off_ptr + b + 1).to(tl.int64), row0), L) - row0).to(tl.int32)
+        span = tl.cdiv(n, n_split)
+        okey_rows = okey_ptr + t.to(tl.int64) * L + row0  # jagged rows of one target are disjoint
+    else:
+        if HAS_LEN:
+            n = tl.minimum(tl.maximum(tl.load(len_ptr + b), 0), L).to(tl.int32)
+        okey_rows = okey_ptr + r * L
+    start = s * span
+    end = tl.minimum(start + span, n)
+    dd = tl.arange(0, DB)
+    q = tl.load(q_ptr + r[:, None] * D + dd[None, :], mask=t_ok[:, None] & (dd < D)[None, :], other=0.0)
+    k_row = k_ptr + b.to(tl.int64) * stride_kb + row0 * stride_kl
+    m_row = m_ptr + b.to(tl.int64) * stride_mb
+    gmax = tl.full([TT, C], INT_MIN, tl.int32)
+    for c0 in range(start, end, C):
+        pos = c0 + tl.arange(0, C)
+        live = _live(m_row, pos, end, stride_ml, HAS_MASK)
+        kv = _load_keys(k_row, pos, live, D, stride_kl, DB)
+        if IEEE:
+            acc = tl.dot(q, tl.trans(kv), input_precision="ieee")
+        else:
+            acc = tl.dot(q, tl.trans(kv))
+        okey = tl.where(live[None, :], order_key((acc * scale).to(tl.float32)), INT_MIN)
+        tl.store(okey_rows[:, None] + pos[None, :], okey, mask=t_ok[:, None] & (pos < end)[None, :])
+        gmax = tl.maximum(gmax, okey)
+    g = tl.max(tl.reshape(gmax, [TT, CG, C // CG]), axis=2)
+    cg = tl.arange(0, CG)
+    tl.store(gmax_ptr + (r * n_split + s)[:, None] * CG + cg[None, :], g, mask=t_ok[:, None])
+
+
+@triton.jit
+def _targets_select_kernel(len_ptr, off_ptr, okey_ptr, gmax_ptr, scratch_ptr, out_s_ptr, out_i_ptr,
+                           T, L, k, n_split, scratch_stride,
+                           C2: tl.constexpr, W: tl.constexpr, CG: tl.constexpr, G: tl.constexpr,
+                           K_PAD: tl.constexpr, P_CAP: tl.constexpr, M_S: tl.constexpr,
+                           HAS_LEN: tl.constexpr, JAGGED: tl.constexpr):
+    r, b, row0, n, start, end, okey_row = _row(len_ptr, off_ptr, okey_ptr, T, L, L, HAS_LEN, JAGGED)
+    j = tl.arange(0, G)
+    every = tl.load(gmax_ptr + r.to(tl.int64) * n_split * CG + j, mask=j < n_split * CG, other=INT_MIN)
+    _select(okey_row, n, _bound(every, k), k, scratch_ptr + r.to(tl.int64) * scratch_stride, out_s_ptr, out_i_ptr,
+            r, G < 2 * K_PAD, C2, W, K_PAD, P_CAP, M_S)

@@ -184,6 +184,45 @@ def _launch_search(wrap, p: Plan, q, keys, lengths, mask, offsets, out_s, out_i,
     wrap(kernels._search_kernel)[grid](*args, **p.fixed(), C=p.chunk(cfg), **flags, **cfg.options())
 
 
+# Many targets a row (serving: T candidates of one history) at or above TARGETS_MIN: the
+# keys are read once per tile of TARGETS_TILE targets and scored with tl.dot
+# (kernels._targets_score_kernel), then each target selects (kernels._targets_select_kernel).
+# DARE_TRITON_TARGETS=0 turns that off (every target streams the row, for comparison).
+TARGETS_MIN = 8
+TARGETS_TILE = 16  # tl.dot's smallest M
+TARGETS = os.environ.get("DARE_TRITON_TARGETS", "1") != "0"
+TARGETS_MAX_CHUNK = 128  # TARGETS_TILE x chunk float32 scores per program
+
+
+def _takes_targets(T: int, dtype: torch.dtype) -> bool:
+    return TARGETS and T >= TARGETS_MIN and dtype in (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _launch_targets(wrap, s, q, keys, lengths, mask, offsets, out_s, out_i, k, scale, split, cfg):
+    """The many-targets path: s.B rows of s.T targets (see TARGETS_MIN)."""
+    tiles = -(-s.T // TARGETS_TILE)
+    R = s.B * s.T
+    device = keys.device
+    p = plan(s.B * tiles, _planned_length(s, offsets), s.d, k, device, split, cfg)
+    cfg = cfg or DEFAULT_CONFIG
+    chunk = min(p.chunk(cfg), TARGETS_MAX_CHUNK)  # >= group_maxima: both powers of two, and it divides
+    jagged = offsets is not None
+    okeys = torch.empty(max(1, (s.T if jagged else R) * s.L), dtype=torch.int32, device=device)
+    gmax = torch.empty(R * p.split * p.group_maxima, dtype=torch.int32, device=device)
+    scratch = torch.empty(R * p.scratch, dtype=torch.int64, device=device)
+    ptrs, strides, flags = _layout(q, lengths, mask, offsets)
+    stride_kb, stride_kl = (0, keys.stride(0)) if jagged else (keys.stride(0), keys.stride(1))
+    wrap(kernels._targets_score_kernel)[(s.B, tiles, p.split)](
+        q, keys, *ptrs, okeys, gmax, s.T, s.L, s.d, p.span, scale, stride_kb, stride_kl, *strides,
+        DB=max(16, p.width_pow2), TT=TARGETS_TILE, C=chunk, CG=p.group_maxima, **flags,
+        IEEE=keys.dtype == torch.float32, num_warps=4)
+    sel = p.selection()
+    wrap(kernels._targets_select_kernel)[(R,)](
+        ptrs[0], ptrs[2], okeys, gmax, scratch, out_s, out_i, s.T, s.L, k, p.split, p.scratch,
+        C2=sel["C2"], W=sel["W"], CG=sel["CG"], G=sel["G"], K_PAD=sel["K_PAD"], P_CAP=sel["P_CAP"],
+        M_S=sel["M_S"], HAS_LEN=flags["HAS_LEN"], JAGGED=flags["JAGGED"], num_warps=cfg.num_warps)
+
+
 @triton_op("dare::topk_attention_triton", mutates_args=())
 def topk_attention(query: torch.Tensor, keys: torch.Tensor, k: int, lengths: Optional[torch.Tensor] = None,
                    scale: float = 1.0, mask: Optional[torch.Tensor] = None,
@@ -244,8 +283,11 @@ def _topk_attention(query, keys, k, lengths=None, scale=1.0, mask=None, offsets=
     # The kernels take the keys' batch and position strides (0 for expand()ed keys): no copy.
     keys = keys if keys.stride(-1) == 1 else keys.contiguous()
     lengths, offsets = (None if t is None else t.contiguous() for t in (lengths, offsets))
-    p = plan(R, _planned_length(s, offsets), s.d, k, device, split, cfg)
     scale = float(scale)
+    if _takes_targets(s.T, keys.dtype):
+        _launch_targets(wrap, s, q, keys, lengths, _mask_bytes(mask), offsets, out_s, out_i, k, scale, split, cfg)
+        return out_s, out_i
+    p = plan(R, _planned_length(s, offsets), s.d, k, device, split, cfg)
     _launch_search(wrap, p, q, keys, lengths, _mask_bytes(mask), offsets, out_s, out_i,
                    _workspace(p, s, device, offsets is not None), s.T, s.L, k, scale, cfg)
     return out_s, out_i
@@ -289,6 +331,12 @@ def _topk_attention_embedding(query, tables, ids, k, lengths=None, scale=1.0, ma
     if R == 0:
         return out_s, out_i
     q = query.reshape(R, s.d).contiguous()
+    lengths, offsets = (None if t is None else t.contiguous() for t in (lengths, offsets))
+    if _takes_targets(s.T, query.dtype) and s.B * s.L * s.d * query.element_size() <= GATHER_MAX_BYTES:
+        # Many targets: each history's keys gathered once, then scored per tile of targets.
+        _launch_targets(wrap, s, q, _gather_keys(tables, ids, s.B, offsets is not None), lengths,
+                        _mask_bytes(mask), offsets, out_s, out_i, k, float(scale), split, cfg)
+        return out_s, out_i
     tables = [t.contiguous() for t in tables]
     meta, off = [], 0
     for t, i in zip(tables, ids):
@@ -298,7 +346,6 @@ def _topk_attention_embedding(query, tables, ids, k, lengths=None, scale=1.0, ma
     F = len(tables)
     meta += [0] * (20 - len(meta))
     fields = [(tables[f], ids[f]) if f < F else (tables[0], ids[0]) for f in range(4)]
-    lengths, offsets = (None if t is None else t.contiguous() for t in (lengths, offsets))
     cfg = cfg or DEFAULT_CONFIG
     p = plan(R, _planned_length(s, offsets), s.d, k, device, split, cfg)
     okeys, scratch, gmax, tickets = _workspace(p, s, device, offsets is not None)
@@ -310,6 +357,26 @@ def _topk_attention_embedding(query, tables, ids, k, lengths=None, scale=1.0, ma
         F=F, DB0=DBs[0], DB1=DBs[1], DB2=DBs[2], DB3=DBs[3], C=p.chunk(cfg), **p.selection(),
         **flags, SPLIT=p.split > 1, **cfg.options())
     return out_s, out_i
+
+
+# The ids op's many targets gather the keys when they take at most this (the CUDA
+# backend's kGatherMaxBytes); larger, every target looks its rows up again.
+GATHER_MAX_BYTES = 1 << 30
+
+
+def _gather_keys(tables, ids, B: int, jagged: bool) -> torch.Tensor:
+    """keys[b, j] = [tables[0][ids[0][b, j]] | ...] ((N, d) for jagged ids), an
+    out-of-range id's part NaN (the fused kernel's contract on a GPU). Ids at positions
+    that take no part may hold anything: they are clamped, and never scored."""
+    parts = []
+    for t, i in zip(tables, ids):
+        n = t.shape[0]
+        if not jagged and i.dim() == 1:
+            i = i.expand(B, i.shape[0])
+        ok = (i >= 0) & (i < n)
+        rows = t[i.clamp(0, max(n - 1, 0))] if n > 0 else t.new_empty((*i.shape, t.shape[1]))
+        parts.append(torch.where(ok[..., None], rows, float("nan")))
+    return torch.cat(parts, -1)
 
 
 EAGER = {"topk_attention": eager, "topk_attention_embedding": eager_embedding}
