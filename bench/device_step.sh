@@ -2,7 +2,7 @@
 # One call on the GPU machine for the training step (issue 24): build, the main job's
 # reference-model rows, the backward of both ops, the sparse-gradient and optimiser
 # tests on CUDA, a profile of the training step. Short summary printed last.
-#   bash bench/device_step.sh    (ENV: SKIP_TESTS=1, PROFILE=0, BACKWARD=0, BACKWARD_AB=1, SERVING=1, FUXICTR=1 (carry .fx), BENCH_D="16 128", BENCH_MODELS="twin:128 dare:16", BENCH_ARGS=...)
+#   bash bench/device_step.sh    (ENV: TARGETS=1 (issue 27's T = 1024 op rows), SKIP_BENCH=1, TEST_FILES=..., SKIP_TESTS=1, PROFILE=0, BACKWARD=0, BACKWARD_AB=1, SERVING=1, FUXICTR=1 (carry .fx), BENCH_D="16 128", BENCH_MODELS="twin:128 dare:16", BENCH_ARGS=...)
 set -uo pipefail
 OUT=${OUT:-/tmp/dare-out}; mkdir -p "$OUT"
 export MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} DARE_BUILD_CUDA=1 PYTHONUNBUFFERED=1
@@ -12,10 +12,22 @@ git log -1 --format='commit %h %s' 2>/dev/null | tee -a "$OUT/summary.txt"
 t0=$(date +%s)
 python3 -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/summary.txt"; rm -f "$OUT/build.log"
-TQDM_DISABLE=1 timeout ${BENCH_TIMEOUT:-240} python3 -m dare_kernels.bench --no-ids $([ "${SERVING:-0}" = 1 ] || echo --no-serving) --backends bmm+topk cuda --d ${BENCH_D:-16 128} ${BENCH_MODELS:+--models $BENCH_MODELS} \
-  --json "$OUT/bench.json" ${BENCH_ARGS:-} > "$OUT/bench.txt" 2>&1  # progress and each model's rows as they come
-echo "bench rc=$?" | tee -a "$OUT/summary.txt"
-grep -E "^\| (search|inference|train|phase)|^  (search|not)|not captured" "$OUT/bench.txt"
+if [ "${TARGETS:-0}" = 1 ]; then
+  # Issue 27's op rows: one history (B = 1, L = 10k) against T = 1024 targets, each backend,
+  # then the Triton backend with its many-targets path off (DARE_TRITON_TARGETS=0), for the A/B.
+  for targets in 1 0; do
+    DARE_TRITON_TARGETS=$targets TQDM_DISABLE=1 timeout 150 python3 -m dare_kernels.bench --B 1 --T 1024 --d 16 32 128 \
+      --backends $([ $targets = 1 ] && echo "bmm+topk cuda triton" || echo triton) --no-model --no-ids --no-serving \
+      --json "$OUT/targets-$targets.json" > "$OUT/targets-$targets.txt" 2>&1
+    echo "targets (DARE_TRITON_TARGETS=$targets) rc=$?" | tee -a "$OUT/summary.txt"; grep -E "^\| +1 " "$OUT/targets-$targets.txt" | head -12
+  done
+fi
+if [ "${SKIP_BENCH:-0}" != 1 ]; then
+  TQDM_DISABLE=1 timeout ${BENCH_TIMEOUT:-240} python3 -m dare_kernels.bench --no-ids $([ "${SERVING:-0}" = 1 ] || echo --no-serving) --backends bmm+topk cuda --d ${BENCH_D:-16 128} ${BENCH_MODELS:+--models $BENCH_MODELS} \
+    --json "$OUT/bench.json" ${BENCH_ARGS:-} > "$OUT/bench.txt" 2>&1  # progress and each model's rows as they come
+  echo "bench rc=$?" | tee -a "$OUT/summary.txt"
+  grep -E "^\| (search|inference|train|phase)|^  (search|not)|not captured" "$OUT/bench.txt"
+fi
 if [ "${BACKWARD:-1}" = 1 ]; then
   timeout ${BACKWARD_TIMEOUT:-90} python3 bench/tools/profile_backward.py > "$OUT/backward.txt" 2>&1
   grep "backward:" "$OUT/backward.txt" || tail -20 "$OUT/backward.txt"
@@ -25,9 +37,9 @@ if [ "${BACKWARD:-1}" = 1 ]; then
   fi
 fi
 if [ -z "${SKIP_TESTS:-}" ]; then
-  timeout ${TEST_TIMEOUT:-240} python3 -m pytest python_tests/test_topk_attention_embedding.py python_tests/test_optim.py \
-    python_tests/test_topk_attention.py python_tests/test_gpu.py python_tests/test_models.py -q -rf -p no:cacheprovider \
-    --maxfail=5 -k "${TEST_K:-((sparse or backward or gradients or capture) and (cuda or capture)) or graph_replay or (fused_bag and cuda)}" \
+  timeout ${TEST_TIMEOUT:-240} python3 -m pytest ${TEST_FILES:-python_tests/test_topk_attention_embedding.py python_tests/test_optim.py \
+    python_tests/test_topk_attention.py python_tests/test_gpu.py python_tests/test_models.py} -q -rf -p no:cacheprovider \
+    --maxfail=5 --durations=5 -k "${TEST_K:-((sparse or backward or gradients or capture) and (cuda or capture)) or graph_replay or (fused_bag and cuda)}" \
     > "$OUT/tests.log" 2>&1
   echo "tests rc=$?: $(tail -1 "$OUT/tests.log")" | tee -a "$OUT/summary.txt"
   grep -E "^(FAILED|ERROR)|^E  " "$OUT/tests.log" | head -20
