@@ -19,7 +19,7 @@ if [ "${TARGETS:-0}" = 1 ]; then
     DARE_TRITON_TARGETS=$targets TQDM_DISABLE=1 timeout 150 python3 -m dare_kernels.bench --B 1 --T 1024 --d 16 32 128 \
       --backends $([ $targets = 1 ] && echo "bmm+topk cuda triton" || echo triton) --no-model --no-ids --no-serving \
       --json "$OUT/targets-$targets.json" > "$OUT/targets-$targets.txt" 2>&1
-    echo "targets (DARE_TRITON_TARGETS=$targets) rc=$?" | tee -a "$OUT/summary.txt"; grep -E "^\| +1 " "$OUT/targets-$targets.txt" | head -12
+    echo "targets (DARE_TRITON_TARGETS=$targets) rc=$?" | tee -a "$OUT/summary.txt"; grep -E "^\| (bmm|cuda|triton)" "$OUT/targets-$targets.txt"
   done
 fi
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
