@@ -56,7 +56,7 @@ def ndcg_at_k(indices: torch.Tensor, relevant: torch.Tensor) -> float:
     binary relevance (B, L); rows with no relevant position are skipped."""
     k = indices.shape[1]
     rel = relevant.gather(1, indices.clamp(min=0)).double() * (indices >= 0)
-    discount = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float64))
+    discount = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float64, device=indices.device))
     dcg = (rel * discount).sum(1)
     n_rel = relevant.sum(1).clamp(max=k)
     idcg = torch.cumsum(discount, 0)[(n_rel - 1).clamp(min=0)]

@@ -113,10 +113,10 @@ def evaluate(model, data, args, device) -> dict:
         with _autocast(args, device):
             logit, _, idx = model(b)
         logits.append(logit.float().cpu())
-        labels.append(batch["label"])
-        users.append(batch["user"])
+        labels.append(batch["label"].cpu())
+        users.append(batch["user"].cpu())
         if "relevant" in batch:
-            n = metrics.ndcg_at_k(idx.cpu(), batch["relevant"])
+            n = metrics.ndcg_at_k(idx, b["relevant"])
             if n == n:
                 ndcg_num += n * len(idx)
                 ndcg_rows += len(idx)
@@ -293,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu, cuda or cuda:N (default: cuda when a GPU is present, else cpu)")
     g.add_argument("--amp", action="store_true", help="bf16 autocast on GPU")
+    g.add_argument("--data-device", choices=["auto", "cpu"], default="auto",
+                   help="where the data live: auto, on the GPU when they take at most a quarter of its memory "
+                        "(batches cut there), else the CPU (each batch copied over)")
     g.add_argument("--backend", help="force the search backend (cpu, cuda, triton, reference)")
     g.add_argument("--graph", choices=["auto", "off"], default="auto",
                    help="auto (default): on a GPU, in one process, each training step is one CUDA-graph replay "
@@ -318,12 +321,22 @@ def _say(args, rank, *lines):
             print(line, flush=True)
 
 
+def data_on_device(args, data: Interactions, device) -> bool:
+    """--data-device: auto keeps the data on a GPU when they take at most a quarter of
+    its memory (each batch then cut there: no host gather, no copy of its histories)."""
+    if args.data_device == "cpu" or device.type != "cuda":
+        return False
+    return data.nbytes() <= torch.cuda.get_device_properties(device).total_memory // 4
+
+
 def train_one(args, seed: int, world: int, rank: int, device) -> dict:
     """One training run with model seed `seed`; the result as written to JSON."""
     data_seed = seed if args.data_seed is None else args.data_seed
     run_args = copy.copy(args)
     run_args.seed, run_args.data_seed = seed, data_seed
     data = load_data(args.data, run_args)
+    if data_on_device(args, data, device):
+        data = data.to(device)
     train, valid, test = parts = data.split(seed=data_seed)
     _say(args, rank, describe(data, parts, args))
     torch.manual_seed(seed)

@@ -277,3 +277,28 @@ def test_train_graph_replay_trains_as_eager(optimizer, tmp_path):
         assert got["step"] == want["step"]
         assert got["logloss"] == pytest.approx(want["logloss"], rel=1e-3, abs=1e-4)
         assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-3, abs=1e-4)
+
+
+@pytest.mark.parametrize("task", ["conflict", "taobao"])
+def test_batches_cut_on_the_gpu_equal_the_cpu_batches(task, tmp_path):
+    """The training CLI keeps data that fit on the GPU (--data-device auto) and cuts
+    each batch there: the same batches as from the CPU, for both history layouts
+    (one row a user; a shared row with per-impression starts) and the ground truth."""
+    _need("cuda")
+    from dare_kernels.data import SyntheticConfig, batches, generate
+    if task == "taobao":
+        from dare_kernels.data import LOADERS
+        from dare_kernels.data.synthetic import write_log
+        path = str(tmp_path / "log.csv")
+        write_log(path, users=60, min_len=250, max_len=400, seed=0)
+        data = LOADERS["taobao"](path, seed=0)
+    else:
+        data = generate(SyntheticConfig(users=50, targets=4, max_len=120, min_len=10, seed=0, task="conflict"))
+    gpu = data.to("cuda")
+    assert gpu.nbytes() == data.nbytes() and gpu.history_items.is_cuda
+    for fixed in (False, True):
+        for a, b in zip(batches(data, 37, shuffle=True, seed=3, fixed_width=fixed),
+                        batches(gpu, 37, shuffle=True, seed=3, fixed_width=fixed), strict=True):
+            assert a.keys() == b.keys()
+            for name in a:
+                assert b[name].is_cuda and torch.equal(a[name], b[name].cpu()), name

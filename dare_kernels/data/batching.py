@@ -53,6 +53,18 @@ class Interactions:
                                    target_cat=self.target_cat[index], label=self.label[index],
                                    start=pick(self.start), fold=pick(self.fold), prob=pick(self.prob))
 
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self._tensors().values())
+
+    def to(self, device) -> "Interactions":
+        """Every tensor on `device`: batches() then cut batches there (no host gather,
+        no host-to-device copy of each batch's B x L histories)."""
+        return dataclasses.replace(self, **{n: t.to(device) for n, t in self._tensors().items()})
+
+    def _tensors(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if isinstance(getattr(self, f.name), torch.Tensor)}
+
     def split(self, fractions=(0.8, 0.1, 0.1), seed: int = 0):
         """(train, validation, test): the loader's time-ordered folds when it
         made them, else a random split of the impressions by `fractions`."""
@@ -85,8 +97,9 @@ def batches(data: Interactions, batch_size: int, *, shuffle: bool = False, seed:
     order = (torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle
              else torch.arange(n))[rank::world_size]
     W = data.history_items.shape[1]
+    dev = data.user.device  # the data's device (Interactions.to): batches are cut there
     for start in range(0, len(order), batch_size):
-        index = order[start:start + batch_size]
+        index = order[start:start + batch_size].to(dev)
         if drop_last and len(index) < batch_size:
             return
         user = data.user[index]
@@ -99,15 +112,15 @@ def batches(data: Interactions, batch_size: int, *, shuffle: bool = False, seed:
             offset = data.start[index]
             lengths = (lengths - offset).clamp(0, data.history_len)
             width = data.history_len if fixed_width else max(1, int(lengths.max()))
-            cols = (offset[:, None] + torch.arange(width)[None, :]).clamp(max=W - 1)
-            valid = torch.arange(width)[None, :] < lengths[:, None]
+            cols = (offset[:, None] + torch.arange(width, device=dev)[None, :]).clamp(max=W - 1)
+            valid = torch.arange(width, device=dev)[None, :] < lengths[:, None]
             items = data.history_items[user[:, None], cols] * valid
             cats = data.history_cats[user[:, None], cols] * valid
         batch = {"history_items": items, "history_cats": cats, "lengths": lengths, "user": user,
                  "target_item": data.target_item[index], "target_cat": data.target_cat[index],
                  "label": data.label[index]}
         if data.ground_truth:
-            valid = torch.arange(width)[None, :] < lengths[:, None]
+            valid = torch.arange(width, device=dev)[None, :] < lengths[:, None]
             if data.cat_group is None:
                 same = batch["history_cats"] == batch["target_cat"][:, None]
             else:
