@@ -78,7 +78,38 @@ def load_data(spec: str, args) -> Interactions:
         flags = ", ".join("--all-behaviours" if o == "page_views_only" else "--" + o.replace("_", "-") for o in unused)
         raise ValueError(f"--data {name} does not use {flags}")
     seed = args.seed if getattr(args, "data_seed", None) is None else args.data_seed
-    return loader(path or None, **given, seed=seed)
+    cache = getattr(args, "data_cache", None)
+    if not cache:
+        return loader(path or None, **given, seed=seed)
+    return cached_data(cache, name, path, {**loader.defaults, **given, "seed": seed},
+                       lambda: loader(path or None, **given, seed=seed))
+
+
+def cached_data(cache: str, name: str, path: str, options: dict, load) -> Interactions:
+    """--data-cache: the loaded data saved under `cache`, keyed by the loader, its
+    options and seed, the data package's source (a changed generator or parser makes
+    a new key) and (for a file) its path, size and mtime; a later run with the same
+    key loads the file instead of generating or parsing again (a study's models share
+    each seed's data)."""
+    import dataclasses
+    import glob
+    import hashlib
+    source = hashlib.sha1()
+    for f in sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "*.py"))):
+        source.update(open(f, "rb").read())
+    stat = os.stat(path) if path else None
+    key = json.dumps({"loader": name, "options": options, "source": source.hexdigest(),
+                      "file": [os.path.abspath(path), stat.st_size, stat.st_mtime_ns] if stat else None},
+                     sort_keys=True, default=str)
+    file = os.path.join(cache, f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt")
+    if os.path.exists(file):
+        return Interactions(**torch.load(file, weights_only=False))
+    data = load()
+    os.makedirs(cache, exist_ok=True)
+    tmp = f"{file}.{os.getpid()}.tmp"
+    torch.save({f.name: getattr(data, f.name) for f in dataclasses.fields(data)}, tmp)
+    os.replace(tmp, file)  # whole or absent: parallel runs may race, each writes its own tmp
+    return data
 
 
 def describe(data: Interactions, parts, args) -> str:
@@ -265,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--negatives", type=int, help="public: negatives per positive (default 2)")
     g.add_argument("--all-behaviours", dest="page_views_only", action="store_const", const=False,
                    help="public: keep every behaviour type, not page views only")
+    g.add_argument("--data-cache", metavar="DIR",
+                   help="keep the loaded data in DIR and reuse them in later runs with the same data options and "
+                        "seed (a study's models share each seed's data)")
     g.add_argument("--data-seed", type=int, help="seed of the data (generation, split, negatives); default --seed")
     g = p.add_argument_group("training")
     g.add_argument("--lr", type=float, default=0.01, help="learning rate of every optimiser")

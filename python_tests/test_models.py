@@ -1,5 +1,6 @@
 """The reference DARE/TWIN models, data and training loop (CPU, small)."""
 import copy
+import dataclasses
 import json
 import os
 import subprocess
@@ -304,6 +305,27 @@ def test_seeds_data_seed_and_output(tmp_path, capsys):
     d3 = train.load_data("synthetic", args)
     args.data_seed = 4
     assert not torch.equal(d3.label, train.load_data("synthetic", args).label)
+
+
+def test_data_cache_gives_the_loaded_data_back(tmp_path, monkeypatch):
+    """--data-cache: the first run saves what the loader made, a run with the same data
+    options and seed loads it (the loader is not called again), other options or another
+    seed make their own file."""
+    args = train.parse_args(SMALL + ["--data-cache", str(tmp_path)])
+    fresh = train.load_data("synthetic", args)
+    assert len(list(tmp_path.iterdir())) == 1
+    monkeypatch.setitem(LOADERS, "synthetic", dataclasses.replace(
+        LOADERS["synthetic"], load=lambda *a, **kw: pytest.fail("loaded again")))
+    cached = train.load_data("synthetic", args)
+    for f in dataclasses.fields(fresh):
+        a, b = getattr(fresh, f.name), getattr(cached, f.name)
+        assert (torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b), f.name
+    monkeypatch.undo()
+    args.data_seed = 7
+    train.load_data("synthetic", args)
+    args.users = 700
+    train.load_data("synthetic", args)
+    assert len(list(tmp_path.iterdir())) == 3
 
 
 def test_default_metrics_path_is_outside_the_repo():

@@ -102,16 +102,20 @@ def run_one(cmd: list, env: dict) -> dict:
 
 
 def oracle(task: str, args, seed: int) -> dict:
-    """The generator's own click probabilities on the test split (the ceiling)."""
-    from dare_kernels import metrics
-    from dare_kernels.data import SyntheticConfig, generate
-    cfg = SyntheticConfig(users=args.users, targets=args.targets, n_items=args.items, n_categories=args.categories,
-                          max_len=args.L, min_len=min(args.L, max(10, args.L // 20)), seed=seed,
-                          task="category" if task == "control" else "conflict")
-    test = generate(cfg).split(seed=seed)[2]
+    """The generator's own click probabilities on the test split (the ceiling): the
+    runs' data, through the training CLI's loader (and its --data-cache)."""
+    from dare_kernels import metrics, train
+    run = train.parse_args(task_args(task, args, "") + ["--seed", str(seed), "--data-cache", data_cache(args)])
+    test = train.load_data(run.data, run).split(seed=seed)[2]
     logit = (test.prob / (1 - test.prob)).log()
     return {"auc": metrics.auc(test.label, logit), "gauc": metrics.gauc(test.user, test.label, logit),
             "logloss": metrics.logloss(test.label, logit)}
+
+
+def data_cache(args) -> str:
+    """Where the runs keep each (task, seed)'s data (train --data-cache): the models of a
+    seed share them, generated once."""
+    return os.path.join(args.work, "data")
 
 
 def mean_std(values):
@@ -170,6 +174,7 @@ def main(argv=None):
         cmd = [sys.executable, "-m", "dare_kernels.train", "--model", model, "--d-rep", str(d_rep),
                "--k", str(args.k), "--batch-size", str(args.batch_size), "--eval-every", str(args.eval_every),
                "--seed", str(seed), "--device", args.device, "--optimizer", args.optimizer, "--quiet",
+               "--data-cache", data_cache(args),
                "--metrics-json", os.path.join(args.work, name + ".json")] + task_args(task, args, log_path)
         cmd += (["--d-att", str(d_att)] if d_att is not None else []) + (["--amp"] if args.amp else []) + list(extra)
         return cmd
