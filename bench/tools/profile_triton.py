@@ -27,11 +27,28 @@ for B, T, L, d, k in [(8, 0, 10000, 32, 128), (8, 0, 10000, 16, 128), (1024, 0, 
         api()
     t_host = (time.perf_counter() - t0) / 200
     torch.cuda.synchronize()
-    p = search.plan(B * max(T, 1), L, d, k, dev)
+    p = search.plan(B * max(T, 1), L, d, k, dev)  # one target a row (T < TARGETS_MIN: see below)
     tuner = search.autotuner(p)
     best = {str(key): str(c) for key, c in tuner.cache.items()}
     print(f"B={B} T={T} L={L} d={d} k={k}: api {t_api * 1e6:.1f} us, eager {t_direct * 1e6:.1f} us, "
           f"host issue {t_host * 1e6:.1f} us, split {p.split} x span {p.span}, tuned {best}")
+
+# Many targets (search.TARGETS_MIN): GPU time per launch of the two-kernel path (score
+# tiles with tl.dot, then one selection per target), one history against T = 1024.
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+
+for d in (16, 32, 128):
+    q = torch.randn(1, 1024, d, device=dev).bfloat16()
+    K = torch.randn(1, 10000, d, device=dev).bfloat16()
+    for _ in range(3):
+        search.eager(q, K, 128)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(20):
+            search.eager(q, K, 128)
+        torch.cuda.synchronize()
+    kernels = {e.key: e.device_time_total / e.count for e in prof.key_averages() if e.device_time_total > 0}
+    print(f"T=1024 L=10000 d={d}: " + ", ".join(f"{name} {us:.1f} us" for name, us in sorted(kernels.items())))
 
 # Host side of one small call, by function (what the launch costs in Python).
 import cProfile  # noqa: E402
