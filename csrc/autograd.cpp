@@ -117,8 +117,11 @@ struct IdsFunction : public torch::autograd::Function<IdsFunction> {
       if (!need_tables || !ctx->needs_input_grad(1 + f)) {
         out.emplace_back();
       } else if (sparse) {
-        out.push_back(at::_sparse_coo_tensor_unsafe(rows[f].unsqueeze(0), values[f], tables[f].sizes(),
-                                                    values[f].options().layout(at::kSparse), coalesced));
+        // No invariant check, whatever torch.sparse.check_sparse_tensor_invariants says: it
+        // would read the rows on the host (a synchronisation; no graph capture).
+        out.push_back(at::_sparse_coo_tensor_with_dims_and_tensors(
+            1, 1, tables[f].sizes(), rows[f].unsqueeze(0), values[f], values[f].options().layout(at::kSparse),
+            coalesced));
       } else {
         out.push_back(values[f]);
       }

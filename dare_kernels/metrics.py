@@ -17,7 +17,7 @@ def auc(labels: torch.Tensor, scores: torch.Tensor) -> float:
     order = torch.argsort(scores)
     s = scores[order]
     ranks = torch.empty_like(s)
-    ranks[order] = torch.arange(1, len(s) + 1, dtype=torch.float64)
+    ranks[order] = torch.arange(1, len(s) + 1, dtype=torch.float64, device=s.device)
     # Average ranks over ties.
     uniq, inverse, counts = torch.unique(s, return_inverse=True, return_counts=True)
     if len(uniq) < len(s):

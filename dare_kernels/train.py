@@ -355,6 +355,14 @@ def _say(args, rank, *lines):
             print(line, flush=True)
 
 
+def device_name(device) -> str:
+    """The card or the processor a run's timings belong to."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+    return platform.processor() or platform.machine()
+
+
 def data_on_device(args, data: Interactions, device) -> bool:
     """--data-device: auto keeps the data on a GPU when they take at most a quarter of
     its memory (each batch then cut there: no host gather, no copy of its histories)."""
@@ -468,7 +476,8 @@ def train_one(args, seed: int, world: int, rank: int, device) -> dict:
     steps_run = step - start_step
     _say(args, rank, f"best step {best['step']} of {step} (validation AUC {best['auc']:.4f}); "
                      f"test at the best step: {_fmt(test_metrics, args.k)}")
-    return {"seed": seed, "data_seed": data_seed, "device": str(device), "seconds": seconds,
+    return {"seed": seed, "data_seed": data_seed, "device": str(device), "device_name": device_name(device),
+            "seconds": seconds,
             "train_ms_per_step": 1e3 * train_seconds / max(1, steps_run),
             "optimizer": args.optimizer, "graph": bool(graph) and run_step.replays > 0,
             **({"graph_replays": run_step.replays, "eager_steps": run_step.eager_steps} if graph else {}),

@@ -159,6 +159,8 @@ def save_partial(args, results: dict, timing: dict) -> None:
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.time_limit is not None and not args.json:
+        sys.exit("--time-limit needs --json: the runs done are saved there for the next call's --reuse")
     os.makedirs(args.work, exist_ok=True)
     log_path = os.path.join(args.work, f"UserBehavior-{args.log_users}-{args.log_len[0]}-{args.log_len[1]}.csv")
     if "taobao" in args.tasks and not os.path.exists(log_path):
@@ -196,13 +198,22 @@ def main(argv=None):
                 extra = ["--steps", str(args.timing_steps), "--eval-every", str(10 ** 9)]
                 timing_jobs.append((key, command(task, model, d_att, d_rep, 0, f"time-{task}-{model}-{d_att or d_rep}-{d_rep}", extra)))
     t0 = time.time()
-    longest = [0.0]
+    # The longest run so far judges whether the next fits --time-limit (reused runs count:
+    # a resumed call starts no run it cannot finish); the timing runs, shorter, their own.
+    longest = {"run": max([r.get("wall_seconds", 0.0) for r in results.values()], default=0.0),
+               "timing": max([r.get("wall_seconds", 0.0) for r in timing.values()], default=0.0)}
+    failed = []
 
-    def run_in_time(cmd):
-        if args.time_limit is not None and time.time() - t0 + longest[0] > args.time_limit:
+    def run_in_time(cmd, kind="run"):
+        if args.time_limit is not None and time.time() - t0 + longest[kind] > args.time_limit:
             return None
-        r = run_one(cmd, env)
-        longest[0] = max(longest[0], r["wall_seconds"])
+        try:
+            r = run_one(cmd, env)
+        except RuntimeError as e:  # the other runs go on; this one is retried by a later --reuse
+            failed.append(str(e))
+            print(f"FAILED: {e}", flush=True)
+            return None
+        longest[kind] = max(longest[kind], r["wall_seconds"])
         return r
 
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
@@ -219,7 +230,7 @@ def main(argv=None):
             save_partial(args, results, timing)
     # Time per step, one run at a time (the study's runs share the machine with each other).
     for key, cmd in timing_jobs:
-        r = run_in_time(cmd)
+        r = run_in_time(cmd, "timing")
         if r is None:
             continue
         timing[key] = r
@@ -227,9 +238,14 @@ def main(argv=None):
               flush=True)
         save_partial(args, results, timing)
     missing = [key for key, _ in jobs if key not in results] + [key for key, _ in timing_jobs if key not in timing]
+    if failed:
+        sys.exit(f"{len(failed)} runs failed (above); the {len(results)} done are in {args.json}")
     if missing:
         print(f"--time-limit: {len(missing)} runs left for a later call (--reuse {args.json})", flush=True)
         return
+    devices = sorted({r.get("device_name", r.get("device", "?")) for r in list(results.values()) + list(timing.values())})
+    if len(devices) > 1:
+        print(f"warning: the runs ran on {' and '.join(devices)}: their ms per step do not compare", flush=True)
     summary = []
     for task in args.tasks:
         for label, model, d_att, d_rep in configs:
@@ -255,7 +271,8 @@ def main(argv=None):
     print(f"total {time.time() - t0:.0f} s wall with {args.jobs} jobs")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"argv": sys.argv[1:], "args": vars(args), "summary": summary, "oracle": oracles,
+            json.dump({"argv": sys.argv[1:], "args": vars(args), "devices": devices, "summary": summary,
+                       "oracle": oracles,
                        "wall_seconds": time.time() - t0, **runs_json(results, timing)}, f, indent=1)
 
 

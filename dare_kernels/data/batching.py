@@ -94,12 +94,12 @@ def batches(data: Interactions, batch_size: int, *, shuffle: bool = False, seed:
     kept at the data's history_len (padding: every batch one shape, which a CUDA
     graph needs; the lengths mask it, the results are the same)."""
     n = len(data)
-    order = (torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle
-             else torch.arange(n))[rank::world_size]
-    W = data.history_items.shape[1]
     dev = data.user.device  # the data's device (Interactions.to): batches are cut there
+    order = (torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle
+             else torch.arange(n))[rank::world_size].to(dev)  # once: no copy (and wait) per batch
+    W = data.history_items.shape[1]
     for start in range(0, len(order), batch_size):
-        index = order[start:start + batch_size].to(dev)
+        index = order[start:start + batch_size]
         if drop_last and len(index) < batch_size:
             return
         user = data.user[index]

@@ -358,7 +358,7 @@ def _targets_score_kernel(q_ptr, k_ptr, len_ptr, m_ptr, off_ptr, okey_ptr, gmax_
                           T, L, D, span, scale, stride_kb, stride_kl, stride_mb, stride_ml,
                           DB: tl.constexpr, TT: tl.constexpr, C: tl.constexpr, CG: tl.constexpr,
                           HAS_LEN: tl.constexpr, HAS_MASK: tl.constexpr, JAGGED: tl.constexpr,
-                          IEEE: tl.constexpr):
+                          IEEE: tl.constexpr, DOT: tl.constexpr):
     b = tl.program_id(0)
     s = tl.program_id(2)
     n_split = tl.num_programs(2)
@@ -387,7 +387,11 @@ def _targets_score_kernel(q_ptr, k_ptr, len_ptr, m_ptr, off_ptr, okey_ptr, gmax_
         pos = c0 + tl.arange(0, C)
         live = _live(m_row, pos, end, stride_ml, HAS_MASK)
         kv = _load_keys(k_row, pos, live, D, stride_kl, DB)
-        if IEEE:
+        if not DOT:
+            # The interpreter's tl.dot is numpy's matmul, whose sums differ between positions
+            # (BLAS edge tiles): identical keys would not tie. A per-element sum does.
+            acc = tl.sum(q[:, None, :].to(tl.float32) * kv[None, :, :].to(tl.float32), axis=2)
+        elif IEEE:
             acc = tl.dot(q, tl.trans(kv), input_precision="ieee")
         else:
             acc = tl.dot(q, tl.trans(kv))

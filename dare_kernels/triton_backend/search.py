@@ -215,7 +215,7 @@ def _launch_targets(wrap, s, q, keys, lengths, mask, offsets, out_s, out_i, k, s
     wrap(kernels._targets_score_kernel)[(s.B, tiles, p.split)](
         q, keys, *ptrs, okeys, gmax, s.T, s.L, s.d, p.span, scale, stride_kb, stride_kl, *strides,
         DB=max(16, p.width_pow2), TT=TARGETS_TILE, C=chunk, CG=p.group_maxima, **flags,
-        IEEE=keys.dtype == torch.float32, num_warps=4)
+        IEEE=keys.dtype == torch.float32, DOT=not INTERPRET, num_warps=4)
     sel = p.selection()
     wrap(kernels._targets_select_kernel)[(R,)](
         ptrs[0], ptrs[2], okeys, gmax, scratch, out_s, out_i, s.T, s.L, k, p.split, p.scratch,
@@ -332,7 +332,8 @@ def _topk_attention_embedding(query, tables, ids, k, lengths=None, scale=1.0, ma
         return out_s, out_i
     q = query.reshape(R, s.d).contiguous()
     lengths, offsets = (None if t is None else t.contiguous() for t in (lengths, offsets))
-    if _takes_targets(s.T, query.dtype) and s.B * s.L * s.d * query.element_size() <= GATHER_MAX_BYTES:
+    gathered_rows = s.L if offsets is not None or all(i.dim() == 1 for i in ids) else s.B * s.L  # jagged: L is N
+    if _takes_targets(s.T, query.dtype) and gathered_rows * s.d * query.element_size() <= GATHER_MAX_BYTES:
         # Many targets: each history's keys gathered once, then scored per tile of targets.
         _launch_targets(wrap, s, q, _gather_keys(tables, ids, s.B, offsets is not None), lengths,
                         _mask_bytes(mask), offsets, out_s, out_i, k, float(scale), split, cfg)
@@ -368,15 +369,17 @@ def _gather_keys(tables, ids, B: int, jagged: bool) -> torch.Tensor:
     """keys[b, j] = [tables[0][ids[0][b, j]] | ...] ((N, d) for jagged ids), an
     out-of-range id's part NaN (the fused kernel's contract on a GPU). Ids at positions
     that take no part may hold anything: they are clamped, and never scored."""
+    shared = not jagged and all(i.dim() == 1 for i in ids)  # every row's ids alike: one (L, d) gather
     parts = []
     for t, i in zip(tables, ids):
         n = t.shape[0]
-        if not jagged and i.dim() == 1:
+        if not jagged and not shared and i.dim() == 1:
             i = i.expand(B, i.shape[0])
         ok = (i >= 0) & (i < n)
         rows = t[i.clamp(0, max(n - 1, 0))] if n > 0 else t.new_empty((*i.shape, t.shape[1]))
         parts.append(torch.where(ok[..., None], rows, float("nan")))
-    return torch.cat(parts, -1)
+    keys = torch.cat(parts, -1)
+    return keys.expand(B, *keys.shape) if shared else keys  # stride 0 over the rows: read in place
 
 
 EAGER = {"topk_attention": eager, "topk_attention_embedding": eager_embedding}
