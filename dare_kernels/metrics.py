@@ -1,4 +1,4 @@
-"""AUC, GAUC, logloss and retrieval NDCG@k, on CPU tensors."""
+"""AUC, GAUC, logloss and retrieval NDCG@k (AUC and NDCG@k on any device)."""
 from __future__ import annotations
 
 import math
@@ -21,7 +21,7 @@ def auc(labels: torch.Tensor, scores: torch.Tensor) -> float:
     # Average ranks over ties.
     uniq, inverse, counts = torch.unique(s, return_inverse=True, return_counts=True)
     if len(uniq) < len(s):
-        sums = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inverse, ranks[order])
+        sums = torch.zeros(len(uniq), dtype=torch.float64, device=s.device).index_add_(0, inverse, ranks[order])
         ranks[order] = (sums / counts)[inverse]
     return float((ranks[labels > 0].sum() - pos * (pos + 1) / 2) / (pos * neg))
 

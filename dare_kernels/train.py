@@ -88,27 +88,38 @@ def load_data(spec: str, args) -> Interactions:
 def cached_data(cache: str, name: str, path: str, options: dict, load) -> Interactions:
     """--data-cache: the loaded data saved under `cache`, keyed by the loader, its
     options and seed, the data package's source (a changed generator or parser makes
-    a new key) and (for a file) its path, size and mtime; a later run with the same
-    key loads the file instead of generating or parsing again (a study's models share
-    each seed's data)."""
+    a new key), torch's and numpy's versions (their random streams and parsers) and
+    (for a file) the path as given, its size and mtime; a later run with the same key
+    loads the file (tensors only, memory-mapped) instead of generating or parsing
+    again (a study's models share each seed's data). A file that does not load is
+    made again."""
     import dataclasses
     import glob
     import hashlib
+    import numpy
     source = hashlib.sha1()
     for f in sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "*.py"))):
         source.update(open(f, "rb").read())
     stat = os.stat(path) if path else None
     key = json.dumps({"loader": name, "options": options, "source": source.hexdigest(),
-                      "file": [os.path.abspath(path), stat.st_size, stat.st_mtime_ns] if stat else None},
+                      "versions": [torch.__version__, numpy.__version__],
+                      "file": [path, os.path.abspath(path), stat.st_size, stat.st_mtime_ns] if stat else None},
                      sort_keys=True, default=str)
     file = os.path.join(cache, f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt")
     if os.path.exists(file):
-        return Interactions(**torch.load(file, weights_only=False))
+        try:
+            return Interactions(**torch.load(file, weights_only=True, mmap=True))
+        except Exception as e:  # noqa: BLE001 - a truncated or foreign file: made again below
+            warnings.warn(f"--data-cache: {file} did not load ({e}); loading the data again")
     data = load()
     os.makedirs(cache, exist_ok=True)
-    tmp = f"{file}.{os.getpid()}.tmp"
-    torch.save({f.name: getattr(data, f.name) for f in dataclasses.fields(data)}, tmp)
-    os.replace(tmp, file)  # whole or absent: parallel runs may race, each writes its own tmp
+    tmp = f"{file}.{os.getpid()}.tmp"  # whole or absent: parallel runs may race, each writes its own
+    try:
+        torch.save({f.name: getattr(data, f.name) for f in dataclasses.fields(data)}, tmp)
+        os.replace(tmp, file)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return data
 
 
@@ -359,8 +370,12 @@ def device_name(device) -> str:
     """The card or the processor a run's timings belong to."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    import platform
-    return platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+        return platform.processor() or platform.machine()
 
 
 def data_on_device(args, data: Interactions, device) -> bool:

@@ -203,13 +203,14 @@ def main(argv=None):
     longest = {"run": max([r.get("wall_seconds", 0.0) for r in results.values()], default=0.0),
                "timing": max([r.get("wall_seconds", 0.0) for r in timing.values()], default=0.0)}
     failed = []
+    save_partial(args, results, timing)  # the reused runs, whatever this call adds
 
     def run_in_time(cmd, kind="run"):
         if args.time_limit is not None and time.time() - t0 + longest[kind] > args.time_limit:
             return None
         try:
             r = run_one(cmd, env)
-        except RuntimeError as e:  # the other runs go on; this one is retried by a later --reuse
+        except Exception as e:  # noqa: BLE001 - the other runs go on; this one is retried by a later --reuse
             failed.append(str(e))
             print(f"FAILED: {e}", flush=True)
             return None
@@ -239,11 +240,12 @@ def main(argv=None):
         save_partial(args, results, timing)
     missing = [key for key, _ in jobs if key not in results] + [key for key, _ in timing_jobs if key not in timing]
     if failed:
-        sys.exit(f"{len(failed)} runs failed (above); the {len(results)} done are in {args.json}")
+        sys.exit(f"{len(failed)} runs failed (above); the {len(results)} done are "
+                 + (f"in {args.json}" if args.json else "not saved (no --json)"))
     if missing:
         print(f"--time-limit: {len(missing)} runs left for a later call (--reuse {args.json})", flush=True)
         return
-    devices = sorted({r.get("device_name", r.get("device", "?")) for r in list(results.values()) + list(timing.values())})
+    devices = sorted({r["device_name"] for r in list(results.values()) + list(timing.values()) if "device_name" in r})
     if len(devices) > 1:
         print(f"warning: the runs ran on {' and '.join(devices)}: their ms per step do not compare", flush=True)
     summary = []
