@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
 
 namespace dare {
 namespace {
@@ -54,6 +55,29 @@ const auto& ids_backward_op() {
   return op;
 }
 
+// The backward ops have no derivative of their own. Under create_graph (grad mode on in
+// backward) with anything differentiable around, the gradients come back wired to an
+// error node, as torch.autograd.function.once_differentiable does: a second
+// derivative through the op raises instead of coming back silently missing.
+variable_list once_differentiable(variable_list grads, bool differentiable, const char* op) {
+  if (!differentiable || !at::GradMode::is_enabled()) return grads;
+  for (auto& g : grads)
+    if (g.defined()) {
+      g = g.detach();
+      g.set_requires_grad(true);
+    }
+  auto error = std::make_shared<torch::autograd::DelayedError>(
+      std::string("dare::") + op + " has no second derivative: its backward is not differentiable",
+      static_cast<int64_t>(grads.size()));
+  return (*error)(std::move(grads));
+}
+
+bool any_requires_grad(const variable_list& ts) {
+  for (const auto& t : ts)
+    if (t.defined() && t.requires_grad()) return true;
+  return false;
+}
+
 struct KeysFunction : public torch::autograd::Function<KeysFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& query, const Tensor& keys, int64_t k,
                                const OptTensor& lengths, double scale, const OptTensor& mask,
@@ -71,11 +95,18 @@ struct KeysFunction : public torch::autograd::Function<KeysFunction> {
     const Tensor &query = saved[0], &keys = saved[1];
     // Quantised keys take no gradient.
     const bool need_keys = ctx->needs_input_grad(1) && keys.scalar_type() != at::kFloat8_e4m3fn;
-    auto [grad_query, grad_keys] = keys_backward_op().call(
-        grads[0], query, keys, saved[2], ctx->saved_data["scale"].toDouble(), or_none(saved[3]), need_keys);
+    const bool differentiable = any_requires_grad(grads) || any_requires_grad(saved);
+    Tensor grad_query, grad_keys;
+    {
+      at::AutoGradMode no_grad(false);
+      std::tie(grad_query, grad_keys) = keys_backward_op().call(
+          grads[0], query, keys, saved[2], ctx->saved_data["scale"].toDouble(), or_none(saved[3]), need_keys);
+    }
     // One entry per forward argument: query, keys, k, lengths, scale, mask, offsets.
-    return {ctx->needs_input_grad(0) ? grad_query : Tensor(), need_keys ? grad_keys : Tensor(), Tensor(), Tensor(),
-            Tensor(), Tensor(), Tensor()};
+    auto out = once_differentiable({ctx->needs_input_grad(0) ? grad_query : Tensor(), need_keys ? grad_keys : Tensor()},
+                                   differentiable, "topk_attention");
+    out.resize(7);
+    return out;
   }
 };
 
@@ -106,9 +137,15 @@ struct IdsFunction : public torch::autograd::Function<IdsFunction> {
     // Variable inputs in order: query, the F tables, the F ids, then lengths / mask / offsets.
     bool need_tables = false;
     for (int64_t f = 0; f < F; ++f) need_tables = need_tables || ctx->needs_input_grad(1 + f);
-    auto [grad_query, rows, values] =
-        ids_backward_op().call(grads[0], query, tables, ids, saved[1], ctx->saved_data["scale"].toDouble(),
-                               or_none(saved[2]), sparse, need_tables);
+    const bool differentiable = any_requires_grad(grads) || any_requires_grad(saved);
+    Tensor grad_query;
+    std::vector<Tensor> rows, values;
+    {
+      at::AutoGradMode no_grad(false);
+      std::tie(grad_query, rows, values) =
+          ids_backward_op().call(grads[0], query, tables, ids, saved[1], ctx->saved_data["scale"].toDouble(),
+                                 or_none(saved[2]), sparse, need_tables);
+    }
     variable_list out{ctx->needs_input_grad(0) ? grad_query : Tensor()};
     // Sparse: the touched rows as a COO tensor, coalesced (rows ascending) except on a
     // GPU, where the op keeps one entry per slot (no host synchronisation: capturable).
@@ -126,6 +163,7 @@ struct IdsFunction : public torch::autograd::Function<IdsFunction> {
         out.push_back(values[f]);
       }
     }
+    out = once_differentiable(std::move(out), differentiable, "topk_attention_embedding");
     // ids, k, lengths, scale, mask, offsets, sparse
     out.resize(out.size() + F + 6);
     return out;

@@ -299,3 +299,25 @@ def test_triton_keys_backward(device, name, dtype, seed):
     tol = 1e-5 if dtype == torch.float32 else 1e-3
     torch.testing.assert_close(got[0], want[0], rtol=tol, atol=tol, equal_nan=True)
     torch.testing.assert_close(got[1], want[1], rtol=tol, atol=tol, equal_nan=True)
+
+
+@pytest.mark.parametrize("op", ["keys", "ids"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_second_derivative_raises(op, device, seed):
+    """The ops have one derivative: under create_graph the first comes back as without
+    it, and differentiating it again raises a clear error instead of returning none."""
+    skip_unless_compiled(device)
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(3, 8, generator=g).to(device).requires_grad_()
+    if op == "keys":
+        K = torch.randn(3, 40, 8, generator=g).to(device).requires_grad_()
+        inputs, call = [q, K], lambda: torch.ops.dare.topk_attention(q, K, 5)
+    else:
+        tables = [torch.randn(30, 8, generator=g).to(device).requires_grad_()]
+        ids = [torch.randint(0, 30, (3, 40), generator=g).to(device)]
+        inputs, call = [q, *tables], lambda: torch.ops.dare.topk_attention_embedding(q, tables, ids, 5)
+    first = torch.autograd.grad(call()[0].square().sum(), inputs, create_graph=True)
+    plain = torch.autograd.grad(call()[0].square().sum(), inputs)
+    assert all(torch.equal(a.detach(), b) for a, b in zip(first, plain))
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        first[0].sum().backward()
