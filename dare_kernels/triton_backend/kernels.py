@@ -79,21 +79,29 @@ def _row(len_ptr, off_ptr, okey_ptr, T, L, span, HAS_LEN: tl.constexpr, JAGGED: 
     row's order keys."""
     r = tl.program_id(0)
     b = r // T
+    row0, n = _extent(len_ptr, off_ptr, b, L, HAS_LEN, JAGGED)
+    if JAGGED:
+        # No host-known length: the row's programs share what it has.
+        span = tl.cdiv(n, tl.num_programs(1))
+        okey_row = okey_ptr + (r % T).to(tl.int64) * L + row0
+    else:
+        okey_row = okey_ptr + r.to(tl.int64) * L
+    start = tl.program_id(1) * span
+    return r, b, row0, n, start, tl.minimum(start + span, n), okey_row
+
+
+@triton.jit
+def _extent(len_ptr, off_ptr, b, L, HAS_LEN: tl.constexpr, JAGGED: tl.constexpr):
+    """Row b's first value (jagged: of the N = L values, int64; else 0) and its length n."""
     row0 = 0
     n = L
     if JAGGED:
         # Clamped as the reference clamps: on a GPU no check reads the offsets (a sync).
         row0 = tl.minimum(tl.maximum(tl.load(off_ptr + b).to(tl.int64), 0), L)
         n = (tl.minimum(tl.maximum(tl.load(off_ptr + b + 1).to(tl.int64), row0), L) - row0).to(tl.int32)
-        # No host-known length: the row's programs share what it has.
-        span = tl.cdiv(n, tl.num_programs(1))
-        okey_row = okey_ptr + (r % T).to(tl.int64) * L + row0
-    else:
-        if HAS_LEN:
-            n = tl.minimum(tl.maximum(tl.load(len_ptr + b), 0), L).to(tl.int32)
-        okey_row = okey_ptr + r.to(tl.int64) * L
-    start = tl.program_id(1) * span
-    return r, b, row0, n, start, tl.minimum(start + span, n), okey_row
+    elif HAS_LEN:
+        n = tl.minimum(tl.maximum(tl.load(len_ptr + b), 0), L).to(tl.int32)
+    return row0, n
 
 
 @triton.jit
@@ -365,16 +373,11 @@ def _targets_score_kernel(q_ptr, k_ptr, len_ptr, m_ptr, off_ptr, okey_ptr, gmax_
     t = tl.program_id(1) * TT + tl.arange(0, TT)
     t_ok = t < T
     r = b.to(tl.int64) * T + t
-    row0 = 0
-    n = L
+    row0, n = _extent(len_ptr, off_ptr, b, L, HAS_LEN, JAGGED)
     if JAGGED:
-        row0 = tl.minimum(tl.maximum(tl.load(off_ptr + b).to(tl.int64), 0), L)
-        n = (tl.minimum(tl.maximum(tl.load(off_ptr + b + 1).to(tl.int64), row0), L) - row0).to(tl.int32)
         span = tl.cdiv(n, n_split)
         okey_rows = okey_ptr + t.to(tl.int64) * L + row0  # jagged rows of one target are disjoint
     else:
-        if HAS_LEN:
-            n = tl.minimum(tl.maximum(tl.load(len_ptr + b), 0), L).to(tl.int32)
         okey_rows = okey_ptr + r * L
     start = s * span
     end = tl.minimum(start + span, n)

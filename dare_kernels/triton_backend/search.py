@@ -155,16 +155,19 @@ def _layout(q, lengths, mask, offsets):
     return ptrs, strides, flags
 
 
-def _workspace(p: Plan, s, device, jagged: bool):
+def _workspace(p: Plan, s, device, jagged: bool, published: bool = False):
     """(okeys, scratch, gmax, tickets). Separate buffers, not views of one: traced launches
-    must not see aliased mutated arguments. Jagged rows of one target are disjoint: T*N order keys."""
+    must not see aliased mutated arguments. Jagged rows of one target are disjoint: T*N order keys.
+    gmax holds the group maxima each program publishes: a split row's programs, or with
+    `published` every program (the many-targets path's score launch, for its select launch)."""
     R = s.B * s.T
     split_rows = p.split > 1
     # A split row's tickets start at 0 and its last program resets them.
     return (torch.empty(max(1, (s.T if jagged else R) * s.L), dtype=torch.int32, device=device),
             torch.empty(R * p.scratch, dtype=torch.int64, device=device),
-            torch.empty(R * p.split * p.group_maxima if split_rows else 1, dtype=torch.int32, device=device),
-            torch.zeros(R if split_rows else 1, dtype=torch.int32, device=device))
+            torch.empty(R * p.split * p.group_maxima if split_rows or published else 1, dtype=torch.int32,
+                        device=device),
+            torch.zeros(R if split_rows and not published else 1, dtype=torch.int32, device=device))
 
 
 def _launch_search(wrap, p: Plan, q, keys, lengths, mask, offsets, out_s, out_i, work, T, L, k, scale,
@@ -207,20 +210,16 @@ def _launch_targets(wrap, s, q, keys, lengths, mask, offsets, out_s, out_i, k, s
     cfg = cfg or DEFAULT_CONFIG
     chunk = min(p.chunk(cfg), TARGETS_MAX_CHUNK)  # >= group_maxima: both powers of two, and it divides
     jagged = offsets is not None
-    okeys = torch.empty(max(1, (s.T if jagged else R) * s.L), dtype=torch.int32, device=device)
-    gmax = torch.empty(R * p.split * p.group_maxima, dtype=torch.int32, device=device)
-    scratch = torch.empty(R * p.scratch, dtype=torch.int64, device=device)
+    okeys, scratch, gmax, _ = _workspace(p, s, device, jagged, published=True)
     ptrs, strides, flags = _layout(q, lengths, mask, offsets)
     stride_kb, stride_kl = (0, keys.stride(0)) if jagged else (keys.stride(0), keys.stride(1))
     wrap(kernels._targets_score_kernel)[(s.B, tiles, p.split)](
         q, keys, *ptrs, okeys, gmax, s.T, s.L, s.d, p.span, scale, stride_kb, stride_kl, *strides,
         DB=max(16, p.width_pow2), TT=TARGETS_TILE, C=chunk, CG=p.group_maxima, **flags,
         IEEE=keys.dtype == torch.float32, DOT=not INTERPRET, num_warps=4)
-    sel = p.selection()
     wrap(kernels._targets_select_kernel)[(R,)](
-        ptrs[0], ptrs[2], okeys, gmax, scratch, out_s, out_i, s.T, s.L, k, p.split, p.scratch,
-        C2=sel["C2"], W=sel["W"], CG=sel["CG"], G=sel["G"], K_PAD=sel["K_PAD"], P_CAP=sel["P_CAP"],
-        M_S=sel["M_S"], HAS_LEN=flags["HAS_LEN"], JAGGED=flags["JAGGED"], num_warps=cfg.num_warps)
+        ptrs[0], ptrs[2], okeys, gmax, scratch, out_s, out_i, s.T, s.L, k, p.split, p.scratch, **p.selection(),
+        HAS_LEN=flags["HAS_LEN"], JAGGED=flags["JAGGED"], num_warps=cfg.num_warps)
 
 
 @triton_op("dare::topk_attention_triton", mutates_args=())
