@@ -25,6 +25,6 @@ fi
 PREV=bench/results/model-study/study-gpu.json
 left=$(( ${STUDY_SECONDS:-400} - ($(date +%s) - start) ))
 python3 bench/tools/model_study.py --device cuda --amp --L 10000 --users 20000 --log-users 4000 \
-  --log-len 10200 10500 --batch-size 2048 --k 64 --jobs 1 --timing-steps ${TIMING_STEPS:-40} --tasks ${TASKS:-conflict control taobao} \
+  --log-len 10200 10500 --batch-size 2048 --k 64 --jobs ${JOBS:-1} --timing-steps ${TIMING_STEPS:-40} --tasks ${TASKS:-conflict control taobao} \
   ${CONFIGS:+--configs $CONFIGS} --time-limit $left $([ -f $PREV ] && echo --reuse $PREV) --json "$OUT/study-gpu.json" \
   2>&1 | tee "$OUT/study.txt" | grep -vE "^\s*$" | tail -40

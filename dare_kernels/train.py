@@ -49,6 +49,7 @@ from .graphs import GraphedStep
 from .optim import ModelOptimizer
 
 RUNS_FOLDER = "dare-kernels-runs"  # under the temp directory; not the package's name: it would shadow it
+WARMUP_STEPS = 3  # steps not counted in train_ms_per_step (their time: warmup_seconds)
 # Data options: None on the command line means "the loader's default".
 DATA_OPTIONS = ("users", "targets", "items", "categories", "max_len", "task", "min_behaviours", "train_targets",
                 "target_stride", "negatives", "page_views_only")
@@ -434,7 +435,9 @@ def train_one(args, seed: int, world: int, rank: int, device) -> dict:
     # A progress bar only on a terminal: in a log file its carriage returns run into the lines.
     progress = tqdm(total=total, initial=step, disable=args.quiet or rank != 0 or not sys.stdout.isatty(),
                     desc=args.model, dynamic_ncols=True, file=sys.stdout)
-    running, train_seconds, t0 = None, 0.0, time.time()
+    # The first steps pay one-off costs (a CUDA graph's capture, cuBLAS and autotuning set-up): on a
+    # GPU they outweigh hundreds of 0.5 ms steps, so the time per step counts the steps after them.
+    running, train_seconds, warmup_seconds, t0 = None, 0.0, 0.0, time.time()
     stop = step >= total
     while not stop:
         epoch, skip = divmod(step, per_epoch)
@@ -444,7 +447,10 @@ def train_one(args, seed: int, world: int, rank: int, device) -> dict:
             t_step = time.time()
             loss = run_step(batch if graph else to_device(batch, device))  # a graph copies it in
             step += 1
-            train_seconds += time.time() - t_step
+            if step - start_step <= WARMUP_STEPS:
+                warmup_seconds += time.time() - t_step
+            else:
+                train_seconds += time.time() - t_step
             running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
             progress.update()
             progress.set_postfix_str(f"train loss {running:.4g}")
@@ -493,7 +499,10 @@ def train_one(args, seed: int, world: int, rank: int, device) -> dict:
                      f"test at the best step: {_fmt(test_metrics, args.k)}")
     return {"seed": seed, "data_seed": data_seed, "device": str(device), "device_name": device_name(device),
             "seconds": seconds,
-            "train_ms_per_step": 1e3 * train_seconds / max(1, steps_run),
+            # steps after the first WARMUP_STEPS (all of them when there are no more)
+            "train_ms_per_step": (1e3 * train_seconds / (steps_run - WARMUP_STEPS) if steps_run > WARMUP_STEPS
+                                  else 1e3 * warmup_seconds / max(1, steps_run)),
+            "warmup_steps": min(steps_run, WARMUP_STEPS), "warmup_seconds": warmup_seconds,
             "optimizer": args.optimizer, "graph": bool(graph) and run_step.replays > 0,
             **({"graph_replays": run_step.replays, "eager_steps": run_step.eager_steps} if graph else {}),
             "model": {"variant": args.model, "d_att": model.d_att, "d_rep": model.d_rep, "d_search": model.d_search,

@@ -287,6 +287,31 @@ def test_early_stopping(tmp_path):
     assert [h["step"] for h in r["validation"]] == [10, 20, 30] and r["steps"] == 30 and r["best_step"] == 10
 
 
+def test_time_per_step_leaves_out_the_warmup(tmp_path, monkeypatch):
+    """train_ms_per_step times the steps after the first WARMUP_STEPS (a graph's capture,
+    set-up): a first step made 1 s slower moves warmup_seconds, not the time per step (~7 ms)."""
+    real = train.time.time
+    clock = {"calls": 0, "shift": 0.0}
+
+    def slow_first_step():
+        return real() + clock["shift"]
+    monkeypatch.setattr(train.time, "time", slow_first_step)
+    step_fn = train.ModelOptimizer.step
+
+    def step(self, *a, **kw):
+        clock["calls"] += 1
+        if clock["calls"] == 1:
+            clock["shift"] += 1.0
+        return step_fn(self, *a, **kw)
+    monkeypatch.setattr(train.ModelOptimizer, "step", step)
+    r = train.main(_small("dare") + ["--steps", "8", "--metrics-json", str(tmp_path / "m.json")])
+    assert r["warmup_steps"] == train.WARMUP_STEPS == 3 and r["warmup_seconds"] >= 1.0
+    assert r["train_ms_per_step"] < 100  # counted, the slow step alone would make it >= 200
+    short = train.main(_small("dare") + ["--steps", "2", "--metrics-json", str(tmp_path / "s.json")])
+    assert short["warmup_steps"] == 2
+    assert short["train_ms_per_step"] == pytest.approx(1e3 * short["warmup_seconds"] / 2)
+
+
 def test_seeds_data_seed_and_output(tmp_path, capsys):
     out = tmp_path / "m.json"
     r = train.main([a for a in SMALL if a != "--quiet"] + ["--seeds", "1", "2", "--data-seed", "5", "--steps", "30",
