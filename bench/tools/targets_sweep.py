@@ -1,0 +1,69 @@
+"""Where the CUDA many-targets kernel's time goes: one history of L keys against T
+queries (the serving shape), the op's GPU time over k (k = 1: scoring and the
+stream's filter alone; larger k: the folds and the final sort on top) and over
+targets per CTA G (DARE_CUDA_TARGETS, read once per process: one subprocess
+per G; 0 = the streaming kernel), beside einsum (+ topk).
+
+    python3 bench/tools/targets_sweep.py [--d 16 32 128] [--G default 0 4 8] [--k 1 32 128]
+"""
+import argparse
+import os
+import subprocess
+import sys
+
+
+def child(a):
+    import torch
+
+    import dare_kernels
+
+    def gpu_us(f, n=50):
+        for _ in range(5):
+            f()
+        torch.cuda.synchronize()
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        for _ in range(n):
+            f()
+        e.record()
+        torch.cuda.synchronize()
+        return 1e3 * s.elapsed_time(e) / n
+
+    for d in a.d:
+        q = torch.randn(a.B, a.T, d, device="cuda").bfloat16()
+        K = torch.randn(a.B, a.L, d, device="cuda").bfloat16()
+        cells = [f"{gpu_us(lambda: dare_kernels.topk_attention(q, K, k, backend='cuda')):.1f}" for k in a.k]
+        einsum = gpu_us(lambda: torch.einsum("btd,bld->btl", q, K).float())
+        topk = gpu_us(lambda: torch.topk(torch.einsum("btd,bld->btl", q, K).float(), max(a.k), dim=-1))
+        print(f"| {a.G} | {d} | " + " | ".join(cells) + f" | {einsum:.1f} | {topk:.1f} |", flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--B", type=int, default=1)
+    p.add_argument("--T", type=int, default=1024)
+    p.add_argument("--L", type=int, default=10000)
+    p.add_argument("--d", type=int, nargs="+", default=[16, 32, 128])
+    p.add_argument("--k", type=int, nargs="+", default=[1, 32, 128])
+    p.add_argument("--G", nargs="+", default=["default", "0", "4", "8"],
+                   help="DARE_CUDA_TARGETS values ('default': unset, the host's choice)")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        a.G = a.G[0]
+        return child(a)
+    print(f"GPU us, B = {a.B}, T = {a.T}, L = {a.L}, bf16 keys; einsum+topk takes the top {max(a.k)}")
+    print("| G | d | " + " | ".join(f"k = {k}" for k in a.k) + " | einsum | einsum+topk |")
+    print("|---|---|" + "---|" * (len(a.k) + 2), flush=True)
+    for g in a.G:
+        env = dict(os.environ)
+        env.pop("DARE_CUDA_TARGETS", None)
+        if g != "default":
+            env["DARE_CUDA_TARGETS"] = g
+        args = [sys.executable, __file__, "--child", "--G", g, "--B", str(a.B), "--T", str(a.T), "--L", str(a.L),
+                "--d", *map(str, a.d), "--k", *map(str, a.k)]
+        subprocess.run(args, env=env, check=True)
+
+
+if __name__ == "__main__":
+    main()
