@@ -14,7 +14,9 @@ study's runs share the machine with each other).
     python bench/tools/model_study.py --optimizer dense --json bench/results/model-study/study-cpu.json
     python bench/tools/model_study.py --optimizer rows --configs 0 1 2 --timing-steps 0 --json bench/results/model-study/study-cpu-rows.json
     # GPU at L = 10000 (larger data, the paper's batch). 63 runs do not fit one call: split them
-    # with --tasks / --configs / --seeds and merge with --reuse PREVIOUS.json.
+    # with --tasks / --configs / --seeds or --time-limit and merge with --reuse PREVIOUS.json
+    # (bench/device_study.sh does; H100: ~18 s a run alone, 4 at a time (--jobs 4) ~7 s each,
+    # their time per step then shared: time it with --timing-steps and the runs reused).
     python bench/tools/model_study.py --device cuda --amp --L 10000 --users 20000 --log-users 4000 \
         --log-len 10200 10500 --batch-size 2048 --k 64 --jobs 1 --tasks conflict --json $OUT/study-gpu.json
 
