@@ -2,7 +2,7 @@
 # One call on the GPU machine for the training step (issue 24): build, the main job's
 # reference-model rows, the backward of both ops, the sparse-gradient and optimiser
 # tests on CUDA, a profile of the training step. Short summary printed last.
-#   bash bench/device_step.sh    (ENV: TARGETS=1 (issue 27's T = 1024 op rows), SKIP_BENCH=1, TEST_FILES=..., SKIP_TESTS=1, PROFILE=0, BACKWARD=0, BACKWARD_AB=1, SERVING=1, FUXICTR=1 (carry .fx), BENCH_D="16 128", BENCH_MODELS="twin:128 dare:16", BENCH_ARGS=...)
+#   bash bench/device_step.sh    (ENV: TARGETS=1 (issue 27's T = 1024 op rows), SWEEP=1 (the CUDA many-targets kernel over k, G, selection), SKIP_BENCH=1, TEST_FILES=..., SKIP_TESTS=1, PROFILE=0, BACKWARD=0, BACKWARD_AB=1, SERVING=1, FUXICTR=1 (carry .fx), BENCH_D="16 128", BENCH_MODELS="twin:128 dare:16", BENCH_ARGS=...)
 set -uo pipefail
 OUT=${OUT:-/tmp/dare-out}; mkdir -p "$OUT"
 export MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} DARE_BUILD_CUDA=1 PYTHONUNBUFFERED=1
@@ -21,6 +21,10 @@ if [ "${TARGETS:-0}" = 1 ]; then
       --json "$OUT/targets-$targets.json" > "$OUT/targets-$targets.txt" 2>&1
     echo "targets (DARE_TRITON_TARGETS=$targets) rc=$?" | tee -a "$OUT/summary.txt"; grep -E "^\| (bmm|cuda|triton)" "$OUT/targets-$targets.txt"
   done
+fi
+if [ "${SWEEP:-0}" = 1 ]; then
+  timeout ${SWEEP_TIMEOUT:-200} python3 bench/tools/targets_sweep.py ${SWEEP_ARGS:-} > "$OUT/targets_sweep.txt" 2>&1
+  echo "sweep rc=$?" | tee -a "$OUT/summary.txt"; cat "$OUT/targets_sweep.txt"
 fi
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   TQDM_DISABLE=1 timeout ${BENCH_TIMEOUT:-240} python3 -m dare_kernels.bench --no-ids $([ "${SERVING:-0}" = 1 ] || echo --no-serving) --backends bmm+topk cuda --d ${BENCH_D:-16 128} ${BENCH_MODELS:+--models $BENCH_MODELS} \
