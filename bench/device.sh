@@ -4,23 +4,8 @@
 # JSON go to $OUT; a short summary is printed last.
 #   bash bench/device.sh [quick]
 set -uo pipefail
-OUT=${OUT:-/tmp/dare-out}
-mkdir -p "$OUT"
 MODE=${1:-full}
-export MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} DARE_BUILD_CUDA=1
-summary() { echo "$*" | tee -a "$OUT/summary.txt"; }
-
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee "$OUT/summary.txt"
-python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" | tee -a "$OUT/summary.txt"
-
-t0=$(date +%s)
-if [ -n "${SKIP_BUILD:-}" ] && python3 -c "import dare_kernels, sys; sys.exit(not dare_kernels._library.with_cuda)" 2>/dev/null; then
-  summary "build: skipped (SKIP_BUILD, the extension from an earlier call loads)"
-elif ! python3 -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1; then
-  tail -40 "$OUT/build.log"; exit 1
-fi
-summary "build: $(( $(date +%s) - t0 )) s"
-rm -f "$OUT/build.log"  # $OUT returns at most 8 files
+source "$(dirname "$0")/device_setup.sh"
 
 if [ -z "${SKIP_TESTS:-}" ]; then
   t0=$(date +%s)

@@ -4,14 +4,7 @@
 # tests on CUDA, a profile of the training step. Short summary printed last.
 #   bash bench/device_step.sh    (ENV: TARGETS=1 (issue 27's T = 1024 op rows), SWEEP=1 (the CUDA many-targets kernel over k, G, selection), SKIP_BENCH=1, TEST_FILES=..., SKIP_TESTS=1, PROFILE=0, BACKWARD=0, BACKWARD_AB=1, SERVING=1, FUXICTR=1 (carry .fx), BENCH_D="16 128", BENCH_MODELS="twin:128 dare:16", BENCH_ARGS=...)
 set -uo pipefail
-OUT=${OUT:-/tmp/dare-out}; mkdir -p "$OUT"
-export MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} DARE_BUILD_CUDA=1 PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/summary.txt"
-python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" | tee -a "$OUT/summary.txt"
-git log -1 --format='commit %h %s' 2>/dev/null | tee -a "$OUT/summary.txt"
-t0=$(date +%s)
-python3 -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
-echo "build: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/summary.txt"; rm -f "$OUT/build.log"
+source "$(dirname "$0")/device_setup.sh"
 if [ "${TARGETS:-0}" = 1 ]; then
   # Issue 27's op rows: one history (B = 1, L = 10k) against T = 1024 targets, each backend,
   # then the Triton backend with its many-targets path off (DARE_TRITON_TARGETS=0), for the A/B.

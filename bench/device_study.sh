@@ -5,17 +5,9 @@
 # next call, which goes on from it (--reuse). Optional tests first (TEST_K: a pytest -k).
 #   STUDY_SECONDS=400 TASKS="conflict" bash bench/device_study.sh
 set -uo pipefail
-OUT=${OUT:-/tmp/dare-out}; mkdir -p "$OUT"
-export MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} DARE_BUILD_CUDA=1 PYTHONUNBUFFERED=1
 start=$(date +%s)
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/summary.txt"
-python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" | tee -a "$OUT/summary.txt"
-if python3 -c "import dare_kernels, sys; sys.exit(not dare_kernels._library.with_cuda)" 2>/dev/null; then
-  echo "build: skipped (the extension from an earlier call loads)" | tee -a "$OUT/summary.txt"
-else
-  python3 -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
-  echo "build: $(( $(date +%s) - start )) s" | tee -a "$OUT/summary.txt"; rm -f "$OUT/build.log"
-fi
+SKIP_BUILD=${SKIP_BUILD-1}  # a call after the first on a warm machine: the runs need no new build
+source "$(dirname "$0")/device_setup.sh"
 if [ -n "${TEST_K:-}" ]; then
   timeout ${TEST_TIMEOUT:-150} python3 -m pytest python_tests/test_gpu.py python_tests/test_models.py -q -rf -p no:cacheprovider \
     --maxfail=5 --durations=5 -k "$TEST_K" > "$OUT/tests.log" 2>&1
