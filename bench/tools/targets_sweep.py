@@ -16,18 +16,12 @@ def child(a):
     import torch
 
     import dare_kernels
+    from dare_kernels.bench.timing import time_call
 
-    def gpu_us(f, n=50):
-        for _ in range(5):
-            f()
-        torch.cuda.synchronize()
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for _ in range(n):
-            f()
-        e.record()
-        torch.cuda.synchronize()
-        return 1e3 * s.elapsed_time(e) / n
+    dev = torch.device("cuda")
+
+    def gpu_us(f):  # the main job's timer: median over batches of back-to-back calls, CUDA events
+        return 1e6 * time_call(f, [()], dev)
 
     for d in a.d:
         q = torch.randn(a.B, a.T, d, device="cuda").bfloat16()
