@@ -2,7 +2,7 @@
 # One call on the GPU machine for the training step (issue 24): build, the main job's
 # reference-model rows, the backward of both ops, the sparse-gradient and optimiser
 # tests on CUDA, a profile of the training step. Short summary printed last.
-#   bash bench/device_step.sh    (ENV: TARGETS=1 (issue 27's T = 1024 op rows), SWEEP=1 (the CUDA many-targets kernel over k, G, selection), SKIP_BENCH=1, TEST_FILES=..., SKIP_TESTS=1, PROFILE=0, BACKWARD=0, BACKWARD_AB=1, SERVING=1, FUXICTR=1 (carry .fx), BENCH_D="16 128", BENCH_MODELS="twin:128 dare:16", BENCH_ARGS=...)
+#   bash bench/device_step.sh    (ENV: TARGETS=1 (issue 27's T = 1024 op rows), SWEEP=1 (the CUDA many-targets kernel over k, G, selection), SKIP_BENCH=1, TEST_FILES=..., SKIP_TESTS=1, PROFILE=0, PROFILE_SERVING=1 (a request's kernels, T = 1 and 1024), BACKWARD=0, BACKWARD_AB=1, SERVING=1, FUXICTR=1 (carry .fx), BENCH_D="16 128", BENCH_MODELS="twin:128 dare:16", BENCH_ARGS=...)
 set -uo pipefail
 source "$(dirname "$0")/device_setup.sh"
 if [ "${TARGETS:-0}" = 1 ]; then
@@ -45,6 +45,11 @@ if [ "${PROFILE:-1}" = 1 ]; then
   timeout ${PROFILE_TIMEOUT:-90} python3 bench/tools/profile_model.py --models dare:16 twin:128 --optimizers rows \
     > "$OUT/profile.txt" 2>&1
   grep "==" "$OUT/profile.txt"
+fi
+if [ "${PROFILE_SERVING:-0}" = 1 ]; then
+  timeout ${PROFILE_TIMEOUT:-90} python3 bench/tools/profile_model.py --models dare:16 twin:128 --serving 1 1024 \
+    > "$OUT/profile-serving.txt" 2>&1
+  echo "profile-serving rc=$?" | tee -a "$OUT/summary.txt"; grep -E "^==|^GPU|^  " "$OUT/profile-serving.txt" | head -80
 fi
 if [ "${FUXICTR:-0}" = 1 ]; then
   # Issue 28's GPU rows: FuxiCTR's whole TWIN, as shipped vs swapped. The machine has no network:
