@@ -278,6 +278,14 @@ def _duplicates_long(g, dtype, device):
                   lengths=_lengths(lengths, device))
 
 
+def _one_row_targets(g, dtype, device):
+    # Serving: one history, many targets. The CPU kernels split the targets over
+    # work items (groups of 7 and 6 with two threads), then tiles of 4; d = 24.
+    L = 300
+    return Sample(_randn(g, 1, 13, 24, dtype=dtype, device=device), _randn(g, 1, L, 24, dtype=dtype, device=device),
+                  20, lengths=_lengths([250], device))
+
+
 # name -> (builder, large): large samples are skipped under the Triton interpreter.
 SAMPLES: dict[str, tuple[Callable, bool]] = {
     "basic": (_basic, False),
@@ -300,6 +308,7 @@ SAMPLES: dict[str, tuple[Callable, bool]] = {
     "big_k": (_big_k, True),
     "huge_k": (_huge_k, True),
     "wide": (_wide, True),
+    "one_row_targets": (_one_row_targets, False),
     "targets_mma": (_targets_mma, False),
     "targets_mma_exact": (_targets_mma_exact, False),
     "targets_mma_wide": (_targets_mma_wide, True),

@@ -102,5 +102,15 @@ class TopK {
   int32_t hits_[kChunk];
 };
 
+// Targets of one row per work item of a many-targets call: all of a row's when
+// the rows alone keep every thread busy, else as many as leave one item per
+// thread (each item reads the row's keys again: once per thread, against T
+// scorings); at most what bounds an item's TopK pools to ~16 MB.
+inline int64_t targets_per_item(int64_t B, int64_t T, int64_t k, int64_t threads) {
+  const int64_t per_row = std::min(T, (std::max<int64_t>(threads, 1) + B - 1) / B);
+  const int64_t pool_bytes = (2 * k + 512) * int64_t(sizeof(uint64_t));  // a TopK's pool, k >= 1
+  return std::clamp<int64_t>(std::min((T + per_row - 1) / per_row, (int64_t(16) << 20) / pool_bytes), 1, T);
+}
+
 }  // namespace cpu
 }  // namespace dare

@@ -1,10 +1,13 @@
 // CPU kernel of topk_attention_embedding: for each row, a chunk of behaviours'
 // key rows is gathered by id (software-prefetched a few positions ahead: the
 // rows of a large table are cache misses) into a small float buffer that stays
-// in L1/L2, then every target of the row scores the chunk and offers it to its
-// own top-k (select.h). The (B, L, d) keys are never built; with T targets a
-// key row is read once, not T times. Positions that take no part (mask,
-// layout.h) are neither gathered nor checked: their ids may be anything.
+// in L1/L2, then every target of the work item scores the chunk (score.h, the
+// dense op's scorer: a key gets the score topk_attention gives it) and offers
+// it to its own top-k (select.h). The (B, L, d) keys are never built; a key
+// row is read once per work item, not once per target. A work item is a row
+// and a group of its targets, so that one row with many targets (serving)
+// keeps every thread busy. Positions that take no part (mask, layout.h) are
+// neither gathered nor checked: their ids may be anything.
 #include <algorithm>
 #include <cstdint>
 #include <string>
@@ -19,6 +22,7 @@
 #include "../check.h"
 #include "isa.h"
 #include "layout.h"
+#include "score.h"
 #include "select.h"
 
 namespace dare {
@@ -45,6 +49,7 @@ struct Field {
 struct Problem {
   Field fields[kMaxFields];
   int64_t F, T, D, k;
+  int64_t group;           // targets of one row per work item
   const float* query;      // (B*T, D) float32
   Layout layout;
   float* scores;           // (B*T, k)
@@ -56,27 +61,6 @@ struct Problem {
 struct BadId {
   int64_t field = -1, value = 0;
 };
-
-// One dot product per key, the same instructions for every key (no tail path
-// that depends on the position): a key's score is a function of its values.
-inline float dot_scalar(const float* q, const float* x, int64_t d) {
-  float s = 0.f;
-  for (int64_t i = 0; i < d; ++i) s += q[i] * x[i];
-  return s;
-}
-
-#ifdef DARE_X86
-DARE_AVX2 inline float dot_avx2(const float* q, const float* x, int64_t d) {
-  __m256 acc = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 8 <= d; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(x + i), acc);
-  const __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-  const __m128 h2 = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  float s = _mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1)));
-  for (; i < d; ++i) s += q[i] * x[i];
-  return s;
-}
-#endif
 
 template <typename scalar_t>
 inline void gather_row(const Field& f, int64_t id, float* out) {
@@ -92,15 +76,22 @@ inline void prefetch_row(const Field& f, int64_t id) {
   }
 }
 
+// Work items [begin, end): item i is row b = i / groups and its targets
+// [t0, t0 + group).
 template <typename scalar_t, bool kAvx2>
-void scan_rows(const Problem& p, int64_t b_begin, int64_t b_end, BadId* bad) {
-  std::vector<TopK> tops(p.T, TopK(p.k));
-  std::vector<float> keys(kChunk * p.D), buf(kChunk);
+void scan_rows(const Problem& p, int64_t begin, int64_t end, BadId* bad) {
+  const int64_t groups = (p.T + p.group - 1) / p.group;
+  std::vector<TopK> tops(std::min(p.group, p.T), TopK(p.k));
+  std::vector<float> keys(kChunk * p.D);
+  alignas(32) float buf[kChunk + 8];  // + 8: the AVX2 scorer's last block writes 8 scores
   bool keep[kChunk];
   const Layout& l = p.layout;
-  for (int64_t b = b_begin; b < b_end; ++b) {
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t b = item / groups, t0 = (item % groups) * p.group;
+    const int64_t nt = std::min(p.group, p.T - t0);
+    const float* q0 = p.query + (b * p.T + t0) * p.D;
     const int64_t len = l.len(b), start = l.start(b);
-    for (auto& t : tops) t.reset();
+    for (int64_t t = 0; t < nt; ++t) tops[t].reset();
     for (int64_t j0 = 0; j0 < len; j0 += kChunk) {
       const int64_t n = std::min(kChunk, len - j0);
       // A chunk the mask leaves whole takes the plain offer. Masked-out slots
@@ -128,22 +119,20 @@ void scan_rows(const Problem& p, int64_t b_begin, int64_t b_end, BadId* bad) {
           gather_row<scalar_t>(f, id, key + f.off);
         }
       }
-      for (int64_t t = 0; t < p.T; ++t) {
-        const float* q = p.query + (b * p.T + t) * p.D;
-        for (int64_t j = 0; j < n; ++j) {
+      for (int64_t t = 0; t < nt; ++t) {
 #ifdef DARE_X86
-          if constexpr (kAvx2) {
-            buf[j] = dot_avx2(q, keys.data() + j * p.D, p.D) * p.scale;
-            continue;
-          }
+        if constexpr (kAvx2) {
+          cpu::score_chunk_avx2(q0 + t * p.D, keys.data(), p.D, n, p.D, p.scale, buf);
+        } else
 #endif
-          buf[j] = dot_scalar(q, keys.data() + j * p.D, p.D) * p.scale;
+        {
+          cpu::score_chunk_scalar(q0 + t * p.D, keys.data(), p.D, n, p.D, p.scale, buf);
         }
-        tops[t].offer(buf.data(), n, j0, kept);
+        tops[t].offer(buf, n, j0, kept);
       }
     }
-    for (int64_t t = 0; t < p.T; ++t)
-      tops[t].finish(p.scores + (b * p.T + t) * p.k, p.indices + (b * p.T + t) * p.k);
+    for (int64_t t = 0; t < nt; ++t)
+      tops[t].finish(p.scores + (b * p.T + t0 + t) * p.k, p.indices + (b * p.T + t0 + t) * p.k);
   }
 }
 
@@ -194,10 +183,14 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_embedding_cpu(const at::Tensor
   p.indices = indices.mutable_data_ptr<int64_t>();
   p.scale = static_cast<float>(scale);
 
+  const int64_t threads = std::max<int64_t>(at::get_num_threads(), 1);
+  p.group = cpu::targets_per_item(s.B, s.T, k, threads);
+  const int64_t items = s.B * ((s.T + p.group - 1) / p.group);
+
   static const auto scan = cpu::pick_scan<Scan, const Problem&, int64_t, int64_t, BadId*>();
   const at::ScalarType t = query.scalar_type();
-  std::vector<BadId> bad(std::max<int64_t>(at::get_num_threads(), 1));
-  at::parallel_for(0, s.B, 1, [&](int64_t begin, int64_t end) {
+  std::vector<BadId> bad(threads);
+  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     scan(t, p, begin, end, &bad[std::min<int64_t>(at::get_thread_num(), int64_t(bad.size()) - 1)]);
   });
   for (const BadId& e : bad) {
