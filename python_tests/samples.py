@@ -279,8 +279,8 @@ def _duplicates_long(g, dtype, device):
 
 
 def _one_row_targets(g, dtype, device):
-    # Serving: one history, many targets. The CPU kernels split the targets over
-    # work items (groups of 7 and 6 with two threads), then tiles of 4; d = 24.
+    # Serving: one history, many targets: the CPU kernels split its targets over
+    # work items (with two threads, items of 7 and 6 targets); d = 24.
     L = 300
     return Sample(_randn(g, 1, 13, 24, dtype=dtype, device=device), _randn(g, 1, L, 24, dtype=dtype, device=device),
                   20, lengths=_lengths([250], device))

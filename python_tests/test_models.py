@@ -135,13 +135,17 @@ def _all_grads(m, loss):
 def _float64_grads(m, batch, idx, w):
     """Every parameter's gradient of (logits · w).sum() in float64, the search's
     selection `idx` held fixed: the replaced block's arithmetic without float32's
-    rounding (the keys looked up explicitly, the float32 op takes no float64 tables)."""
+    rounding. The float32 op takes no float64 tables, so the search's keys are
+    looked up as the op reads them (the search tables' rows by id, with no
+    padding_idx: the op knows none; the full batch selects padding positions)."""
     m64 = copy.deepcopy(m).double()
-    query, keys, _, pos = m64.search_inputs(batch)
+    items, cats = batch["history_items"], batch["history_cats"]
+    pos = m64.positions(items.shape[1], items.device).expand_as(items)
+    query = m64.fold_query(m64._query(batch))
+    keys = torch.cat([t[i] for t, i in zip(m64.search_tables(), (items, cats, pos))], -1)
     safe = idx.clamp(min=0)
     scores = torch.einsum("bd,bld->bl", query, keys).gather(1, safe).masked_fill(idx < 0, float("-inf"))
     weights = torch.nan_to_num(torch.softmax(scores, dim=-1))
-    items, cats = batch["history_items"], batch["history_cats"]
     selected = m64.representation(items.gather(1, safe), cats.gather(1, safe), pos.gather(1, safe))
     interest = (weights[..., None] * selected).sum(1)
     target = batch["target_item"]
@@ -160,13 +164,16 @@ def test_search_layer_keeps_the_models_numbers(model, seed):
     bags, model.attend); under autocast the logits to bfloat16's precision (twin_proj's
     value maps now map the sum), the gradients are compared without it.
 
-    A gradient's float32 rounding is measured, not guessed: each path's gradient is
-    compared with the float64 truth, and the layer's may be off by at most twice the
-    replaced block's largest error (plus 1e-4 of the gradient's scale). A fixed
-    tolerance between the two float32 results failed by seed: the target's position
-    row is the same for every row of a batch, so its BatchNorm columns have zero
-    spread and that row's gradient is a sum that cancels to rounding noise, which both
-    paths get wrong by the same amount (3.6e-6 of a 4.6e-3 scale, DARE_TEST_SEED=91300392)."""
+    The gradients are compared with their float64 truth (_float64_grads): the layer's
+    may be off by twice the replaced block's own largest error in that tensor plus
+    1e-4 of the tensor's largest gradient. Both terms are needed: a tolerance between
+    the two float32 results alone failed by seed (the target's position row is the
+    same for every row of a batch, so its BatchNorm columns have zero spread and that
+    row's gradient is a sum that cancels to rounding noise, which both paths get wrong
+    by the same amount: 3.6e-6 of a 4.6e-3 scale, DARE_TEST_SEED=91300392), and the
+    measured error alone fails where the two paths' float32 sums (bags against a
+    weighted sum) happen to round apart more than the block's worst element does
+    (1.6x, twin_compress's mlp.2.weight at one seed)."""
     data, batch = _batch(seed)
     full = dict(batch, lengths=torch.full_like(batch["lengths"], batch["history_items"].shape[1]))
     w = torch.randn(len(batch["label"]), generator=torch.Generator().manual_seed(seed))

@@ -251,7 +251,8 @@ def test_cpu_portable_variant():
     env = dict(os.environ, DARE_CPU_ISA="baseline", DARE_TEST_SEED=str(SEED))
     here = os.path.dirname(os.path.abspath(__file__))
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                        os.path.join(here, "test_topk_attention.py"), "-k", "test_matches_reference and cpu-cpu"],
+                        os.path.join(here, "test_topk_attention.py"), os.path.join(here, "test_topk_attention_embedding.py"),
+                        "-k", "(test_matches_reference and cpu-cpu) or test_cpu_scores_equal_the_dense_ops"],
                        env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert " passed" in r.stdout

@@ -51,17 +51,24 @@ def test_duplicates_tie_bit_for_bit(backend, device, seed):
                 seen.setdefault(i, (s, j))
 
 
+@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("name", ["basic", "odd_d", "one_row_targets", "targets_mma_exact", "duplicates_targets"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_cpu_scores_equal_the_dense_ops(dtype, name, layout, seed):
+def test_cpu_scores_equal_the_dense_ops(dtype, name, layout, threads, seed):
     """On the CPU both ops score a key with the same code (csrc/cpu/score.h): the ids
     op's scores and indices equal, bit for bit, the dense op's on the looked-up keys,
-    one target a row or many (each work item's group of targets, split over threads)."""
+    one target a row or many, whichever targets a work item groups (one_row_targets'
+    13 targets: one item with one thread, items of 5, 5 and 3 with three)."""
     skip_unless_compiled("cpu")
     e = embedding_input(name, dtype, "cpu", seed, layout)
-    got = dare_kernels.topk_attention_embedding(e.query, e.tables, e.ids, e.k, **e.kwargs(), backend="cpu")
-    want = dare_kernels.topk_attention(e.query, e.keys(), e.k, **e.kwargs(), backend="cpu")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = dare_kernels.topk_attention_embedding(e.query, e.tables, e.ids, e.k, **e.kwargs(), backend="cpu")
+        want = dare_kernels.topk_attention(e.query, e.keys(), e.k, **e.kwargs(), backend="cpu")
+    finally:
+        torch.set_num_threads(before)
     assert torch.equal(got[1], want[1])
     assert torch.equal(got[0].isnan(), want[0].isnan())
     assert torch.equal(got[0].nan_to_num(), want[0].nan_to_num())

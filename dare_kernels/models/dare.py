@@ -179,16 +179,17 @@ TINY_MATRIX = 1 << 24  # ... when its (N, rows) weight matrix stays this small (
 
 
 def _dense_table_grad(n_rows: int, ids: torch.Tensor, weights: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """Σ_{b, j} weights[b, j] · grad[b] into row ids[b, j]: (n_rows, d) float32, from
-    ids and weights (N, n) and grad (N, d). A tiny table (TINY_ROWS): each row's
-    weight per b, H (N, n_rows), then Hᵀ · grad (thousands of ids share each
-    row: atomics on them would queue). Else an index_add of the N·n rows (atomics
-    on rows few ids share; nn.Embedding's dense backward sorts them instead)."""
-    grad = grad.float()
+    """Σ_{b, j} weights[b, j] · grad[b] into row ids[b, j]: (n_rows, d) float32 (float64
+    for a float64 grad), from ids and weights (N, n) and grad (N, d). A tiny table
+    (TINY_ROWS): each row's weight per b, H (N, n_rows), then Hᵀ · grad (thousands of
+    ids share each row: atomics on them would queue). Else an index_add of the N·n
+    rows (atomics on rows few ids share; nn.Embedding's dense backward sorts them instead)."""
+    grad = grad.to(torch.promote_types(grad.dtype, torch.float32))
+    weights = weights.to(grad.dtype)
     if n_rows <= TINY_ROWS and ids.shape[0] * n_rows <= TINY_MATRIX:
-        h = grad.new_zeros(ids.shape[0], n_rows).scatter_add_(1, ids, weights.float())
+        h = grad.new_zeros(ids.shape[0], n_rows).scatter_add_(1, ids, weights)
         return h.t() @ grad
-    rows = (weights.float()[..., None] * grad[:, None, :]).reshape(-1, grad.shape[-1])
+    rows = (weights[..., None] * grad[:, None, :]).reshape(-1, grad.shape[-1])
     return grad.new_zeros(n_rows, grad.shape[-1]).index_add_(0, ids.reshape(-1), rows)
 
 
