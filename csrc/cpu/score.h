@@ -113,5 +113,20 @@ DARE_AVX2 inline void score_chunk_avx2(const float* q, const scalar_t* x, int64_
 }
 #endif
 
+// The scores of n keys (key i at x + i * stride) against query q, times scale,
+// into out (n rounded up to 8 slots): the AVX2 code or the portable one, as the
+// caller's entry point was picked (isa.h).
+template <bool kAvx2, typename scalar_t>
+__attribute__((always_inline)) inline void score_chunk(const float* q, const scalar_t* x, int64_t stride, int64_t n,
+                                                       int64_t d, float scale, float* out) {
+#ifdef DARE_X86
+  if constexpr (kAvx2) {
+    score_chunk_avx2(q, x, stride, n, d, scale, out);
+    return;
+  }
+#endif
+  score_chunk_scalar(q, x, stride, n, d, scale, out);
+}
+
 }  // namespace cpu
 }  // namespace dare

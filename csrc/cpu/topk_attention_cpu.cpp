@@ -30,10 +30,6 @@ namespace {
 using cpu::kChunk;
 using cpu::Layout;
 using cpu::TopK;
-using cpu::score_chunk_scalar;
-#ifdef DARE_X86
-using cpu::score_chunk_avx2;
-#endif
 
 struct Rows {
   const void* keys;        // (B, L, d) or jagged (N, d), the d elements of a key contiguous
@@ -81,14 +77,7 @@ __attribute__((always_inline)) inline void scan_rows(const Rows& r, int64_t begi
         if (m < n) kept = keep;
       }
       for (int64_t t = 0; t < nt; ++t) {
-#ifdef DARE_X86
-        if constexpr (kAvx2) {
-          score_chunk_avx2(q0 + t * r.d, x, r.stride_l, n, r.d, r.scale, buf);
-        } else
-#endif
-        {
-          score_chunk_scalar(q0 + t * r.d, x, r.stride_l, n, r.d, r.scale, buf);
-        }
+        cpu::score_chunk<kAvx2>(q0 + t * r.d, x, r.stride_l, n, r.d, r.scale, buf);
         top[t].offer(buf, n, j0, kept);
       }
     }

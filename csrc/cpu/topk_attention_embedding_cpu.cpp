@@ -120,14 +120,7 @@ void scan_rows(const Problem& p, int64_t begin, int64_t end, BadId* bad) {
         }
       }
       for (int64_t t = 0; t < nt; ++t) {
-#ifdef DARE_X86
-        if constexpr (kAvx2) {
-          cpu::score_chunk_avx2(q0 + t * p.D, keys.data(), p.D, n, p.D, p.scale, buf);
-        } else
-#endif
-        {
-          cpu::score_chunk_scalar(q0 + t * p.D, keys.data(), p.D, n, p.D, p.scale, buf);
-        }
+        cpu::score_chunk<kAvx2>(q0 + t * p.D, keys.data(), p.D, n, p.D, p.scale, buf);
         tops[t].offer(buf, n, j0, kept);
       }
     }
