@@ -201,19 +201,23 @@ def test_many_targets_share_one_sequence(backend, seed):
 @pytest.mark.parametrize("env, files", [
     # The CUDA many-targets kernel takes a batch only when its CTAs fill the GPU, which
     # the sample matrix's small batches do not: forced, three targets per CTA (groups
-    # end part-full), for the op and for the ids op's many targets (keys gathered once).
-    ({"DARE_CUDA_TARGETS": "3"}, ["test_topk_attention.py", "test_topk_attention_embedding.py"]),
+    # end part-full), for the op and for the ids op's many targets (keys gathered once),
+    # and this file's long many-targets rows (their lists fold), d = 16 included.
+    ({"DARE_CUDA_TARGETS": "3"}, ["test_topk_attention.py", "test_topk_attention_embedding.py", "test_gpu.py"]),
+    # The same with the CTA-wide selection, target after target (the A/B knob of the warp
+    # per target).
+    ({"DARE_CUDA_TARGETS": "3", "DARE_CUDA_TARGETS_SELECT": "cta"}, ["test_topk_attention.py", "test_gpu.py"]),
     # The ids op's many targets without the gathered keys: the fused kernel per target
     # (what keys over kGatherMaxBytes take).
     ({"DARE_CUDA_IDS_GATHER": "0"}, ["test_topk_attention_embedding.py"]),
-], ids=["targets_forced", "ids_fused_targets"])
+], ids=["targets_forced", "targets_cta_select", "ids_fused_targets"])
 def test_many_targets_paths_on_the_sample_matrix(env, files):
     """The matrix's T > 1 samples again on the CUDA paths the default choice skips
     at the matrix's sizes (see the parameters)."""
     _need("cuda")
     here = os.path.dirname(__file__)
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
-                          *(os.path.join(here, f) for f in files), "-k", "cuda and targets"],
+                          *(os.path.join(here, f) for f in files), "-k", "cuda and targets and not sample_matrix"],
                          env=dict(os.environ, **env), capture_output=True, text=True, cwd=here)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert " passed" in run.stdout.splitlines()[-1], run.stdout[-500:]

@@ -30,6 +30,7 @@ struct Params {
   int k, span, splits, kpow2, cap;  // cap: candidate-list slots
   float scale;
   int group = 1;  // targets per CTA (the many-targets kernel)
+  bool cta_select = false;  // the many-targets kernel selects with the whole CTA, target after target (A/B knob)
   const int64_t* offsets = nullptr;  // (B+1,) or nullptr: jagged rows, clamped to [0, N]
   const bool* mask = nullptr;        // (b, j) at b * mask_sb + j * mask_sl, or nullptr
   int64_t mask_sb = 0, mask_sl = 0;

@@ -356,6 +356,165 @@ __device__ __forceinline__ void finish_row(const Params& p, int64_t row, int c, 
   write_final(p, row, cand);
 }
 
+// Warp-level selection: one warp folds or finishes one list on its own (the
+// many-targets kernel gives each of its G <= 8 targets a warp, where the CTA
+// selection above takes the targets one after another, three CTA barriers a
+// radix pass). `hist` is the warp's 256 bins in shared memory.
+
+__device__ __forceinline__ uint32_t lanes_below() {
+  uint32_t m;
+  asm("mov.u32 %0, %%lanemask_lt;" : "=r"(m));
+  return m;
+}
+
+// select_threshold by one warp: T such that exactly `want` of buf[0..n)
+// (unique, nonzero, n >= want >= 1) are >= T. Lane l holds bins [8l, 8l + 8).
+__device__ uint64_t warp_select_threshold(const uint64_t* buf, int n, int want, uint32_t* hist) {
+  const int lane = int(lane_id());
+  uint64_t lo = ~uint64_t(0), hi = 0;
+  for (int i = lane; i < n; i += 32) {
+    const uint64_t x = buf[i];
+    if (x != 0) {
+      lo = x < lo ? x : lo;
+      hi = x > hi ? x : hi;
+    }
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) {
+    const uint64_t l2 = __shfl_xor_sync(0xFFFFFFFFu, lo, off), h2 = __shfl_xor_sync(0xFFFFFFFFu, hi, off);
+    lo = l2 < lo ? l2 : lo;
+    hi = h2 > hi ? h2 : hi;
+  }
+  if (lo == hi) return hi;
+  int top = 63 - __clzll(static_cast<long long>(lo ^ hi));
+  uint64_t prefix = hi & (top == 63 ? 0 : (~uint64_t(0) << (top + 1)));
+  uint32_t remaining = uint32_t(want);
+  uint4* bins = reinterpret_cast<uint4*>(hist) + 2 * lane;
+  while (top >= 0) {
+    const int width = top + 1 < 8 ? top + 1 : 8;
+    const int shift = top + 1 - width;
+    const uint64_t fixed = top == 63 ? 0 : (~uint64_t(0) << (top + 1));
+    __syncwarp();  // the previous pass's bins are read
+    bins[0] = make_uint4(0, 0, 0, 0);
+    bins[1] = make_uint4(0, 0, 0, 0);
+    __syncwarp();
+    for (int i = lane; i < n; i += 32) {
+      const uint64_t x = buf[i];
+      if (x != 0 && (x & fixed) == prefix) atomicAdd(&hist[uint32_t(x >> shift) & 0xFFu], 1u);
+    }
+    __syncwarp();
+    const uint4 a = bins[0], b = bins[1];
+    const uint32_t h[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+    uint32_t total = 0;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) total += h[i];
+    uint32_t s = total;  // becomes the sum over lanes >= this one
+#pragma unroll
+    for (int off = 1; off < 32; off *= 2) {
+      const uint32_t o = __shfl_down_sync(0xFFFFFFFFu, s, off);
+      if (lane + off < 32) s += o;
+    }
+    // Walk this lane's bins from the top: the bin where the count above reaches `remaining`.
+    uint32_t above = s - total, digit = 0, at_above = 0, in_bin = 0;
+    bool found = false;
+#pragma unroll
+    for (int i = 7; i >= 0; --i) {
+      if (!found && above < remaining && above + h[i] >= remaining) {
+        found = true;
+        digit = uint32_t(8 * lane + i);
+        at_above = above;
+        in_bin = h[i];
+      }
+      above += h[i];
+    }
+    const int src = __ffs(__ballot_sync(0xFFFFFFFFu, found)) - 1;
+    digit = __shfl_sync(0xFFFFFFFFu, digit, src);
+    at_above = __shfl_sync(0xFFFFFFFFu, at_above, src);
+    in_bin = __shfl_sync(0xFFFFFFFFu, in_bin, src);
+    remaining -= at_above;
+    prefix |= uint64_t(digit) << shift;
+    if (in_bin == remaining) break;  // the whole bin is wanted
+    top = shift - 1;
+  }
+  return prefix;
+}
+
+// Moves the nonzero keys >= cut of buf[0..n) to its front, in order, and
+// returns how many. In place: a key moves to a slot at or before its own,
+// and a chunk of 32 is read before any of it is written.
+__device__ __forceinline__ int warp_compact(uint64_t* buf, int n, uint64_t cut) {
+  const int lane = int(lane_id());
+  const uint32_t below = lanes_below();
+  int count = 0;
+  for (int i0 = 0; i0 < n; i0 += 32) {
+    const int i = i0 + lane;
+    const uint64_t x = i < n ? buf[i] : 0;
+    const bool take = x != 0 && x >= cut;
+    const uint32_t m = __ballot_sync(0xFFFFFFFFu, take);
+    __syncwarp();
+    if (take) buf[count + __popc(m & below)] = x;
+    count += __popc(m);
+  }
+  __syncwarp();
+  return count;
+}
+
+// Cuts st's list buf (st.count > k keys) to its k best and raises st.bound to
+// the cut, by one warp.
+__device__ __forceinline__ void warp_fold(int k, uint64_t* buf, Stream& st, uint32_t* hist) {
+  const int n = int(st.count);
+  const uint64_t cut = warp_select_threshold(buf, n, k, hist);
+  warp_compact(buf, n, cut);
+  if (lane_id() == 0) {
+    st.count = uint32_t(k);
+    st.bound = cut;
+  }
+}
+
+// Writes the n <= R * 32 keys of buf (unique, nonzero) to output row `row`,
+// descending: a key's slot is the number of keys above it (broadcast reads,
+// no barrier); slots [n, k) are padding.
+template <int R>
+__device__ void warp_rank_write(const Params& p, const uint64_t* buf, int n, int64_t row) {
+  const int lane = int(lane_id());
+  uint64_t x[R];
+  int rank[R];
+#pragma unroll
+  for (int u = 0; u < R; ++u) {
+    x[u] = u * 32 + lane < n ? buf[u * 32 + lane] : ~uint64_t(0);  // past n: above every key, no rank
+    rank[u] = 0;
+  }
+  for (int j = 0; j < n; ++j) {
+    const uint64_t y = buf[j];
+#pragma unroll
+    for (int u = 0; u < R; ++u) rank[u] += y > x[u];
+  }
+  float* scores = p.scores + row * p.k;
+  int64_t* indices = p.indices + row * p.k;
+#pragma unroll
+  for (int u = 0; u < R; ++u) {
+    if (u * 32 + lane < n) {
+      scores[rank[u]] = packed_score(x[u]);
+      indices[rank[u]] = packed_pos(x[u]);
+    }
+  }
+  for (int i = n + lane; i < p.k; i += 32) {
+    scores[i] = -INFINITY;
+    indices[i] = -1;
+  }
+}
+
+// The exact top-k of st's list buf, sorted, to output row `row`, by one warp
+// (p.k <= 256).
+__device__ void warp_finish(const Params& p, uint64_t* buf, const Stream& st, uint32_t* hist, int64_t row) {
+  int n = int(st.count);
+  if (n > p.k) n = warp_compact(buf, n, warp_select_threshold(buf, n, p.k, hist));
+  if (n <= 32) warp_rank_write<1>(p, buf, n, row);
+  else if (n <= 64) warp_rank_write<2>(p, buf, n, row);
+  else if (n <= 128) warp_rank_write<4>(p, buf, n, row);
+  else warp_rank_write<8>(p, buf, n, row);
+}
+
 // The streaming kernels' grid: one CTA per (row, span), as begin_span reads it.
 inline dim3 span_grid(const Params& p, int64_t rows) { return dim3(unsigned(rows * p.splits)); }
 

@@ -12,11 +12,15 @@
 // load instruction is coalesced) and the same dims of target g's query; its
 // accumulator then holds the scores of keys g, g + 8 for targets 2c, 2c + 1.
 //
-// Selection is the streaming kernel's (topk_kernel.cuh), once per target: a
-// score joins its target's candidate list when it reaches the target's bound
-// (a float compare); between tiles the CTA folds any list that could overflow
-// to its k best. Rows are not split: G is chosen so that the CTAs fill the GPU
-// (fewer targets per CTA, more CTAs), else the streaming kernel runs.
+// Selection filters as the streaming kernel's (topk_kernel.cuh), a list per
+// target: a score joins its target's candidate list when it reaches the
+// target's bound (a float compare). Between tiles warp t folds target t's list
+// if the next tile could overflow it, and at the end warp t writes target t's
+// sorted top k (select.cuh's warp selection: the G targets in parallel, no CTA
+// barrier inside; p.cta_select, an A/B knob, runs the CTA-wide selection
+// target after target instead). Rows are not split: G is chosen so that the
+// CTAs fill the GPU (fewer targets per CTA, more CTAs), else the streaming
+// kernel runs.
 #pragma once
 
 #include <cstdint>
@@ -34,12 +38,6 @@
 
 namespace dare {
 namespace {
-
-__device__ __forceinline__ uint32_t lanes_below() {
-  uint32_t m;
-  asm("mov.u32 %0, %%lanemask_lt;" : "=r"(m));
-  return m;
-}
 
 // c += a (16 keys x 16 dims, row-major fragment) * b (16 dims x 8 targets), float32.
 template <typename T>
@@ -81,16 +79,18 @@ __device__ __forceinline__ void load_key(const void* key, bool ok, int c, uint32
   }
 }
 
-// One CTA per (row b, group of p.group targets).
-template <typename T, int D>
+// One CTA per (row b, group of p.group targets). MASKED: p.mask is set (the
+// unmasked kernel's key loads carry no mask tests).
+template <typename T, int D, bool MASKED>
 __global__ void __launch_bounds__(kThreads, 2) targets_kernel(Params p) {
   static_assert(kThreads == 256, "8 warps per tile");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   uint64_t* lists = reinterpret_cast<uint64_t*>(smem_raw);  // p.group x p.cap
-  uint64_t* cand = lists + int64_t(p.group) * p.cap;        // kpow2
+  uint64_t* cand = lists + int64_t(p.group) * p.cap;        // kpow2 (p.cta_select)
   __shared__ SelectShared sh;
   __shared__ Stream st[8];
   __shared__ uint32_t todo;
+  __shared__ __align__(16) uint32_t hist[8][256];  // warp w's bins: it selects target w
 
   const int warp = threadIdx.x / 32, lane = int(lane_id()), g = lane >> 2, c = lane & 3;
   const int64_t groups = (p.T + p.group - 1) / p.group;
@@ -124,18 +124,25 @@ __global__ void __launch_bounds__(kThreads, 2) targets_kernel(Params p) {
     uint32_t keep;         // bit 2u + h: that key takes part (the mask)
   };
   const T* keys = static_cast<const T*>(p.keys) + row_start(p, b) * D;
-  const bool* mask = row_mask(p, b, 0);
-  auto load = [&](Tile& s, int j0) {
+  const bool* mask = MASKED ? row_mask(p, b, 0) : nullptr;
+  // A whole tile (j0 + TILE <= n) loads without bounds tests.
+  auto load = [&](Tile& s, int j0, auto whole) {
     s.keep = 0;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int j = j0 + (warp * U + u) * 16 + 8 * h + g;
-        load_key<D>(keys + int64_t(j) * D, j < n, c, s.w[u][h]);
-        s.keep |= uint32_t(j < n && kept(mask, p.mask_sl, j)) << (2 * u + h);
+        const bool in = decltype(whole)::value || j < n;
+        load_key<D>(keys + int64_t(j) * D, in, c, s.w[u][h]);
+        if constexpr (MASKED) s.keep |= uint32_t(in && kept(mask, p.mask_sl, j)) << (2 * u + h);
+        else s.keep |= uint32_t(in) << (2 * u + h);
       }
     }
+  };
+  auto load_tile = [&](Tile& s, int j0) {
+    if (j0 + TILE <= n) load(s, j0, std::true_type{});
+    else load(s, j0, std::false_type{});
   };
 
   const int ta = 2 * c, tb = 2 * c + 1;  // this lane's targets
@@ -145,9 +152,9 @@ __global__ void __launch_bounds__(kThreads, 2) targets_kernel(Params p) {
   uint64_t* list_a = lists + int64_t(ta) * p.cap;
   uint64_t* list_b = list_a + p.cap;
   Tile cur, nxt;
-  if (n > 0) load(cur, 0);
+  if (n > 0) load_tile(cur, 0);
   for (int j0 = 0; j0 < n; j0 += TILE) {
-    if (j0 + TILE < n) load(nxt, j0 + TILE);
+    if (j0 + TILE < n) load_tile(nxt, j0 + TILE);
     const float bound_a = bound_score(st[ta]), bound_b = bound_score(st[tb]);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -188,21 +195,31 @@ __global__ void __launch_bounds__(kThreads, 2) targets_kernel(Params p) {
       for (int r = 0; r < 4; ++r)
         if (take[r]) ((r & 1) ? list_b : list_a)[slot[r]] = pack(sc[r], uint32_t(j + 8 * (r >> 1)));
     }
-    // Fold the lists the next tile could overflow.
+    // Fold the lists the next tile could overflow: warp t folds target t's.
     __syncthreads();
-    if (threadIdx.x == 0) {
-      uint32_t m = 0;
-      for (int t = 0; t < ng; ++t) m |= uint32_t(st[t].count + TILE > uint32_t(p.cap)) << t;
-      todo = m;
+    if (!p.cta_select) {
+      if (warp < ng && st[warp].count + TILE > uint32_t(p.cap))
+        warp_fold(p.k, lists + int64_t(warp) * p.cap, st[warp], hist[warp]);
+    } else {
+      if (threadIdx.x == 0) {
+        uint32_t m = 0;
+        for (int t = 0; t < ng; ++t) m |= uint32_t(st[t].count + TILE > uint32_t(p.cap)) << t;
+        todo = m;
+      }
+      __syncthreads();
+      for (uint32_t m = todo; m; m &= m - 1) {
+        const int t = __ffs(m) - 1;
+        fold(p, lists + int64_t(t) * p.cap, cand, st[t], sh);
+      }
     }
     __syncthreads();
-    for (uint32_t m = todo; m; m &= m - 1) {
-      const int t = __ffs(m) - 1;
-      fold(p, lists + int64_t(t) * p.cap, cand, st[t], sh);
-    }
     cur = nxt;
   }
 
+  if (!p.cta_select) {
+    if (warp < ng) warp_finish(p, lists + int64_t(warp) * p.cap, st[warp], hist[warp], b * p.T + t0 + warp);
+    return;
+  }
   for (int t = 0; t < ng; ++t) {
     finish(p, lists + int64_t(t) * p.cap, cand, st[t], sh, /*sorted=*/true);
     write_final(p, b * p.T + t0 + t, cand);
@@ -215,13 +232,18 @@ __global__ void __launch_bounds__(kThreads, 2) targets_kernel(Params p) {
 template <typename T>
 void launch_targets(const Params& p, int64_t B, size_t smem, cudaStream_t stream) {
   const dim3 grid(unsigned(B * ((p.T + p.group - 1) / p.group)));
+  const bool masked = p.mask != nullptr;
+#define DARE_TARGETS(D)                                                                                    \
+  masked ? launch_with_smem(targets_kernel<T, D, true>, grid, smem, stream, p)                            \
+         : launch_with_smem(targets_kernel<T, D, false>, grid, smem, stream, p)
   switch (p.d) {
-    case 16: launch_with_smem(targets_kernel<T, 16>, grid, smem, stream, p); break;
-    case 32: launch_with_smem(targets_kernel<T, 32>, grid, smem, stream, p); break;
-    case 64: launch_with_smem(targets_kernel<T, 64>, grid, smem, stream, p); break;
-    case 128: launch_with_smem(targets_kernel<T, 128>, grid, smem, stream, p); break;
+    case 16: DARE_TARGETS(16); break;
+    case 32: DARE_TARGETS(32); break;
+    case 64: DARE_TARGETS(64); break;
+    case 128: DARE_TARGETS(128); break;
     default: TORCH_CHECK(false, std::string("topk_attention: no many-targets kernel for d = ") + std::to_string(p.d));
   }
+#undef DARE_TARGETS
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

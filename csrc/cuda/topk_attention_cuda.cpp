@@ -135,7 +135,14 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
     // tile). H200, B = 1, T = 1024, d = 32, k = 128: kpow2 + 384 slots 0.167 ms, 1024 (this)
     // 0.107, kpow2 + 1792 0.109. DARE_CUDA_TARGETS_EXTRA=E makes it kpow2 + E.
     static const int64_t extra = env_int("DARE_CUDA_TARGETS_EXTRA");
+    // DARE_CUDA_TARGETS_SELECT=cta: the CTA-wide selection, target after target (the A/B of
+    // the warp per target).
+    static const bool cta_select = [] {
+      const char* env = std::getenv("DARE_CUDA_TARGETS_SELECT");
+      return env && std::string(env) == "cta";
+    }();
     p.group = group;
+    p.cta_select = cta_select;
     p.cap = int(std::max<int64_t>(kpow2 + targets_tile(s.d) + 32, extra > 0 ? kpow2 + extra : 2 * kpow2 + 768));
     const size_t smem = smem_bytes(p);
     if (K.scalar_type() == at::kHalf) launch_targets<__half>(p, s.B, smem, stream);
