@@ -83,12 +83,12 @@ def test_adversarial_orders(backend, B, d, k, dtype, seed):
 @pytest.mark.parametrize("B", [12, 40], ids=["2_targets_per_cta", "4_targets_per_cta"])
 @pytest.mark.parametrize("d", [16, 128])
 @pytest.mark.parametrize("k", [100, 256])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
 def test_adversarial_orders_many_targets(backend, B, d, k, dtype, seed):
     """The adversarial orders of test_adversarial_orders as targets of one
-    sequence (the CUDA many-targets kernel at d = 128: T >= 8, 16-bit keys; on
-    an H100 or H200, B = 12 gives 2 targets per CTA, B = 40 gives 4; d = 16
-    streams): per target,
+    sequence (the CUDA many-targets kernel at 16-bit d = 128 and float32 d = 16:
+    T >= 8; on an H100 or H200, B = 12 gives 2 targets per CTA, B = 40 gives 4;
+    16-bit d = 16 and float32 d = 128 stream): per target,
     ascending scores, descending, all equal (the first k positions win), and
     random integers with many ties."""
     _need(backend)
@@ -188,11 +188,15 @@ def test_64bit_offsets(backend, seed):
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
-def test_many_targets_share_one_sequence(backend, seed):
+@pytest.mark.parametrize("dtype, d", [(torch.bfloat16, 32), (torch.float32, 16), (torch.float32, 32)],
+                         ids=["bfloat16_32", "float32_16", "float32_32"])
+def test_many_targets_share_one_sequence(backend, dtype, d, seed):
+    """The serving shape (CUDA: the many-targets kernel, float32 keys as 3xTF32):
+    1024 targets of one long history, two rows, one cut short; the lists fold."""
     _need(backend)
     g = torch.Generator(device="cuda").manual_seed(seed)
-    q = torch.randn(2, 1024, 32, device="cuda", generator=g).bfloat16()
-    K = torch.randn(2, 10000, 32, device="cuda", generator=g).bfloat16()
+    q = torch.randn(2, 1024, d, device="cuda", generator=g).to(dtype)
+    K = torch.randn(2, 10000, d, device="cuda", generator=g).to(dtype)
     lengths = torch.tensor([10000, 6000], device="cuda")
     assert_matches_reference(dare_kernels.topk_attention(q, K, 128, lengths=lengths, backend=backend),
                              Sample(q, K, 128, lengths))

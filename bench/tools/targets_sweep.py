@@ -6,7 +6,7 @@ per G; 0 = the streaming kernel) and over the selection (a warp per target, or
 the CTA-wide one target after another: DARE_CUDA_TARGETS_SELECT=cta), beside
 einsum (+ topk).
 
-    python3 bench/tools/targets_sweep.py [--d 16 32 128] [--G default 0 4 8] [--k 1 32 128] [--select warp cta]
+    python3 bench/tools/targets_sweep.py [--d 16 32 128] [--G default 0 4 8] [--k 1 32 128] [--select warp cta] [--dtype float32]
 """
 import argparse
 import os
@@ -26,8 +26,9 @@ def child(a):
         return 1e6 * time_call(f, [()], dev)
 
     for d in a.d:
-        q = torch.randn(a.B, a.T, d, device="cuda").bfloat16()
-        K = torch.randn(a.B, a.L, d, device="cuda").bfloat16()
+        dtype = getattr(torch, a.dtype)
+        q = torch.randn(a.B, a.T, d, device="cuda").to(dtype)
+        K = torch.randn(a.B, a.L, d, device="cuda").to(dtype)
         cells = [f"{gpu_us(lambda: dare_kernels.topk_attention(q, K, k, backend='cuda')):.1f}" for k in a.k]
         einsum = gpu_us(lambda: torch.einsum("btd,bld->btl", q, K).float())
         topk = gpu_us(lambda: torch.topk(torch.einsum("btd,bld->btl", q, K).float(), max(a.k), dim=-1))
@@ -45,12 +46,13 @@ def main():
                    help="DARE_CUDA_TARGETS values ('default': unset, the host's choice)")
     p.add_argument("--select", nargs="+", default=["warp"], choices=["warp", "cta"],
                    help="the many-targets kernel's selection (DARE_CUDA_TARGETS_SELECT)")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
         a.G = a.G[0]
         return child(a)
-    print(f"GPU us, B = {a.B}, T = {a.T}, L = {a.L}, bf16 keys; einsum+topk takes the top {max(a.k)}")
+    print(f"GPU us, B = {a.B}, T = {a.T}, L = {a.L}, {a.dtype} keys; einsum+topk takes the top {max(a.k)}")
     print("| G | select | d | " + " | ".join(f"k = {k}" for k in a.k) + " | einsum | einsum+topk |")
     print("|---|---|---|" + "---|" * (len(a.k) + 2), flush=True)
     for g in a.G:
@@ -61,7 +63,7 @@ def main():
                 env["DARE_CUDA_TARGETS"] = g
             env["DARE_CUDA_TARGETS_SELECT"] = sel
             args = [sys.executable, __file__, "--child", "--G", g, "--select", sel, "--B", str(a.B), "--T", str(a.T),
-                    "--L", str(a.L), "--d", *map(str, a.d), "--k", *map(str, a.k)]
+                    "--L", str(a.L), "--dtype", a.dtype, "--d", *map(str, a.d), "--k", *map(str, a.k)]
             subprocess.run(args, env=env, check=True)
 
 

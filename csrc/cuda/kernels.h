@@ -48,17 +48,19 @@ template <typename T>
 void launch_topk(const Params& p, int64_t rows, size_t smem, bool vectorised, cudaStream_t stream);
 
 // The many-targets kernel (targets_kernel.cuh): queries (B, T, d) with
-// T >= kMinTargets, 16-bit keys, d in {16, 32, 64, 128} with 16-byte aligned
-// rows, k <= kMaxTargetsK (the host's targets_group decides which calls take
-// it). A CTA takes p.group <= 8 targets of one row.
+// T >= kMinTargets, 16-bit keys with d in {16, 32, 64, 128} or float keys with
+// d in {16, 32}, 16-byte aligned rows, k <= kMaxTargetsK (the host's
+// targets_group decides which calls take it). A CTA takes p.group <= 8
+// targets of one row.
 constexpr int kMaxTargetsK = 256;  // larger k takes launch_topk
 constexpr int kMinTargets = 8;     // fewer targets per row take launch_topk
 
-// Keys per tile of the many-targets kernel: 8 warps x blocks of 16 keys.
-constexpr int targets_tile(int64_t d) { return 8 * 16 * (d <= 32 ? 4 : int(128 / d)); }
+// Keys per tile of the many-targets kernel for keys of key_bytes: 8 warps x
+// blocks of 16 keys, 4 blocks a warp up to 64-byte keys, fewer past them.
+constexpr int targets_tile(int64_t key_bytes) { return 8 * 16 * (key_bytes <= 64 ? 4 : int(256 / key_bytes)); }
 
 // Launches it over B * ceil(T / p.group) CTAs with `smem` (smem_bytes) bytes
-// of dynamic shared memory and checks the launch. T is __half or __nv_bfloat16.
+// of dynamic shared memory and checks the launch. T is __half, __nv_bfloat16 or float.
 template <typename T>
 void launch_targets(const Params& p, int64_t B, size_t smem, cudaStream_t stream);
 

@@ -53,23 +53,44 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], uint32_t a0, uint32_t a
 #undef DARE_MMA
 }
 
-// The first dim of word m (two 16-bit dims) of lane group c's share of a key.
-template <int D>
-__device__ __forceinline__ int word_dim(int m, int c) {
-  if constexpr (D == 16) return 4 * c + 2 * m;
-  else return ((m / 4) * 4 + c) * 8 + 2 * (m % 4);
+// c += a (16 keys x 8 dims) * b (8 dims x 8 targets), tf32 inputs, float32.
+__device__ __forceinline__ void mma_1688_tf32(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                              uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// Lane group c's D/8 words of one key (zeros when !ok).
-template <int D>
-__device__ __forceinline__ void load_key(const void* key, bool ok, int c, uint32_t (&w)[D / 8]) {
-  if constexpr (D == 16) {
+// A float32 x as hi + lo, each a tf32 (11 significant bits): x - hi - lo is
+// within 2^-24 |x|, float32's own rounding. A non-finite x gets lo = 0, so
+// that a product with an infinite factor stays in the hi * hi term alone.
+__device__ __forceinline__ void split_tf32(uint32_t x, uint32_t& hi, uint32_t& lo) {
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(hi) : "f"(__uint_as_float(x)));
+  const float r = __uint_as_float(x) - __uint_as_float(hi);
+  uint32_t l;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(l) : "f"(r));
+  lo = isfinite(r) ? l : 0u;
+}
+
+// Byte offset within a key of word m (4 bytes) of lane group c's share of a
+// KB-byte key: a 32-byte key as 8-byte loads (chunk c), a longer one as
+// 16-byte loads (chunk 4i + c: each load instruction is coalesced).
+template <int KB>
+__device__ __forceinline__ int word_byte(int m, int c) {
+  if constexpr (KB == 32) return 8 * c + 4 * m;
+  else return ((m / 4) * 4 + c) * 16 + 4 * (m % 4);
+}
+
+// Lane group c's KB/16 words of one key (zeros when !ok).
+template <int KB>
+__device__ __forceinline__ void load_key(const void* key, bool ok, int c, uint32_t (&w)[KB / 16]) {
+  if constexpr (KB == 32) {
     const uint2 v = ok ? __ldg(static_cast<const uint2*>(key) + c) : make_uint2(0, 0);
     w[0] = v.x;
     w[1] = v.y;
   } else {
 #pragma unroll
-    for (int i = 0; i < D / 32; ++i) {
+    for (int i = 0; i < KB / 64; ++i) {
       const uint4 v = ok ? __ldg(static_cast<const uint4*>(key) + 4 * i + c) : make_uint4(0, 0, 0, 0);
       w[4 * i] = v.x;
       w[4 * i + 1] = v.y;
@@ -81,8 +102,15 @@ __device__ __forceinline__ void load_key(const void* key, bool ok, int c, uint32
 
 // One CTA per (row b, group of p.group targets). MASKED: p.mask is set (the
 // unmasked kernel's key loads carry no mask tests).
+//
+// float keys (D = 16, 32) take the tensor cores too, as 3xTF32: key and query
+// each split into tf32 hi + lo (split_tf32), the score hi*hi + (hi*lo + lo*hi)
+// (lo*lo, below 2^-24 of the product, dropped): float32 accuracy, not
+// float32's rounding order (the oracle's tolerance holds either).
 template <typename T, int D, bool MASKED>
 __global__ void __launch_bounds__(kThreads, 2) targets_kernel(Params p) {
+  constexpr bool F32 = std::is_same_v<T, float>;
+  constexpr int KB = D * int(sizeof(T));  // bytes per key
   static_assert(kThreads == 256, "8 warps per tile");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   uint64_t* lists = reinterpret_cast<uint64_t*>(smem_raw);  // p.group x p.cap
@@ -104,21 +132,22 @@ __global__ void __launch_bounds__(kThreads, 2) targets_kernel(Params p) {
   }
   __syncthreads();
 
-  // B fragment: target t0 + g's dims in the keys' word order; zero past ng.
-  constexpr int NW = D / 8;
-  uint32_t q[NW];
+  // B fragment: target t0 + g's words in the keys' word order; zero past ng
+  // (float: q holds the hi parts, q_lo the lo parts).
+  constexpr int NW = KB / 16;
+  uint32_t q[NW], q_lo[F32 ? NW : 1];
   {
-    const uint16_t* qr = static_cast<const uint16_t*>(p.query) + (b * p.T + t0 + (g < ng ? g : 0)) * D;
+    const unsigned char* qr = static_cast<const unsigned char*>(p.query) + (b * p.T + t0 + (g < ng ? g : 0)) * KB;
 #pragma unroll
     for (int m = 0; m < NW; ++m) {
-      const int e = word_dim<D>(m, c);
-      q[m] = g < ng ? uint32_t(qr[e]) | (uint32_t(qr[e + 1]) << 16) : 0u;
+      q[m] = g < ng ? *reinterpret_cast<const uint32_t*>(qr + word_byte<KB>(m, c)) : 0u;
+      if constexpr (F32) split_tf32(q[m], q[m], q_lo[m]);
     }
   }
 
-  constexpr int U = D <= 32 ? 4 : 128 / D;  // blocks of 16 keys per warp per tile
+  constexpr int U = KB <= 64 ? 4 : 256 / KB;  // blocks of 16 keys per warp per tile
   constexpr int TILE = 8 * 16 * U;
-  static_assert(TILE == targets_tile(D), "the host sizes the lists by targets_tile");
+  static_assert(TILE == targets_tile(KB), "the host sizes the lists by targets_tile");
   struct Tile {
     uint32_t w[U][2][NW];  // block u, key g (0) and g + 8 (1)
     uint32_t keep;         // bit 2u + h: that key takes part (the mask)
@@ -134,7 +163,7 @@ __global__ void __launch_bounds__(kThreads, 2) targets_kernel(Params p) {
       for (int h = 0; h < 2; ++h) {
         const int j = j0 + (warp * U + u) * 16 + 8 * h + g;
         const bool in = decltype(whole)::value || j < n;
-        load_key<D>(keys + int64_t(j) * D, in, c, s.w[u][h]);
+        load_key<KB>(keys + int64_t(j) * D, in, c, s.w[u][h]);
         if constexpr (MASKED) s.keep |= uint32_t(in && kept(mask, p.mask_sl, j)) << (2 * u + h);
         else s.keep |= uint32_t(in) << (2 * u + h);
       }
@@ -159,10 +188,29 @@ __global__ void __launch_bounds__(kThreads, 2) targets_kernel(Params p) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       float acc[4] = {0.f, 0.f, 0.f, 0.f};
+      if constexpr (F32) {
+        float corr[4] = {0.f, 0.f, 0.f, 0.f};  // hi*lo + lo*hi
 #pragma unroll
-      for (int s = 0; s < D / 16; ++s)
-        mma_16816<T>(acc, cur.w[u][0][2 * s], cur.w[u][1][2 * s], cur.w[u][0][2 * s + 1], cur.w[u][1][2 * s + 1],
-                    q[2 * s], q[2 * s + 1]);
+        for (int s = 0; s < NW / 2; ++s) {
+          uint32_t hi[4], lo[4];
+          split_tf32(cur.w[u][0][2 * s], hi[0], lo[0]);
+          split_tf32(cur.w[u][1][2 * s], hi[1], lo[1]);
+          split_tf32(cur.w[u][0][2 * s + 1], hi[2], lo[2]);
+          split_tf32(cur.w[u][1][2 * s + 1], hi[3], lo[3]);
+          mma_1688_tf32(corr, hi[0], hi[1], hi[2], hi[3], q_lo[2 * s], q_lo[2 * s + 1]);
+          mma_1688_tf32(corr, lo[0], lo[1], lo[2], lo[3], q[2 * s], q[2 * s + 1]);
+          mma_1688_tf32(acc, hi[0], hi[1], hi[2], hi[3], q[2 * s], q[2 * s + 1]);
+        }
+        // A non-finite hi*hi sum is the score (an infinite factor's cross terms are
+        // NaN or infinite, not a correction).
+#pragma unroll
+        for (int r = 0; r < 4; ++r) acc[r] += isfinite(acc[r]) ? corr[r] : 0.f;
+      } else {
+#pragma unroll
+        for (int s = 0; s < NW / 2; ++s)
+          mma_16816<T>(acc, cur.w[u][0][2 * s], cur.w[u][1][2 * s], cur.w[u][0][2 * s + 1], cur.w[u][1][2 * s + 1],
+                      q[2 * s], q[2 * s + 1]);
+      }
       // acc: (key g, target ta), (g, tb), (g + 8, ta), (g + 8, tb).
       const int j = j0 + (warp * U + u) * 16 + g;
       bool take[4];
@@ -236,12 +284,20 @@ void launch_targets(const Params& p, int64_t B, size_t smem, cudaStream_t stream
 #define DARE_TARGETS(D)                                                                                    \
   masked ? launch_with_smem(targets_kernel<T, D, true>, grid, smem, stream, p)                            \
          : launch_with_smem(targets_kernel<T, D, false>, grid, smem, stream, p)
-  switch (p.d) {
-    case 16: DARE_TARGETS(16); break;
-    case 32: DARE_TARGETS(32); break;
-    case 64: DARE_TARGETS(64); break;
-    case 128: DARE_TARGETS(128); break;
-    default: TORCH_CHECK(false, std::string("topk_attention: no many-targets kernel for d = ") + std::to_string(p.d));
+  if constexpr (std::is_same_v<T, float>) {
+    switch (p.d) {
+      case 16: DARE_TARGETS(16); break;
+      case 32: DARE_TARGETS(32); break;
+      default: TORCH_CHECK(false, std::string("topk_attention: no float many-targets kernel for d = ") + std::to_string(p.d));
+    }
+  } else {
+    switch (p.d) {
+      case 16: DARE_TARGETS(16); break;
+      case 32: DARE_TARGETS(32); break;
+      case 64: DARE_TARGETS(64); break;
+      case 128: DARE_TARGETS(128); break;
+      default: TORCH_CHECK(false, std::string("topk_attention: no many-targets kernel for d = ") + std::to_string(p.d));
+    }
   }
 #undef DARE_TARGETS
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -34,23 +34,25 @@ int64_t env_int(const char* name) {
 // Targets per CTA of the many-targets kernel: the most (up to 8: one MMA
 // tile) that still gives every SM a CTA; 0 (the streaming kernel, which
 // splits rows) when even 2 would not, or when the query is not (B, T >=
-// kMinTargets, d) of a 16-bit type with d in {32, 64, 128} (16-byte aligned
-// key rows) and k <= kMaxTargetsK. d = 16 streams: its keys are cheap to
-// re-read from L2 (H200, B = 1, T = 1024, L = 10000, k = 128, bf16: 0.088 ms
-// streaming, 0.104 many-targets; d = 32: 0.122 vs 0.107; d = 128: 0.506 vs
-// 0.171). DARE_CUDA_TARGETS=0 turns the path off and DARE_CUDA_TARGETS=G
-// forces G targets per CTA, d = 16 included (knobs for tests and comparisons).
+// kMinTargets, d) with 16-bit keys of d in {16, 32, 64, 128} or float keys of
+// d in {16, 32} (16-byte aligned key rows), or k > kMaxTargetsK. 16-bit d = 16
+// streams: its keys are cheap to re-read from L2 (H200, B = 1, T = 1024, L =
+// 10000, k = 128, bf16: 0.088 ms streaming, 0.104 many-targets; d = 32: 0.122
+// vs 0.107; d = 128: 0.506 vs 0.171). DARE_CUDA_TARGETS=0 turns the path off
+// and DARE_CUDA_TARGETS=G forces G targets per CTA, d = 16 included (knobs for
+// tests and comparisons).
 int targets_group(const Shape& s, int64_t k, const at::Tensor& K, bool vectorised) {
   static const int64_t forced = [] {
     const char* env = std::getenv("DARE_CUDA_TARGETS");
     return env ? std::clamp<int64_t>(std::atoll(env), 0, 8) : int64_t(-1);
   }();
   const auto t = K.scalar_type();
-  if (forced == 0 || s.T < kMinTargets || k > kMaxTargetsK || !vectorised || (t != at::kHalf && t != at::kBFloat16) ||
-      (s.d != 16 && s.d != 32 && s.d != 64 && s.d != 128))
-    return 0;
+  const bool half = t == at::kHalf || t == at::kBFloat16;
+  const bool shape = half ? (s.d == 16 || s.d == 32 || s.d == 64 || s.d == 128)
+                          : t == at::kFloat && (s.d == 16 || s.d == 32);
+  if (forced == 0 || s.T < kMinTargets || k > kMaxTargetsK || !vectorised || !shape) return 0;
   if (forced > 0) return int(forced);
-  if (s.d == 16) return 0;
+  if (half && s.d == 16) return 0;
   const int64_t sms = sm_count(K.get_device());
   for (int g = 8; g >= 2; g /= 2)
     if (s.B * ((s.T + g - 1) / g) >= sms) return g;
@@ -143,10 +145,14 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
     }();
     p.group = group;
     p.cta_select = cta_select;
-    p.cap = int(std::max<int64_t>(kpow2 + targets_tile(s.d) + 32, extra > 0 ? kpow2 + extra : 2 * kpow2 + 768));
+    const int64_t tile = targets_tile(s.d * K.element_size());
+    p.cap = int(std::max<int64_t>(kpow2 + tile + 32, extra > 0 ? kpow2 + extra : 2 * kpow2 + 768));
     const size_t smem = smem_bytes(p);
-    if (K.scalar_type() == at::kHalf) launch_targets<__half>(p, s.B, smem, stream);
-    else launch_targets<__nv_bfloat16>(p, s.B, smem, stream);
+    switch (K.scalar_type()) {
+      case at::kFloat: launch_targets<float>(p, s.B, smem, stream); break;
+      case at::kHalf: launch_targets<__half>(p, s.B, smem, stream); break;
+      default: launch_targets<__nv_bfloat16>(p, s.B, smem, stream);
+    }
     return {scores, indices};
   }
 
