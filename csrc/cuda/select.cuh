@@ -7,6 +7,9 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <utility>
 
 #include <c10/cuda/CUDAException.h>
 
@@ -369,14 +372,23 @@ __device__ __forceinline__ uint32_t lanes_below() {
 
 // select_threshold by one warp: T such that exactly `want` of buf[0..n)
 // (unique, nonzero, n >= want >= 1) are >= T. Lane l holds bins [8l, 8l + 8).
+// The list is read kWarpBatch keys a lane at a time, all loads issued first:
+// a fold is one warp's latency-bound walk while the CTA waits at its barrier.
+constexpr int kWarpBatch = 4;
+
 __device__ uint64_t warp_select_threshold(const uint64_t* buf, int n, int want, uint32_t* hist) {
   const int lane = int(lane_id());
   uint64_t lo = ~uint64_t(0), hi = 0;
-  for (int i = lane; i < n; i += 32) {
-    const uint64_t x = buf[i];
-    if (x != 0) {
-      lo = x < lo ? x : lo;
-      hi = x > hi ? x : hi;
+  for (int i0 = lane; i0 < n; i0 += 32 * kWarpBatch) {
+    uint64_t x[kWarpBatch];
+#pragma unroll
+    for (int u = 0; u < kWarpBatch; ++u) x[u] = i0 + 32 * u < n ? buf[i0 + 32 * u] : 0;
+#pragma unroll
+    for (int u = 0; u < kWarpBatch; ++u) {
+      if (x[u] != 0) {
+        lo = x[u] < lo ? x[u] : lo;
+        hi = x[u] > hi ? x[u] : hi;
+      }
     }
   }
 #pragma unroll
@@ -398,9 +410,13 @@ __device__ uint64_t warp_select_threshold(const uint64_t* buf, int n, int want, 
     bins[0] = make_uint4(0, 0, 0, 0);
     bins[1] = make_uint4(0, 0, 0, 0);
     __syncwarp();
-    for (int i = lane; i < n; i += 32) {
-      const uint64_t x = buf[i];
-      if (x != 0 && (x & fixed) == prefix) atomicAdd(&hist[uint32_t(x >> shift) & 0xFFu], 1u);
+    for (int i0 = lane; i0 < n; i0 += 32 * kWarpBatch) {
+      uint64_t x[kWarpBatch];
+#pragma unroll
+      for (int u = 0; u < kWarpBatch; ++u) x[u] = i0 + 32 * u < n ? buf[i0 + 32 * u] : 0;
+#pragma unroll
+      for (int u = 0; u < kWarpBatch; ++u)
+        if (x[u] != 0 && (x[u] & fixed) == prefix) atomicAdd(&hist[uint32_t(x[u] >> shift) & 0xFFu], 1u);
     }
     __syncwarp();
     const uint4 a = bins[0], b = bins[1];
@@ -441,19 +457,26 @@ __device__ uint64_t warp_select_threshold(const uint64_t* buf, int n, int want, 
 
 // Moves the nonzero keys >= cut of buf[0..n) to its front, in order, and
 // returns how many. In place: a key moves to a slot at or before its own,
-// and a chunk of 32 is read before any of it is written.
+// and a batch is read before any of it is written.
 __device__ __forceinline__ int warp_compact(uint64_t* buf, int n, uint64_t cut) {
   const int lane = int(lane_id());
   const uint32_t below = lanes_below();
   int count = 0;
-  for (int i0 = 0; i0 < n; i0 += 32) {
-    const int i = i0 + lane;
-    const uint64_t x = i < n ? buf[i] : 0;
-    const bool take = x != 0 && x >= cut;
-    const uint32_t m = __ballot_sync(0xFFFFFFFFu, take);
-    __syncwarp();
-    if (take) buf[count + __popc(m & below)] = x;
-    count += __popc(m);
+  for (int i0 = 0; i0 < n; i0 += 32 * kWarpBatch) {
+    uint64_t x[kWarpBatch];
+#pragma unroll
+    for (int u = 0; u < kWarpBatch; ++u) {
+      const int i = i0 + 32 * u + lane;
+      x[u] = i < n ? buf[i] : 0;
+    }
+    __syncwarp();  // the batch is read before any of it is written
+#pragma unroll
+    for (int u = 0; u < kWarpBatch; ++u) {
+      const bool take = x[u] != 0 && x[u] >= cut;
+      const uint32_t m = __ballot_sync(0xFFFFFFFFu, take);
+      if (take) buf[count + __popc(m & below)] = x[u];
+      count += __popc(m);
+    }
   }
   __syncwarp();
   return count;
@@ -484,6 +507,7 @@ __device__ void warp_rank_write(const Params& p, const uint64_t* buf, int n, int
     x[u] = u * 32 + lane < n ? buf[u * 32 + lane] : ~uint64_t(0);  // past n: above every key, no rank
     rank[u] = 0;
   }
+#pragma unroll 4
   for (int j = 0; j < n; ++j) {
     const uint64_t y = buf[j];
 #pragma unroll
@@ -518,12 +542,27 @@ __device__ void warp_finish(const Params& p, uint64_t* buf, const Stream& st, ui
 // The streaming kernels' grid: one CTA per (row, span), as begin_span reads it.
 inline dim3 span_grid(const Params& p, int64_t rows) { return dim3(unsigned(rows * p.splits)); }
 
+// Static shared memory of any of these kernels at most (the many-targets
+// kernel's warp bins and CTA selection: ~10.6 KB).
+constexpr size_t kMaxStaticSmem = 16 * 1024;
+
 // Launches kernel(p) with `smem` bytes of dynamic shared memory, opting in
-// past the default 48 KB.
+// where static + dynamic could pass the default 48 KB (once per kernel and
+// size and device: the attribute stays set).
 template <typename Kernel, typename P>
 void launch_with_smem(Kernel kernel, dim3 grid, size_t smem, cudaStream_t stream, const P& p) {
-  if (smem > 48 * 1024)
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  if (smem + kMaxStaticSmem > 48 * 1024) {
+    int device = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&device));
+    static std::mutex lock;
+    static std::map<std::pair<const void*, int>, size_t> opted;  // (kernel, device) -> the largest size set
+    const std::lock_guard<std::mutex> guard(lock);
+    size_t& have = opted[{reinterpret_cast<const void*>(kernel), device}];
+    if (have < smem) {
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+      have = smem;
+    }
+  }
   kernel<<<grid, kThreads, smem, stream>>>(p);
 }
 

@@ -35,10 +35,11 @@ int64_t env_int(const char* name) {
 // tile) that still gives every SM a CTA; 0 (the streaming kernel, which
 // splits rows) when even 2 would not, or when the query is not (B, T >=
 // kMinTargets, d) with 16-bit keys of d in {16, 32, 64, 128} or float keys of
-// d in {16, 32} (16-byte aligned key rows), or k > kMaxTargetsK. 16-bit d = 16
+// d in {16, 32} (16-byte aligned key rows), or k > kMaxTargetsK. d = 16
 // streams: its keys are cheap to re-read from L2 (H200, B = 1, T = 1024, L =
 // 10000, k = 128, bf16: 0.088 ms streaming, 0.104 many-targets; d = 32: 0.122
-// vs 0.107; d = 128: 0.506 vs 0.171). DARE_CUDA_TARGETS=0 turns the path off
+// vs 0.107; d = 128: 0.506 vs 0.171; H100, float32 as 3xTF32, 6e8fc88: d = 16
+// 0.091 streaming vs 0.111, d = 32 0.205 vs 0.153). DARE_CUDA_TARGETS=0 turns the path off
 // and DARE_CUDA_TARGETS=G forces G targets per CTA, d = 16 included (knobs for
 // tests and comparisons).
 int targets_group(const Shape& s, int64_t k, const at::Tensor& K, bool vectorised) {
@@ -52,7 +53,7 @@ int targets_group(const Shape& s, int64_t k, const at::Tensor& K, bool vectorise
                           : t == at::kFloat && (s.d == 16 || s.d == 32);
   if (forced == 0 || s.T < kMinTargets || k > kMaxTargetsK || !vectorised || !shape) return 0;
   if (forced > 0) return int(forced);
-  if (half && s.d == 16) return 0;
+  if (s.d == 16) return 0;
   const int64_t sms = sm_count(K.get_device());
   for (int g = 8; g >= 2; g /= 2)
     if (s.B * ((s.T + g - 1) / g) >= sms) return g;
