@@ -2,7 +2,7 @@
 # One call on the GPU machine for the training step (issue 24): build, the main job's
 # reference-model rows, the backward of both ops, the sparse-gradient and optimiser
 # tests on CUDA, a profile of the training step. Short summary printed last.
-#   bash bench/device_step.sh    (ENV: TARGETS=1 (issue 27's T = 1024 op rows), SWEEP=1 (the CUDA many-targets kernel over k, G, selection), SKIP_BENCH=1, TEST_FILES=..., SKIP_TESTS=1, PROFILE=0, PROFILE_SERVING=1 (a request's kernels, T = 1 and 1024), BACKWARD=0, BACKWARD_AB=1, SERVING=1, FUXICTR=1 (carry .fx), BENCH_D="16 128", BENCH_MODELS="twin:128 dare:16", BENCH_ARGS=...)
+#   bash bench/device_step.sh    (ENV: TARGETS=1 (issue 27's T = 1024 op rows), SWEEP=1 (the CUDA many-targets kernel over k, G, selection), NCU_TARGETS=1 (ncu of it, G = 8, d = NCU_D or 32), SKIP_BENCH=1, TEST_FILES=..., SKIP_TESTS=1, PROFILE=0, PROFILE_SERVING=1 (a request's kernels, T = 1 and 1024), BACKWARD=0, BACKWARD_AB=1, SERVING=1, FUXICTR=1 (carry .fx), BENCH_D="16 128", BENCH_MODELS="twin:128 dare:16", BENCH_ARGS=...)
 set -uo pipefail
 source "$(dirname "$0")/device_setup.sh"
 if [ "${TARGETS:-0}" = 1 ]; then
@@ -18,6 +18,18 @@ fi
 if [ "${SWEEP:-0}" = 1 ]; then
   timeout ${SWEEP_TIMEOUT:-200} python3 bench/tools/targets_sweep.py ${SWEEP_ARGS:-} > "$OUT/targets_sweep.txt" 2>&1
   echo "sweep rc=$?" | tee -a "$OUT/summary.txt"; cat "$OUT/targets_sweep.txt"
+fi
+if [ "${NCU_TARGETS:-0}" = 1 ]; then
+  # ncu of the many-targets kernel at the serving shape (B = 1, T = 1024, L = 10k, bf16), G = 8, d = 32,
+  # k = 1 (scoring and the stream's filter) and k = 128: where its time goes.
+  for k in 1 128; do
+    DARE_CUDA_TARGETS=8 timeout 90 ncu --clock-control none -k regex:targets_kernel --launch-skip 3 --launch-count 1 \
+      --section SpeedOfLight --section WarpStateStats --section Occupancy --section LaunchStats \
+      --section MemoryWorkloadAnalysis --section InstructionStats --section SchedulerStats \
+      python3 bench/tools/profile_cuda.py --B 1 --T 1024 --d ${NCU_D:-32} --k $k > "$OUT/ncu-targets-k$k.txt" 2>&1
+    echo "ncu targets k=$k rc=$?" | tee -a "$OUT/summary.txt"
+    grep -E "Duration|Throughput|Registers Per|Achieved Occupancy|Theoretical Occupancy|Executed Ipc A|Warp Cycles Per Issued|Issue Slots Busy|Executed Instructions  |L2 Hit|One or More|No Eligible|Active Warps Per" "$OUT/ncu-targets-k$k.txt" | head -30
+  done
 fi
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   TQDM_DISABLE=1 timeout ${BENCH_TIMEOUT:-240} python3 -m dare_kernels.bench --no-ids $([ "${SERVING:-0}" = 1 ] || echo --no-serving) --backends bmm+topk cuda --d ${BENCH_D:-16 128} ${BENCH_MODELS:+--models $BENCH_MODELS} \
