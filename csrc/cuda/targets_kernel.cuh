@@ -181,6 +181,8 @@ __global__ void __launch_bounds__(kThreads, 2) targets_kernel(Params p) {
   uint64_t* list_a = lists + int64_t(ta) * p.cap;
   uint64_t* list_b = list_a + p.cap;
   Tile cur, nxt;
+  uint32_t high = 0;  // the longest list at the warps' last meeting
+  int since = 0;      // tiles since
   if (n > 0) load_tile(cur, 0);
   for (int j0 = 0; j0 < n; j0 += TILE) {
     if (j0 + TILE < n) load_tile(nxt, j0 + TILE);
@@ -243,11 +245,26 @@ __global__ void __launch_bounds__(kThreads, 2) targets_kernel(Params p) {
       for (int r = 0; r < 4; ++r)
         if (take[r]) ((r & 1) ? list_b : list_a)[slot[r]] = pack(sc[r], uint32_t(j + 8 * (r >> 1)));
     }
-    // Fold the lists the next tile could overflow: warp t folds target t's.
-    __syncthreads();
+    // Fold the lists the next tile could overflow: warp t folds target t's. The
+    // warps meet only when the counts at their last meeting (high) plus every
+    // tile since, and the next, could pass the lists' room: between meetings
+    // they run apart (their appends are atomics; a bound read stale only
+    // passes more keys).
     if (!p.cta_select) {
-      if (warp < ng && st[warp].count + TILE > uint32_t(p.cap))
-        warp_fold(p.k, lists + int64_t(warp) * p.cap, st[warp], hist[warp]);
+      if (high + uint32_t(++since + 1) * TILE > uint32_t(p.cap)) {
+        __syncthreads();
+        // The counts after the folds, the same in every thread: a list that folds
+        // keeps k (read before or after its fold, a count maps to the same).
+        high = 0;
+        for (int t = 0; t < ng; ++t) {
+          const uint32_t c_t = st[t].count, n_t = c_t + TILE > uint32_t(p.cap) ? uint32_t(p.k) : c_t;
+          high = n_t > high ? n_t : high;
+        }
+        if (warp < ng && st[warp].count + TILE > uint32_t(p.cap))
+          warp_fold(p.k, lists + int64_t(warp) * p.cap, st[warp], hist[warp]);
+        __syncthreads();  // no append before the folds end; after it the warps run apart
+        since = 0;
+      }
     } else {
       if (threadIdx.x == 0) {
         uint32_t m = 0;
@@ -259,12 +276,13 @@ __global__ void __launch_bounds__(kThreads, 2) targets_kernel(Params p) {
         const int t = __ffs(m) - 1;
         fold(p, lists + int64_t(t) * p.cap, cand, st[t], sh);
       }
+      __syncthreads();
     }
-    __syncthreads();
     cur = nxt;
   }
 
   if (!p.cta_select) {
+    __syncthreads();
     if (warp < ng) warp_finish(p, lists + int64_t(warp) * p.cap, st[warp], hist[warp], b * p.T + t0 + warp);
     return;
   }

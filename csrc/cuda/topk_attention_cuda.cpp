@@ -134,9 +134,11 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
   p.kpow2 = kpow2;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (const int group = targets_group(s, k, K, vectorised)) {
-    // List slots: the streaming kernel's 2 * kpow2 + 768 (at least the k kept keys plus a
-    // tile). H200, B = 1, T = 1024, d = 32, k = 128: kpow2 + 384 slots 0.167 ms, 1024 (this)
-    // 0.107, kpow2 + 1792 0.109. DARE_CUDA_TARGETS_EXTRA=E makes it kpow2 + E.
+    // List slots: kpow2 + 4 tiles (at least the streaming kernel's 2 * kpow2 + 768): the
+    // warps meet to fold only when a list could overflow, so room for several tiles lets
+    // them run apart between folds. (Meeting after every tile, with the CTA-wide
+    // selection: H200, B = 1, T = 1024, d = 32, k = 128: kpow2 + 384 slots 0.167 ms, 1024
+    // 0.107, kpow2 + 1792 0.109.) DARE_CUDA_TARGETS_EXTRA=E makes it kpow2 + E.
     static const int64_t extra = env_int("DARE_CUDA_TARGETS_EXTRA");
     // DARE_CUDA_TARGETS_SELECT=cta: the CTA-wide selection, target after target (the A/B of
     // the warp per target).
@@ -147,7 +149,8 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
     p.group = group;
     p.cta_select = cta_select;
     const int64_t tile = targets_tile(s.d * K.element_size());
-    p.cap = int(std::max<int64_t>(kpow2 + tile + 32, extra > 0 ? kpow2 + extra : 2 * kpow2 + 768));
+    p.cap = int(std::max<int64_t>(kpow2 + tile + 32, extra > 0 ? kpow2 + extra
+                                                                : std::max<int64_t>(2 * kpow2 + 768, kpow2 + 4 * tile)));
     const size_t smem = smem_bytes(p);
     switch (K.scalar_type()) {
       case at::kFloat: launch_targets<float>(p, s.B, smem, stream); break;
