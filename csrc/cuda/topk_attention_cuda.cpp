@@ -32,14 +32,15 @@ int64_t env_int(const char* name) {
 }
 
 // Targets per CTA of the many-targets kernel: the most (up to 8: one MMA
-// tile) that still gives every SM a CTA; 0 (the streaming kernel, which
-// splits rows) when even 2 would not, or when the query is not (B, T >=
+// tile) that still gives 3/4 of the SMs a CTA; 0 (the streaming kernel,
+// which splits rows) when even 2 would not, or when the query is not (B, T >=
 // kMinTargets, d) with 16-bit keys of d in {16, 32, 64, 128} or float keys of
-// d in {16, 32} (16-byte aligned key rows), or k > kMaxTargetsK. d = 16
-// streams: its keys are cheap to re-read from L2 (H200, B = 1, T = 1024, L =
-// 10000, k = 128, bf16: 0.088 ms streaming, 0.104 many-targets; d = 32: 0.122
-// vs 0.107; d = 128: 0.506 vs 0.171; H100, float32 as 3xTF32, 6e8fc88: d = 16
-// 0.091 streaming vs 0.111, d = 32 0.205 vs 0.153). DARE_CUDA_TARGETS=0 turns the path off
+// d in {16, 32} (16-byte aligned key rows), or k > kMaxTargetsK. d = 16 takes
+// it at 8 targets a CTA only: its keys are cheap to re-read from L2. H100, B =
+// 1, T = 1024, L = 10000, k = 128, c5a3ae4, us: bf16 d = 16 G = 8 69.2,
+// streaming 78.1; d = 32 G = 8 70.8, G = 4 81.5 (128 CTAs on 132 SMs beat
+// 256); d = 128 138.8 and 136.0; float32 (3xTF32) d = 16 G = 8 84.3, G = 4
+// 102.6, streaming 95.1; d = 32 133.5, 151.6, 211.5. DARE_CUDA_TARGETS=0 turns the path off
 // and DARE_CUDA_TARGETS=G forces G targets per CTA, d = 16 included (knobs for
 // tests and comparisons).
 int targets_group(const Shape& s, int64_t k, const at::Tensor& K, bool vectorised) {
@@ -53,10 +54,9 @@ int targets_group(const Shape& s, int64_t k, const at::Tensor& K, bool vectorise
                           : t == at::kFloat && (s.d == 16 || s.d == 32);
   if (forced == 0 || s.T < kMinTargets || k > kMaxTargetsK || !vectorised || !shape) return 0;
   if (forced > 0) return int(forced);
-  if (s.d == 16) return 0;
   const int64_t sms = sm_count(K.get_device());
   for (int g = 8; g >= 2; g /= 2)
-    if (s.B * ((s.T + g - 1) / g) >= sms) return g;
+    if (4 * s.B * ((s.T + g - 1) / g) >= 3 * sms) return s.d == 16 && g < 8 ? 0 : g;
   return 0;
 }
 
