@@ -208,13 +208,12 @@ def test_many_targets_share_one_sequence(backend, dtype, d, seed):
     # end part-full), for the op and for the ids op's many targets (keys gathered once),
     # and this file's long many-targets rows (their lists fold), d = 16 included.
     ({"DARE_CUDA_TARGETS": "3"}, ["test_topk_attention.py", "test_topk_attention_embedding.py", "test_gpu.py"]),
-    # The same with the CTA-wide selection, target after target (the A/B knob of the warp
-    # per target).
-    ({"DARE_CUDA_TARGETS": "3", "DARE_CUDA_TARGETS_SELECT": "cta"}, ["test_topk_attention.py", "test_gpu.py"]),
+    # The same with 16 warps a CTA (an A/B knob).
+    ({"DARE_CUDA_TARGETS": "3", "DARE_CUDA_TARGETS_WARPS": "16"}, ["test_topk_attention.py", "test_gpu.py"]),
     # The ids op's many targets without the gathered keys: the fused kernel per target
     # (what keys over kGatherMaxBytes take).
     ({"DARE_CUDA_IDS_GATHER": "0"}, ["test_topk_attention_embedding.py"]),
-], ids=["targets_forced", "targets_cta_select", "ids_fused_targets"])
+], ids=["targets_forced", "targets_16_warps", "ids_fused_targets"])
 def test_many_targets_paths_on_the_sample_matrix(env, files):
     """The matrix's T > 1 samples again on the CUDA paths the default choice skips
     at the matrix's sizes (see the parameters)."""

@@ -30,7 +30,7 @@ struct Params {
   int k, span, splits, kpow2, cap;  // cap: candidate-list slots
   float scale;
   int group = 1;  // targets per CTA (the many-targets kernel)
-  bool cta_select = false;  // the many-targets kernel selects with the whole CTA, target after target (A/B knob)
+  int warps = 8;   // warps a CTA of the many-targets kernel: 8 or 16
   const int64_t* offsets = nullptr;  // (B+1,) or nullptr: jagged rows, clamped to [0, N]
   const bool* mask = nullptr;        // (b, j) at b * mask_sb + j * mask_sl, or nullptr
   int64_t mask_sb = 0, mask_sl = 0;
@@ -55,12 +55,17 @@ void launch_topk(const Params& p, int64_t rows, size_t smem, bool vectorised, cu
 constexpr int kMaxTargetsK = 256;  // larger k takes launch_topk
 constexpr int kMinTargets = 8;     // fewer targets per row take launch_topk
 
-// Keys per tile of the many-targets kernel for keys of key_bytes: 8 warps x
-// blocks of 16 keys, 4 blocks a warp up to 64-byte keys, fewer past them.
-constexpr int targets_tile(int64_t key_bytes) { return 8 * 16 * (key_bytes <= 64 ? 4 : int(256 / key_bytes)); }
+// Keys per tile of the many-targets kernel with `warps` warps for keys of
+// key_bytes: 32 blocks of 16 keys up to 64-byte keys, 16 for 128-byte keys, 8
+// for 256-byte ones, and at least a block a warp.
+constexpr int targets_tile(int64_t key_bytes, int warps) {
+  const int blocks = key_bytes <= 64 ? 32 : int(2048 / key_bytes);
+  return 16 * (blocks > warps ? blocks : warps);
+}
 
-// Launches it over B * ceil(T / p.group) CTAs with `smem` (smem_bytes) bytes
-// of dynamic shared memory and checks the launch. T is __half, __nv_bfloat16 or float.
+// Launches it over B * ceil(T / p.group) CTAs of p.warps warps with `smem`
+// bytes of dynamic shared memory (p.group lists of p.cap keys) and checks the
+// launch. T is __half, __nv_bfloat16 or float.
 template <typename T>
 void launch_targets(const Params& p, int64_t B, size_t smem, cudaStream_t stream);
 

@@ -543,14 +543,15 @@ __device__ void warp_finish(const Params& p, uint64_t* buf, const Stream& st, ui
 inline dim3 span_grid(const Params& p, int64_t rows) { return dim3(unsigned(rows * p.splits)); }
 
 // Static shared memory of any of these kernels at most (the many-targets
-// kernel's warp bins and CTA selection: ~10.6 KB).
+// kernel's warp bins: ~8.3 KB).
 constexpr size_t kMaxStaticSmem = 16 * 1024;
 
 // Launches kernel(p) with `smem` bytes of dynamic shared memory, opting in
 // where static + dynamic could pass the default 48 KB (once per kernel and
 // size and device: the attribute stays set).
 template <typename Kernel, typename P>
-void launch_with_smem(Kernel kernel, dim3 grid, size_t smem, cudaStream_t stream, const P& p) {
+void launch_with_smem(Kernel kernel, dim3 grid, size_t smem, cudaStream_t stream, const P& p,
+                      int threads = kThreads) {
   if (smem + kMaxStaticSmem > 48 * 1024) {
     int device = 0;
     C10_CUDA_CHECK(cudaGetDevice(&device));
@@ -563,7 +564,7 @@ void launch_with_smem(Kernel kernel, dim3 grid, size_t smem, cudaStream_t stream
       have = smem;
     }
   }
-  kernel<<<grid, kThreads, smem, stream>>>(p);
+  kernel<<<grid, threads, smem, stream>>>(p);
 }
 
 }  // namespace

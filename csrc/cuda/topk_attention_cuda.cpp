@@ -140,18 +140,14 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
     // selection: H200, B = 1, T = 1024, d = 32, k = 128: kpow2 + 384 slots 0.167 ms, 1024
     // 0.107, kpow2 + 1792 0.109.) DARE_CUDA_TARGETS_EXTRA=E makes it kpow2 + E.
     static const int64_t extra = env_int("DARE_CUDA_TARGETS_EXTRA");
-    // DARE_CUDA_TARGETS_SELECT=cta: the CTA-wide selection, target after target (the A/B of
-    // the warp per target).
-    static const bool cta_select = [] {
-      const char* env = std::getenv("DARE_CUDA_TARGETS_SELECT");
-      return env && std::string(env) == "cta";
-    }();
+    // DARE_CUDA_TARGETS_WARPS=16: 16 warps a CTA, not 8 (an A/B knob).
+    static const int warps = env_int("DARE_CUDA_TARGETS_WARPS") == 16 ? 16 : 8;
     p.group = group;
-    p.cta_select = cta_select;
-    const int64_t tile = targets_tile(s.d * K.element_size());
+    p.warps = warps;
+    const int64_t tile = targets_tile(s.d * K.element_size(), warps);
     p.cap = int(std::max<int64_t>(kpow2 + tile + 32, extra > 0 ? kpow2 + extra
                                                                 : std::max<int64_t>(2 * kpow2 + 768, kpow2 + 4 * tile)));
-    const size_t smem = smem_bytes(p);
+    const size_t smem = size_t(p.group) * p.cap * sizeof(uint64_t);  // the lists alone: a warp selects in place
     switch (K.scalar_type()) {
       case at::kFloat: launch_targets<float>(p, s.B, smem, stream); break;
       case at::kHalf: launch_targets<__half>(p, s.B, smem, stream); break;
