@@ -202,6 +202,38 @@ def test_many_targets_share_one_sequence(backend, dtype, d, seed):
                              Sample(q, K, 128, lengths))
 
 
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_many_targets_query_at_an_odd_offset(backend, seed):
+    """A 16-bit query whose data starts at an odd element (a view one element
+    into its storage): the CUDA many-targets kernel reads the query as 32-bit
+    words, so the op copies it first."""
+    _need(backend)
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    B, T, L, d = 1, 1024, 3000, 32
+    q = torch.empty(1 + B * T * d, device="cuda", dtype=torch.bfloat16)[1:].view(B, T, d)
+    q.copy_(torch.randn(B, T, d, device="cuda", generator=g))
+    K = torch.randn(B, L, d, device="cuda", generator=g).bfloat16()
+    assert q.data_ptr() % 4 == 2
+    assert_matches_reference(dare_kernels.topk_attention(q, K, 64, backend=backend), Sample(q, K, 64))
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_many_targets_float32_extremes(backend, seed):
+    """float32 keys on the CUDA many-targets kernel (3xTF32) with dims at
+    FLT_MAX, which tf32 rounding would take to infinity: against a zero query
+    dim they add 0, against a tiny one a large finite score; and infinite keys."""
+    _need(backend)
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    B, T, L, d = 1, 1024, 3000, 16
+    q = torch.randn(B, T, d, device="cuda", generator=g)
+    K = torch.randn(B, L, d, device="cuda", generator=g)
+    K[0, ::7, 0] = torch.finfo(torch.float32).max
+    K[0, 5::11, 1] = float("inf")
+    q[0, ::2, 0] = 0.0
+    q[0, 1::2, 0] = 1e-30
+    assert_matches_reference(dare_kernels.topk_attention(q, K, 64, backend=backend), Sample(q, K, 64))
+
+
 @pytest.mark.parametrize("env, files", [
     # The CUDA many-targets kernel takes a batch only when its CTAs fill the GPU, which
     # the sample matrix's small batches do not: forced, three targets per CTA (groups

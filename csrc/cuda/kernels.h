@@ -17,6 +17,9 @@ namespace dare {
 constexpr int kThreads = 256;   // per CTA
 constexpr int kCtasPerSm = 4;   // the kernel's launch bounds: CTAs resident per SM
 constexpr int kMaxK = 1024;     // larger k takes the ATen path
+// Static shared memory of any of the kernels at most (the many-targets kernel's
+// warp bins: ~8.3 KB); the rest of a CTA's shared memory is dynamic.
+constexpr size_t kMaxStaticSmem = 16 * 1024;
 
 struct Params {
   const void* keys;        // (B, L, d) contiguous; jagged: (N, d), L = N

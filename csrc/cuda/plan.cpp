@@ -37,6 +37,14 @@ int sm_count(int device) {
   return n;
 }
 
+int smem_optin(int device) {
+  static int cached[64] = {0};
+  if (device < 64 && cached[device]) return cached[device];
+  int n = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  if (device < 64) cached[device] = n;
+  return n;
+}
 
 at::Tensor set_layout(Params& p, const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& offsets) {
   at::Tensor off;

@@ -13,6 +13,9 @@ namespace dare {
 
 int sm_count(int device);
 
+// The most shared memory a CTA may opt into on `device` (bytes).
+int smem_optin(int device);
+
 // Sets p.splits, p.span and p.cap for `rows` CTAs' worth of rows of `len` keys
 // (padded rows: p.L; jagged rows, whose lengths the host does not read: their
 // mean, N / B) of key_bytes each (p.k and p.kpow2 set), and returns the

@@ -542,10 +542,6 @@ __device__ void warp_finish(const Params& p, uint64_t* buf, const Stream& st, ui
 // The streaming kernels' grid: one CTA per (row, span), as begin_span reads it.
 inline dim3 span_grid(const Params& p, int64_t rows) { return dim3(unsigned(rows * p.splits)); }
 
-// Static shared memory of any of these kernels at most (the many-targets
-// kernel's warp bins: ~8.3 KB).
-constexpr size_t kMaxStaticSmem = 16 * 1024;
-
 // Launches kernel(p) with `smem` bytes of dynamic shared memory, opting in
 // where static + dynamic could pass the default 48 KB (once per kernel and
 // size and device: the attribute stays set).

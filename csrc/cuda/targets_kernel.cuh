@@ -63,9 +63,11 @@ __device__ __forceinline__ void mma_1688_tf32(float (&c)[4], uint32_t a0, uint32
 
 // A float32 x as hi + lo, each a tf32 (11 significant bits): x - hi - lo is
 // within 2^-24 |x|, float32's own rounding. A non-finite x gets lo = 0, so
-// that a product with an infinite factor stays in the hi * hi term alone.
+// that a product with an infinite factor stays in the hi * hi term alone; a
+// finite x that rounds to infinity (|x| near FLT_MAX) is truncated instead.
 __device__ __forceinline__ void split_tf32(uint32_t x, uint32_t& hi, uint32_t& lo) {
   asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(hi) : "f"(__uint_as_float(x)));
+  if (isinf(__uint_as_float(hi)) && isfinite(__uint_as_float(x))) hi = x & 0xFFFFE000u;
   const float r = __uint_as_float(x) - __uint_as_float(hi);
   uint32_t l;
   asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(l) : "f"(r));
@@ -256,7 +258,9 @@ __global__ void __launch_bounds__(W * 32, W == 8 ? 2 : 1) targets_kernel(Params 
       // keeps k (read before or after its fold, a count maps to the same).
       high = 0;
       for (int t = 0; t < ng; ++t) {
-        const uint32_t c_t = st[t].count, n_t = c_t + TILE > uint32_t(p.cap) ? uint32_t(p.k) : c_t;
+        // Warp t may be writing k into it: read once, either value gives the same n_t.
+        const uint32_t c_t = *reinterpret_cast<volatile const uint32_t*>(&st[t].count);
+        const uint32_t n_t = c_t + TILE > uint32_t(p.cap) ? uint32_t(p.k) : c_t;
         high = n_t > high ? n_t : high;
       }
       if (warp < ng && st[warp].count + TILE > uint32_t(p.cap))

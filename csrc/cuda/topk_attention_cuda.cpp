@@ -133,7 +133,7 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
                           (s.d * int64_t(K.element_size())) % vec_bytes == 0;
   p.kpow2 = kpow2;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  if (const int group = targets_group(s, k, K, vectorised)) {
+  if (int group = targets_group(s, k, K, vectorised)) {
     // List slots: kpow2 + 4 tiles (at least the streaming kernel's 2 * kpow2 + 768): the
     // warps meet to fold only when a list could overflow, so room for several tiles lets
     // them run apart between folds. (Meeting after every tile, with the CTA-wide
@@ -142,12 +142,24 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
     static const int64_t extra = env_int("DARE_CUDA_TARGETS_EXTRA");
     // DARE_CUDA_TARGETS_WARPS=16: 16 warps a CTA, not 8 (an A/B knob).
     static const int warps = env_int("DARE_CUDA_TARGETS_WARPS") == 16 ? 16 : 8;
-    p.group = group;
     p.warps = warps;
     const int64_t tile = targets_tile(s.d * K.element_size(), warps);
-    p.cap = int(std::max<int64_t>(kpow2 + tile + 32, extra > 0 ? kpow2 + extra
-                                                                : std::max<int64_t>(2 * kpow2 + 768, kpow2 + 4 * tile)));
+    const int64_t least = kpow2 + tile + 32;  // the k kept keys and a tile
+    const int64_t cap = std::max<int64_t>(least, extra > 0 ? kpow2 + extra
+                                                           : std::max<int64_t>(2 * kpow2 + 768, kpow2 + 4 * tile));
+    // The lists are the CTA's dynamic shared memory: within what the GPU lets a CTA opt
+    // into (H100 227 KB; sm_86 / sm_89 99 KB), fewer slots, then fewer targets a CTA.
+    const int64_t room = int64_t(smem_optin(K.get_device())) - int64_t(kMaxStaticSmem);
+    while (group > 1 && group * least * int64_t(sizeof(uint64_t)) > room) group /= 2;
+    p.group = group;
+    p.cap = int(std::max<int64_t>(least, std::min<int64_t>(cap, room / (group * int64_t(sizeof(uint64_t))))));
     const size_t smem = size_t(p.group) * p.cap * sizeof(uint64_t);  // the lists alone: a warp selects in place
+    // The kernel reads the query as 32-bit words: a 16-bit query at an odd element offset is copied.
+    at::Tensor Qa = Q;
+    if (reinterpret_cast<uintptr_t>(Q.const_data_ptr()) % 4 != 0) {
+      Qa = Q.clone();
+      p.query = Qa.const_data_ptr();
+    }
     switch (K.scalar_type()) {
       case at::kFloat: launch_targets<float>(p, s.B, smem, stream); break;
       case at::kHalf: launch_targets<__half>(p, s.B, smem, stream); break;
