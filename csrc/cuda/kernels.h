@@ -39,7 +39,7 @@ struct Params {
   int64_t mask_sb = 0, mask_sl = 0;
 };
 
-// Bytes of a CTA's dynamic shared memory, every kernel's: p.group candidate
+// Bytes of a CTA's dynamic shared memory, the streaming kernels': p.group candidate
 // lists of p.cap keys, then p.kpow2 keys of selection scratch.
 inline size_t smem_bytes(const Params& p) { return (size_t(p.group) * p.cap + p.kpow2) * sizeof(uint64_t); }
 

@@ -28,23 +28,24 @@ int64_t min_span(int64_t key_bytes) {
 
 }  // namespace
 
-int sm_count(int device) {
+namespace {
+
+// A device attribute, read once per device (the first 64 devices).
+template <cudaDeviceAttr kAttr>
+int device_attribute(int device) {
   static int cached[64] = {0};
   if (device < 64 && cached[device]) return cached[device];
   int n = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, kAttr, device));
   if (device < 64) cached[device] = n;
   return n;
 }
 
-int smem_optin(int device) {
-  static int cached[64] = {0};
-  if (device < 64 && cached[device]) return cached[device];
-  int n = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  if (device < 64) cached[device] = n;
-  return n;
-}
+}  // namespace
+
+int sm_count(int device) { return device_attribute<cudaDevAttrMultiProcessorCount>(device); }
+
+int smem_optin(int device) { return device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(device); }
 
 at::Tensor set_layout(Params& p, const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& offsets) {
   at::Tensor off;

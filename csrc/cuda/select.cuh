@@ -376,13 +376,19 @@ __device__ __forceinline__ uint32_t lanes_below() {
 // a fold is one warp's latency-bound walk while the CTA waits at its barrier.
 constexpr int kWarpBatch = 4;
 
+// This lane's keys of the batch at i0: buf[i0 + 32u + lane] (0 past n).
+__device__ __forceinline__ void warp_batch(const uint64_t* buf, int i0, int n, uint64_t (&x)[kWarpBatch]) {
+  const int i = i0 + int(lane_id());
+#pragma unroll
+  for (int u = 0; u < kWarpBatch; ++u) x[u] = i + 32 * u < n ? buf[i + 32 * u] : 0;
+}
+
 __device__ uint64_t warp_select_threshold(const uint64_t* buf, int n, int want, uint32_t* hist) {
   const int lane = int(lane_id());
   uint64_t lo = ~uint64_t(0), hi = 0;
-  for (int i0 = lane; i0 < n; i0 += 32 * kWarpBatch) {
+  for (int i0 = 0; i0 < n; i0 += 32 * kWarpBatch) {
     uint64_t x[kWarpBatch];
-#pragma unroll
-    for (int u = 0; u < kWarpBatch; ++u) x[u] = i0 + 32 * u < n ? buf[i0 + 32 * u] : 0;
+    warp_batch(buf, i0, n, x);
 #pragma unroll
     for (int u = 0; u < kWarpBatch; ++u) {
       if (x[u] != 0) {
@@ -410,10 +416,9 @@ __device__ uint64_t warp_select_threshold(const uint64_t* buf, int n, int want, 
     bins[0] = make_uint4(0, 0, 0, 0);
     bins[1] = make_uint4(0, 0, 0, 0);
     __syncwarp();
-    for (int i0 = lane; i0 < n; i0 += 32 * kWarpBatch) {
+    for (int i0 = 0; i0 < n; i0 += 32 * kWarpBatch) {
       uint64_t x[kWarpBatch];
-#pragma unroll
-      for (int u = 0; u < kWarpBatch; ++u) x[u] = i0 + 32 * u < n ? buf[i0 + 32 * u] : 0;
+      warp_batch(buf, i0, n, x);
 #pragma unroll
       for (int u = 0; u < kWarpBatch; ++u)
         if (x[u] != 0 && (x[u] & fixed) == prefix) atomicAdd(&hist[uint32_t(x[u] >> shift) & 0xFFu], 1u);
@@ -459,16 +464,11 @@ __device__ uint64_t warp_select_threshold(const uint64_t* buf, int n, int want, 
 // returns how many. In place: a key moves to a slot at or before its own,
 // and a batch is read before any of it is written.
 __device__ __forceinline__ int warp_compact(uint64_t* buf, int n, uint64_t cut) {
-  const int lane = int(lane_id());
   const uint32_t below = lanes_below();
   int count = 0;
   for (int i0 = 0; i0 < n; i0 += 32 * kWarpBatch) {
     uint64_t x[kWarpBatch];
-#pragma unroll
-    for (int u = 0; u < kWarpBatch; ++u) {
-      const int i = i0 + 32 * u + lane;
-      x[u] = i < n ? buf[i] : 0;
-    }
+    warp_batch(buf, i0, n, x);
     __syncwarp();  // the batch is read before any of it is written
 #pragma unroll
     for (int u = 0; u < kWarpBatch; ++u) {

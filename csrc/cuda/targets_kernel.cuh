@@ -254,17 +254,17 @@ __global__ void __launch_bounds__(W * 32, W == 8 ? 2 : 1) targets_kernel(Params 
     // passes more keys).
     if (high + uint32_t(++since + 1) * TILE > uint32_t(p.cap)) {
       __syncthreads();
+      const auto folds = [&](uint32_t count) { return count + TILE > uint32_t(p.cap); };  // the next tile could overflow it
       // The counts after the folds, the same in every thread: a list that folds
       // keeps k (read before or after its fold, a count maps to the same).
       high = 0;
       for (int t = 0; t < ng; ++t) {
         // Warp t may be writing k into it: read once, either value gives the same n_t.
         const uint32_t c_t = *reinterpret_cast<volatile const uint32_t*>(&st[t].count);
-        const uint32_t n_t = c_t + TILE > uint32_t(p.cap) ? uint32_t(p.k) : c_t;
+        const uint32_t n_t = folds(c_t) ? uint32_t(p.k) : c_t;
         high = n_t > high ? n_t : high;
       }
-      if (warp < ng && st[warp].count + TILE > uint32_t(p.cap))
-        warp_fold(p.k, lists + int64_t(warp) * p.cap, st[warp], hist[warp]);
+      if (warp < ng && folds(st[warp].count)) warp_fold(p.k, lists + int64_t(warp) * p.cap, st[warp], hist[warp]);
       __syncthreads();  // no append before the folds end; after it the warps run apart
       since = 0;
     }
