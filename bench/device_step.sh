@@ -2,7 +2,7 @@
 # One call on the GPU machine for the training step (issue 24): build, the main job's
 # reference-model rows, the backward of both ops, the sparse-gradient and optimiser
 # tests on CUDA, a profile of the training step. Short summary printed last.
-#   bash bench/device_step.sh    (ENV: TARGETS=1 (issue 27's T = 1024 op rows), SWEEP=1 (the CUDA many-targets kernel over k, G, selection), NCU_TARGETS=1 (ncu of it, G = 8, d = NCU_D or 32), SKIP_BENCH=1, TEST_FILES=..., SKIP_TESTS=1, PROFILE=0, PROFILE_SERVING=1 (a request's kernels, T = 1 and 1024), BACKWARD=0, BACKWARD_AB=1, SERVING=1, FUXICTR=1 (carry .fx), BENCH_D="16 128", BENCH_MODELS="twin:128 dare:16", BENCH_ARGS=...)
+#   bash bench/device_step.sh    (ENV: TARGETS=1 (issue 27's T = 1024 op rows), SWEEP=1 (the CUDA many-targets kernel over k, G, selection), NCU_TARGETS=1 (ncu of it, G = 8, d = NCU_D or 32), SKIP_BENCH=1, TEST_FILES=..., SKIP_TESTS=1, TEST_GROUPS='k1;k2' (side by side), PROFILE=0, PROFILE_SERVING=1 (a request's kernels, T = 1 and 1024), BACKWARD=0, BACKWARD_AB=1, SERVING=1, FUXICTR=1 (carry .fx), BENCH_D="16 128", BENCH_MODELS="twin:128 dare:16", BENCH_ARGS=...)
 set -uo pipefail
 source "$(dirname "$0")/device_setup.sh"
 if [ "${TARGETS:-0}" = 1 ]; then
@@ -45,7 +45,18 @@ if [ "${BACKWARD:-1}" = 1 ]; then
     grep "backward:" "$OUT/backward-python.txt" | sed 's/^/python autograd: /' || tail -20 "$OUT/backward-python.txt"
   fi
 fi
-if [ -z "${SKIP_TESTS:-}" ]; then
+if [ -n "${TEST_GROUPS:-}" ]; then
+  # Test selections run side by side (the GPU's tests are mostly host-bound): TEST_GROUPS is
+  # ';'-separated -k expressions over TEST_FILES, one pytest process each.
+  IFS=';' read -ra groups <<< "$TEST_GROUPS"
+  for i in "${!groups[@]}"; do
+    ( timeout ${TEST_TIMEOUT:-240} python3 -m pytest ${TEST_FILES:-python_tests/test_gpu.py} -q -rf -p no:cacheprovider \
+        --maxfail=5 --durations=3 -k "${groups[$i]}" > "$OUT/tests-$i.log" 2>&1
+      echo "tests [${groups[$i]}] rc=$?: $(tail -1 "$OUT/tests-$i.log")" >> "$OUT/summary.txt" ) &
+  done
+  wait
+  grep -hE "^(FAILED|ERROR)|^E  " "$OUT"/tests-*.log | head -20
+elif [ -z "${SKIP_TESTS:-}" ]; then
   timeout ${TEST_TIMEOUT:-240} python3 -m pytest ${TEST_FILES:-python_tests/test_topk_attention_embedding.py python_tests/test_optim.py \
     python_tests/test_topk_attention.py python_tests/test_gpu.py python_tests/test_models.py} -q -rf -p no:cacheprovider \
     --maxfail=5 --durations=5 -k "${TEST_K:-((sparse or backward or gradients or capture) and (cuda or capture)) or graph_replay or (fused_bag and cuda)}" \

@@ -241,12 +241,17 @@ def test_many_targets_float32_extremes(backend, seed):
     # and this file's long many-targets rows (their lists fold; k = 256: the default runs
     # take k = 100 through the same code), d = 16 included.
     ({"DARE_CUDA_TARGETS": "3"}, ["test_topk_attention.py", "test_topk_attention_embedding.py", "test_gpu.py"]),
-    # The same with 16 warps a CTA (an A/B knob).
+    # The same with 16 warps a CTA, and with a list segment a warp (A/B knobs).
     ({"DARE_CUDA_TARGETS": "3", "DARE_CUDA_TARGETS_WARPS": "16"}, ["test_topk_attention.py", "test_gpu.py"]),
+    ({"DARE_CUDA_TARGETS": "3", "DARE_CUDA_TARGETS_APPEND": "segments"}, ["test_topk_attention.py", "test_gpu.py"]),
+    # Lists of kpow2 + a tile: the warps' segments hold one tile, a meeting after every tile.
+    ({"DARE_CUDA_TARGETS": "3", "DARE_CUDA_TARGETS_APPEND": "segments", "DARE_CUDA_TARGETS_EXTRA": "1"},
+     ["test_topk_attention.py", "test_gpu.py"]),
     # The ids op's many targets without the gathered keys: the fused kernel per target
     # (what keys over kGatherMaxBytes take).
     ({"DARE_CUDA_IDS_GATHER": "0"}, ["test_topk_attention_embedding.py"]),
-], ids=["targets_forced", "targets_16_warps", "ids_fused_targets"])
+], ids=["targets_forced", "targets_16_warps", "targets_warp_segments", "targets_one_tile_segments",
+       "ids_fused_targets"])
 def test_many_targets_paths_on_the_sample_matrix(env, files):
     """The matrix's T > 1 samples again on the CUDA paths the default choice skips
     at the matrix's sizes (see the parameters)."""

@@ -2,10 +2,12 @@
 queries (the serving shape), the op's GPU time over k (k = 1: scoring and the
 stream's filter alone; larger k: the folds and the final sort on top) and over
 targets per CTA G (DARE_CUDA_TARGETS, read once per process: one subprocess
-per G; 0 = the streaming kernel) and over its warps a CTA (8 or 16:
-DARE_CUDA_TARGETS_WARPS), beside einsum (+ topk).
+per G; 0 = the streaming kernel), over its warps a CTA (8 or 16:
+DARE_CUDA_TARGETS_WARPS) and over how the warps append to the lists (one shared
+list a target or a segment a warp: DARE_CUDA_TARGETS_APPEND), beside einsum
+(+ topk).
 
-    python3 bench/tools/targets_sweep.py [--d 16 32 128] [--G default 0 4 8] [--k 1 32 128] [--warps 8 16] [--dtype float32]
+    python3 bench/tools/targets_sweep.py [--d 16 32 128] [--G default 0 4 8] [--k 1 32 128] [--warps 8 16] [--append shared segments] [--dtype float32]
 """
 import argparse
 import os
@@ -31,7 +33,7 @@ def child(a):
         cells = [f"{gpu_us(lambda: dare_kernels.topk_attention(q, K, k, backend='cuda')):.1f}" for k in a.k]
         einsum = gpu_us(lambda: torch.einsum("btd,bld->btl", q, K).float())
         topk = gpu_us(lambda: torch.topk(torch.einsum("btd,bld->btl", q, K).float(), max(a.k), dim=-1))
-        print(f"| {a.G} | {a.warps[0]} | {d} | " + " | ".join(cells) + f" | {einsum:.1f} | {topk:.1f} |", flush=True)
+        print(f"| {a.G} | {a.warps[0]} | {a.append[0]} | {d} | " + " | ".join(cells) + f" | {einsum:.1f} | {topk:.1f} |", flush=True)
 
 
 def main():
@@ -45,6 +47,8 @@ def main():
                    help="DARE_CUDA_TARGETS values ('default': unset, the host's choice)")
     p.add_argument("--warps", nargs="+", default=["8"], choices=["8", "16"],
                    help="the many-targets kernel's warps a CTA (DARE_CUDA_TARGETS_WARPS)")
+    p.add_argument("--append", nargs="+", default=["shared"], choices=["shared", "segments"],
+                   help="how the many-targets kernel's warps append to the lists (DARE_CUDA_TARGETS_APPEND)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -52,18 +56,23 @@ def main():
         a.G = a.G[0]
         return child(a)
     print(f"GPU us, B = {a.B}, T = {a.T}, L = {a.L}, {a.dtype} keys; einsum+topk takes the top {max(a.k)}")
-    print("| G | warps | d | " + " | ".join(f"k = {k}" for k in a.k) + " | einsum | einsum+topk |")
-    print("|---|---|---|" + "---|" * (len(a.k) + 2), flush=True)
+    print("| G | warps | append | d | " + " | ".join(f"k = {k}" for k in a.k) + " | einsum | einsum+topk |")
+    print("|---|---|---|---|" + "---|" * (len(a.k) + 2), flush=True)
     for g in a.G:
         for w in a.warps:
-            env = dict(os.environ)
-            env.pop("DARE_CUDA_TARGETS", None)
-            if g != "default":
-                env["DARE_CUDA_TARGETS"] = g
-            env["DARE_CUDA_TARGETS_WARPS"] = w
-            args = [sys.executable, __file__, "--child", "--G", g, "--warps", w, "--B", str(a.B), "--T", str(a.T),
-                    "--L", str(a.L), "--dtype", a.dtype, "--d", *map(str, a.d), "--k", *map(str, a.k)]
-            subprocess.run(args, env=env, check=True)
+            for ap in a.append:
+                if w == "16" and ap == "shared":
+                    continue  # 16 warps always take the segments
+                env = dict(os.environ)
+                env.pop("DARE_CUDA_TARGETS", None)
+                if g != "default":
+                    env["DARE_CUDA_TARGETS"] = g
+                env["DARE_CUDA_TARGETS_WARPS"] = w
+                env["DARE_CUDA_TARGETS_APPEND"] = ap
+                args = [sys.executable, __file__, "--child", "--G", g, "--warps", w, "--append", ap, "--B", str(a.B),
+                        "--T", str(a.T), "--L", str(a.L), "--dtype", a.dtype, "--d", *map(str, a.d),
+                        "--k", *map(str, a.k)]
+                subprocess.run(args, env=env, check=True)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ constexpr int kThreads = 256;   // per CTA
 constexpr int kCtasPerSm = 4;   // the kernel's launch bounds: CTAs resident per SM
 constexpr int kMaxK = 1024;     // larger k takes the ATen path
 // Static shared memory of any of the kernels at most (the many-targets kernel's
-// warp bins: ~8.3 KB); the rest of a CTA's shared memory is dynamic.
+// warp bins and segment counts: ~8.9 KB); the rest of a CTA's shared memory is dynamic.
 constexpr size_t kMaxStaticSmem = 16 * 1024;
 
 struct Params {
@@ -34,6 +34,7 @@ struct Params {
   float scale;
   int group = 1;  // targets per CTA (the many-targets kernel)
   int warps = 8;   // warps a CTA of the many-targets kernel: 8 or 16
+  bool segments = false;  // the many-targets kernel's lists: a segment a warp, not one shared count a list
   const int64_t* offsets = nullptr;  // (B+1,) or nullptr: jagged rows, clamped to [0, N]
   const bool* mask = nullptr;        // (b, j) at b * mask_sb + j * mask_sl, or nullptr
   int64_t mask_sb = 0, mask_sl = 0;

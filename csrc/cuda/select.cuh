@@ -482,6 +482,39 @@ __device__ __forceinline__ int warp_compact(uint64_t* buf, int n, uint64_t cut) 
   return count;
 }
 
+// An appended (score, position) as stored, unpacked: the packing (pack) is
+// left to warp_gather, off the appending path.
+__device__ __forceinline__ uint64_t raw_key(float score, uint32_t pos) {
+  return (uint64_t(__float_as_uint(score)) << 32) | pos;
+}
+
+// Gathers a list's segments behind its st.count kept keys, packing them, by
+// one warp, and sets st.count: segment w is the count[w] <= seg raw keys at
+// buf + kept + w * seg (kept >= st.count). In place: a key moves to a slot at or
+// before its own (the keys before segment w number at most kept + w * seg),
+// and a batch is read before any of it is written.
+__device__ __forceinline__ void warp_gather(uint64_t* buf, int kept, int seg, const uint32_t* count, int segments,
+                                            Stream& st) {
+  int n = int(st.count);
+  for (int w = 0; w < segments; ++w) {
+    const int c = int(count[w]);
+    const uint64_t* src = buf + kept + w * seg;
+    for (int i0 = 0; i0 < c; i0 += 32 * kWarpBatch) {
+      uint64_t x[kWarpBatch];
+      warp_batch(src, i0, c, x);
+      __syncwarp();  // the batch is read before any of it is written
+      const int i = i0 + int(lane_id());
+#pragma unroll
+      for (int u = 0; u < kWarpBatch; ++u)
+        if (i + 32 * u < c) buf[n + i + 32 * u] = pack(__uint_as_float(uint32_t(x[u] >> 32)), uint32_t(x[u]));
+    }
+    n += c;
+  }
+  __syncwarp();
+  if (lane_id() == 0) st.count = uint32_t(n);
+  __syncwarp();
+}
+
 // Cuts st's list buf (st.count > k keys) to its k best and raises st.bound to
 // the cut, by one warp.
 __device__ __forceinline__ void warp_fold(int k, uint64_t* buf, Stream& st, uint32_t* hist) {

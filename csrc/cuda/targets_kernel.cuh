@@ -14,13 +14,24 @@
 //
 // Selection filters as the streaming kernel's (topk_kernel.cuh), a list per
 // target: a score joins its target's candidate list when it reaches the
-// target's bound (a float compare). When a list could overflow, the warps meet
-// and warp t folds target t's list, and at the end warp t writes target t's
-// sorted top k (select.cuh's warp selection: the G targets in parallel, no CTA
-// barrier inside; H100, T = 1024, G = 8, d = 32: 70.8 us against 111.1 with
-// the CTA selecting target after target). Rows are not split: G is chosen so
-// that the CTAs fill the GPU (fewer targets per CTA, more CTAs), else the
-// streaming kernel runs.
+// target's bound (a float compare). SHARED_LISTS (8 warps, the default): every
+// warp appends to a target's one list through a shared atomic count, and the
+// warps meet (warp t folds target t's list) only when a list could overflow.
+// Else (DARE_CUDA_TARGETS_APPEND=segments, and 16 warps; not yet measured on a
+// GPU) a list is its k kept keys, then a segment per warp: a warp appends to
+// its own segments, its counts in registers (the lanes sharing a target
+// compute the same count from the ballots), the raw (score, position) stored
+// unpacked, so an append is a popc and a store, no shared atomic, shuffle,
+// packing or branch per key (sm_90 SASS, bf16 d = 32: ~70 instructions a
+// block of 16 keys x 8 targets with a passing score, against ~140); after 1,
+// 2, 4, .. tiles, then every M (the segments' room for a warp's keys of M
+// tiles), the warps meet: warp t gathers target t's segments behind its kept
+// keys, packing them, and folds the list to k. At the end warp t writes
+// target t's sorted top k (select.cuh's warp selection: the G targets in
+// parallel, no CTA barrier inside; H100, T = 1024, G = 8, d = 32: 70.8 us
+// against 111.1 with the CTA selecting target after target). Rows are not
+// split: G is chosen so that the CTAs fill the GPU (fewer targets per CTA,
+// more CTAs), else the streaming kernel runs.
 #pragma once
 
 #include <cstdint>
@@ -74,6 +85,16 @@ __device__ __forceinline__ void split_tf32(uint32_t x, uint32_t& hi, uint32_t& l
   lo = isfinite(r) ? l : 0u;
 }
 
+// x, hidden from the optimiser (computed here, not re-derived where it is used).
+__device__ __forceinline__ uint32_t opaque(uint32_t x) {
+  asm volatile("mov.b32 %0, %0;" : "+r"(x));
+  return x;
+}
+
+__device__ __forceinline__ void st_shared_u64(uint32_t addr, uint64_t v) {
+  asm volatile("st.shared.u64 [%0], %1;" ::"r"(addr), "l"(v) : "memory");
+}
+
 // Byte offset within a key of word m (4 bytes) of lane group c's share of a
 // KB-byte key: a 32-byte key as 8-byte loads (chunk c), a longer one as
 // 16-byte loads (chunk 4i + c: each load instruction is coalesced).
@@ -112,7 +133,7 @@ __device__ __forceinline__ void load_key(const void* key, bool ok, int c, uint32
 //
 // W warps a CTA (8, or 16: twice the warps to hide the scoring's latency, the
 // same registers a thread).
-template <typename T, int D, bool MASKED, int W>
+template <typename T, int D, bool MASKED, int W, bool SHARED_LISTS>
 __global__ void __launch_bounds__(W * 32, W == 8 ? 2 : 1) targets_kernel(Params p) {
   constexpr bool F32 = std::is_same_v<T, float>;
   constexpr int KB = D * int(sizeof(T));  // bytes per key
@@ -121,6 +142,7 @@ __global__ void __launch_bounds__(W * 32, W == 8 ? 2 : 1) targets_kernel(Params 
   uint64_t* lists = reinterpret_cast<uint64_t*>(smem_raw);  // p.group x p.cap
   __shared__ Stream st[8];
   __shared__ __align__(16) uint32_t hist[8][256];  // warp w's bins: it selects target w
+  __shared__ uint32_t seg_count[8][W];              // target t's keys in warp w's segment, at a meeting
 
   const int warp = threadIdx.x / 32, lane = int(lane_id()), g = lane >> 2, c = lane & 3;
   const int64_t groups = (p.T + p.group - 1) / p.group;
@@ -180,11 +202,43 @@ __global__ void __launch_bounds__(W * 32, W == 8 ? 2 : 1) targets_kernel(Params 
   const bool has_a = ta < ng, has_b = tb < ng;
   const uint32_t group = 0x11111111u << c;  // the lanes that share them
   const uint32_t below = lanes_below();
-  uint64_t* list_a = lists + int64_t(ta) * p.cap;
+  // Segments: a warp appends at most U * 16 keys a target per tile, so segments
+  // of M tiles' worth (S slots) behind the kpow2 kept slots fill p.cap.
+  const int M = (p.cap - p.kpow2) / TILE;  // >= 1: the host gives a list kpow2 + a tile at least
+  const int S = M * U * 16;
+  uint64_t* list_a = lists + int64_t(ta) * p.cap + (SHARED_LISTS ? 0 : p.kpow2 + warp * S);
   uint64_t* list_b = list_a + p.cap;
+  uint32_t cnt_a = 0, cnt_b = 0;  // this warp's segment counts of targets ta, tb
+  // Their shared-memory addresses, computed once (opaque: else the compiler
+  // rebuilds them at each store), and a slot the lanes without a key store to.
+  __shared__ uint64_t trash_slot;
+  const uint32_t seg_a = opaque(uint32_t(__cvta_generic_to_shared(list_a))), seg_b = seg_a + 8 * p.cap;
+  const uint32_t trash = opaque(uint32_t(__cvta_generic_to_shared(&trash_slot)));
+  // The warps' meeting: warp t gathers (unless SHARED_LISTS) and folds target t's list.
+  const auto meet = [&](bool last) {
+    if constexpr (!SHARED_LISTS) {
+      if (lane < 4) {
+        seg_count[ta][warp] = cnt_a;
+        seg_count[tb][warp] = cnt_b;
+      }
+      cnt_a = cnt_b = 0;
+    }
+    __syncthreads();
+    if (warp < ng) {
+      uint64_t* list = lists + int64_t(warp) * p.cap;
+      if constexpr (!SHARED_LISTS) warp_gather(list, p.kpow2, S, seg_count[warp], W, st[warp]);
+      if (last) warp_finish(p, list, st[warp], hist[warp], b * p.T + t0 + warp);
+      else if (st[warp].count > uint32_t(p.k)) warp_fold(p.k, list, st[warp], hist[warp]);
+    }
+    if (!last) __syncthreads();  // no append before the folds end; after it the warps run apart
+  };
   Tile cur, nxt;
-  uint32_t high = 0;  // the longest list at the warps' last meeting
+  uint32_t high = 0;  // SHARED_LISTS: the longest list at the warps' last meeting
   int since = 0;      // tiles since
+  // Tiles between meetings: 1, 2, 4, .. up to M. The first folds come early (a
+  // list's bound stays NaN, every score passing, until its first fold) and cut
+  // short lists.
+  int every = 1;
   if (n > 0) load_tile(cur, 0);
   for (int j0 = 0; j0 < n; j0 += TILE) {
     if (j0 + TILE < n) load_tile(nxt, j0 + TILE);
@@ -229,50 +283,66 @@ __global__ void __launch_bounds__(W * 32, W == 8 ? 2 : 1) targets_kernel(Params 
         m[r] = __ballot_sync(0xFFFFFFFFu, take[r]);  // NaN passes
       }
       if ((m[0] | m[1] | m[2] | m[3]) == 0) continue;
-      // One reservation per target for the whole block, by lane c (its group's first lane):
-      // rounds 0 and 2 fill target ta's slots, rounds 1 and 3 target tb's.
+      // Rounds 0 and 2 fill target ta's slots, rounds 1 and 3 target tb's.
       const uint32_t na0 = __popc(m[0] & group), nb0 = __popc(m[1] & group);
       const uint32_t na = na0 + __popc(m[2] & group), nb = nb0 + __popc(m[3] & group);
-      uint32_t base_a = 0, base_b = 0;
-      if (lane < 4) {
-        if (na) base_a = atomicAdd(&st[ta].count, na);
-        if (nb) base_b = atomicAdd(&st[tb].count, nb);
-      }
-      base_a = __shfl_sync(0xFFFFFFFFu, base_a, c);
-      base_b = __shfl_sync(0xFFFFFFFFu, base_b, c);
-      const uint32_t slot[4] = {base_a + __popc(m[0] & group & below), base_b + __popc(m[1] & group & below),
-                                base_a + na0 + __popc(m[2] & group & below),
-                                base_b + nb0 + __popc(m[3] & group & below)};
+      if constexpr (SHARED_LISTS) {
+        // One reservation per target for the whole block, by lane c (its group's first lane).
+        uint32_t base_a = 0, base_b = 0;
+        if (lane < 4) {
+          if (na) base_a = atomicAdd(&st[ta].count, na);
+          if (nb) base_b = atomicAdd(&st[tb].count, nb);
+        }
+        base_a = __shfl_sync(0xFFFFFFFFu, base_a, c);
+        base_b = __shfl_sync(0xFFFFFFFFu, base_b, c);
+        const uint32_t slot[4] = {base_a + __popc(m[0] & group & below), base_b + __popc(m[1] & group & below),
+                                  base_a + na0 + __popc(m[2] & group & below),
+                                  base_b + nb0 + __popc(m[3] & group & below)};
 #pragma unroll
-      for (int r = 0; r < 4; ++r)
-        if (take[r]) ((r & 1) ? list_b : list_a)[slot[r]] = pack(sc[r], uint32_t(j + 8 * (r >> 1)));
-    }
-    // Fold the lists the next tile could overflow: warp t folds target t's. The
-    // warps meet only when the counts at their last meeting (high) plus every
-    // tile since, and the next, could pass the lists' room: between meetings
-    // they run apart (their appends are atomics; a bound read stale only
-    // passes more keys).
-    if (high + uint32_t(++since + 1) * TILE > uint32_t(p.cap)) {
-      __syncthreads();
-      const auto folds = [&](uint32_t count) { return count + TILE > uint32_t(p.cap); };  // the next tile could overflow it
-      // The counts after the folds, the same in every thread: a list that folds
-      // keeps k (read before or after its fold, a count maps to the same).
-      high = 0;
-      for (int t = 0; t < ng; ++t) {
-        // Warp t may be writing k into it: read once, either value gives the same n_t.
-        const uint32_t c_t = *reinterpret_cast<volatile const uint32_t*>(&st[t].count);
-        const uint32_t n_t = folds(c_t) ? uint32_t(p.k) : c_t;
-        high = n_t > high ? n_t : high;
+        for (int r = 0; r < 4; ++r)
+          if (take[r]) ((r & 1) ? list_b : list_a)[slot[r]] = pack(sc[r], uint32_t(j + 8 * (r >> 1)));
+      } else {
+        const uint32_t slot[4] = {cnt_a + __popc(m[0] & group & below), cnt_b + __popc(m[1] & group & below),
+                                  cnt_a + na0 + __popc(m[2] & group & below),
+                                  cnt_b + nb0 + __popc(m[3] & group & below)};
+        cnt_a += na;
+        cnt_b += nb;
+        // Every lane stores, a lane without a key to the trash slot: no branches.
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+          st_shared_u64(take[r] ? ((r & 1) ? seg_b : seg_a) + 8 * slot[r] : trash,
+                        raw_key(sc[r], uint32_t(j + 8 * (r >> 1))));
       }
-      if (warp < ng && folds(st[warp].count)) warp_fold(p.k, lists + int64_t(warp) * p.cap, st[warp], hist[warp]);
-      __syncthreads();  // no append before the folds end; after it the warps run apart
+    }
+    if constexpr (SHARED_LISTS) {
+      // Fold the lists the next tile could overflow. The warps meet only when the
+      // counts at their last meeting (high) plus every tile since, and the next,
+      // could pass the lists' room: between meetings they run apart (their appends
+      // are atomics; a bound read stale only passes more keys).
+      if (high + uint32_t(++since + 1) * TILE > uint32_t(p.cap)) {
+        __syncthreads();
+        // The counts after the folds, the same in every thread: a list that folds
+        // keeps k (read before or after its fold, a count maps to the same).
+        high = 0;
+        for (int t = 0; t < ng; ++t) {
+          // Warp t may be writing k into it: read once, either value gives the same n_t.
+          const uint32_t c_t = *reinterpret_cast<volatile const uint32_t*>(&st[t].count);
+          const uint32_t n_t = c_t + TILE > uint32_t(p.cap) ? uint32_t(p.k) : c_t;
+          high = n_t > high ? n_t : high;
+        }
+        if (warp < ng && st[warp].count + TILE > uint32_t(p.cap))
+          warp_fold(p.k, lists + int64_t(warp) * p.cap, st[warp], hist[warp]);
+        __syncthreads();  // no append before the folds end; after it the warps run apart
+        since = 0;
+      }
+    } else if (++since == every && j0 + TILE < n) {
+      meet(false);
       since = 0;
+      every = 2 * every < M ? 2 * every : M;
     }
     cur = nxt;
   }
-
-  __syncthreads();
-  if (warp < ng) warp_finish(p, lists + int64_t(warp) * p.cap, st[warp], hist[warp], b * p.T + t0 + warp);
+  meet(true);
 }
 
 }  // namespace
@@ -281,10 +351,11 @@ template <typename T>
 void launch_targets(const Params& p, int64_t B, size_t smem, cudaStream_t stream) {
   const dim3 grid(unsigned(B * ((p.T + p.group - 1) / p.group)));
   const bool masked = p.mask != nullptr;
-#define DARE_TARGETS_W(D, W)                                                                               \
-  masked ? launch_with_smem(targets_kernel<T, D, true, W>, grid, smem, stream, p, W * 32)                 \
-         : launch_with_smem(targets_kernel<T, D, false, W>, grid, smem, stream, p, W * 32)
-#define DARE_TARGETS(D) p.warps == 16 ? DARE_TARGETS_W(D, 16) : DARE_TARGETS_W(D, 8)
+#define DARE_TARGETS_W(D, W, SL)                                                                           \
+  masked ? launch_with_smem(targets_kernel<T, D, true, W, SL>, grid, smem, stream, p, W * 32)             \
+         : launch_with_smem(targets_kernel<T, D, false, W, SL>, grid, smem, stream, p, W * 32)
+#define DARE_TARGETS(D) \
+  p.warps == 16 ? DARE_TARGETS_W(D, 16, false) : p.segments ? DARE_TARGETS_W(D, 8, false) : DARE_TARGETS_W(D, 8, true)
   if constexpr (std::is_same_v<T, float>) {
     switch (p.d) {
       case 16: DARE_TARGETS(16); break;

@@ -134,15 +134,24 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
   p.kpow2 = kpow2;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (int group = targets_group(s, k, K, vectorised)) {
-    // List slots: kpow2 + 4 tiles (at least the streaming kernel's 2 * kpow2 + 768): the
-    // warps meet to fold only when a list could overflow, so room for several tiles lets
-    // them run apart between folds. (Meeting after every tile, with the CTA-wide
+    // List slots: kpow2 + 4 tiles (at least the streaming kernel's 2 * kpow2 + 768, and
+    // kpow2 + a tile: the kernel's warp segments take the appends of M = (cap - kpow2) /
+    // tile tiles between the warps' meetings, M >= 1). (Meeting after every tile, with the CTA-wide
     // selection: H200, B = 1, T = 1024, d = 32, k = 128: kpow2 + 384 slots 0.167 ms, 1024
     // 0.107, kpow2 + 1792 0.109.) DARE_CUDA_TARGETS_EXTRA=E makes it kpow2 + E.
     static const int64_t extra = env_int("DARE_CUDA_TARGETS_EXTRA");
     // DARE_CUDA_TARGETS_WARPS=16: 16 warps a CTA, not 8 (an A/B knob).
     static const int warps = env_int("DARE_CUDA_TARGETS_WARPS") == 16 ? 16 : 8;
     p.warps = warps;
+    // DARE_CUDA_TARGETS_APPEND=segments: each warp appends to its own segment of a list
+    // (no shared atomics; built without a GPU in session 19, not yet measured or tested
+    // there), where the default has every warp append to a target's one list through a
+    // shared atomic count. 16 warps always take the segments.
+    static const bool segments = [] {
+      const char* env = std::getenv("DARE_CUDA_TARGETS_APPEND");
+      return env && std::string(env) == "segments";
+    }();
+    p.segments = segments || warps == 16;
     const int64_t tile = targets_tile(s.d * K.element_size(), warps);
     const int64_t least = kpow2 + tile + 32;  // the k kept keys and a tile
     const int64_t cap = std::max<int64_t>(least, extra > 0 ? kpow2 + extra
@@ -153,6 +162,7 @@ std::tuple<at::Tensor, at::Tensor> topk_attention_cuda(const at::Tensor& query, 
     while (group > 1 && group * least * int64_t(sizeof(uint64_t)) > room) group /= 2;
     p.group = group;
     p.cap = int(std::max<int64_t>(least, std::min<int64_t>(cap, room / (group * int64_t(sizeof(uint64_t))))));
+    TORCH_CHECK(p.cap - kpow2 >= tile, "topk_attention: many-targets lists of ", p.cap, " slots hold no tile");
     const size_t smem = size_t(p.group) * p.cap * sizeof(uint64_t);  // the lists alone: a warp selects in place
     // The kernel reads the query as 32-bit words: a 16-bit query at an odd element offset is copied.
     at::Tensor Qa = Q;
