@@ -212,8 +212,9 @@ __global__ void __launch_bounds__(W * 32, W == 8 ? 2 : 1) targets_kernel(Params 
   // Their shared-memory addresses, computed once (opaque: else the compiler
   // rebuilds them at each store), and a slot the lanes without a key store to.
   __shared__ uint64_t trash_slot;
-  const uint32_t seg_a = opaque(uint32_t(__cvta_generic_to_shared(list_a))), seg_b = seg_a + 8 * p.cap;
-  const uint32_t trash = opaque(uint32_t(__cvta_generic_to_shared(&trash_slot)));
+  const uint32_t seg_a = SHARED_LISTS ? 0u : opaque(uint32_t(__cvta_generic_to_shared(list_a)));
+  const uint32_t seg_b = seg_a + 8 * p.cap;
+  const uint32_t trash = SHARED_LISTS ? 0u : opaque(uint32_t(__cvta_generic_to_shared(&trash_slot)));
   // The warps' meeting: warp t gathers (unless SHARED_LISTS) and folds target t's list.
   const auto meet = [&](bool last) {
     if constexpr (!SHARED_LISTS) {
@@ -286,32 +287,32 @@ __global__ void __launch_bounds__(W * 32, W == 8 ? 2 : 1) targets_kernel(Params 
       // Rounds 0 and 2 fill target ta's slots, rounds 1 and 3 target tb's.
       const uint32_t na0 = __popc(m[0] & group), nb0 = __popc(m[1] & group);
       const uint32_t na = na0 + __popc(m[2] & group), nb = nb0 + __popc(m[3] & group);
+      // This block's first slot of each target: one reservation per target, by lane c (its
+      // group's first lane), in a shared list; the warp's own count in its segments.
+      uint32_t base_a = cnt_a, base_b = cnt_b;
       if constexpr (SHARED_LISTS) {
-        // One reservation per target for the whole block, by lane c (its group's first lane).
-        uint32_t base_a = 0, base_b = 0;
         if (lane < 4) {
           if (na) base_a = atomicAdd(&st[ta].count, na);
           if (nb) base_b = atomicAdd(&st[tb].count, nb);
         }
         base_a = __shfl_sync(0xFFFFFFFFu, base_a, c);
         base_b = __shfl_sync(0xFFFFFFFFu, base_b, c);
-        const uint32_t slot[4] = {base_a + __popc(m[0] & group & below), base_b + __popc(m[1] & group & below),
-                                  base_a + na0 + __popc(m[2] & group & below),
-                                  base_b + nb0 + __popc(m[3] & group & below)};
-#pragma unroll
-        for (int r = 0; r < 4; ++r)
-          if (take[r]) ((r & 1) ? list_b : list_a)[slot[r]] = pack(sc[r], uint32_t(j + 8 * (r >> 1)));
       } else {
-        const uint32_t slot[4] = {cnt_a + __popc(m[0] & group & below), cnt_b + __popc(m[1] & group & below),
-                                  cnt_a + na0 + __popc(m[2] & group & below),
-                                  cnt_b + nb0 + __popc(m[3] & group & below)};
         cnt_a += na;
         cnt_b += nb;
-        // Every lane stores, a lane without a key to the trash slot: no branches.
+      }
+      const uint32_t slot[4] = {base_a + __popc(m[0] & group & below), base_b + __popc(m[1] & group & below),
+                                base_a + na0 + __popc(m[2] & group & below),
+                                base_b + nb0 + __popc(m[3] & group & below)};
 #pragma unroll
-        for (int r = 0; r < 4; ++r)
+      for (int r = 0; r < 4; ++r) {
+        if constexpr (SHARED_LISTS) {
+          if (take[r]) ((r & 1) ? list_b : list_a)[slot[r]] = pack(sc[r], uint32_t(j + 8 * (r >> 1)));
+        } else {
+          // Every lane stores, a lane without a key to the trash slot: no branches.
           st_shared_u64(take[r] ? ((r & 1) ? seg_b : seg_a) + 8 * slot[r] : trash,
                         raw_key(sc[r], uint32_t(j + 8 * (r >> 1))));
+        }
       }
     }
     if constexpr (SHARED_LISTS) {
