@@ -11,7 +11,7 @@ from dare_kernels import reference
 
 from conftest import DEVICES, skip_unless_available, skip_unless_compiled
 from oracle import assert_matches_reference
-from samples import DTYPES, LAYOUTS, SAMPLES, sample_input
+from samples import DTYPES, LAYOUTS, SAMPLES, Sample, sample_input
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -205,27 +205,61 @@ def test_broadcast_keys_read_in_place(backend, seed):
         assert scores[0, 0] == scores[0, 2] and scores[1, 0] == scores[1, 1]
 
 
+@pytest.mark.parametrize("d", [37, 16, 21, 32])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_cpu_target_groups_are_invisible(dtype, seed):
+def test_cpu_target_groups_are_invisible(dtype, d, seed):
     """The CPU kernel scores a chunk of keys for several targets of a row at once
-    (how many depends on the thread count): every target's result is its own
-    single-target call's, bit for bit."""
+    (how many depends on the thread count; 8 or more of up to 32 dims: the chunk
+    transposed, dim-major, on an AVX-512 CPU): every target's result is its own
+    single-target call's, bit for bit. 19 targets: items of 19 (one thread), 10
+    (three) and 7 (five)."""
     skip_unless_compiled("cpu")
     g = torch.Generator().manual_seed(seed)
-    B, T, L, d, k = 2, 7, 1003, 37, 50
+    B, T, L, k = 2, 19, 1003, 50
     q = torch.randn(B, T, d, generator=g).to(dtype)
     K = torch.randn(B, L, d, generator=g).to(dtype)
+    K[:, 500:520] = K[:, 7:8]  # ties across chunks
     lengths = torch.tensor([L, 389])
     alone = [torch.ops.dare.topk_attention(q[:, t], K, k, lengths) for t in range(T)]
     threads = torch.get_num_threads()
     try:
-        for n in (1, 2, 3, 5):
+        for n in (1, 3, 5):
             torch.set_num_threads(n)
             scores, idx = torch.ops.dare.topk_attention(q, K, k, lengths)
             for t in range(T):
                 assert torch.equal(scores[:, t], alone[t][0]) and torch.equal(idx[:, t], alone[t][1]), (n, t)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("k", [1, 128, 255, 300])
+@pytest.mark.parametrize("T", [1, 9])
+def test_cpu_selection_orders(T, k, threads, seed):
+    """The CPU selection (a threshold filter, then compactions of the candidates)
+    on long rows whose order defeats it: ascending scores (every key beats the
+    threshold: a compaction every few hundred keys), descending, few distinct
+    values (ties across compactions), all equal, and more NaN than k; one target
+    a row and 9 (the dim-major scan on an AVX-512 CPU). Integers: exact."""
+    skip_unless_compiled("cpu")
+    g = torch.Generator().manual_seed(seed)
+    B, L, d = 5, 3000, 16
+    keys = torch.randint(-3, 4, (B, L, d), generator=g).float()
+    keys[0:2, :, 1] = torch.arange(L, dtype=torch.float32)  # row 0 ascends on dim 1, row 1 descends
+    keys[1, :, 1] = keys[1, :, 1].flip(0)
+    keys[3] = 1.0  # all scores equal
+    keys[4, torch.randperm(L, generator=g)[:400], 5] = float("nan")
+    query = torch.randint(-2, 3, (B, T, d), generator=g).float()
+    query[0:2, :, 1] = torch.arange(1, T + 1, dtype=torch.float32)
+    query[4, :, 5] = 1.0
+    s = Sample(query, keys, k, lengths=torch.tensor([L, L - 1, 2999, 1500, L]), exact=True)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = torch.ops.dare.topk_attention(*s.args())
+    finally:
+        torch.set_num_threads(before)
+    assert_matches_reference(out, s)
 
 
 def test_backward_touches_only_selected_keys(seed):
@@ -240,19 +274,23 @@ def test_backward_touches_only_selected_keys(seed):
     assert torch.all(gk[touched].abs().sum(-1) > 0)
 
 
-def test_cpu_portable_variant():
-    """The CPU kernel picks its AVX2 variant at run time; the portable one must
-    pass the same matrix (DARE_CPU_ISA=baseline forces it, per process)."""
+@pytest.mark.parametrize("isa", ["baseline", "avx2"])
+def test_cpu_isa_variants(isa):
+    """The CPU kernel picks its variant at run time (AVX2, and on an AVX-512 CPU
+    the dim-major scan of many targets); the others must pass the same matrix and
+    the invariance tests: DARE_CPU_ISA=baseline forces the portable code,
+    DARE_CPU_ISA=avx2 the AVX2 code alone (per process)."""
     import subprocess
     import sys
 
     from conftest import SEED
     skip_unless_compiled("cpu")
-    env = dict(os.environ, DARE_CPU_ISA="baseline", DARE_TEST_SEED=str(SEED))
+    env = dict(os.environ, DARE_CPU_ISA=isa, DARE_TEST_SEED=str(SEED))
     here = os.path.dirname(os.path.abspath(__file__))
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                         os.path.join(here, "test_topk_attention.py"), os.path.join(here, "test_topk_attention_embedding.py"),
-                        "-k", "(test_matches_reference and cpu-cpu) or test_cpu_scores_equal_the_dense_ops"],
+                        "-k", "(test_matches_reference and cpu-cpu) or test_cpu_scores_equal_the_dense_ops"
+                              " or test_cpu_target_groups_are_invisible or test_cpu_selection"],
                        env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert " passed" in r.stdout

@@ -1,11 +1,12 @@
 // The CPU kernels' one vector ISA: code marked DARE_AVX2 is compiled for
-// AVX2/FMA/F16C, and each kernel's entry point twice (with it, and for the
+// AVX2/FMA/F16C/POPCNT, and each kernel's entry point twice (with it, and for the
 // baseline ISA), picked once at run time: one binary is fast here and safe on
 // older CPUs.
 #pragma once
 
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -17,9 +18,11 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define DARE_X86 1
-#define DARE_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define DARE_AVX2 __attribute__((target("avx2,fma,f16c,popcnt")))
+#define DARE_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c,popcnt")))
 #else
 #define DARE_AVX2  // pick_scan never picks run_avx2 here
+#define DARE_AVX512
 #endif
 
 namespace dare {
@@ -43,6 +46,39 @@ DARE_AVX2 void run_avx2(at::ScalarType t, Args... args) { run_dtype<Scan, true, 
 template <typename Scan, typename... Args>
 void run_baseline(at::ScalarType t, Args... args) { run_dtype<Scan, false, Args...>(t, args...); }
 
+// Whether the AVX2 variant may also take the AVX-512 scan of many targets
+// (their chunk of keys scored dim-major: the same scores). DARE_CPU_ISA=avx2
+// turns it off (so tests cover the AVX2 scan on an AVX-512 CPU).
+inline bool use_avx512() {
+  static const bool ok = [] {
+    const char* isa = std::getenv("DARE_CPU_ISA");
+    if (isa && std::string(isa) == "avx2") return false;
+#ifdef DARE_X86
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+#else
+    return false;
+#endif
+  }();
+  return ok;
+}
+
+// f(std::integral_constant<int, D>) with D = d for the common key widths of
+// the AVX2 code (its dim loops unrolled), else D = 0 (d at run time).
+template <bool kAvx2, typename F>
+__attribute__((always_inline)) inline void with_dim(int64_t d, F&& f) {
+  if constexpr (kAvx2) {
+    switch (d) {
+      case 16: return f(std::integral_constant<int, 16>());
+      case 32: return f(std::integral_constant<int, 32>());
+      case 64: return f(std::integral_constant<int, 64>());
+      case 128: return f(std::integral_constant<int, 128>());
+      default: break;
+    }
+  }
+  f(std::integral_constant<int, 0>());
+}
+
 // The variant of Scan's entry point that this CPU runs; DARE_CPU_ISA=baseline
 // forces the portable one (so tests cover it here).
 template <typename Scan, typename... Args>
@@ -50,7 +86,8 @@ auto pick_scan() -> void (*)(at::ScalarType, Args...) {
   const char* isa = std::getenv("DARE_CPU_ISA");
   if (isa && std::string(isa) == "baseline") return run_baseline<Scan, Args...>;
 #ifdef DARE_X86
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
+      __builtin_cpu_supports("popcnt"))
     return run_avx2<Scan, Args...>;
 #endif
   return run_baseline<Scan, Args...>;

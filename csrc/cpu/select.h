@@ -15,15 +15,53 @@ namespace cpu {
 
 constexpr int64_t kChunk = 256;  // scores offered at once
 
+// Moves the k largest of the distinct keys a[0, n) to a[0, k), in any order
+// (1 <= k <= n), and returns the k-th largest. A quickselect whose partition
+// has no data-dependent branch (each key is written to both sides, and the
+// side's count advanced by the comparison): at k = 128 of 384 keys the
+// branches of std::nth_element mispredicted on about every other key. The
+// pivot is the sample's key at the rank of a[k - 1]'s expected place, so
+// a pass most often leaves a short range. tmp holds n keys.
+inline uint64_t select_top(uint64_t* a, int64_t n, int64_t k, uint64_t* tmp) {
+  int64_t lo = 0, hi = n;  // a[0, lo) are above the k-th; a[hi, n) below it
+  for (int pass = 0; hi - lo > 32 && pass < 16; ++pass) {
+    // Pivot: the median of five keys spread over [lo, hi), nudged toward rank k.
+    const int64_t m = hi - lo;
+    uint64_t s[5];
+    for (int i = 0; i < 5; ++i) s[i] = a[lo + (m * (2 * i + 1)) / 10];
+    std::sort(s, s + 5, std::greater<uint64_t>());
+    const int64_t want = ((k - lo) * 5) / m;  // where rank k falls in the sample
+    const uint64_t p = s[std::clamp<int64_t>(want, 0, 4)];
+    int64_t above = 0, below = 0;
+    for (int64_t i = lo; i < hi; ++i) {
+      const uint64_t x = a[i];
+      a[lo + above] = x;  // never ahead of i: safe in place
+      above += x > p;
+      tmp[below] = x;
+      below += x < p;
+    }
+    const int64_t r = lo + above;  // the pivot's rank
+    a[r] = p;
+    std::copy(tmp, tmp + below, a + r + 1);
+    if (r == k - 1) return p;
+    if (r > k - 1) hi = r;
+    else lo = r + 1;
+  }
+  std::nth_element(a + lo, a + (k - 1), a + hi, std::greater<uint64_t>());  // lo <= k - 1 < hi
+  return a[k - 1];
+}
+
 // Keeps the k best of a stream of packed keys. Candidates that beat the
 // threshold (the k-th best at the last compaction) are appended without any
-// ordering work; when the pool holds k + slack of them, one nth_element keeps
+// ordering work; when the pool holds k + slack of them, one selection keeps
 // the best k and raises the threshold. Far cheaper per accepted candidate than
 // a heap, whose unpredictable sift branches dominated at k = 128.
 class TopK {
  public:
   explicit TopK(int64_t k) : k_(k), slack_(std::max<int64_t>(k, 256)) {
-    pool_.resize(k_ + slack_ + kChunk);
+    pool_.resize(k_ + slack_ + std::max(kChunk, kRaw + 16));
+    raw_s_.resize(kRaw + 16);
+    raw_p_.resize(kRaw + 16);
   }
 
   void reset() {
@@ -32,6 +70,10 @@ class TopK {
     full_ = false;
   }
 
+  // Whether k are held: from then on a score joins only if !(score <= threshold()).
+  bool full() const { return full_; }
+  float threshold() const { return threshold_; }
+
   // Offers scores[0, n) at positions base + i: all of them, or (keep given)
   // those with keep[i]; the others are absent, whatever their score.
   void offer(const float* scores, int64_t n, int64_t base, const bool* keep = nullptr) {
@@ -39,6 +81,20 @@ class TopK {
       offer_<true>(scores, n, base, keep);
     else
       offer_<false>(scores, n, base, nullptr);
+  }
+
+  // The raw candidates of a full pool (the vector scans', which write them
+  // unpacked, 8 or 16 slots at a time): a write may start at any m <=
+  // raw_room() and run 16 slots; take_raw(m) hands the m written over.
+  float* raw_scores() { return raw_s_.data(); }
+  uint32_t* raw_positions() { return raw_p_.data(); }
+  static constexpr int64_t raw_room() { return kRaw; }
+
+  // Packs raw candidates [0, m) into the pool, compacting it when due.
+  void take_raw(int64_t m) {
+    for (int64_t j = 0; j < m; ++j) pool_[size_ + j] = pack(raw_s_[j], raw_p_[j]);
+    size_ += m;
+    if (size_ >= k_ + slack_) compact();
   }
 
   // Writes the best k, sorted, padded with (-inf, -1).
@@ -89,16 +145,19 @@ class TopK {
   }
 
   void compact() {
-    std::nth_element(pool_.begin(), pool_.begin() + (k_ - 1), pool_.begin() + size_,
-                     std::greater<uint64_t>());
+    thread_local std::vector<uint64_t> tmp;  // one a thread: every TopK of an item shares it
+    if (tmp.size() < pool_.size()) tmp.resize(pool_.size());
+    threshold_ = packed_score(select_top(pool_.data(), size_, k_, tmp.data()));
     size_ = k_;
-    threshold_ = packed_score(pool_[k_ - 1]);
   }
 
+  static constexpr int64_t kRaw = 64;
   int64_t k_, slack_, size_ = 0;
   float threshold_ = 0.f;
   bool full_ = false;
   std::vector<uint64_t> pool_;
+  std::vector<float> raw_s_;
+  std::vector<uint32_t> raw_p_;
   int32_t hits_[kChunk];
 };
 

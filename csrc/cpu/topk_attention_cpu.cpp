@@ -49,14 +49,15 @@ struct Rows {
 // of the row's keys is scored against every target of the item while it is in
 // cache (B = 1, T = 64, d = 128: the keys are read from memory once per item,
 // not once per target).
-template <typename scalar_t, bool kAvx2>
-__attribute__((always_inline)) inline void scan_rows(const Rows& r, int64_t begin, int64_t end) {
+template <typename scalar_t, bool kAvx2, int D>
+void scan_rows(const Rows& r, int64_t begin, int64_t end) {
   const int64_t groups = (r.T + r.group - 1) / r.group;
   std::vector<TopK> top;
   top.reserve(std::min(r.group, r.T));
   for (int64_t t = 0; t < std::min(r.group, r.T); ++t) top.emplace_back(r.k);
-  alignas(32) float buf[kChunk + 8];  // + 8: the AVX2 path's last block writes 8 scores
+  alignas(64) float buf[kChunk + 16];  // + 16: a vector scan's last block writes 16 scores
   bool keep[kChunk];
+  std::vector<float> kt(r.group >= cpu::kTransposeTargets && r.d <= cpu::kTransposeDims ? r.d * kChunk : 0);
   for (int64_t item = begin; item < end; ++item) {
     const int64_t b = item / groups;
     const int64_t t0 = (item % groups) * r.group;
@@ -76,10 +77,7 @@ __attribute__((always_inline)) inline void scan_rows(const Rows& r, int64_t begi
         if (m == 0) continue;
         if (m < n) kept = keep;
       }
-      for (int64_t t = 0; t < nt; ++t) {
-        cpu::score_chunk<kAvx2>(q0 + t * r.d, x, r.stride_l, n, r.d, r.scale, buf);
-        top[t].offer(buf, n, j0, kept);
-      }
+      cpu::scan_targets<kAvx2, D>(q0, nt, x, r.stride_l, n, r.d, r.scale, top.data(), j0, kept, buf, kt.data());
     }
     for (int64_t t = 0; t < nt; ++t) {
       const int64_t row = b * r.T + t0 + t;
@@ -92,7 +90,7 @@ __attribute__((always_inline)) inline void scan_rows(const Rows& r, int64_t begi
 struct Scan {
   template <typename scalar_t, bool kAvx2>
   __attribute__((always_inline)) static void run(const Rows& r, int64_t begin, int64_t end) {
-    scan_rows<scalar_t, kAvx2>(r, begin, end);
+    cpu::with_dim<kAvx2>(r.d, [&](auto D) { scan_rows<scalar_t, kAvx2, D.value>(r, begin, end); });
   }
 };
 

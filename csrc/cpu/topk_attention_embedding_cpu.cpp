@@ -78,13 +78,14 @@ inline void prefetch_row(const Field& f, int64_t id) {
 
 // Work items [begin, end): item i is row b = i / groups and its targets
 // [t0, t0 + group).
-template <typename scalar_t, bool kAvx2>
+template <typename scalar_t, bool kAvx2, int D>
 void scan_rows(const Problem& p, int64_t begin, int64_t end, BadId* bad) {
   const int64_t groups = (p.T + p.group - 1) / p.group;
   std::vector<TopK> tops(std::min(p.group, p.T), TopK(p.k));
   std::vector<float> keys(kChunk * p.D);
-  alignas(32) float buf[kChunk + 8];  // + 8: the AVX2 scorer's last block writes 8 scores
+  alignas(64) float buf[kChunk + 16];  // + 16: a vector scan's last block writes 16 scores
   bool keep[kChunk];
+  std::vector<float> kt(p.group >= cpu::kTransposeTargets && p.D <= cpu::kTransposeDims ? p.D * kChunk : 0);
   const Layout& l = p.layout;
   for (int64_t item = begin; item < end; ++item) {
     const int64_t b = item / groups, t0 = (item % groups) * p.group;
@@ -119,10 +120,7 @@ void scan_rows(const Problem& p, int64_t begin, int64_t end, BadId* bad) {
           gather_row<scalar_t>(f, id, key + f.off);
         }
       }
-      for (int64_t t = 0; t < nt; ++t) {
-        cpu::score_chunk<kAvx2>(q0 + t * p.D, keys.data(), p.D, n, p.D, p.scale, buf);
-        tops[t].offer(buf, n, j0, kept);
-      }
+      cpu::scan_targets<kAvx2, D>(q0, nt, keys.data(), p.D, n, p.D, p.scale, tops.data(), j0, kept, buf, kt.data());
     }
     for (int64_t t = 0; t < nt; ++t)
       tops[t].finish(p.scores + (b * p.T + t0 + t) * p.k, p.indices + (b * p.T + t0 + t) * p.k);
@@ -133,7 +131,7 @@ void scan_rows(const Problem& p, int64_t begin, int64_t end, BadId* bad) {
 struct Scan {
   template <typename scalar_t, bool kAvx2>
   __attribute__((always_inline)) static void run(const Problem& p, int64_t begin, int64_t end, BadId* bad) {
-    scan_rows<scalar_t, kAvx2>(p, begin, end, bad);
+    cpu::with_dim<kAvx2>(p.D, [&](auto D) { scan_rows<scalar_t, kAvx2, D.value>(p, begin, end, bad); });
   }
 };
 
