@@ -1,7 +1,9 @@
-// The CPU kernels' one vector ISA: code marked DARE_AVX2 is compiled for
+// The CPU kernels' vector ISAs: code marked DARE_AVX2 is compiled for
 // AVX2/FMA/F16C/POPCNT, and each kernel's entry point twice (with it, and for the
 // baseline ISA), picked once at run time: one binary is fast here and safe on
-// older CPUs.
+// older CPUs. On an AVX-512 CPU the AVX2 variant also calls a few DARE_AVX512
+// functions (use_avx512: the dim-major scan of many targets, the selection's
+// packing and partitions).
 #pragma once
 
 #include <cstdlib>
@@ -46,13 +48,13 @@ DARE_AVX2 void run_avx2(at::ScalarType t, Args... args) { run_dtype<Scan, true, 
 template <typename Scan, typename... Args>
 void run_baseline(at::ScalarType t, Args... args) { run_dtype<Scan, false, Args...>(t, args...); }
 
-// Whether the AVX2 variant may also take the AVX-512 scan of many targets
-// (their chunk of keys scored dim-major: the same scores). DARE_CPU_ISA=avx2
-// turns it off (so tests cover the AVX2 scan on an AVX-512 CPU).
+// Whether the AVX2 variant may also call the AVX-512 code (the same results).
+// DARE_CPU_ISA=avx2 (or baseline) turns it off, so tests cover the AVX2 code on
+// an AVX-512 CPU.
 inline bool use_avx512() {
   static const bool ok = [] {
     const char* isa = std::getenv("DARE_CPU_ISA");
-    if (isa && std::string(isa) == "avx2") return false;
+    if (isa && (std::string(isa) == "avx2" || std::string(isa) == "baseline")) return false;
 #ifdef DARE_X86
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");

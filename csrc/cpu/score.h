@@ -281,9 +281,11 @@ DARE_AVX512 void scan_transposed_avx512(const float* q, const float* kt, int64_t
     top.offer(buf, n, base, keep);
     return;
   }
+  // The block's scores go to buf whole; only their positions are compressed
+  // (one compression a block, and no branch: at k = 128 about half the blocks
+  // have a candidate, in no predictable pattern).
   __m512 vt = _mm512_set1_ps(top.threshold());
   const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  float* rs = top.raw_scores();
   uint32_t* rp = top.raw_positions();
   int64_t m = 0;
   for (int64_t i = 0; i < n; i += 16) {
@@ -294,17 +296,17 @@ DARE_AVX512 void scan_transposed_avx512(const float* q, const float* kt, int64_t
       live &= _mm_cmpgt_epi8_mask(kb, _mm_setzero_si128());
     }
     const __mmask16 bits = _mm512_mask_cmp_ps_mask(live, v, vt, _CMP_NLE_UQ);
-    _mm512_storeu_ps(rs + m, _mm512_maskz_compress_ps(bits, v));
+    _mm512_storeu_ps(buf + i, v);
     _mm512_storeu_si512(rp + m, _mm512_maskz_compress_epi32(
                                     bits, _mm512_add_epi32(_mm512_set1_epi32(int32_t(base + i)), lanes)));
     m += __builtin_popcount(bits);
     if (m > TopK::raw_room()) {
-      top.take_raw(m);
+      top.take_raw(m, buf, base);
       m = 0;
       vt = _mm512_set1_ps(top.threshold());
     }
   }
-  top.take_raw(m);
+  top.take_raw(m, buf, base);
 }
 #endif
 

@@ -9,44 +9,159 @@
 #include <vector>
 
 #include "../order.h"
+#include "isa.h"
 
 namespace dare {
 namespace cpu {
 
 constexpr int64_t kChunk = 256;  // scores offered at once
 
+#ifdef DARE_X86
+// out[j] = pack(scores[j], positions[j]) for j < m, 16 at a time (out holds m
+// rounded up to 16); scores == nullptr: the score of position p is chunk[p - base].
+DARE_AVX512 inline void pack_avx512(const float* scores, const uint32_t* positions, int64_t m, uint64_t* out,
+                                    const float* chunk = nullptr, int64_t base = 0) {
+  const __m512i sign = _mm512_set1_epi32(int32_t(0x80000000u));
+  // (~position, key) pairs of lanes 0-7, then 8-15: the 32-bit halves of a packed key.
+  const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i second = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  for (int64_t j = 0; j < m; j += 16) {
+    const __m512i p = _mm512_loadu_si512(positions + j);
+    const __m512 v = scores ? _mm512_loadu_ps(scores + j)
+                            : _mm512_mask_i32gather_ps(_mm512_setzero_ps(), __mmask16(m - j >= 16 ? 0xFFFF : (1u << (m - j)) - 1),
+                                                       _mm512_sub_epi32(p, _mm512_set1_epi32(int32_t(base))), chunk, 4);
+    __m512i u = _mm512_castps_si512(v);
+    u = _mm512_mask_mov_epi32(u, _mm512_cmpeq_epi32_mask(u, sign), _mm512_setzero_si512());  // -0 -> +0
+    __m512i key = _mm512_mask_blend_epi32(_mm512_test_epi32_mask(u, sign), _mm512_or_si512(u, sign),
+                                          _mm512_ternarylogic_epi32(u, u, u, 0x55));  // negative: ~u
+    key = _mm512_mask_mov_epi32(key, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(-1));
+    const __m512i pos = _mm512_ternarylogic_epi32(p, p, p, 0x55);  // ~position
+    _mm512_storeu_si512(out + j, _mm512_permutex2var_epi32(pos, first, key));
+    _mm512_storeu_si512(out + j + 8, _mm512_permutex2var_epi32(pos, second, key));
+  }
+}
+
+// One partition pass of select_top over a[lo, hi) around p (a key there):
+// the keys above p to a[lo, lo + above), those below to tmp; 8 at a time.
+DARE_AVX512 inline void partition_avx512(uint64_t* a, int64_t lo, int64_t hi, uint64_t p, uint64_t* tmp,
+                                         int64_t& above_out, int64_t& below_out) {
+  const __m512i vp = _mm512_set1_epi64(int64_t(p));
+  int64_t above = 0, below = 0, i = lo;
+  for (; i + 8 <= hi; i += 8) {
+    const __m512i x = _mm512_loadu_si512(a + i);
+    const __mmask8 gt = _mm512_cmpgt_epu64_mask(x, vp), lt = _mm512_cmplt_epu64_mask(x, vp);
+    // The 8 stored at a + lo + above end by i + 8: keys already loaded.
+    _mm512_storeu_si512(a + lo + above, _mm512_maskz_compress_epi64(gt, x));
+    _mm512_storeu_si512(tmp + below, _mm512_maskz_compress_epi64(lt, x));
+    above += __builtin_popcount(gt);
+    below += __builtin_popcount(lt);
+  }
+  for (; i < hi; ++i) {
+    const uint64_t x = a[i];
+    a[lo + above] = x;
+    above += x > p;
+    tmp[below] = x;
+    below += x < p;
+  }
+  above_out = above;
+  below_out = below;
+}
+
+// Sorts a[0, n) descending, n <= 256: a bitonic network on the keys padded
+// with zeros (below every packed key) to a power of two >= 8, 8 keys a vector,
+// no branch on the data (std::sort's compares mispredicted about half the time:
+// a quarter of a many-targets call at k = 128).
+DARE_AVX512 inline void sort_desc_avx512(uint64_t* a, int64_t n) {
+  alignas(64) uint64_t buf[256];
+  int64_t N = 8;
+  while (N < n) N *= 2;
+  std::copy(a, a + n, buf);
+  std::fill(buf + n, buf + N, uint64_t(0));
+  const __m512i lane = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int64_t size = 2; size <= N; size *= 2) {
+    for (int64_t stride = size / 2; stride > 0; stride /= 2) {
+      if (stride >= 8) {  // pairs 8 apart or more: whole vectors
+        for (int64_t i = 0; i < N; i += 2 * stride) {
+          const bool asc = (i & size) != 0;  // the run's direction: descending unless its bit `size` is set
+          for (int64_t j = i; j < i + stride; j += 8) {
+            const __m512i x = _mm512_load_si512(buf + j), y = _mm512_load_si512(buf + j + stride);
+            const __m512i hi = _mm512_max_epu64(x, y), lo = _mm512_min_epu64(x, y);
+            _mm512_store_si512(buf + j, asc ? lo : hi);
+            _mm512_store_si512(buf + j + stride, asc ? hi : lo);
+          }
+        }
+      } else {  // pairs within a vector: lane l and l ^ stride
+        const __m512i partner = _mm512_xor_si512(lane, _mm512_set1_epi64(stride));
+        const __mmask8 lower = stride == 1 ? 0x55 : stride == 2 ? 0x33 : 0x0F;
+        for (int64_t j = 0; j < N; j += 8) {
+          const __mmask8 asc = size == 2 ? 0xCC : size == 4 ? 0xF0 : (j & size) ? 0xFF : 0x00;
+          const __m512i x = _mm512_load_si512(buf + j);
+          const __m512i y = _mm512_permutexvar_epi64(partner, x);
+          // A descending run's lower lane keeps the larger key; an ascending run's the smaller.
+          const __mmask8 take_max = __mmask8(lower ^ asc);
+          _mm512_store_si512(buf + j, _mm512_mask_blend_epi64(take_max, _mm512_min_epu64(x, y),
+                                                              _mm512_max_epu64(x, y)));
+        }
+      }
+    }
+  }
+  std::copy(buf, buf + n, a);
+}
+#endif
+
 // Moves the k largest of the distinct keys a[0, n) to a[0, k), in any order
-// (1 <= k <= n), and returns the k-th largest. A quickselect whose partition
-// has no data-dependent branch (each key is written to both sides, and the
+// (1 <= k <= n; a[k, n) is left undefined), and returns the k-th largest. A
+// quickselect whose partition has no data-dependent branch (each key is written to both sides, and the
 // side's count advanced by the comparison): at k = 128 of 384 keys the
 // branches of std::nth_element mispredicted on about every other key. The
 // pivot is the sample's key at the rank of a[k - 1]'s expected place, so
-// a pass most often leaves a short range. tmp holds n keys.
-inline uint64_t select_top(uint64_t* a, int64_t n, int64_t k, uint64_t* tmp) {
-  int64_t lo = 0, hi = n;  // a[0, lo) are above the k-th; a[hi, n) below it
+// a pass most often leaves a short range. tmp holds n + 8 keys. vec: the
+// partitions in AVX-512 (use_avx512).
+inline uint64_t select_top(uint64_t* a, int64_t n, int64_t k, uint64_t* tmp, bool vec = false) {
+  int64_t lo = 0, hi = n;  // a[0, lo) are above the k-th, which is in a[lo, hi)
   for (int pass = 0; hi - lo > 32 && pass < 16; ++pass) {
-    // Pivot: the median of five keys spread over [lo, hi), nudged toward rank k.
+    // Pivot: of five keys spread over [lo, hi), the one at rank k's expected
+    // place (each key's rank among the five counted, not sorted: no branch).
     const int64_t m = hi - lo;
-    uint64_t s[5];
+    uint64_t s[5], ranked[5];
     for (int i = 0; i < 5; ++i) s[i] = a[lo + (m * (2 * i + 1)) / 10];
-    std::sort(s, s + 5, std::greater<uint64_t>());
-    const int64_t want = ((k - lo) * 5) / m;  // where rank k falls in the sample
-    const uint64_t p = s[std::clamp<int64_t>(want, 0, 4)];
-    int64_t above = 0, below = 0;
-    for (int64_t i = lo; i < hi; ++i) {
-      const uint64_t x = a[i];
-      a[lo + above] = x;  // never ahead of i: safe in place
-      above += x > p;
-      tmp[below] = x;
-      below += x < p;
+    for (int i = 0; i < 5; ++i) {
+      int r = 0;
+      for (int j = 0; j < 5; ++j) r += s[j] > s[i];
+      ranked[r] = s[i];  // distinct keys: distinct ranks
     }
+    const uint64_t p = ranked[std::clamp<int64_t>(((k - lo) * 5) / m, 0, 4)];
+    int64_t above = 0, below = 0;
+#ifdef DARE_X86
+    if (vec) partition_avx512(a, lo, hi, p, tmp, above, below);
+    else
+#endif
+      for (int64_t i = lo; i < hi; ++i) {
+        const uint64_t x = a[i];
+        a[lo + above] = x;  // never ahead of i: safe in place
+        above += x > p;
+        tmp[below] = x;
+        below += x < p;
+      }
     const int64_t r = lo + above;  // the pivot's rank
-    a[r] = p;
-    std::copy(tmp, tmp + below, a + r + 1);
-    if (r == k - 1) return p;
-    if (r > k - 1) hi = r;
-    else lo = r + 1;
+    if (r == k - 1) {
+      a[r] = p;
+      return p;
+    }
+    if (r > k - 1) {  // only a[0, k) is kept: the pivot and the keys below it go
+      hi = r;
+    } else {
+      a[r] = p;
+      std::copy(tmp, tmp + below, a + r + 1);
+      lo = r + 1;
+    }
   }
+#ifdef DARE_X86
+  if (vec && hi - lo <= 256) {
+    sort_desc_avx512(a + lo, hi - lo);
+    return a[k - 1];
+  }
+#endif
   std::nth_element(a + lo, a + (k - 1), a + hi, std::greater<uint64_t>());  // lo <= k - 1 < hi
   return a[k - 1];
 }
@@ -58,7 +173,7 @@ inline uint64_t select_top(uint64_t* a, int64_t n, int64_t k, uint64_t* tmp) {
 // a heap, whose unpredictable sift branches dominated at k = 128.
 class TopK {
  public:
-  explicit TopK(int64_t k) : k_(k), slack_(std::max<int64_t>(k, 256)) {
+  explicit TopK(int64_t k) : k_(k), slack_(std::max<int64_t>(k, 256)), vec_(use_avx512()) {
     pool_.resize(k_ + slack_ + std::max(kChunk, kRaw + 16));
     raw_s_.resize(kRaw + 16);
     raw_p_.resize(kRaw + 16);
@@ -86,13 +201,19 @@ class TopK {
   // The raw candidates of a full pool (the vector scans', which write them
   // unpacked, 8 or 16 slots at a time): a write may start at any m <=
   // raw_room() and run 16 slots; take_raw(m) hands the m written over.
+  // take_raw(m, chunk, base): the positions alone were written, position p's
+  // score is chunk[p - base] (AVX-512 only).
   float* raw_scores() { return raw_s_.data(); }
   uint32_t* raw_positions() { return raw_p_.data(); }
   static constexpr int64_t raw_room() { return kRaw; }
 
   // Packs raw candidates [0, m) into the pool, compacting it when due.
-  void take_raw(int64_t m) {
-    for (int64_t j = 0; j < m; ++j) pool_[size_ + j] = pack(raw_s_[j], raw_p_[j]);
+  void take_raw(int64_t m, const float* chunk = nullptr, int64_t base = 0) {
+#ifdef DARE_X86
+    if (vec_) pack_avx512(chunk ? nullptr : raw_s_.data(), raw_p_.data(), m, pool_.data() + size_, chunk, base);
+    else
+#endif
+      for (int64_t j = 0; j < m; ++j) pool_[size_ + j] = pack(raw_s_[j], raw_p_[j]);
     size_ += m;
     if (size_ >= k_ + slack_) compact();
   }
@@ -100,7 +221,11 @@ class TopK {
   // Writes the best k, sorted, padded with (-inf, -1).
   void finish(float* out_scores, int64_t* out_indices) {
     if (size_ > k_) compact();
-    std::sort(pool_.begin(), pool_.begin() + size_, std::greater<uint64_t>());
+#ifdef DARE_X86
+    if (vec_ && size_ <= 256) sort_desc_avx512(pool_.data(), size_);
+    else
+#endif
+      std::sort(pool_.begin(), pool_.begin() + size_, std::greater<uint64_t>());
     for (int64_t i = 0; i < size_; ++i) {
       out_scores[i] = packed_score(pool_[i]);
       out_indices[i] = packed_pos(pool_[i]);
@@ -146,8 +271,8 @@ class TopK {
 
   void compact() {
     thread_local std::vector<uint64_t> tmp;  // one a thread: every TopK of an item shares it
-    if (tmp.size() < pool_.size()) tmp.resize(pool_.size());
-    threshold_ = packed_score(select_top(pool_.data(), size_, k_, tmp.data()));
+    if (tmp.size() < pool_.size() + 8) tmp.resize(pool_.size() + 8);
+    threshold_ = packed_score(select_top(pool_.data(), size_, k_, tmp.data(), vec_));
     size_ = k_;
   }
 
@@ -155,6 +280,7 @@ class TopK {
   int64_t k_, slack_, size_ = 0;
   float threshold_ = 0.f;
   bool full_ = false;
+  bool vec_;  // AVX-512 packing and partitions
   std::vector<uint64_t> pool_;
   std::vector<float> raw_s_;
   std::vector<uint32_t> raw_p_;
