@@ -63,3 +63,22 @@ def test_setup_py_prints_its_decision():
     assert out.returncode == 0, out.stderr
     assert "dare_kernels._C: CUDA sources off: DARE_BUILD_CUDA=0" in out.stderr
     assert out.stdout.strip().endswith("dare-kernels")
+
+
+@pytest.mark.parametrize("source", ["csrc/cpu/topk_attention_cpu.cpp", "csrc/cpu/topk_attention_embedding_cpu.cpp"])
+def test_cpu_kernels_compile_without_x86_vectors(source):
+    """The CPU kernels' portable code stands alone, as on an ARM or POWER server: with
+    DARE_NO_SIMD (csrc/cpu/isa.h) no x86 vector code is compiled, and every template the
+    kernels instantiate must still compile (a syntax-only pass of the C++ compiler)."""
+    import shutil
+    import sysconfig
+
+    from torch.utils.cpp_extension import include_paths
+    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if cxx is None:
+        pytest.skip("no C++ compiler on PATH")
+    flags = ["-std=c++20", "-fsyntax-only", "-DDARE_NO_SIMD", "-fopenmp"]
+    incs = [f"-I{p}" for p in include_paths()] + [f"-I{sysconfig.get_paths()['include']}"]
+    out = subprocess.run([cxx, *flags, *incs, os.path.join(ROOT, source)], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]

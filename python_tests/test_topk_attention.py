@@ -205,9 +205,10 @@ def test_broadcast_keys_read_in_place(backend, seed):
         assert scores[0, 0] == scores[0, 2] and scores[1, 0] == scores[1, 1]
 
 
-@pytest.mark.parametrize("d", [37, 16, 21, 32])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_cpu_target_groups_are_invisible(dtype, d, seed):
+@pytest.mark.parametrize("layout", ["lengths", "mask"])
+@pytest.mark.parametrize("d", [37, 16, 21, 32, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_cpu_target_groups_are_invisible(dtype, d, layout, seed):
     """The CPU kernel scores a chunk of keys for several targets of a row at once
     (how many depends on the thread count; 8 or more of up to 32 dims: the chunk
     transposed, dim-major, on an AVX-512 CPU): every target's result is its own
@@ -219,13 +220,19 @@ def test_cpu_target_groups_are_invisible(dtype, d, seed):
     q = torch.randn(B, T, d, generator=g).to(dtype)
     K = torch.randn(B, L, d, generator=g).to(dtype)
     K[:, 500:520] = K[:, 7:8]  # ties across chunks
-    lengths = torch.tensor([L, 389])
-    alone = [torch.ops.dare.topk_attention(q[:, t], K, k, lengths) for t in range(T)]
+    if layout == "lengths":
+        kw = dict(lengths=torch.tensor([L, 389]))
+    else:  # chunks kept whole, dropped whole and kept in part
+        mask = torch.rand(B, L, generator=g) < 0.7
+        mask[0, 256:512] = False
+        mask[1, :300] = True
+        kw = dict(mask=mask)
+    alone = [dare_kernels.topk_attention(q[:, t], K, k, **kw, backend="cpu") for t in range(T)]
     threads = torch.get_num_threads()
     try:
         for n in (1, 3, 5):
             torch.set_num_threads(n)
-            scores, idx = torch.ops.dare.topk_attention(q, K, k, lengths)
+            scores, idx = dare_kernels.topk_attention(q, K, k, **kw, backend="cpu")
             for t in range(T):
                 assert torch.equal(scores[:, t], alone[t][0]) and torch.equal(idx[:, t], alone[t][1]), (n, t)
     finally:

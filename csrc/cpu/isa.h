@@ -1,16 +1,16 @@
 // The CPU kernels' vector ISAs: code marked DARE_AVX2 is compiled for
 // AVX2/FMA/F16C/POPCNT, and each kernel's entry point twice (with it, and for the
 // baseline ISA), picked once at run time: one binary is fast here and safe on
-// older CPUs. On an AVX-512 CPU the AVX2 variant also calls a few DARE_AVX512
-// functions (use_avx512: the dim-major scan of many targets, the selection's
-// packing and partitions).
+// older CPUs. On an AVX-512 CPU the kernels also call a few DARE_AVX512
+// functions (use_avx512: the AVX2 variant's dim-major scan of many targets, and
+// the selection's packing, partitions and sort in either variant).
 #pragma once
 
 #include <cstdlib>
 #include <string>
 #include <type_traits>
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(DARE_NO_SIMD)
 #include <immintrin.h>
 #endif
 
@@ -18,7 +18,9 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// DARE_NO_SIMD: compile as for a CPU that is not x86 (the portable code alone;
+// the test suite's check that non-x86 builds compile).
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(DARE_NO_SIMD)
 #define DARE_X86 1
 #define DARE_AVX2 __attribute__((target("avx2,fma,f16c,popcnt")))
 #define DARE_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c,popcnt")))

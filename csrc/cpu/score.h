@@ -137,11 +137,15 @@ __attribute__((always_inline)) inline void score_chunk(const float* q, const sca
   score_chunk_scalar(q, x, stride, n, d, scale, out);
 }
 
+// The dim-major scan takes keys this wide or narrower (at d = 64 it was slower:
+// L2-bound on a chunk's 64 rows).
+constexpr int64_t kTransposeDims = 32;
+
 #ifdef DARE_X86
-// Eight bools as the low 8 bits.
+// Eight bools as the low 8 bits (any nonzero byte is true).
 DARE_AVX2 inline uint32_t keep_bits8(const bool* keep) {
   const __m128i v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(keep));
-  return uint32_t(_mm_movemask_epi8(_mm_cmpgt_epi8(v, _mm_setzero_si128()))) & 0xFFu;
+  return ~uint32_t(_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_setzero_si128()))) & 0xFFu;
 }
 
 // The lane order that moves the set lanes of an 8-bit mask to the front, as
@@ -232,14 +236,12 @@ DARE_AVX2 void transpose_chunk(const scalar_t* x, int64_t stride, int64_t n, int
   }
 }
 
-constexpr int64_t kTransposeDims = 32;  // keys this wide or narrower: dim-major at d = 64 was slower
-
 // The scores of 16 keys of a dim-major chunk (kt at their first), score8v's
 // arithmetic key by key: dim c's product joins the partial sum c % 8 (fused
 // multiply-adds from zero, in dim order), the eight sums meet as ((0 + 1) +
 // (2 + 3)) + ((4 + 5) + (6 + 7)), the d % 8 tail dims' own fused sum is added,
 // then the scale. Without the keys in the lanes there is no horizontal sum:
-// 16 keys cost d fused multiply-adds and 8 adds.
+// 16 keys cost d fused multiply-adds, 7 adds (8 with tail dims) and a multiply.
 template <int D>
 DARE_AVX512 __attribute__((always_inline)) inline __m512 score16t(const __m512* qb, const float* kt, int64_t d,
                                                                   __m512 vscale) {
@@ -293,7 +295,7 @@ DARE_AVX512 void scan_transposed_avx512(const float* q, const float* kt, int64_t
     __mmask16 live = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1);
     if (keep) {
       const __m128i kb = _mm_loadu_si128(reinterpret_cast<const __m128i*>(keep + i));  // keep holds kChunk
-      live &= _mm_cmpgt_epi8_mask(kb, _mm_setzero_si128());
+      live &= _mm_test_epi8_mask(kb, kb);
     }
     const __mmask16 bits = _mm512_mask_cmp_ps_mask(live, v, vt, _CMP_NLE_UQ);
     _mm512_storeu_ps(buf + i, v);

@@ -67,6 +67,12 @@ DARE_AVX512 inline void partition_avx512(uint64_t* a, int64_t lo, int64_t hi, ui
   below_out = below;
 }
 
+// The maskz forms, all lanes: the same instructions; GCC 12's plain forms warn
+// (-Wmaybe-uninitialized) on their own undefined pass-through operand.
+DARE_AVX512 inline __m512i max_u64(__m512i a, __m512i b) { return _mm512_maskz_max_epu64(0xFF, a, b); }
+DARE_AVX512 inline __m512i min_u64(__m512i a, __m512i b) { return _mm512_maskz_min_epu64(0xFF, a, b); }
+DARE_AVX512 inline __m512i permute_u64(__m512i idx, __m512i a) { return _mm512_maskz_permutexvar_epi64(0xFF, idx, a); }
+
 // Sorts a[0, n) descending, n <= 256: a bitonic network on the keys padded
 // with zeros (below every packed key) to a power of two >= 8, 8 keys a vector,
 // no branch on the data (std::sort's compares mispredicted about half the time:
@@ -85,7 +91,7 @@ DARE_AVX512 inline void sort_desc_avx512(uint64_t* a, int64_t n) {
           const bool asc = (i & size) != 0;  // the run's direction: descending unless its bit `size` is set
           for (int64_t j = i; j < i + stride; j += 8) {
             const __m512i x = _mm512_load_si512(buf + j), y = _mm512_load_si512(buf + j + stride);
-            const __m512i hi = _mm512_max_epu64(x, y), lo = _mm512_min_epu64(x, y);
+            const __m512i hi = max_u64(x, y), lo = min_u64(x, y);
             _mm512_store_si512(buf + j, asc ? lo : hi);
             _mm512_store_si512(buf + j + stride, asc ? hi : lo);
           }
@@ -96,11 +102,11 @@ DARE_AVX512 inline void sort_desc_avx512(uint64_t* a, int64_t n) {
         for (int64_t j = 0; j < N; j += 8) {
           const __mmask8 asc = size == 2 ? 0xCC : size == 4 ? 0xF0 : (j & size) ? 0xFF : 0x00;
           const __m512i x = _mm512_load_si512(buf + j);
-          const __m512i y = _mm512_permutexvar_epi64(partner, x);
+          const __m512i y = permute_u64(partner, x);
           // A descending run's lower lane keeps the larger key; an ascending run's the smaller.
           const __mmask8 take_max = __mmask8(lower ^ asc);
-          _mm512_store_si512(buf + j, _mm512_mask_blend_epi64(take_max, _mm512_min_epu64(x, y),
-                                                              _mm512_max_epu64(x, y)));
+          _mm512_store_si512(buf + j, _mm512_mask_blend_epi64(take_max, min_u64(x, y),
+                                                              max_u64(x, y)));
         }
       }
     }
@@ -127,8 +133,8 @@ inline uint64_t select_top(uint64_t* a, int64_t n, int64_t k, uint64_t* tmp, boo
     for (int i = 0; i < 5; ++i) s[i] = a[lo + (m * (2 * i + 1)) / 10];
     for (int i = 0; i < 5; ++i) {
       int r = 0;
-      for (int j = 0; j < 5; ++j) r += s[j] > s[i];
-      ranked[r] = s[i];  // distinct keys: distinct ranks
+      for (int j = 0; j < 5; ++j) r += s[j] > s[i] || (s[j] == s[i] && j < i);
+      ranked[r] = s[i];  // distinct ranks, even for equal keys
     }
     const uint64_t p = ranked[std::clamp<int64_t>(((k - lo) * 5) / m, 0, 4)];
     int64_t above = 0, below = 0;
@@ -202,7 +208,7 @@ class TopK {
   // unpacked, 8 or 16 slots at a time): a write may start at any m <=
   // raw_room() and run 16 slots; take_raw(m) hands the m written over.
   // take_raw(m, chunk, base): the positions alone were written, position p's
-  // score is chunk[p - base] (AVX-512 only).
+  // score is chunk[p - base].
   float* raw_scores() { return raw_s_.data(); }
   uint32_t* raw_positions() { return raw_p_.data(); }
   static constexpr int64_t raw_room() { return kRaw; }
@@ -213,7 +219,8 @@ class TopK {
     if (vec_) pack_avx512(chunk ? nullptr : raw_s_.data(), raw_p_.data(), m, pool_.data() + size_, chunk, base);
     else
 #endif
-      for (int64_t j = 0; j < m; ++j) pool_[size_ + j] = pack(raw_s_[j], raw_p_[j]);
+      for (int64_t j = 0; j < m; ++j)
+        pool_[size_ + j] = pack(chunk ? chunk[raw_p_[j] - uint32_t(base)] : raw_s_[j], raw_p_[j]);
     size_ += m;
     if (size_ >= k_ + slack_) compact();
   }
