@@ -6,6 +6,7 @@
 // the selection's packing, partitions and sort in either variant).
 #pragma once
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 #include <type_traits>
@@ -50,22 +51,31 @@ DARE_AVX2 void run_avx2(at::ScalarType t, Args... args) { run_dtype<Scan, true, 
 template <typename Scan, typename... Args>
 void run_baseline(at::ScalarType t, Args... args) { run_dtype<Scan, false, Args...>(t, args...); }
 
-// Whether the AVX2 variant may also call the AVX-512 code (the same results).
-// DARE_CPU_ISA=avx2 (or baseline) turns it off, so tests cover the AVX2 code on
-// an AVX-512 CPU.
-inline bool use_avx512() {
-  static const bool ok = [] {
-    const char* isa = std::getenv("DARE_CPU_ISA");
-    if (isa && (std::string(isa) == "avx2" || std::string(isa) == "baseline")) return false;
+// The vector code the kernels may call: 2 AVX-512 (F, VL, BW, DQ), 1 AVX2 (with
+// FMA, F16C, POPCNT), 0 none (the same results in each). DARE_CPU_ISA=avx2 caps it
+// at 1 and DARE_CPU_ISA=baseline at 0, so tests cover every level on one CPU.
+inline int vector_level() {
+  static const int level = [] {
+    int hw = 0;
 #ifdef DARE_X86
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
-#else
-    return false;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
+        __builtin_cpu_supports("popcnt")) {
+      hw = 1;
+      if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+        hw = 2;
+    }
 #endif
+    const char* isa = std::getenv("DARE_CPU_ISA");
+    if (isa && std::string(isa) == "baseline") return 0;
+    if (isa && std::string(isa) == "avx2") return std::min(hw, 1);
+    return hw;
   }();
-  return ok;
+  return level;
 }
+
+// Whether the AVX2 variant may also call the AVX-512 code.
+inline bool use_avx512() { return vector_level() == 2; }
 
 // f(std::integral_constant<int, D>) with D = d for the common key widths of
 // the AVX2 code (its dim loops unrolled), else D = 0 (d at run time).

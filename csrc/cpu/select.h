@@ -115,6 +115,115 @@ DARE_AVX512 inline void sort_desc_avx512(uint64_t* a, int64_t n) {
 }
 #endif
 
+#ifdef DARE_X86
+// The AVX2 forms (4 keys a vector; unsigned order as signed after flipping the
+// top bit): for a CPU without AVX-512 (vector_level() == 1).
+
+// Lane pairs (32-bit) that move the set lanes of a 4-bit mask to the front.
+struct LeftPack4 {
+  int32_t order[16][8];
+  constexpr LeftPack4() : order() {
+    for (int m = 0; m < 16; ++m) {
+      int n = 0;
+      for (int j = 0; j < 4; ++j)
+        if (m >> j & 1) {
+          order[m][2 * n] = 2 * j;
+          order[m][2 * n + 1] = 2 * j + 1;
+          ++n;
+        }
+    }
+  }
+};
+inline constexpr LeftPack4 kLeftPack4;
+
+DARE_AVX2 inline __m256i gt_u64(__m256i x, __m256i y) {
+  const __m256i top = _mm256_set1_epi64x(int64_t(0x8000000000000000ull));
+  return _mm256_cmpgt_epi64(_mm256_xor_si256(x, top), _mm256_xor_si256(y, top));
+}
+
+// pack_avx512 for 8 raw candidates at a time (scores given).
+DARE_AVX2 inline void pack_avx2(const float* scores, const uint32_t* positions, int64_t m, uint64_t* out) {
+  const __m256i sign = _mm256_set1_epi32(int32_t(0x80000000u));
+  for (int64_t j = 0; j < m; j += 8) {
+    const __m256 v = _mm256_loadu_ps(scores + j);
+    __m256i u = _mm256_castps_si256(v);
+    u = _mm256_andnot_si256(_mm256_cmpeq_epi32(u, sign), u);  // -0 -> +0
+    __m256i key = _mm256_xor_si256(u, _mm256_or_si256(_mm256_srai_epi32(u, 31), sign));  // negative: ~u; else u | sign
+    key = _mm256_or_si256(key, _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));  // NaN: all ones
+    const __m256i pos = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(positions + j)),
+                                         _mm256_set1_epi32(-1));  // ~position
+    const __m256i lo = _mm256_unpacklo_epi32(pos, key), hi = _mm256_unpackhi_epi32(pos, key);  // 0 1 4 5, 2 3 6 7
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j), _mm256_permute2x128_si256(lo, hi, 0x20));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j + 4), _mm256_permute2x128_si256(lo, hi, 0x31));
+  }
+}
+
+// partition_avx512, 4 keys at a time, the left-packing by a table.
+DARE_AVX2 inline void partition_avx2(uint64_t* a, int64_t lo, int64_t hi, uint64_t p, uint64_t* tmp,
+                                     int64_t& above_out, int64_t& below_out) {
+  const __m256i vp = _mm256_set1_epi64x(int64_t(p));
+  int64_t above = 0, below = 0, i = lo;
+  for (; i + 4 <= hi; i += 4) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i));
+    const int gt = _mm256_movemask_pd(_mm256_castsi256_pd(gt_u64(x, vp)));
+    const int lt = _mm256_movemask_pd(_mm256_castsi256_pd(gt_u64(vp, x)));
+    const __m256i to_gt = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kLeftPack4.order[gt]));
+    const __m256i to_lt = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kLeftPack4.order[lt]));
+    // The 4 stored at a + lo + above end by i + 4: keys already loaded.
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(a + lo + above), _mm256_permutevar8x32_epi32(x, to_gt));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(tmp + below), _mm256_permutevar8x32_epi32(x, to_lt));
+    above += __builtin_popcount(gt);
+    below += __builtin_popcount(lt);
+  }
+  for (; i < hi; ++i) {
+    const uint64_t x = a[i];
+    a[lo + above] = x;
+    above += x > p;
+    tmp[below] = x;
+    below += x < p;
+  }
+  above_out = above;
+  below_out = below;
+}
+
+// sort_desc_avx512, 4 keys a vector: n <= 256, padded with zeros to a power of two >= 4.
+DARE_AVX2 inline void sort_desc_avx2(uint64_t* a, int64_t n) {
+  alignas(32) uint64_t buf[256];
+  int64_t N = 4;
+  while (N < n) N *= 2;
+  std::copy(a, a + n, buf);
+  std::fill(buf + n, buf + N, uint64_t(0));
+  __m256i* v = reinterpret_cast<__m256i*>(buf);  // v[j / 4]: keys j .. j + 3
+  const __m256i all = _mm256_set1_epi64x(-1), none = _mm256_setzero_si256();
+  for (int64_t size = 2; size <= N; size *= 2) {
+    for (int64_t stride = size / 2; stride > 0; stride /= 2) {
+      if (stride >= 4) {
+        for (int64_t i = 0; i < N; i += 2 * stride) {
+          const bool asc = (i & size) != 0;
+          for (int64_t j = i; j < i + stride; j += 4) {
+            const __m256i x = v[j / 4], y = v[(j + stride) / 4], g = gt_u64(x, y);
+            const __m256i big = _mm256_blendv_epi8(y, x, g), small = _mm256_blendv_epi8(x, y, g);
+            v[j / 4] = asc ? small : big;
+            v[(j + stride) / 4] = asc ? big : small;
+          }
+        }
+      } else {  // lane l and l ^ stride within a vector
+        const __m256i lower = stride == 1 ? _mm256_setr_epi64x(-1, 0, -1, 0) : _mm256_setr_epi64x(-1, -1, 0, 0);
+        for (int64_t j = 0; j < N; j += 4) {
+          const __m256i asc = size == 2 ? _mm256_setr_epi64x(0, 0, -1, -1) : (j & size) ? all : none;
+          const __m256i x = v[j / 4];
+          const __m256i y = stride == 1 ? _mm256_permute4x64_epi64(x, 0xB1) : _mm256_permute4x64_epi64(x, 0x4E);
+          const __m256i g = gt_u64(x, y);
+          const __m256i big = _mm256_blendv_epi8(y, x, g), small = _mm256_blendv_epi8(x, y, g);
+          v[j / 4] = _mm256_blendv_epi8(small, big, _mm256_xor_si256(lower, asc));  // the larger where set
+        }
+      }
+    }
+  }
+  std::copy(buf, buf + n, a);
+}
+#endif
+
 // Moves the k largest of the distinct keys a[0, n) to a[0, k), in any order
 // (1 <= k <= n; a[k, n) is left undefined), and returns the k-th largest. A
 // quickselect whose partition has no data-dependent branch (each key is written to both sides, and the
@@ -122,8 +231,8 @@ DARE_AVX512 inline void sort_desc_avx512(uint64_t* a, int64_t n) {
 // branches of std::nth_element mispredicted on about every other key. The
 // pivot is the sample's key at the rank of a[k - 1]'s expected place, so
 // a pass most often leaves a short range. tmp holds n + 8 keys. vec: the
-// partitions in AVX-512 (use_avx512).
-inline uint64_t select_top(uint64_t* a, int64_t n, int64_t k, uint64_t* tmp, bool vec = false) {
+// vector_level() of the partitions and the last range's sort.
+inline uint64_t select_top(uint64_t* a, int64_t n, int64_t k, uint64_t* tmp, int vec = 0) {
   int64_t lo = 0, hi = n;  // a[0, lo) are above the k-th, which is in a[lo, hi)
   for (int pass = 0; hi - lo > 32 && pass < 16; ++pass) {
     // Pivot: of five keys spread over [lo, hi), the one at rank k's expected
@@ -139,7 +248,8 @@ inline uint64_t select_top(uint64_t* a, int64_t n, int64_t k, uint64_t* tmp, boo
     const uint64_t p = ranked[std::clamp<int64_t>(((k - lo) * 5) / m, 0, 4)];
     int64_t above = 0, below = 0;
 #ifdef DARE_X86
-    if (vec) partition_avx512(a, lo, hi, p, tmp, above, below);
+    if (vec == 2) partition_avx512(a, lo, hi, p, tmp, above, below);
+    else if (vec == 1) partition_avx2(a, lo, hi, p, tmp, above, below);
     else
 #endif
       for (int64_t i = lo; i < hi; ++i) {
@@ -164,7 +274,8 @@ inline uint64_t select_top(uint64_t* a, int64_t n, int64_t k, uint64_t* tmp, boo
   }
 #ifdef DARE_X86
   if (vec && hi - lo <= 256) {
-    sort_desc_avx512(a + lo, hi - lo);
+    if (vec == 2) sort_desc_avx512(a + lo, hi - lo);
+    else sort_desc_avx2(a + lo, hi - lo);
     return a[k - 1];
   }
 #endif
@@ -179,7 +290,7 @@ inline uint64_t select_top(uint64_t* a, int64_t n, int64_t k, uint64_t* tmp, boo
 // a heap, whose unpredictable sift branches dominated at k = 128.
 class TopK {
  public:
-  explicit TopK(int64_t k) : k_(k), slack_(std::max<int64_t>(k, 256)), vec_(use_avx512()) {
+  explicit TopK(int64_t k) : k_(k), slack_(std::max<int64_t>(k, 256)), vec_(vector_level()) {
     pool_.resize(k_ + slack_ + std::max(kChunk, kRaw + 16));
     raw_s_.resize(kRaw + 16);
     raw_p_.resize(kRaw + 16);
@@ -216,7 +327,8 @@ class TopK {
   // Packs raw candidates [0, m) into the pool, compacting it when due.
   void take_raw(int64_t m, const float* chunk = nullptr, int64_t base = 0) {
 #ifdef DARE_X86
-    if (vec_) pack_avx512(chunk ? nullptr : raw_s_.data(), raw_p_.data(), m, pool_.data() + size_, chunk, base);
+    if (vec_ == 2) pack_avx512(chunk ? nullptr : raw_s_.data(), raw_p_.data(), m, pool_.data() + size_, chunk, base);
+    else if (vec_ == 1 && !chunk) pack_avx2(raw_s_.data(), raw_p_.data(), m, pool_.data() + size_);
     else
 #endif
       for (int64_t j = 0; j < m; ++j)
@@ -229,7 +341,8 @@ class TopK {
   void finish(float* out_scores, int64_t* out_indices) {
     if (size_ > k_) compact();
 #ifdef DARE_X86
-    if (vec_ && size_ <= 256) sort_desc_avx512(pool_.data(), size_);
+    if (vec_ == 2 && size_ <= 256) sort_desc_avx512(pool_.data(), size_);
+    else if (vec_ == 1 && size_ <= 256) sort_desc_avx2(pool_.data(), size_);
     else
 #endif
       std::sort(pool_.begin(), pool_.begin() + size_, std::greater<uint64_t>());
@@ -287,7 +400,7 @@ class TopK {
   int64_t k_, slack_, size_ = 0;
   float threshold_ = 0.f;
   bool full_ = false;
-  bool vec_;  // AVX-512 packing and partitions
+  int vec_;  // vector_level(): the packing, partitions and sorts
   std::vector<uint64_t> pool_;
   std::vector<float> raw_s_;
   std::vector<uint32_t> raw_p_;
