@@ -106,7 +106,8 @@ def test_main_job_writes_json_and_renders_it(tmp_path, monkeypatch, capsys):
 def test_rows_above_copy_bandwidth_are_explained():
     """'% copy BW' above 100% is explained under the table that shows it, and only there."""
     result = synthetic()
-    assert not any(r["pct_copy_bw"] > 100 for r in result["rows"])
+    for r in result["rows"]:  # the recorded run may have its own rows above 100%
+        r["pct_copy_bw"] = min(r["pct_copy_bw"], 90.0)
     assert "Above 100% of the copy bandwidth" not in render.format_table(result)
     r = next(r for r in result["rows"] if r["backend"] == "cpu" and r["d"] == 128)
     r["pct_copy_bw"] = 184.0
