@@ -20,12 +20,13 @@ KS = [64, 128, 256]
 if GPU:
     MAIN = [Shape(B, L, d, k) for B, d, k in itertools.product([8, 1024, 4096], DS, KS)]
     DTYPE_SUBSET = [Shape(1024, L, d, 128, dtype=dt) for d in (16, 128) for dt in ("float32", "float16")]
-    TARGETS = [Shape(1, L, d, 128, T=1024) for d in (32, 128)]
+    TARGETS = [Shape(1, L, d, 128, T=1024) for d in (16, 32, 128)]  # serving: one history, 1024 candidates
     BACKWARD = [Shape(1024, L, d, 128) for d in (16, 128)]
 else:
     MAIN = [Shape(B, L, d, k, dtype="float32") for B, d, k in itertools.product([8, 64], DS, KS)]
     DTYPE_SUBSET = [Shape(64, L, d, 128, dtype=dt) for d in (16, 128) for dt in ("bfloat16", "float16")]
-    TARGETS = [Shape(1, L, d, 128, T=64, dtype="float32") for d in (32, 128)]
+    TARGETS = ([Shape(1, L, d, 128, T=64, dtype="float32") for d in (32, 128)]
+               + [Shape(1, L, d, 128, T=1024, dtype=dt) for d, dt in ((16, "float32"), (32, "bfloat16"))])
     BACKWARD = [Shape(64, L, d, 128, dtype="float32") for d in (16, 128)]
 
 _inputs = {}

@@ -188,7 +188,8 @@ DARE_AVX2 inline void scan_full_avx2(const float* q, const scalar_t* x, int64_t 
       for (int64_t j = 0; j < n - i; ++j) live |= uint32_t(!keep || keep[i + j]) << j;
     }
     const uint32_t bits = uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(v, vt, _CMP_NLE_UQ))) & live;
-    const __m256i order = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(&kLeftPack.order[bits])));
+    const __m256i order =
+        _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(&kLeftPack.order[bits])));
     _mm256_storeu_ps(rs + m, _mm256_permutevar8x32_ps(v, order));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(rp + m),
                         _mm256_add_epi32(_mm256_set1_epi32(int32_t(base + i)), order));

@@ -27,8 +27,9 @@ DARE_AVX512 inline void pack_avx512(const float* scores, const uint32_t* positio
   const __m512i second = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
   for (int64_t j = 0; j < m; j += 16) {
     const __m512i p = _mm512_loadu_si512(positions + j);
+    const __mmask16 live = m - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (m - j)) - 1);
     const __m512 v = scores ? _mm512_loadu_ps(scores + j)
-                            : _mm512_mask_i32gather_ps(_mm512_setzero_ps(), __mmask16(m - j >= 16 ? 0xFFFF : (1u << (m - j)) - 1),
+                            : _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live,
                                                        _mm512_sub_epi32(p, _mm512_set1_epi32(int32_t(base))), chunk, 4);
     __m512i u = _mm512_castps_si512(v);
     u = _mm512_mask_mov_epi32(u, _mm512_cmpeq_epi32_mask(u, sign), _mm512_setzero_si512());  // -0 -> +0

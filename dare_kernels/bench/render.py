@@ -233,8 +233,9 @@ def row_notes(rows: list) -> list:
         notes.append("cpu on float16/bfloat16 keys: the kernel converts each key to float32 in AVX2 registers "
                      "(F16C for float16, a 16-bit shift for bfloat16) and accumulates in float32; on a CPU "
                      "without AVX2/FMA/F16C (or with DARE_CPU_ISA=baseline) it converts one element at a time "
-                     "in scalar code, several times slower. It has no AVX-512 or AMX path, which torch's bmm may use "
-                     "for 16-bit inputs on CPUs that have them.")
+                     "in scalar code, several times slower. AVX-512 takes over only for many targets (8 or more "
+                     "a work item, d <= 32: the keys converted once per chunk); it has no AVX-512 BF16 or AMX "
+                     "path, which torch's bmm may use for 16-bit inputs on CPUs that have them.")
     if any(cpu(r) and _is_fp8(r) for r in rows):
         notes.append("cpu on fp8 keys: the CPU backend upcasts float8_e4m3fn keys to bfloat16 before searching "
                      "(a copy of the keys, 2 bytes a dim, on every call: fp8 keys are a GPU format), so its fp8 "
