@@ -42,12 +42,14 @@ DARE_AVX512 inline void pack_avx512(const float* scores, const uint32_t* positio
   }
 }
 
-// One partition pass of select_top over a[lo, hi) around p (a key there):
-// the keys above p to a[lo, lo + above), those below to tmp; 8 at a time.
-DARE_AVX512 inline void partition_avx512(uint64_t* a, int64_t lo, int64_t hi, uint64_t p, uint64_t* tmp,
-                                         int64_t& above_out, int64_t& below_out) {
+// A partition pass of select_top over a[lo, hi) around p (a key there), 8 keys
+// at a time: the keys above p to a[lo, lo + above), those below to tmp + below.
+// Returns where it stopped (fewer than 8 keys before hi); select_top's scalar
+// loop takes the rest.
+DARE_AVX512 inline int64_t partition_avx512(uint64_t* a, int64_t lo, int64_t hi, uint64_t p, uint64_t* tmp,
+                                            int64_t& above, int64_t& below) {
   const __m512i vp = _mm512_set1_epi64(int64_t(p));
-  int64_t above = 0, below = 0, i = lo;
+  int64_t i = lo;
   for (; i + 8 <= hi; i += 8) {
     const __m512i x = _mm512_loadu_si512(a + i);
     const __mmask8 gt = _mm512_cmpgt_epu64_mask(x, vp), lt = _mm512_cmplt_epu64_mask(x, vp);
@@ -57,15 +59,7 @@ DARE_AVX512 inline void partition_avx512(uint64_t* a, int64_t lo, int64_t hi, ui
     above += __builtin_popcount(gt);
     below += __builtin_popcount(lt);
   }
-  for (; i < hi; ++i) {
-    const uint64_t x = a[i];
-    a[lo + above] = x;
-    above += x > p;
-    tmp[below] = x;
-    below += x < p;
-  }
-  above_out = above;
-  below_out = below;
+  return i;
 }
 
 // The maskz forms, all lanes: the same instructions; GCC 12's plain forms warn
@@ -160,10 +154,10 @@ DARE_AVX2 inline void pack_avx2(const float* scores, const uint32_t* positions, 
 }
 
 // partition_avx512, 4 keys at a time, the left-packing by a table.
-DARE_AVX2 inline void partition_avx2(uint64_t* a, int64_t lo, int64_t hi, uint64_t p, uint64_t* tmp,
-                                     int64_t& above_out, int64_t& below_out) {
+DARE_AVX2 inline int64_t partition_avx2(uint64_t* a, int64_t lo, int64_t hi, uint64_t p, uint64_t* tmp,
+                                        int64_t& above, int64_t& below) {
   const __m256i vp = _mm256_set1_epi64x(int64_t(p));
-  int64_t above = 0, below = 0, i = lo;
+  int64_t i = lo;
   for (; i + 4 <= hi; i += 4) {
     const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i));
     const int gt = _mm256_movemask_pd(_mm256_castsi256_pd(gt_u64(x, vp)));
@@ -176,15 +170,7 @@ DARE_AVX2 inline void partition_avx2(uint64_t* a, int64_t lo, int64_t hi, uint64
     above += __builtin_popcount(gt);
     below += __builtin_popcount(lt);
   }
-  for (; i < hi; ++i) {
-    const uint64_t x = a[i];
-    a[lo + above] = x;
-    above += x > p;
-    tmp[below] = x;
-    below += x < p;
-  }
-  above_out = above;
-  below_out = below;
+  return i;
 }
 
 // sort_desc_avx512, 4 keys a vector: n <= 256, padded with zeros to a power of two >= 4.
@@ -247,19 +233,18 @@ inline uint64_t select_top(uint64_t* a, int64_t n, int64_t k, uint64_t* tmp, int
       ranked[r] = s[i];  // distinct ranks, even for equal keys
     }
     const uint64_t p = ranked[std::clamp<int64_t>(((k - lo) * 5) / m, 0, 4)];
-    int64_t above = 0, below = 0;
+    int64_t above = 0, below = 0, i = lo;
 #ifdef DARE_X86
-    if (vec == 2) partition_avx512(a, lo, hi, p, tmp, above, below);
-    else if (vec == 1) partition_avx2(a, lo, hi, p, tmp, above, below);
-    else
+    if (vec == 2) i = partition_avx512(a, lo, hi, p, tmp, above, below);
+    else if (vec == 1) i = partition_avx2(a, lo, hi, p, tmp, above, below);
 #endif
-      for (int64_t i = lo; i < hi; ++i) {
-        const uint64_t x = a[i];
-        a[lo + above] = x;  // never ahead of i: safe in place
-        above += x > p;
-        tmp[below] = x;
-        below += x < p;
-      }
+    for (; i < hi; ++i) {  // the whole range, or what the vector pass left
+      const uint64_t x = a[i];
+      a[lo + above] = x;  // never ahead of i: safe in place
+      above += x > p;
+      tmp[below] = x;
+      below += x < p;
+    }
     const int64_t r = lo + above;  // the pivot's rank
     if (r == k - 1) {
       a[r] = p;
