@@ -93,16 +93,12 @@ __attribute__((always_inline)) inline void with_dim(int64_t d, F&& f) {
   f(std::integral_constant<int, 0>());
 }
 
-// The variant of Scan's entry point that this CPU runs; DARE_CPU_ISA=baseline
-// forces the portable one (so tests cover it here).
+// The variant of Scan's entry point that this CPU runs (vector_level();
+// DARE_CPU_ISA=baseline forces the portable one, so tests cover it here).
 template <typename Scan, typename... Args>
 auto pick_scan() -> void (*)(at::ScalarType, Args...) {
-  const char* isa = std::getenv("DARE_CPU_ISA");
-  if (isa && std::string(isa) == "baseline") return run_baseline<Scan, Args...>;
 #ifdef DARE_X86
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
-      __builtin_cpu_supports("popcnt"))
-    return run_avx2<Scan, Args...>;
+  if (vector_level() >= 1) return run_avx2<Scan, Args...>;
 #endif
   return run_baseline<Scan, Args...>;
 }

@@ -338,15 +338,22 @@ __attribute__((always_inline)) inline void scan_chunk(const float* q, const scal
 // about what eight targets' horizontal sums do.
 constexpr int64_t kTransposeTargets = 8;
 
+// Whether the AVX2 variant scores a work item of nt targets of d dims
+// dim-major (and so needs scan_targets' kt buffer).
+template <bool kAvx2>
+inline bool dim_major(int64_t nt, int64_t d) {
+  return kAvx2 && nt >= kTransposeTargets && d <= kTransposeDims && use_avx512();
+}
+
 // scan_chunk for the nt targets of a work item (queries q0 + t * d, pools
 // tops[t]), the chunk's keys shared. buf: kChunk + 16 floats; kt: d * kChunk
-// floats (used when nt >= kTransposeTargets and d <= kTransposeDims).
+// floats (used when dim_major<kAvx2>(nt, d)).
 template <bool kAvx2, int D = 0, typename scalar_t>
 inline void scan_targets(const float* q0, int64_t nt, const scalar_t* x, int64_t stride, int64_t n, int64_t d,
                          float scale, TopK* tops, int64_t base, const bool* keep, float* buf, float* kt) {
 #ifdef DARE_X86
   if constexpr (kAvx2 && D <= kTransposeDims) {
-    if (nt >= kTransposeTargets && d <= kTransposeDims && use_avx512()) {
+    if (dim_major<kAvx2>(nt, d)) {
       transpose_chunk(x, stride, n, d, kt, (n + 15) & ~int64_t(15));
       for (int64_t t = 0; t < nt; ++t) scan_transposed_avx512<D>(q0 + t * d, kt, n, d, scale, tops[t], base, keep, buf);
       return;

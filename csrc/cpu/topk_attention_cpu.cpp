@@ -61,8 +61,7 @@ void scan_rows(const Rows& r, int64_t begin, int64_t end) {
   for (int64_t t = 0; t < std::min(r.group, r.T); ++t) top.emplace_back(r.k);
   alignas(64) float buf[kChunk + 16];  // + 16: a vector scan's last block writes 16 scores
   bool keep[kChunk];
-  std::vector<float> kt(kAvx2 && r.group >= cpu::kTransposeTargets && r.d <= cpu::kTransposeDims && cpu::use_avx512()
-                           ? r.d * kChunk : 0);
+  std::vector<float> kt(cpu::dim_major<kAvx2>(r.group, r.d) ? r.d * kChunk : 0);
   for (int64_t item = begin; item < end; ++item) {
     const int64_t b = item / groups;
     const int64_t t0 = (item % groups) * r.group;

@@ -85,8 +85,7 @@ void scan_rows(const Problem& p, int64_t begin, int64_t end, BadId* bad) {
   std::vector<float> keys(kChunk * p.D);
   alignas(64) float buf[kChunk + 16];  // + 16: a vector scan's last block writes 16 scores
   bool keep[kChunk];
-  std::vector<float> kt(kAvx2 && p.group >= cpu::kTransposeTargets && p.D <= cpu::kTransposeDims && cpu::use_avx512()
-                           ? p.D * kChunk : 0);
+  std::vector<float> kt(cpu::dim_major<kAvx2>(p.group, p.D) ? p.D * kChunk : 0);
   const Layout& l = p.layout;
   for (int64_t item = begin; item < end; ++item) {
     const int64_t b = item / groups, t0 = (item % groups) * p.group;
